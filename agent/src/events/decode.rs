@@ -1,0 +1,272 @@
+//! One ring buffer record to one [`Event`]. Lengths are checked before every read and reads are
+//! unaligned copies; a bad record is an error to count, never a panic.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use bytes::Bytes;
+use loupe_common::{
+    CloseEvent, ConnEvent, DATA_EVENT_HEADER_LEN, DataEvent, Direction, EventHeader, EventKind,
+    ForkEvent, SocketRole,
+};
+
+/// Bytes moved by one syscall on a tracked socket.
+#[derive(Clone, Debug)]
+pub struct DataRecord {
+    pub pid: u32,
+    pub tid: u32,
+    pub fd: i32,
+    /// ns since boot (CLOCK_MONOTONIC).
+    pub enter_ns: u64,
+    /// ns since boot (CLOCK_MONOTONIC).
+    pub exit_ns: u64,
+    pub total_len: u32,
+    pub direction: Direction,
+    /// The captured prefix of what moved (`len() <= total_len`).
+    pub payload: Bytes,
+}
+
+/// A socket accepted or connected.
+#[derive(Clone, Debug)]
+pub struct ConnRecord {
+    pub pid: u32,
+    pub tid: u32,
+    pub fd: i32,
+    pub ts_ns: u64,
+    pub role: SocketRole,
+    /// The peer, when the kernel could read it and it is an IP address.
+    pub peer: Option<SocketAddr>,
+}
+
+/// A decoded record.
+#[derive(Clone, Debug)]
+pub enum Event {
+    Data(DataRecord),
+    Conn(ConnRecord),
+    Close {
+        pid: u32,
+        tid: u32,
+        fd: i32,
+        ts_ns: u64,
+    },
+    Fork {
+        parent: u32,
+        child: u32,
+    },
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("record of {len} bytes is shorter than the {need} its kind needs")]
+    Short { len: usize, need: usize },
+    #[error("unknown event kind {0}")]
+    Kind(u32),
+    #[error("unknown direction {0}")]
+    Direction(u32),
+    #[error("unknown socket role {0}")]
+    Role(u32),
+    #[error("captured length {captured} exceeds the record ({room} bytes) or the total ({total})")]
+    Captured {
+        captured: usize,
+        room: usize,
+        total: u32,
+    },
+}
+
+fn read<T: Copy>(bytes: &[u8]) -> Result<T, DecodeError> {
+    let need = size_of::<T>();
+    if bytes.len() < need {
+        return Err(DecodeError::Short {
+            len: bytes.len(),
+            need,
+        });
+    }
+    // SAFETY: the length was checked above; read_unaligned has no alignment requirement, and T is
+    // one of the ABI's plain-integer structs for which every bit pattern is valid.
+    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+}
+
+/// Decodes one record.
+pub fn decode(record: &Bytes) -> Result<Event, DecodeError> {
+    let header: EventHeader = read(record)?;
+    let kind = EventKind::try_from(header.kind).map_err(DecodeError::Kind)?;
+    match kind {
+        EventKind::Data => decode_data(record, header),
+        EventKind::Conn => {
+            let event: ConnEvent = read(record)?;
+            let role = SocketRole::try_from(event.role).map_err(DecodeError::Role)?;
+            let peer = (event.addr_len > 0)
+                .then(|| parse_sockaddr(&event.addr))
+                .flatten();
+            Ok(Event::Conn(ConnRecord {
+                pid: header.pid,
+                tid: header.tid,
+                fd: header.fd,
+                ts_ns: event.ts_ns,
+                role,
+                peer,
+            }))
+        }
+        EventKind::Close => {
+            let event: CloseEvent = read(record)?;
+            Ok(Event::Close {
+                pid: header.pid,
+                tid: header.tid,
+                fd: header.fd,
+                ts_ns: event.ts_ns,
+            })
+        }
+        EventKind::Fork => {
+            let event: ForkEvent = read(record)?;
+            Ok(Event::Fork {
+                parent: header.pid,
+                child: event.child_pid,
+            })
+        }
+    }
+}
+
+fn decode_data(record: &Bytes, header: EventHeader) -> Result<Event, DecodeError> {
+    let event: DataEvent<0> = read(record)?;
+    let direction = Direction::try_from(event.direction).map_err(DecodeError::Direction)?;
+    let captured = event.captured_len as usize;
+    let room = record.len() - DATA_EVENT_HEADER_LEN;
+    if captured > room || captured > event.total_len as usize {
+        return Err(DecodeError::Captured {
+            captured,
+            room,
+            total: event.total_len,
+        });
+    }
+    Ok(Event::Data(DataRecord {
+        pid: header.pid,
+        tid: header.tid,
+        fd: header.fd,
+        enter_ns: event.enter_ns,
+        exit_ns: event.exit_ns,
+        total_len: event.total_len,
+        direction,
+        payload: record.slice(DATA_EVENT_HEADER_LEN..DATA_EVENT_HEADER_LEN + captured),
+    }))
+}
+
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+
+/// An IPv4 or IPv6 `struct sockaddr` as raw bytes (family in host order, port and address in
+/// network order). IPv4-mapped IPv6 addresses come back as IPv4.
+pub fn parse_sockaddr(raw: &[u8]) -> Option<SocketAddr> {
+    let family = u16::from_ne_bytes(raw.get(0..2)?.try_into().ok()?);
+    let port = u16::from_be_bytes(raw.get(2..4)?.try_into().ok()?);
+    match family {
+        AF_INET => {
+            let octets: [u8; 4] = raw.get(4..8)?.try_into().ok()?;
+            Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::from(octets)), port))
+        }
+        AF_INET6 => {
+            let octets: [u8; 16] = raw.get(8..24)?.try_into().ok()?;
+            let ip = Ipv6Addr::from(octets);
+            let ip = ip.to_ipv4_mapped().map_or(IpAddr::V6(ip), IpAddr::V4);
+            Some(SocketAddr::new(ip, port))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(kind: EventKind) -> EventHeader {
+        EventHeader {
+            kind: kind as u32,
+            pid: 10,
+            tid: 11,
+            fd: 7,
+        }
+    }
+
+    fn as_bytes<T: Copy>(value: &T) -> Vec<u8> {
+        // SAFETY: T is a repr(C) ABI struct; viewing it as bytes for a test is sound.
+        unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) }
+            .to_vec()
+    }
+
+    fn data_record(payload: &[u8], total: u32, captured: u32) -> Bytes {
+        let mut event = DataEvent::<256> {
+            header: header(EventKind::Data),
+            enter_ns: 100,
+            exit_ns: 200,
+            total_len: total,
+            captured_len: captured,
+            direction: Direction::Egress as u32,
+            _pad: 0,
+            payload: [0; 256],
+        };
+        event.payload[..payload.len()].copy_from_slice(payload);
+        Bytes::from(as_bytes(&event))
+    }
+
+    #[test]
+    fn data_record_yields_captured_prefix_only() {
+        let record = data_record(b"GET / HTTP/1.1\r\n", 4000, 16);
+        let Event::Data(data) = decode(&record).unwrap() else {
+            panic!("not data")
+        };
+        assert_eq!(&data.payload[..], b"GET / HTTP/1.1\r\n");
+        assert_eq!((data.pid, data.tid, data.fd), (10, 11, 7));
+        assert_eq!(
+            (data.enter_ns, data.exit_ns, data.total_len),
+            (100, 200, 4000)
+        );
+        assert_eq!(data.direction, Direction::Egress);
+    }
+
+    #[test]
+    fn captured_beyond_the_record_is_an_error() {
+        let record = data_record(b"x", 1000, 300);
+        assert!(matches!(decode(&record), Err(DecodeError::Captured { .. })));
+        let record = data_record(b"xyz", 2, 3);
+        assert!(matches!(decode(&record), Err(DecodeError::Captured { .. })));
+    }
+
+    #[test]
+    fn truncated_and_unknown_records_are_errors_not_panics() {
+        let record = data_record(b"abc", 3, 3);
+        for len in 0..DATA_EVENT_HEADER_LEN {
+            assert!(decode(&record.slice(..len)).is_err(), "len {len}");
+        }
+        let mut bogus = as_bytes(&header(EventKind::Data));
+        bogus[0] = 99;
+        assert_eq!(
+            decode(&Bytes::from(bogus)).unwrap_err(),
+            DecodeError::Kind(99)
+        );
+    }
+
+    #[test]
+    fn conn_record_parses_ipv4_and_mapped_ipv6_peers() {
+        let mut event = ConnEvent {
+            header: header(EventKind::Conn),
+            ts_ns: 5,
+            role: SocketRole::Server as u32,
+            addr_len: 32,
+            addr: [0; 32],
+        };
+        event.addr[0..2].copy_from_slice(&AF_INET.to_ne_bytes());
+        event.addr[2..4].copy_from_slice(&8080u16.to_be_bytes());
+        event.addr[4..8].copy_from_slice(&[127, 0, 0, 1]);
+        let Event::Conn(conn) = decode(&Bytes::from(as_bytes(&event))).unwrap() else {
+            panic!("not conn")
+        };
+        assert_eq!(conn.peer, Some("127.0.0.1:8080".parse().unwrap()));
+        assert_eq!(conn.role, SocketRole::Server);
+
+        let mut v6 = [0u8; 32];
+        v6[0..2].copy_from_slice(&AF_INET6.to_ne_bytes());
+        v6[2..4].copy_from_slice(&443u16.to_be_bytes());
+        v6[8..24].copy_from_slice(&"::ffff:10.1.2.3".parse::<Ipv6Addr>().unwrap().octets());
+        assert_eq!(parse_sockaddr(&v6), Some("10.1.2.3:443".parse().unwrap()));
+        v6[0..2].copy_from_slice(&1u16.to_ne_bytes());
+        assert_eq!(parse_sockaddr(&v6), None, "AF_UNIX has no IP peer");
+    }
+}

@@ -1,0 +1,8 @@
+//! From the ring buffer to typed events: `reader` only moves bytes, `decode` turns one record
+//! into an [`Event`] with every length checked.
+
+pub mod decode;
+pub mod reader;
+
+pub use decode::{ConnRecord, DataRecord, DecodeError, Event, decode};
+pub use reader::Batch;

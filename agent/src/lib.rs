@@ -1,0 +1,261 @@
+//! loupe: an eBPF agent that turns a running process's socket traffic into spans.
+//!
+//! The data flow, one owner per stage:
+//!
+//! ```text
+//! ebpf probes --RingBuf--> events::reader --bounded channel--> events::decode
+//!   --> spans::stitcher (protocols::http1 per connection) --> detect::slow
+//!   --bounded channel, drops counted--> export::{otlp, terminal}
+//! probes::upkeep: loss counters and exited targets, once a second
+//! ```
+//!
+//! `run` wires the stages together, waits for a signal or `--duration`, then stops them in flow
+//! order so that everything read is flushed before loupe detaches.
+
+pub mod config;
+pub mod detect;
+pub mod events;
+pub mod export;
+pub mod preflight;
+pub mod probes;
+pub mod process;
+pub mod protocols;
+pub mod spans;
+pub mod stats;
+
+use std::{sync::Arc, time::Duration};
+
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::{mpsc, watch},
+};
+
+use crate::{
+    config::{Config, ExportTarget, Thresholds},
+    events::Batch,
+    export::{ExportError, Sink},
+    preflight::PreflightError,
+    probes::{ProbeConfig, ProbeError, Upkeep},
+    spans::{SpanRecord, Stitcher, clock::monotonic_now_ns, stitcher::StitcherLimits},
+    stats::Counters,
+};
+
+/// Why loupe could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Preflight(#[from] PreflightError),
+    #[error(transparent)]
+    Probe(#[from] ProbeError),
+    #[error(transparent)]
+    Export(#[from] ExportError),
+    #[error("failed to set up the event loop")]
+    Io(#[from] std::io::Error),
+}
+
+/// How often the reader drains the ring buffer when the kernel has not woken it.
+const DRAIN_INTERVAL: Duration = Duration::from_millis(10);
+/// Backlog at which the kernel wakes the reader anyway: an eighth of the 8 MiB ring.
+const WAKEUP_BYTES: u64 = 1024 * 1024;
+const BATCH_QUEUE: usize = 256;
+const SPAN_QUEUE: usize = 8192;
+const STITCH_TICK: Duration = Duration::from_millis(250);
+
+/// Runs loupe until a signal, `--duration`, or the exit of every target. Returns the counters.
+pub async fn run(config: Config) -> Result<Arc<Counters>, RunError> {
+    preflight::check(&config.pids)?;
+    let counters = Arc::new(Counters::default());
+
+    // Build the sink before attaching, so a bad endpoint fails before anything is touched.
+    let sink = match &config.export {
+        ExportTarget::Terminal => Sink::Terminal(export::terminal::TerminalView::new(
+            Box::new(std::io::stdout()),
+            counters.clone(),
+        )),
+        ExportTarget::Otlp { endpoint, protocol } => {
+            Sink::Otlp(Box::new(export::otlp::OtlpSink::new(
+                endpoint.as_deref(),
+                *protocol,
+                config.service_name.clone(),
+                counters.clone(),
+            )?))
+        }
+    };
+
+    let targets = process::expand_targets(&config.pids);
+    let probe_config = ProbeConfig {
+        capture_bytes: config.capture_bytes,
+        wakeup_bytes: WAKEUP_BYTES,
+    };
+    let probes = probes::load_and_attach(&probe_config, &targets)?;
+    let probes::Probes {
+        mut ebpf,
+        events,
+        targets: target_map,
+        sockets,
+        loss,
+        attached,
+        existing,
+    } = probes;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let logger = spawn_kernel_logger(&mut ebpf, stop_rx.clone());
+
+    let mut stitcher = Stitcher::new(StitcherLimits::default(), counters.clone());
+    for (pid, socket) in existing {
+        stitcher.seed(pid, socket.fd, socket.role, socket.addrs);
+    }
+
+    let (batch_tx, batch_rx) = mpsc::channel::<Batch>(BATCH_QUEUE);
+    let (span_tx, span_rx) = mpsc::channel::<SpanRecord>(SPAN_QUEUE);
+    let reader = tokio::spawn(events::reader::run(
+        events,
+        batch_tx,
+        counters.clone(),
+        DRAIN_INTERVAL,
+        stop_rx.clone(),
+    ));
+    let stitch = tokio::spawn(stitch(
+        batch_rx,
+        stitcher,
+        span_tx,
+        config.thresholds,
+        counters.clone(),
+    ));
+    let exporter = tokio::spawn(export::run(
+        sink,
+        span_rx,
+        counters.clone(),
+        config.summary_interval,
+    ));
+    let upkeep = Upkeep {
+        targets: target_map,
+        sockets,
+        loss,
+    };
+    let mut upkeep = tokio::spawn(upkeep.run(counters.clone(), stop_rx.clone()));
+
+    eprintln!(
+        "loupe: attached to {} process(es) with {attached} probes",
+        targets.len()
+    );
+
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let deadline = async {
+        match config.duration {
+            Some(duration) => tokio::time::sleep(duration).await,
+            None => std::future::pending().await,
+        }
+    };
+    let mut upkeep_done = false;
+    tokio::select! {
+        _ = sigint.recv() => tracing::debug!("SIGINT"),
+        _ = sigterm.recv() => tracing::debug!("SIGTERM"),
+        _ = deadline => tracing::debug!("--duration reached"),
+        ended = &mut upkeep => {
+            upkeep_done = true;
+            if matches!(ended, Ok(true)) {
+                tracing::info!("every target process exited");
+            }
+        }
+    }
+
+    // Stop in flow order: the reader drains once more and closes the batch channel, the stitcher
+    // finishes its connections and closes the span channel, the exporter flushes.
+    let _ = stop_tx.send(true);
+    let _ = reader.await;
+    let _ = stitch.await;
+    let _ = exporter.await;
+    if !upkeep_done {
+        let _ = upkeep.await;
+    }
+    if let Some(logger) = logger {
+        let _ = logger.await;
+    }
+    drop(ebpf);
+    Ok(counters)
+}
+
+/// The stitching stage: decode, stitch, flag slowness, hand spans to the exporter without ever
+/// waiting on it.
+async fn stitch(
+    mut rx: mpsc::Receiver<Batch>,
+    mut stitcher: Stitcher,
+    tx: mpsc::Sender<SpanRecord>,
+    thresholds: Thresholds,
+    counters: Arc<Counters>,
+) {
+    let mut tick = tokio::time::interval(STITCH_TICK);
+    let mut out = Vec::new();
+    loop {
+        tokio::select! {
+            batch = rx.recv() => match batch {
+                Some(batch) => {
+                    for record in &batch {
+                        match events::decode(record) {
+                            Ok(event) => stitcher.handle(event, &mut out),
+                            Err(err) => {
+                                Counters::add(&counters.decode_errors, 1);
+                                tracing::debug!("dropped a record: {err}");
+                            }
+                        }
+                    }
+                }
+                None => break,
+            },
+            _ = tick.tick() => stitcher.tick(monotonic_now_ns(), &mut out),
+        }
+        for mut span in out.drain(..) {
+            detect::mark_slow(&mut span, &thresholds);
+            Counters::add(&counters.spans_built, 1);
+            if tx.try_send(span).is_err() {
+                Counters::add(&counters.spans_dropped, 1);
+            }
+        }
+    }
+    stitcher.finish(&mut out);
+    for mut span in out.drain(..) {
+        detect::mark_slow(&mut span, &thresholds);
+        Counters::add(&counters.spans_built, 1);
+        // At shutdown the exporter is draining: waiting here loses nothing and stalls no one.
+        if tx.send(span).await.is_err() {
+            Counters::add(&counters.spans_dropped, 1);
+        }
+    }
+}
+
+/// Forwards the kernel programs' aya-log records to `tracing` (debug level only in the kernel).
+fn spawn_kernel_logger(
+    ebpf: &mut aya::Ebpf,
+    mut stop: watch::Receiver<bool>,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let logger = match aya_log::EbpfLogger::init(ebpf) {
+        Ok(logger) => logger,
+        Err(err) => {
+            tracing::debug!("kernel log forwarding off: {err}");
+            return None;
+        }
+    };
+    let mut logger = match events::reader::register_readable(logger) {
+        Ok(fd) => fd,
+        Err(err) => {
+            tracing::debug!("kernel log forwarding off: {err}");
+            return None;
+        }
+    };
+    Some(tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                guard = logger.readable_mut() => match guard {
+                    Ok(mut guard) => {
+                        guard.get_inner_mut().flush();
+                        guard.clear_ready();
+                    }
+                    Err(_) => return,
+                },
+                _ = stop.changed() => return,
+            }
+        }
+    }))
+}

@@ -1,0 +1,70 @@
+//! `loupe`: parse, validate, run, and say in one line what went wrong.
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use loupe::config::Cli;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            if !err.use_stderr() {
+                // --help and --version.
+                let _ = err.print();
+                return ExitCode::SUCCESS;
+            }
+            let text = err.to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments");
+            eprintln!("loupe: error: {}", first.trim_start_matches("error: "));
+            eprintln!("(see loupe --help)");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging();
+    let config = match cli.into_config(|key| std::env::var(key).ok()) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("loupe: error: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("loupe")
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("loupe: error: failed to start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(loupe::run(config)) {
+        Ok(counters) => {
+            eprintln!("{}", counters.summary_line());
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            let chain: Vec<String> = anyhow::Error::from(err)
+                .chain()
+                .map(|e| e.to_string())
+                .collect();
+            eprintln!("loupe: error: {}", chain.join(": "));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("LOUPE_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}

@@ -1,0 +1,210 @@
+//! Loads the eBPF object with its globals set, registers the targets, attaches every tracepoint
+//! and seeds the sockets that were open before attach.
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    programs::TracePoint,
+};
+use loupe_common::{
+    SocketInfo, SocketKey, TargetInfo,
+    names::{
+        GLOBAL_CAPTURE_BYTES, GLOBAL_WAKEUP_BYTES, MAP_EVENTS, MAP_LOSS, MAP_SOCKETS,
+        MAP_TARGET_PIDS, TRACEPOINT_PROGRAMS,
+    },
+};
+
+use super::ProbeError;
+use crate::process::{ExistingSocket, Target, existing_sockets};
+
+/// The compiled kernel programs, built by build.rs.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/loupe"));
+
+/// Programs whose attach may fail without failing loupe: accelerators and conveniences.
+const OPTIONAL_PROGRAMS: &[&str] = &["process_fork"];
+const GLOBAL_FORK_CHILD_PID_OFFSET: &str = "FORK_CHILD_PID_OFFSET";
+
+/// Knobs of the kernel side.
+#[derive(Clone, Debug)]
+pub struct ProbeConfig {
+    pub capture_bytes: u32,
+    /// Unread ring buffer bytes above which the kernel wakes the reader.
+    pub wakeup_bytes: u64,
+}
+
+/// The loaded object and the maps each pipeline stage takes ownership of.
+pub struct Probes {
+    /// Keeps every program loaded and attached; dropping it detaches them.
+    pub ebpf: Ebpf,
+    pub events: RingBuf<MapData>,
+    pub targets: HashMap<MapData, u32, TargetInfo>,
+    pub sockets: HashMap<MapData, u64, SocketInfo>,
+    pub loss: PerCpuArray<MapData, u64>,
+    /// Number of tracepoint attachments made.
+    pub attached: usize,
+    /// Sockets found open at attach, per target pid.
+    pub existing: Vec<(u32, ExistingSocket)>,
+}
+
+fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, ProbeError> {
+    ebpf.take_map(name).ok_or(ProbeError::MissingMap(name))
+}
+
+fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> ProbeError {
+    move |source| ProbeError::Map {
+        name,
+        source: Box::new(source),
+    }
+}
+
+/// Loads, registers `targets`, attaches, and seeds the open sockets of every target.
+pub fn load_and_attach(config: &ProbeConfig, targets: &[Target]) -> Result<Probes, ProbeError> {
+    let fork_offset = fork_child_pid_offset().unwrap_or(20);
+    let mut ebpf = EbpfLoader::new()
+        .override_global(GLOBAL_CAPTURE_BYTES, &config.capture_bytes, true)
+        .override_global(GLOBAL_WAKEUP_BYTES, &config.wakeup_bytes, true)
+        .override_global(GLOBAL_FORK_CHILD_PID_OFFSET, &fork_offset, true)
+        .load(EBPF_OBJECT)
+        .map_err(|err| ProbeError::Load(Box::new(err)))?;
+
+    let mut target_map: HashMap<MapData, u32, TargetInfo> =
+        HashMap::try_from(take_map(&mut ebpf, MAP_TARGET_PIDS)?)
+            .map_err(map_err(MAP_TARGET_PIDS))?;
+    for target in targets {
+        let info = TargetInfo {
+            root_pid: target.root_pid,
+            _pad: 0,
+        };
+        target_map
+            .insert(target.pid, info, 0)
+            .map_err(map_err(MAP_TARGET_PIDS))?;
+    }
+    let mut sockets: HashMap<MapData, u64, SocketInfo> =
+        HashMap::try_from(take_map(&mut ebpf, MAP_SOCKETS)?).map_err(map_err(MAP_SOCKETS))?;
+    let events =
+        RingBuf::try_from(take_map(&mut ebpf, MAP_EVENTS)?).map_err(map_err(MAP_EVENTS))?;
+    let loss = PerCpuArray::try_from(take_map(&mut ebpf, MAP_LOSS)?).map_err(map_err(MAP_LOSS))?;
+
+    let attached = attach_all(&mut ebpf)?;
+
+    // After attach, so that a connection opened meanwhile is seen by one side or the other.
+    let mut existing = Vec::new();
+    for target in targets {
+        for socket in existing_sockets(target.pid) {
+            let key = SocketKey {
+                pid: target.pid,
+                fd: socket.fd,
+            };
+            let info = SocketInfo {
+                role: socket.role as u32,
+                _pad: 0,
+            };
+            sockets
+                .insert(key.as_u64(), info, 0)
+                .map_err(map_err(MAP_SOCKETS))?;
+            existing.push((target.pid, socket));
+        }
+    }
+    Ok(Probes {
+        ebpf,
+        events,
+        targets: target_map,
+        sockets,
+        loss,
+        attached,
+        existing,
+    })
+}
+
+fn attach_all(ebpf: &mut Ebpf) -> Result<usize, ProbeError> {
+    let mut attached = 0;
+    for spec in TRACEPOINT_PROGRAMS {
+        let name = spec.program;
+        let optional = OPTIONAL_PROGRAMS.contains(&name);
+        let result = attach_one(ebpf, spec);
+        match result {
+            Ok(count) => attached += count,
+            Err(err) if optional => tracing::warn!("{err}; continuing without it"),
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(attached)
+}
+
+fn attach_one(
+    ebpf: &mut Ebpf,
+    spec: &'static loupe_common::names::TracepointProgram,
+) -> Result<usize, ProbeError> {
+    let name = spec.program;
+    let program: &mut TracePoint = ebpf
+        .program_mut(name)
+        .ok_or(ProbeError::MissingProgram(name))?
+        .try_into()
+        .map_err(|source| ProbeError::ProgramType {
+            name,
+            source: Box::new(source),
+        })?;
+    program.load().map_err(|source| ProbeError::Verify {
+        name,
+        source: Box::new(source),
+    })?;
+    for &(category, tracepoint) in spec.tracepoints {
+        program
+            .attach(category, tracepoint)
+            .map_err(|source| ProbeError::Attach {
+                name,
+                category,
+                tracepoint,
+                source: Box::new(source),
+            })?;
+    }
+    Ok(spec.tracepoints.len())
+}
+
+/// Reads where `child_pid` sits in this kernel's `sched_process_fork` record.
+fn fork_child_pid_offset() -> Option<u32> {
+    let path = format!(
+        "{}/events/sched/sched_process_fork/format",
+        crate::preflight::TRACEFS
+    );
+    let format = std::fs::read_to_string(path).ok()?;
+    parse_field_offset(&format, "child_pid")
+}
+
+/// Finds `offset:N;` of the field named `field` in a tracepoint format description.
+fn parse_field_offset(format: &str, field: &str) -> Option<u32> {
+    format.lines().find_map(|line| {
+        let decl = line.trim().strip_prefix("field:")?;
+        let (decl, rest) = decl.split_once(';')?;
+        let name = decl.split_whitespace().last()?;
+        if name != field {
+            return None;
+        }
+        rest.trim()
+            .strip_prefix("offset:")?
+            .split(';')
+            .next()?
+            .parse()
+            .ok()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_field_offset;
+
+    #[test]
+    fn fork_format_offsets_are_read_from_both_layouts() {
+        let new_layout = "\tfield:__data_loc char[] parent_comm;\toffset:8;\tsize:4;\tsigned:0;\n\
+                          \tfield:pid_t parent_pid;\toffset:12;\tsize:4;\tsigned:1;\n\
+                          \tfield:__data_loc char[] child_comm;\toffset:16;\tsize:4;\tsigned:0;\n\
+                          \tfield:pid_t child_pid;\toffset:20;\tsize:4;\tsigned:1;\n";
+        assert_eq!(parse_field_offset(new_layout, "child_pid"), Some(20));
+        let old_layout = "\tfield:char parent_comm[16];\toffset:8;\tsize:16;\tsigned:0;\n\
+                          \tfield:pid_t parent_pid;\toffset:24;\tsize:4;\tsigned:1;\n\
+                          \tfield:char child_comm[16];\toffset:28;\tsize:16;\tsigned:0;\n\
+                          \tfield:pid_t child_pid;\toffset:44;\tsize:4;\tsigned:1;\n";
+        assert_eq!(parse_field_offset(old_layout, "child_pid"), Some(44));
+        assert_eq!(parse_field_offset(old_layout, "nothing"), None);
+    }
+}

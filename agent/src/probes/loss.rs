@@ -1,0 +1,36 @@
+//! The kernel's loss counters, summed over CPUs.
+
+use aya::maps::{MapData, PerCpuArray};
+use loupe_common::{LOSS_SLOTS, LossSlot};
+
+/// Sums of the per-CPU `LOSS` slots.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LossCounters {
+    pub ring_full: u64,
+    pub in_flight_full: u64,
+    pub sockets_full: u64,
+    pub targets_full: u64,
+}
+
+impl LossCounters {
+    /// Reads every slot; a slot that cannot be read counts as zero.
+    pub fn read(map: &PerCpuArray<MapData, u64>) -> Self {
+        let mut sums = [0u64; LOSS_SLOTS as usize];
+        for (slot, sum) in sums.iter_mut().enumerate() {
+            if let Ok(values) = map.get(&(slot as u32), 0) {
+                *sum = values.iter().sum();
+            }
+        }
+        Self {
+            ring_full: sums[LossSlot::RingFull as usize],
+            in_flight_full: sums[LossSlot::InFlightFull as usize],
+            sockets_full: sums[LossSlot::SocketsFull as usize],
+            targets_full: sums[LossSlot::TargetsFull as usize],
+        }
+    }
+
+    /// Events that never reached userspace.
+    pub fn events_lost(&self) -> u64 {
+        self.ring_full + self.in_flight_full
+    }
+}

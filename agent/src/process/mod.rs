@@ -1,0 +1,8 @@
+//! The observed processes: which they are (the named PIDs and their descendants), what they are
+//! called, and which sockets they already had open when loupe attached.
+
+pub mod sockets;
+pub mod targets;
+
+pub use sockets::{ExistingSocket, SocketAddrs, existing_sockets, socket_addrs};
+pub use targets::{ProcessInfo, Target, expand_targets, is_live_process};

@@ -1,0 +1,139 @@
+//! Target processes: the PIDs the user named and every descendant of theirs (nginx's workers of
+//! its master, a pre-fork server's children), with the names spans are labelled with.
+
+use std::collections::HashMap;
+
+/// One process to observe.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    pub pid: u32,
+    /// The PID the user named that this process is, or descends from.
+    pub root_pid: u32,
+}
+
+/// What a span's resource says about its process.
+#[derive(Clone, Debug)]
+pub struct ProcessInfo {
+    pub pid: u32,
+    /// `comm`: the short name the kernel keeps (e.g. "nginx").
+    pub name: String,
+    /// File name of the executable (e.g. "nginx"), or the name when the link is unreadable.
+    pub executable_name: String,
+}
+
+impl ProcessInfo {
+    /// Reads /proc; None when the process is gone.
+    pub fn read(pid: u32) -> Option<Self> {
+        let process = procfs::process::Process::new(pid as i32).ok()?;
+        let name = process.stat().ok()?.comm;
+        let executable_name = process
+            .exe()
+            .ok()
+            .and_then(|path| {
+                path.file_name()
+                    .map(|name| name.to_string_lossy().into_owned())
+            })
+            .unwrap_or_else(|| name.clone());
+        Some(Self {
+            pid,
+            name,
+            executable_name,
+        })
+    }
+}
+
+/// The roots and all their live descendants, each tagged with its root.
+pub fn expand_targets(roots: &[u32]) -> Vec<Target> {
+    let mut parent_of: HashMap<u32, u32> = HashMap::new();
+    if let Ok(processes) = procfs::process::all_processes() {
+        for process in processes.flatten() {
+            if let Ok(stat) = process.stat() {
+                parent_of.insert(stat.pid as u32, stat.ppid as u32);
+            }
+        }
+    }
+    descendants_of(roots, &parent_of)
+}
+
+/// Pure part of [`expand_targets`]: walks each process's ancestry up to a root.
+fn descendants_of(roots: &[u32], parent_of: &HashMap<u32, u32>) -> Vec<Target> {
+    let mut targets: Vec<Target> = roots
+        .iter()
+        .map(|&pid| Target { pid, root_pid: pid })
+        .collect();
+    for &pid in parent_of.keys() {
+        if roots.contains(&pid) {
+            continue;
+        }
+        let mut cursor = pid;
+        // The depth bound guards against a cycle in a racy /proc snapshot.
+        for _ in 0..64 {
+            let Some(&parent) = parent_of.get(&cursor) else {
+                break;
+            };
+            if roots.contains(&parent) {
+                targets.push(Target {
+                    pid,
+                    root_pid: parent_root(parent, roots),
+                });
+                break;
+            }
+            if parent <= 1 {
+                break;
+            }
+            cursor = parent;
+        }
+    }
+    targets.sort_by_key(|target| target.pid);
+    targets
+}
+
+fn parent_root(parent: u32, roots: &[u32]) -> u32 {
+    roots
+        .iter()
+        .copied()
+        .find(|&root| root == parent)
+        .unwrap_or(parent)
+}
+
+/// True when `pid` is a live process (not a thread of another one, not gone).
+pub fn is_live_process(pid: u32) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return false;
+    };
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("Tgid:"))
+        .and_then(|tgid| tgid.trim().parse::<u32>().ok())
+        == Some(pid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn descendants_are_tagged_with_their_root() {
+        // 100 -> 101 -> 102; 200 unrelated; 300 -> 301
+        let parents = HashMap::from([
+            (100, 1),
+            (101, 100),
+            (102, 101),
+            (200, 1),
+            (300, 1),
+            (301, 300),
+        ]);
+        let targets = descendants_of(&[100, 300], &parents);
+        let pairs: Vec<(u32, u32)> = targets.iter().map(|t| (t.pid, t.root_pid)).collect();
+        assert_eq!(
+            pairs,
+            vec![(100, 100), (101, 100), (102, 100), (300, 300), (301, 300)]
+        );
+    }
+
+    #[test]
+    fn this_process_is_live_and_a_thread_is_not() {
+        assert!(is_live_process(std::process::id()));
+        assert!(!is_live_process(u32::MAX - 1));
+    }
+}

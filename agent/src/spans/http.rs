@@ -1,0 +1,177 @@
+//! HTTP exchanges to spans, with OTel semantic-convention attributes. Bodies and headers other
+//! than Host never reach a span; query values are redacted.
+
+use std::net::SocketAddr;
+
+use super::{
+    model::{OpType, SpanKind, SpanRecord},
+    route::{redact_query, route, split_target},
+};
+use crate::protocols::http1::Exchange;
+
+/// What the connection knows of its two ends.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Endpoints {
+    pub peer: Option<SocketAddr>,
+    pub local: Option<SocketAddr>,
+}
+
+/// Ids a span was given when its request started.
+#[derive(Clone, Copy, Debug)]
+pub struct SpanIds {
+    pub trace_id: u128,
+    pub span_id: u64,
+    pub parent_span_id: Option<u64>,
+}
+
+/// Who did it.
+#[derive(Clone, Copy, Debug)]
+pub struct Actor {
+    pub pid: u32,
+    pub tid: u32,
+}
+
+/// `host[:port]` from a Host header; IPv6 literals keep no brackets.
+pub fn split_host(host: &str) -> (String, Option<u16>) {
+    let host = host.trim();
+    if let Some(rest) = host.strip_prefix('[')
+        && let Some((ip, tail)) = rest.split_once(']')
+    {
+        let port = tail.strip_prefix(':').and_then(|p| p.parse().ok());
+        return (ip.to_owned(), port);
+    }
+    match host.rsplit_once(':') {
+        Some((name, port)) if !name.contains(':') => match port.parse() {
+            Ok(port) => (name.to_owned(), Some(port)),
+            Err(_) => (host.to_owned(), None),
+        },
+        _ => (host.to_owned(), None),
+    }
+}
+
+fn base_span(exchange: &Exchange, kind: SpanKind, ids: SpanIds, actor: Actor) -> SpanRecord {
+    let (path, query) = split_target(&exchange.request.target);
+    let route = route(path);
+    let method = exchange.request.method.clone();
+    let status = exchange.response.status;
+    let (op, start_ns) = match kind {
+        // The server's request starts when its first bytes were read.
+        SpanKind::Server => (OpType::HttpServer, exchange.request_first.exit_ns),
+        // The client's call starts when it began writing the request.
+        SpanKind::Client => (OpType::HttpClient, exchange.request_first.enter_ns),
+    };
+    let mut span = SpanRecord {
+        trace_id: ids.trace_id,
+        span_id: ids.span_id,
+        parent_span_id: ids.parent_span_id,
+        kind,
+        op,
+        name: format!("{method} {route}"),
+        start_ns,
+        end_ns: exchange.response_last.exit_ns.max(start_ns),
+        attributes: Vec::with_capacity(16),
+        error: None,
+        pid: actor.pid,
+        tid: actor.tid,
+    };
+    span.set("http.request.method", method);
+    span.set("url.path", path.to_owned());
+    if let Some(query) = query.filter(|q| !q.is_empty()) {
+        span.set("url.query", redact_query(query));
+    }
+    span.set("http.route", route);
+    span.set("http.response.status_code", i64::from(status));
+    span.set("http.request.body.size", exchange.request_body_bytes as i64);
+    span.set(
+        "http.response.body.size",
+        exchange.response_body_bytes as i64,
+    );
+    span.set("network.protocol.name", "http");
+    span
+}
+
+fn set_peer(span: &mut SpanRecord, peer: Option<SocketAddr>) {
+    if let Some(peer) = peer {
+        span.set("network.peer.address", peer.ip().to_string());
+        span.set("network.peer.port", i64::from(peer.port()));
+    }
+}
+
+/// A SERVER span for an inbound request. 5xx is an error.
+pub fn server_span(exchange: &Exchange, ends: Endpoints, ids: SpanIds, actor: Actor) -> SpanRecord {
+    let mut span = base_span(exchange, SpanKind::Server, ids, actor);
+    let (host, port) = match exchange.request.host.as_deref().map(split_host) {
+        Some((host, port)) => (Some(host), port.or(ends.local.map(|l| l.port()))),
+        None => (
+            ends.local.map(|l| l.ip().to_string()),
+            ends.local.map(|l| l.port()),
+        ),
+    };
+    if let Some(host) = host {
+        span.set("server.address", host);
+    }
+    if let Some(port) = port {
+        span.set("server.port", i64::from(port));
+    }
+    if let Some(peer) = ends.peer {
+        span.set("client.address", peer.ip().to_string());
+    }
+    set_peer(&mut span, ends.peer);
+    span.set("url.scheme", "http");
+    if exchange.response.status >= 500 {
+        span.error = Some(format!("HTTP {}", exchange.response.status));
+    }
+    span
+}
+
+/// A CLIENT span for an outbound call. 4xx and 5xx are errors.
+pub fn client_span(exchange: &Exchange, ends: Endpoints, ids: SpanIds, actor: Actor) -> SpanRecord {
+    let mut span = base_span(exchange, SpanKind::Client, ids, actor);
+    let from_host = exchange.request.host.as_deref().map(split_host);
+    let host = from_host
+        .as_ref()
+        .map(|(host, _)| host.clone())
+        .or_else(|| ends.peer.map(|p| p.ip().to_string()));
+    let port = from_host
+        .and_then(|(_, port)| port)
+        .or(ends.peer.map(|p| p.port()));
+    if let Some(host) = &host {
+        span.set("server.address", host.clone());
+    }
+    if let Some(port) = port {
+        span.set("server.port", i64::from(port));
+    }
+    set_peer(&mut span, ends.peer);
+    if let Some(host) = host {
+        let (path, query) = split_target(&exchange.request.target);
+        let authority = match port {
+            Some(80) | None => host,
+            Some(port) => format!("{host}:{port}"),
+        };
+        let query = query
+            .map(|q| format!("?{}", redact_query(q)))
+            .unwrap_or_default();
+        span.set("url.full", format!("http://{authority}{path}{query}"));
+    }
+    if exchange.response.status >= 400 {
+        span.error = Some(format!("HTTP {}", exchange.response.status));
+    }
+    span
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_headers_split_into_name_and_port() {
+        assert_eq!(
+            split_host("example.com:8080"),
+            ("example.com".into(), Some(8080))
+        );
+        assert_eq!(split_host("example.com"), ("example.com".into(), None));
+        assert_eq!(split_host("[::1]:443"), ("::1".into(), Some(443)));
+        assert_eq!(split_host("::1"), ("::1".into(), None));
+        assert_eq!(split_host("h:notaport"), ("h:notaport".into(), None));
+    }
+}

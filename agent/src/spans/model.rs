@@ -1,0 +1,97 @@
+//! The span as loupe builds it, independent of any exporter.
+
+/// Which side of a call the span describes (OTel SpanKind).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SpanKind {
+    Server,
+    Client,
+}
+
+/// What kind of operation a span is, which picks its slowness threshold. Later kinds (database,
+/// cache) slot in here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum OpType {
+    /// An inbound HTTP request (threshold --slow-http).
+    HttpServer,
+    /// An outbound HTTP call (threshold --slow-external).
+    HttpClient,
+}
+
+/// An attribute value.
+#[derive(Clone, Debug, PartialEq)]
+pub enum AttrValue {
+    Str(String),
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+}
+
+impl From<&str> for AttrValue {
+    fn from(value: &str) -> Self {
+        Self::Str(value.to_owned())
+    }
+}
+impl From<String> for AttrValue {
+    fn from(value: String) -> Self {
+        Self::Str(value)
+    }
+}
+impl From<i64> for AttrValue {
+    fn from(value: i64) -> Self {
+        Self::Int(value)
+    }
+}
+impl From<f64> for AttrValue {
+    fn from(value: f64) -> Self {
+        Self::Float(value)
+    }
+}
+impl From<bool> for AttrValue {
+    fn from(value: bool) -> Self {
+        Self::Bool(value)
+    }
+}
+
+/// A finished span.
+#[derive(Clone, Debug)]
+pub struct SpanRecord {
+    pub trace_id: u128,
+    pub span_id: u64,
+    /// The parent span in the same trace (local or, from a traceparent header, remote).
+    pub parent_span_id: Option<u64>,
+    pub kind: SpanKind,
+    pub op: OpType,
+    pub name: String,
+    /// ns since boot (CLOCK_MONOTONIC), as the kernel stamps events.
+    pub start_ns: u64,
+    /// ns since boot (CLOCK_MONOTONIC).
+    pub end_ns: u64,
+    pub attributes: Vec<(&'static str, AttrValue)>,
+    /// Error status with its description, or None for unset.
+    pub error: Option<String>,
+    /// The process that did it.
+    pub pid: u32,
+    /// The thread that did it.
+    pub tid: u32,
+}
+
+impl SpanRecord {
+    pub fn duration_ns(&self) -> u64 {
+        self.end_ns.saturating_sub(self.start_ns)
+    }
+
+    pub fn attr(&self, key: &str) -> Option<&AttrValue> {
+        self.attributes
+            .iter()
+            .find(|(name, _)| *name == key)
+            .map(|(_, value)| value)
+    }
+
+    pub fn set(&mut self, key: &'static str, value: impl Into<AttrValue>) {
+        let value = value.into();
+        match self.attributes.iter_mut().find(|(name, _)| *name == key) {
+            Some(slot) => slot.1 = value,
+            None => self.attributes.push((key, value)),
+        }
+    }
+}

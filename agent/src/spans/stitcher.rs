@@ -1,0 +1,379 @@
+//! The stitcher: the one owner of per-connection and per-thread state.
+//!
+//! It feeds each tracked connection's bytes to its protocol parser, gives every request span ids
+//! the moment its head is parsed, and nests an outbound call under the server request its thread
+//! is serving at that moment: the request whose head was read and whose response has not started.
+//! Where a thread serves several requests at once (an event loop), it cannot tell which one made
+//! the call, so the call stays a root span and is counted, never nested wrongly.
+
+use std::{collections::HashMap, net::SocketAddr, sync::Arc};
+
+use loupe_common::{Direction, SocketRole};
+
+use super::{
+    http::{Actor, Endpoints, SpanIds, client_span, server_span},
+    ids::{new_span_id, new_trace_id, parse_traceparent},
+    model::SpanRecord,
+};
+use crate::{
+    events::{ConnRecord, DataRecord, Event},
+    process::{SocketAddrs, socket_addrs},
+    protocols::http1::{self, Chunk, Conversation, Flow, HttpEvent},
+    stats::Counters,
+};
+
+/// Bounds of the stitcher's state.
+#[derive(Clone, Copy, Debug)]
+pub struct StitcherLimits {
+    /// Connections tracked at once.
+    pub max_connections: usize,
+    /// An unframed response (no Content-Length, not chunked) whose last bytes are older than
+    /// this is finished.
+    pub idle_response_ns: u64,
+    /// A connection with no traffic for this long is forgotten.
+    pub idle_connection_ns: u64,
+    /// Chunks that neither look like HTTP nor follow it before a connection is given up on.
+    pub sniff_budget: u32,
+}
+
+impl Default for StitcherLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 65_536,
+            idle_response_ns: 1_000_000_000,
+            idle_connection_ns: 300_000_000_000,
+            sniff_budget: 8,
+        }
+    }
+}
+
+type ConnKey = (u32, i32);
+
+enum Protocol {
+    /// Not seen enough bytes to tell.
+    Unknown {
+        sniffed: u32,
+    },
+    Http(Box<Conversation>),
+    /// Not a protocol loupe parses (yet): bytes are skipped.
+    Other,
+}
+
+struct Conn {
+    role: SocketRole,
+    ends: Endpoints,
+    /// Whether /proc was asked for the addresses (asked at most once).
+    looked_up: bool,
+    protocol: Protocol,
+    last_ns: u64,
+    /// Ids of requests whose head was parsed, by sequence number, until their exchange ends.
+    pending: HashMap<u64, Pending>,
+}
+
+#[derive(Clone, Copy)]
+struct Pending {
+    ids: SpanIds,
+    tid: u32,
+}
+
+/// A server request a thread is serving: head read, response not started.
+#[derive(Clone, Copy)]
+struct Serving {
+    fd: i32,
+    seq: u64,
+    trace_id: u128,
+    span_id: u64,
+}
+
+/// Owns connection and thread state; turns events into finished spans.
+pub struct Stitcher {
+    conns: HashMap<ConnKey, Conn>,
+    /// Server requests in progress per (pid, tid).
+    serving: HashMap<(u32, u32), Vec<Serving>>,
+    limits: StitcherLimits,
+    counters: Arc<Counters>,
+    scratch: Vec<HttpEvent>,
+}
+
+impl Stitcher {
+    pub fn new(limits: StitcherLimits, counters: Arc<Counters>) -> Self {
+        Self {
+            conns: HashMap::new(),
+            serving: HashMap::new(),
+            limits,
+            counters,
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Registers a connection that was already open at attach.
+    pub fn seed(&mut self, pid: u32, fd: i32, role: SocketRole, addrs: SocketAddrs) {
+        let conn = Self::new_conn(role, Some(addrs.peer), Some(addrs.local), 0);
+        self.insert_conn((pid, fd), conn);
+    }
+
+    /// Handles one event, pushing finished spans to `out`.
+    pub fn handle(&mut self, event: Event, out: &mut Vec<SpanRecord>) {
+        match event {
+            Event::Data(data) => self.on_data(data, out),
+            Event::Conn(conn) => self.on_conn(conn, out),
+            Event::Close { pid, fd, .. } => self.close((pid, fd), out),
+            Event::Fork { .. } => {}
+        }
+    }
+
+    /// Periodic upkeep: finishes idle unframed responses and forgets idle connections.
+    pub fn tick(&mut self, now_ns: u64, out: &mut Vec<SpanRecord>) {
+        let mut stale = Vec::new();
+        let keys: Vec<ConnKey> = self.conns.keys().copied().collect();
+        for key in keys {
+            let Some(conn) = self.conns.get_mut(&key) else {
+                continue;
+            };
+            if now_ns.saturating_sub(conn.last_ns) > self.limits.idle_connection_ns {
+                stale.push(key);
+                continue;
+            }
+            if let Protocol::Http(conversation) = &mut conn.protocol {
+                conversation.flush_idle(now_ns, self.limits.idle_response_ns, &mut self.scratch);
+                self.dispatch(key, None, out);
+            }
+        }
+        for key in stale {
+            self.close(key, out);
+        }
+    }
+
+    /// Finishes everything (at shutdown): each connection is closed as if by the target.
+    pub fn finish(&mut self, out: &mut Vec<SpanRecord>) {
+        let keys: Vec<ConnKey> = self.conns.keys().copied().collect();
+        for key in keys {
+            self.close(key, out);
+        }
+    }
+
+    pub fn connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    fn new_conn(
+        role: SocketRole,
+        peer: Option<SocketAddr>,
+        local: Option<SocketAddr>,
+        now: u64,
+    ) -> Conn {
+        Conn {
+            role,
+            ends: Endpoints { peer, local },
+            looked_up: peer.is_some() && local.is_some(),
+            protocol: Protocol::Unknown { sniffed: 0 },
+            last_ns: now,
+            pending: HashMap::new(),
+        }
+    }
+
+    fn insert_conn(&mut self, key: ConnKey, conn: Conn) -> bool {
+        if self.conns.len() >= self.limits.max_connections && !self.conns.contains_key(&key) {
+            Counters::add(&self.counters.connections_dropped, 1);
+            return false;
+        }
+        self.conns.insert(key, conn);
+        true
+    }
+
+    fn on_conn(&mut self, record: ConnRecord, out: &mut Vec<SpanRecord>) {
+        let key = (record.pid, record.fd);
+        // A new socket on a reused fd: whatever the old one held is over.
+        self.close(key, out);
+        let conn = Self::new_conn(record.role, record.peer, None, record.ts_ns);
+        self.insert_conn(key, conn);
+    }
+
+    fn close(&mut self, key: ConnKey, out: &mut Vec<SpanRecord>) {
+        let Some(conn) = self.conns.get_mut(&key) else {
+            return;
+        };
+        if let Protocol::Http(conversation) = &mut conn.protocol {
+            conversation.close(&mut self.scratch);
+            self.dispatch(key, None, out);
+        }
+        if let Some(conn) = self.conns.remove(&key) {
+            Counters::add(
+                &self.counters.unanswered_requests,
+                conn.pending.len() as u64,
+            );
+            for pending in conn.pending.values() {
+                self.stop_serving(key.0, pending.tid, key.1, None);
+            }
+        }
+    }
+
+    fn on_data(&mut self, data: DataRecord, out: &mut Vec<SpanRecord>) {
+        let key = (data.pid, data.fd);
+        if !self.conns.contains_key(&key) {
+            // A socket whose accept/connect loupe did not see: its role comes from its bytes.
+            let conn = Self::new_conn(SocketRole::Unknown, None, None, data.exit_ns);
+            if !self.insert_conn(key, conn) {
+                return;
+            }
+        }
+        let budget = self.limits.sniff_budget;
+        let Some(conn) = self.conns.get_mut(&key) else {
+            return;
+        };
+        conn.last_ns = data.exit_ns;
+        if let Protocol::Unknown { sniffed } = &mut conn.protocol {
+            if http1::looks_like_request(&data.payload) {
+                conn.role = match data.direction {
+                    Direction::Ingress => SocketRole::Server,
+                    Direction::Egress => SocketRole::Client,
+                };
+                conn.protocol =
+                    Protocol::Http(Box::new(Conversation::new(http1::Limits::default())));
+            } else {
+                *sniffed += 1;
+                if *sniffed >= budget && !http1::looks_like_response(&data.payload) {
+                    conn.protocol = Protocol::Other;
+                }
+                return;
+            }
+        }
+        let Protocol::Http(conversation) = &mut conn.protocol else {
+            return;
+        };
+        let flow = match (conn.role, data.direction) {
+            (SocketRole::Client, Direction::Egress) | (SocketRole::Server, Direction::Ingress) => {
+                Flow::Request
+            }
+            _ => Flow::Response,
+        };
+        conversation.push(
+            Chunk {
+                flow,
+                enter_ns: data.enter_ns,
+                exit_ns: data.exit_ns,
+                captured: &data.payload,
+                total_len: data.total_len as usize,
+            },
+            &mut self.scratch,
+        );
+        self.dispatch(key, Some(data.tid), out);
+    }
+
+    /// Acts on the HTTP events the last parser call left in `scratch`. `tid` is the thread that
+    /// moved the bytes (None for close and idle flushes).
+    fn dispatch(&mut self, key: ConnKey, tid: Option<u32>, out: &mut Vec<SpanRecord>) {
+        let events = std::mem::take(&mut self.scratch);
+        for event in &events {
+            match event {
+                HttpEvent::RequestStarted { seq, head, .. } => {
+                    let tid = tid.unwrap_or(0);
+                    self.request_started(key, *seq, tid, head.traceparent.as_deref());
+                }
+                HttpEvent::ResponseStarted { seq, .. } => {
+                    let Some(conn) = self.conns.get(&key) else {
+                        continue;
+                    };
+                    if conn.role == SocketRole::Server
+                        && let Some(pending) = conn.pending.get(seq).copied()
+                    {
+                        self.stop_serving(key.0, pending.tid, key.1, Some(*seq));
+                    }
+                }
+                HttpEvent::Exchange(exchange) => self.exchange_done(key, exchange, out),
+            }
+        }
+        self.scratch = events;
+        self.scratch.clear();
+    }
+
+    fn request_started(&mut self, key: ConnKey, seq: u64, tid: u32, traceparent: Option<&str>) {
+        let Some(role) = self.conns.get(&key).map(|conn| conn.role) else {
+            return;
+        };
+        let ids = match role {
+            SocketRole::Client => {
+                let parent = match self.serving.get(&(key.0, tid)).map(Vec::as_slice) {
+                    Some([only]) => Some(*only),
+                    Some([_, _, ..]) => {
+                        Counters::add(&self.counters.unnested_calls, 1);
+                        None
+                    }
+                    _ => None,
+                };
+                SpanIds {
+                    trace_id: parent.map_or_else(new_trace_id, |p| p.trace_id),
+                    span_id: new_span_id(),
+                    parent_span_id: parent.map(|p| p.span_id),
+                }
+            }
+            _ => {
+                let remote = traceparent.and_then(parse_traceparent);
+                let ids = SpanIds {
+                    trace_id: remote.map_or_else(new_trace_id, |(trace, _)| trace),
+                    span_id: new_span_id(),
+                    parent_span_id: remote.map(|(_, parent)| parent),
+                };
+                self.serving.entry((key.0, tid)).or_default().push(Serving {
+                    fd: key.1,
+                    seq,
+                    trace_id: ids.trace_id,
+                    span_id: ids.span_id,
+                });
+                ids
+            }
+        };
+        if let Some(conn) = self.conns.get_mut(&key) {
+            conn.pending.insert(seq, Pending { ids, tid });
+        }
+    }
+
+    /// Forgets that `tid` serves request `seq` (or every request) of connection `fd`.
+    fn stop_serving(&mut self, pid: u32, tid: u32, fd: i32, seq: Option<u64>) {
+        if let Some(list) = self.serving.get_mut(&(pid, tid)) {
+            list.retain(|s| !(s.fd == fd && seq.is_none_or(|seq| s.seq == seq)));
+            if list.is_empty() {
+                self.serving.remove(&(pid, tid));
+            }
+        }
+    }
+
+    fn exchange_done(
+        &mut self,
+        key: ConnKey,
+        exchange: &http1::Exchange,
+        out: &mut Vec<SpanRecord>,
+    ) {
+        let Some(conn) = self.conns.get_mut(&key) else {
+            return;
+        };
+        let Some(pending) = conn.pending.remove(&exchange.seq) else {
+            return;
+        };
+        if !conn.looked_up {
+            conn.looked_up = true;
+            if let Some(addrs) = socket_addrs(key.0, key.1) {
+                conn.ends.local = Some(addrs.local);
+                conn.ends.peer = conn.ends.peer.or(Some(addrs.peer));
+            }
+        }
+        let actor = Actor {
+            pid: key.0,
+            tid: pending.tid,
+        };
+        let role = conn.role;
+        let ends = conn.ends;
+        if role == SocketRole::Server {
+            self.stop_serving(key.0, pending.tid, key.1, Some(exchange.seq));
+        }
+        let span = match role {
+            SocketRole::Client => client_span(exchange, ends, pending.ids, actor),
+            _ => server_span(exchange, ends, pending.ids, actor),
+        };
+        out.push(span);
+    }
+}
+
+#[cfg(test)]
+#[path = "stitcher_tests.rs"]
+mod tests;

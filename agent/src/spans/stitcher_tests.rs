@@ -1,0 +1,264 @@
+//! The stitcher on synthetic event streams: nesting, ambiguity, roles from bytes.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use loupe_common::{Direction, SocketRole};
+
+use super::*;
+use crate::{
+    events::{ConnRecord, DataRecord, Event},
+    spans::{AttrValue, SpanKind},
+};
+
+const PID: u32 = 100;
+
+fn conn(fd: i32, tid: u32, role: SocketRole, peer: &str) -> Event {
+    Event::Conn(ConnRecord {
+        pid: PID,
+        tid,
+        fd,
+        ts_ns: 1,
+        role,
+        peer: Some(peer.parse().unwrap()),
+    })
+}
+
+fn data(fd: i32, tid: u32, direction: Direction, at: u64, bytes: &'static [u8]) -> Event {
+    Event::Data(DataRecord {
+        pid: PID,
+        tid,
+        fd,
+        enter_ns: at,
+        exit_ns: at + 100,
+        total_len: bytes.len() as u32,
+        direction,
+        payload: Bytes::from_static(bytes),
+    })
+}
+
+fn run(events: Vec<Event>) -> (Vec<SpanRecord>, Arc<Counters>) {
+    let counters = Arc::new(Counters::default());
+    let mut stitcher = Stitcher::new(StitcherLimits::default(), counters.clone());
+    let mut out = Vec::new();
+    for event in events {
+        stitcher.handle(event, &mut out);
+    }
+    (out, counters)
+}
+
+const REQUEST: &[u8] = b"GET /api/checkout?user=42 HTTP/1.1\r\nHost: shop:8080\r\n\r\n";
+const CALL: &[u8] =
+    b"GET /score?user=42 HTTP/1.1\r\nHost: 127.0.0.1:8081\r\nConnection: close\r\n\r\n";
+const CALL_RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello";
+
+#[test]
+fn outbound_call_nests_under_the_request_its_thread_serves() {
+    let (spans, counters) = run(vec![
+        conn(5, 7, SocketRole::Server, "127.0.0.1:5000"),
+        data(5, 7, Direction::Ingress, 1_000, REQUEST),
+        conn(6, 7, SocketRole::Client, "127.0.0.1:8081"),
+        data(6, 7, Direction::Egress, 2_000, CALL),
+        data(6, 7, Direction::Ingress, 3_000, CALL_RESPONSE),
+        data(5, 7, Direction::Egress, 4_000, RESPONSE),
+    ]);
+    assert_eq!(spans.len(), 2, "{spans:#?}");
+    let (client, server) = (&spans[0], &spans[1]);
+    assert_eq!(client.kind, SpanKind::Client);
+    assert_eq!(server.kind, SpanKind::Server);
+    assert_eq!(client.parent_span_id, Some(server.span_id));
+    assert_eq!(client.trace_id, server.trace_id);
+    assert_eq!(server.parent_span_id, None);
+    // Server: first request byte read .. last response byte written.
+    assert_eq!((server.start_ns, server.end_ns), (1_100, 4_100));
+    // Client: request write entered .. response read returned.
+    assert_eq!((client.start_ns, client.end_ns), (2_000, 3_100));
+    assert_eq!(server.name, "GET /api/checkout");
+    assert_eq!(
+        server.attr("server.address"),
+        Some(&AttrValue::Str("shop".into()))
+    );
+    assert_eq!(server.attr("server.port"), Some(&AttrValue::Int(8080)));
+    assert_eq!(
+        server.attr("client.address"),
+        Some(&AttrValue::Str("127.0.0.1".into()))
+    );
+    assert_eq!(
+        server.attr("url.query"),
+        Some(&AttrValue::Str("user=?".into()))
+    );
+    assert_eq!(
+        server.attr("http.response.body.size"),
+        Some(&AttrValue::Int(5))
+    );
+    assert_eq!(client.name, "GET /score");
+    assert_eq!(client.attr("server.port"), Some(&AttrValue::Int(8081)));
+    assert_eq!(
+        client.attr("network.peer.port"),
+        Some(&AttrValue::Int(8081))
+    );
+    assert_eq!(
+        client.attr("url.full"),
+        Some(&AttrValue::Str("http://127.0.0.1:8081/score?user=?".into()))
+    );
+    assert_eq!(Counters::get(&counters.unnested_calls), 0);
+}
+
+#[test]
+fn call_from_a_thread_serving_two_requests_stays_unnested_and_is_counted() {
+    let (spans, counters) = run(vec![
+        conn(5, 7, SocketRole::Server, "127.0.0.1:5000"),
+        conn(9, 7, SocketRole::Server, "127.0.0.1:5001"),
+        data(5, 7, Direction::Ingress, 1_000, REQUEST),
+        data(9, 7, Direction::Ingress, 1_500, REQUEST),
+        conn(6, 7, SocketRole::Client, "127.0.0.1:8081"),
+        data(6, 7, Direction::Egress, 2_000, CALL),
+        data(6, 7, Direction::Ingress, 3_000, CALL_RESPONSE),
+    ]);
+    assert_eq!(spans.len(), 1);
+    assert_eq!(spans[0].kind, SpanKind::Client);
+    assert_eq!(spans[0].parent_span_id, None);
+    assert_eq!(Counters::get(&counters.unnested_calls), 1);
+}
+
+#[test]
+fn call_on_another_thread_is_not_nested() {
+    let (spans, counters) = run(vec![
+        conn(5, 7, SocketRole::Server, "127.0.0.1:5000"),
+        data(5, 7, Direction::Ingress, 1_000, REQUEST),
+        conn(6, 8, SocketRole::Client, "127.0.0.1:8081"),
+        data(6, 8, Direction::Egress, 2_000, CALL),
+        data(6, 8, Direction::Ingress, 3_000, CALL_RESPONSE),
+    ]);
+    assert_eq!(spans.len(), 1);
+    assert_eq!(spans[0].parent_span_id, None);
+    assert_eq!(Counters::get(&counters.unnested_calls), 0);
+}
+
+#[test]
+fn once_the_response_starts_the_thread_serves_nothing() {
+    let (spans, _) = run(vec![
+        conn(5, 7, SocketRole::Server, "127.0.0.1:5000"),
+        data(5, 7, Direction::Ingress, 1_000, REQUEST),
+        data(5, 7, Direction::Egress, 1_500, RESPONSE),
+        conn(6, 7, SocketRole::Client, "127.0.0.1:8081"),
+        data(6, 7, Direction::Egress, 2_000, CALL),
+        data(6, 7, Direction::Ingress, 3_000, CALL_RESPONSE),
+    ]);
+    assert_eq!(spans.len(), 2);
+    assert_eq!(spans[1].kind, SpanKind::Client);
+    assert_eq!(spans[1].parent_span_id, None);
+}
+
+#[test]
+fn socket_open_before_attach_gets_its_role_from_its_bytes() {
+    let (spans, _) = run(vec![
+        data(5, 7, Direction::Ingress, 1_000, REQUEST),
+        data(5, 7, Direction::Egress, 2_000, RESPONSE),
+    ]);
+    assert_eq!(spans.len(), 1);
+    assert_eq!(spans[0].kind, SpanKind::Server);
+    assert_eq!(
+        spans[0].attr("http.response.status_code"),
+        Some(&AttrValue::Int(200))
+    );
+}
+
+#[test]
+fn inbound_traceparent_continues_the_callers_trace() {
+    let (spans, _) = run(vec![
+        conn(5, 7, SocketRole::Server, "127.0.0.1:5000"),
+        data(
+            5,
+            7,
+            Direction::Ingress,
+            1_000,
+            b"GET / HTTP/1.1\r\nHost: a\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\r\n",
+        ),
+        data(5, 7, Direction::Egress, 2_000, RESPONSE),
+    ]);
+    assert_eq!(spans[0].trace_id, 0x4bf92f3577b34da6a3ce929d0e0e4736);
+    assert_eq!(spans[0].parent_span_id, Some(0x00f067aa0ba902b7));
+}
+
+#[test]
+fn server_errors_are_error_spans_and_client_4xx_too() {
+    let (spans, _) = run(vec![
+        conn(5, 7, SocketRole::Server, "127.0.0.1:5000"),
+        data(5, 7, Direction::Ingress, 1_000, REQUEST),
+        conn(6, 7, SocketRole::Client, "127.0.0.1:8081"),
+        data(6, 7, Direction::Egress, 2_000, CALL),
+        data(
+            6,
+            7,
+            Direction::Ingress,
+            3_000,
+            b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n",
+        ),
+        data(
+            5,
+            7,
+            Direction::Egress,
+            4_000,
+            b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n",
+        ),
+    ]);
+    assert_eq!(spans[0].error.as_deref(), Some("HTTP 404"));
+    assert_eq!(spans[1].error.as_deref(), Some("HTTP 502"));
+}
+
+#[test]
+fn non_http_bytes_make_no_spans() {
+    let (spans, _) = run(vec![
+        conn(5, 7, SocketRole::Server, "127.0.0.1:5000"),
+        data(
+            5,
+            7,
+            Direction::Ingress,
+            1_000,
+            b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
+        ),
+        data(
+            5,
+            7,
+            Direction::Egress,
+            2_000,
+            b"\x16\x03\x03\x00\x7a\x02\x00\x00\x76",
+        ),
+    ]);
+    assert!(spans.is_empty());
+}
+
+#[test]
+fn closing_a_connection_finishes_an_unframed_response() {
+    let counters = Arc::new(Counters::default());
+    let mut stitcher = Stitcher::new(StitcherLimits::default(), counters);
+    let mut out = Vec::new();
+    for event in [
+        conn(5, 7, SocketRole::Server, "127.0.0.1:5000"),
+        data(5, 7, Direction::Ingress, 1_000, REQUEST),
+        data(
+            5,
+            7,
+            Direction::Egress,
+            2_000,
+            b"HTTP/1.0 200 OK\r\n\r\nbody until close",
+        ),
+    ] {
+        stitcher.handle(event, &mut out);
+    }
+    assert!(out.is_empty(), "no framing: not finished until close");
+    stitcher.handle(
+        Event::Close {
+            pid: PID,
+            tid: 7,
+            fd: 5,
+            ts_ns: 3_000,
+        },
+        &mut out,
+    );
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].end_ns, 2_100);
+    assert_eq!(stitcher.connections(), 0);
+}

@@ -1,0 +1,49 @@
+//! Counters every stage bumps and the summary shows: loss is a signal, never silent.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Shared, lock-free counters (one `Arc<Counters>` for the whole pipeline).
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Records read from the ring buffer.
+    pub events_read: AtomicU64,
+    /// Records the kernel could not deliver (ring full, in-flight map full), polled from LOSS.
+    pub events_lost_kernel: AtomicU64,
+    /// Records that did not decode.
+    pub decode_errors: AtomicU64,
+    /// Spans built by the stitcher.
+    pub spans_built: AtomicU64,
+    /// Spans the exporter acknowledged (OTLP) or printed (terminal).
+    pub spans_exported: AtomicU64,
+    /// Spans dropped: export queue full, or the endpoint refused or timed out.
+    pub spans_dropped: AtomicU64,
+    /// Outbound calls left without a parent because their thread served several requests at once.
+    pub unnested_calls: AtomicU64,
+    /// Connections not tracked because the connection table was full.
+    pub connections_dropped: AtomicU64,
+    /// HTTP requests that got no response before their connection closed.
+    pub unanswered_requests: AtomicU64,
+}
+
+impl Counters {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+
+    /// The one-line summary printed at exit (its format is a contract: docs/contracts.md).
+    pub fn summary_line(&self) -> String {
+        format!(
+            "loupe: summary events_read={} events_lost={} decode_errors={} spans_exported={} spans_dropped={} unnested_calls={}",
+            Self::get(&self.events_read),
+            Self::get(&self.events_lost_kernel),
+            Self::get(&self.decode_errors),
+            Self::get(&self.spans_exported),
+            Self::get(&self.spans_dropped),
+            Self::get(&self.unnested_calls),
+        )
+    }
+}

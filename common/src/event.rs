@@ -1,0 +1,175 @@
+//! Records the kernel writes to the `EVENTS` ring buffer.
+//!
+//! Every record starts with an [`EventHeader`]; its `kind` says which struct follows. Data records
+//! come in size classes (the payload array is a const generic) so that a 40-byte write does not
+//! reserve a 4 KiB slot; userspace never relies on the class, only on `captured_len`.
+
+/// Upper bound of payload bytes captured from one syscall (the largest size class).
+pub const MAX_CAPTURE: usize = 4096;
+/// Payload size classes, smallest first. Each is a constant so the verifier accepts the reserve.
+pub const CAPTURE_CLASSES: [usize; 3] = [256, 1024, MAX_CAPTURE];
+
+/// What an event record is. Ids are explicit and never reused.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// A socket read or written by a target thread: [`DataEvent`].
+    Data = 1,
+    /// A socket accepted (server side) or connected (client side): [`ConnEvent`].
+    Conn = 2,
+    /// A tracked socket closed: [`CloseEvent`].
+    Close = 3,
+    /// A target process forked a child, which is now a target too: [`ForkEvent`].
+    Fork = 4,
+}
+
+impl TryFrom<u32> for EventKind {
+    type Error = u32;
+    fn try_from(raw: u32) -> Result<Self, u32> {
+        match raw {
+            1 => Ok(Self::Data),
+            2 => Ok(Self::Conn),
+            3 => Ok(Self::Close),
+            4 => Ok(Self::Fork),
+            other => Err(other),
+        }
+    }
+}
+
+/// Which way bytes moved, seen from the target process.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// read, readv, recvfrom, recvmsg.
+    Ingress = 0,
+    /// write, writev, sendto, sendmsg.
+    Egress = 1,
+}
+
+impl TryFrom<u32> for Direction {
+    type Error = u32;
+    fn try_from(raw: u32) -> Result<Self, u32> {
+        match raw {
+            0 => Ok(Self::Ingress),
+            1 => Ok(Self::Egress),
+            other => Err(other),
+        }
+    }
+}
+
+/// Which side of a connection the target is on.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SocketRole {
+    /// Not known: a socket found already open, whose role userspace has not worked out yet.
+    Unknown = 0,
+    /// The target accepted it: it serves requests on it.
+    Server = 1,
+    /// The target connected it: it sends requests on it.
+    Client = 2,
+}
+
+impl TryFrom<u32> for SocketRole {
+    type Error = u32;
+    fn try_from(raw: u32) -> Result<Self, u32> {
+        match raw {
+            0 => Ok(Self::Unknown),
+            1 => Ok(Self::Server),
+            2 => Ok(Self::Client),
+            other => Err(other),
+        }
+    }
+}
+
+/// The first field of every record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct EventHeader {
+    /// An [`EventKind`] id.
+    pub kind: u32,
+    /// Thread group id (the process id as userspace sees it).
+    pub pid: u32,
+    /// Thread id (the kernel's pid of the thread).
+    pub tid: u32,
+    /// The file descriptor the event is about (-1 where none, e.g. fork).
+    pub fd: i32,
+}
+const _: () = assert!(size_of::<EventHeader>() == 16);
+
+/// Bytes read from or written to a tracked socket by one syscall.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct DataEvent<const N: usize> {
+    pub header: EventHeader,
+    /// When the syscall was entered: ns since boot, bpf_ktime_get_ns (CLOCK_MONOTONIC).
+    pub enter_ns: u64,
+    /// When the syscall returned: ns since boot, bpf_ktime_get_ns (CLOCK_MONOTONIC).
+    pub exit_ns: u64,
+    /// Bytes the syscall moved (its return value, > 0).
+    pub total_len: u32,
+    /// Bytes of `payload` that hold the first bytes moved (<= total_len, <= N).
+    pub captured_len: u32,
+    /// A [`Direction`] id.
+    pub direction: u32,
+    pub _pad: u32,
+    /// The first `captured_len` bytes moved; the rest of the array is undefined.
+    pub payload: [u8; N],
+}
+/// Bytes of a [`DataEvent`] before its payload.
+pub const DATA_EVENT_HEADER_LEN: usize = 48;
+const _: () = assert!(size_of::<DataEvent<0>>() == DATA_EVENT_HEADER_LEN);
+const _: () = assert!(size_of::<DataEvent<256>>() == DATA_EVENT_HEADER_LEN + 256);
+
+/// Raw socket address as the kernel copied it from the syscall's `sockaddr` argument:
+/// big enough for `sockaddr_in6` (28 bytes) and the start of `sockaddr_un`.
+pub const SOCKADDR_LEN: usize = 32;
+
+/// A socket accepted or connected by a target thread.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ConnEvent {
+    pub header: EventHeader,
+    /// When the syscall returned: ns since boot, bpf_ktime_get_ns.
+    pub ts_ns: u64,
+    /// A [`SocketRole`] id: Server for accept/accept4, Client for connect.
+    pub role: u32,
+    /// Bytes of `addr` the kernel filled (0 where the target passed no address buffer).
+    pub addr_len: u32,
+    /// The peer's address (`struct sockaddr_*`, family first, network byte order fields).
+    pub addr: [u8; SOCKADDR_LEN],
+}
+const _: () = assert!(size_of::<ConnEvent>() == 64);
+
+/// A tracked socket closed by a target thread.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct CloseEvent {
+    pub header: EventHeader,
+    /// When close was entered: ns since boot, bpf_ktime_get_ns.
+    pub ts_ns: u64,
+}
+const _: () = assert!(size_of::<CloseEvent>() == 24);
+
+/// A target process forked: the child is traced too.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ForkEvent {
+    pub header: EventHeader,
+    /// When it happened: ns since boot, bpf_ktime_get_ns.
+    pub ts_ns: u64,
+    /// The new process's thread group id.
+    pub child_pid: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<ForkEvent>() == 32);
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all of these are repr(C) of integers and byte arrays with explicit padding, so
+    // every bit pattern is a valid value.
+    unsafe impl aya::Pod for super::ConnEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::CloseEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ForkEvent {}
+}

@@ -1,0 +1,15 @@
+//! The kernel/user ABI of loupe.
+//!
+//! Everything that crosses the line between `loupe-ebpf` (kernel) and `loupe` (userspace) is
+//! defined here, once: event records written to the ring buffer, map keys and values, the names
+//! of programs, maps and globals, and the loss counters. Structs are `#[repr(C)]` with explicit
+//! padding and a size assertion beside each, so that a change to one side that the other does not
+//! see fails to compile instead of corrupting events.
+#![no_std]
+
+pub mod event;
+pub mod maps;
+pub mod names;
+
+pub use event::*;
+pub use maps::*;

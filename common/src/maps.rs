@@ -1,0 +1,71 @@
+//! Keys and values of the maps shared by kernel and userspace.
+
+/// Value of `TARGET_PIDS`: present means "trace this thread group".
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TargetInfo {
+    /// The pid the user named that this process belongs to (itself, or an ancestor for children).
+    pub root_pid: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<TargetInfo>() == 8);
+
+/// Key of `SOCKETS`: one open socket of a target process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SocketKey {
+    /// Thread group id.
+    pub pid: u32,
+    /// File descriptor.
+    pub fd: i32,
+}
+const _: () = assert!(size_of::<SocketKey>() == 8);
+
+impl SocketKey {
+    /// The key as one u64, the form used where a single integer key is cheaper.
+    pub const fn as_u64(self) -> u64 {
+        ((self.pid as u64) << 32) | (self.fd as u32 as u64)
+    }
+
+    /// The pid part of a key made by [`SocketKey::as_u64`].
+    pub const fn pid_of(key: u64) -> u32 {
+        (key >> 32) as u32
+    }
+}
+
+/// Value of `SOCKETS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SocketInfo {
+    /// A `SocketRole` id.
+    pub role: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<SocketInfo>() == 8);
+
+/// Slots of the per-CPU `LOSS` counter array. Every event the kernel could not deliver is
+/// counted in one of these; userspace sums the CPUs and shows them.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LossSlot {
+    /// The ring buffer was full when a record was reserved.
+    RingFull = 0,
+    /// The in-flight syscall map was full at syscall entry.
+    InFlightFull = 1,
+    /// The sockets map was full when a new connection was recorded.
+    SocketsFull = 2,
+    /// The targets map was full when a forked child was added.
+    TargetsFull = 3,
+}
+/// Number of slots in `LOSS`.
+pub const LOSS_SLOTS: u32 = 4;
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: repr(C) integers with explicit padding; every bit pattern is valid.
+    unsafe impl aya::Pod for super::TargetInfo {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SocketKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SocketInfo {}
+}

@@ -1,0 +1,105 @@
+//! Names of programs, maps and globals in the eBPF object, shared so neither side spells them.
+
+/// Ring buffer of event records (kernel writes, userspace reads).
+pub const MAP_EVENTS: &str = "EVENTS";
+/// Thread groups to trace (userspace writes at attach, kernel adds forked children).
+pub const MAP_TARGET_PIDS: &str = "TARGET_PIDS";
+/// Open sockets of target processes (kernel on accept/connect/close, userspace for sockets
+/// already open at attach).
+pub const MAP_SOCKETS: &str = "SOCKETS";
+/// Per-CPU loss counters, indexed by `LossSlot`.
+pub const MAP_LOSS: &str = "LOSS";
+
+/// Global: payload bytes to capture per syscall (clamped to `MAX_CAPTURE`).
+pub const GLOBAL_CAPTURE_BYTES: &str = "CAPTURE_BYTES";
+/// Global: unread ring buffer bytes above which a submit wakes the reader.
+pub const GLOBAL_WAKEUP_BYTES: &str = "WAKEUP_BYTES";
+
+/// A program and the tracepoints (category, name) it attaches to.
+pub struct TracepointProgram {
+    pub program: &'static str,
+    pub tracepoints: &'static [(&'static str, &'static str)],
+}
+
+/// Every tracepoint program and where it attaches. The kernel defines programs by these names;
+/// userspace loads and attaches exactly this list.
+pub const TRACEPOINT_PROGRAMS: &[TracepointProgram] = &[
+    TracepointProgram {
+        program: "enter_read_buf",
+        tracepoints: &[
+            ("syscalls", "sys_enter_read"),
+            ("syscalls", "sys_enter_recvfrom"),
+        ],
+    },
+    TracepointProgram {
+        program: "enter_write_buf",
+        tracepoints: &[
+            ("syscalls", "sys_enter_write"),
+            ("syscalls", "sys_enter_sendto"),
+        ],
+    },
+    TracepointProgram {
+        program: "enter_read_iov",
+        tracepoints: &[("syscalls", "sys_enter_readv")],
+    },
+    TracepointProgram {
+        program: "enter_write_iov",
+        tracepoints: &[("syscalls", "sys_enter_writev")],
+    },
+    TracepointProgram {
+        program: "enter_read_msg",
+        tracepoints: &[("syscalls", "sys_enter_recvmsg")],
+    },
+    TracepointProgram {
+        program: "enter_write_msg",
+        tracepoints: &[("syscalls", "sys_enter_sendmsg")],
+    },
+    TracepointProgram {
+        program: "enter_sendfile",
+        tracepoints: &[("syscalls", "sys_enter_sendfile64")],
+    },
+    TracepointProgram {
+        program: "exit_data",
+        tracepoints: &[
+            ("syscalls", "sys_exit_read"),
+            ("syscalls", "sys_exit_recvfrom"),
+            ("syscalls", "sys_exit_write"),
+            ("syscalls", "sys_exit_sendto"),
+            ("syscalls", "sys_exit_readv"),
+            ("syscalls", "sys_exit_writev"),
+            ("syscalls", "sys_exit_recvmsg"),
+            ("syscalls", "sys_exit_sendmsg"),
+            ("syscalls", "sys_exit_sendfile64"),
+        ],
+    },
+    TracepointProgram {
+        program: "enter_accept",
+        tracepoints: &[
+            ("syscalls", "sys_enter_accept"),
+            ("syscalls", "sys_enter_accept4"),
+        ],
+    },
+    TracepointProgram {
+        program: "exit_accept",
+        tracepoints: &[
+            ("syscalls", "sys_exit_accept"),
+            ("syscalls", "sys_exit_accept4"),
+        ],
+    },
+    TracepointProgram {
+        program: "enter_connect",
+        tracepoints: &[("syscalls", "sys_enter_connect")],
+    },
+    TracepointProgram {
+        program: "exit_connect",
+        tracepoints: &[("syscalls", "sys_exit_connect")],
+    },
+    TracepointProgram {
+        program: "enter_close",
+        tracepoints: &[("syscalls", "sys_enter_close")],
+    },
+    TracepointProgram {
+        program: "process_fork",
+        tracepoints: &[("sched", "sched_process_fork")],
+    },
+];

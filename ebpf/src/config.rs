@@ -1,0 +1,31 @@
+//! Globals userspace sets at load time (`EbpfLoader::set_global`); names in `loupe_common::names`.
+
+/// Payload bytes to capture per syscall; clamped to `MAX_CAPTURE` where used.
+#[unsafe(no_mangle)]
+static CAPTURE_BYTES: u32 = 1024;
+
+/// Unread ring buffer bytes above which a submit wakes the reader; below it, userspace drains
+/// on its own interval and the kernel spares the ~1.4 us wakeup.
+#[unsafe(no_mangle)]
+static WAKEUP_BYTES: u64 = 256 * 1024;
+
+/// Offset of `child_pid` in the `sched_process_fork` record: it moved between kernel versions,
+/// so userspace reads it from the tracepoint's format file.
+#[unsafe(no_mangle)]
+static FORK_CHILD_PID_OFFSET: u32 = 20;
+
+// A volatile read keeps the compiler from folding the default in: the loader patches .rodata.
+pub fn capture_bytes() -> u32 {
+    // SAFETY: a plain read of a 4-byte static.
+    unsafe { core::ptr::read_volatile(&CAPTURE_BYTES) }
+}
+
+pub fn wakeup_bytes() -> u64 {
+    // SAFETY: a plain read of an 8-byte static.
+    unsafe { core::ptr::read_volatile(&WAKEUP_BYTES) }
+}
+
+pub fn fork_child_pid_offset() -> u32 {
+    // SAFETY: a plain read of a 4-byte static.
+    unsafe { core::ptr::read_volatile(&FORK_CHILD_PID_OFFSET) }
+}

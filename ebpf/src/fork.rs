@@ -1,0 +1,44 @@
+//! A target that forks (nginx's master starting a worker, a pre-fork server replacing one) makes
+//! its child a target too. Threads fire this tracepoint as well; userspace drops those entries.
+
+use aya_ebpf::{
+    helpers::bpf_get_current_pid_tgid,
+    programs::TracePointContext,
+};
+use aya_log_ebpf::debug;
+use loupe_common::{EventHeader, EventKind, ForkEvent, LossSlot};
+
+use crate::{
+    config, emit,
+    maps::{TARGET_PIDS, count_loss},
+};
+
+pub fn try_process_fork(ctx: &TracePointContext) -> Result<(), i64> {
+    let parent = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // SAFETY: copied out at once.
+    let Some(info) = (unsafe { TARGET_PIDS.get(parent) }).copied() else {
+        return Ok(());
+    };
+    let offset = config::fork_child_pid_offset() as usize;
+    // SAFETY: the offset comes from the tracepoint's own format file.
+    let child: i32 = unsafe { ctx.read_at(offset) }.map_err(i64::from)?;
+    let child = child as u32;
+    if child == parent {
+        return Ok(());
+    }
+    if TARGET_PIDS.insert(child, info, 0).is_err() {
+        count_loss(LossSlot::TargetsFull);
+    }
+    debug!(ctx, "target {} forked {}", parent, child);
+    emit::output(&ForkEvent {
+        header: EventHeader {
+            kind: EventKind::Fork as u32,
+            pid: parent,
+            tid: bpf_get_current_pid_tgid() as u32,
+            fd: -1,
+        },
+        ts_ns: emit::now_ns(),
+        child_pid: child,
+        _pad: 0,
+    })
+}

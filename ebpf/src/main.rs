@@ -1,0 +1,108 @@
+//! loupe's kernel programs.
+//!
+//! Syscall tracepoints on the socket paths of the target processes: accept/connect open a tracked
+//! socket, read/write and friends copy the first bytes they move into the `EVENTS` ring buffer,
+//! close forgets the socket, and a fork of a target makes its child a target too. Every program
+//! looks its key up in a map that only holds target processes before doing anything else, so an
+//! untargeted process pays one hash lookup per syscall and nothing more.
+#![no_std]
+#![no_main]
+
+mod config;
+mod conn;
+mod data;
+mod emit;
+mod fork;
+mod maps;
+
+use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+
+/// Runs a `try_` body and turns its result into the tracepoint's return value. Errors are already
+/// counted where they happen; a tracepoint's return value is ignored by the kernel.
+fn finish(result: Result<(), i64>) -> u32 {
+    match result {
+        Ok(()) | Err(_) => 0,
+    }
+}
+
+#[tracepoint]
+pub fn enter_read_buf(ctx: TracePointContext) -> u32 {
+    finish(data::try_enter_buf(&ctx, loupe_common::Direction::Ingress))
+}
+
+#[tracepoint]
+pub fn enter_write_buf(ctx: TracePointContext) -> u32 {
+    finish(data::try_enter_buf(&ctx, loupe_common::Direction::Egress))
+}
+
+#[tracepoint]
+pub fn enter_read_iov(ctx: TracePointContext) -> u32 {
+    finish(data::try_enter_iov(&ctx, loupe_common::Direction::Ingress))
+}
+
+#[tracepoint]
+pub fn enter_write_iov(ctx: TracePointContext) -> u32 {
+    finish(data::try_enter_iov(&ctx, loupe_common::Direction::Egress))
+}
+
+#[tracepoint]
+pub fn enter_read_msg(ctx: TracePointContext) -> u32 {
+    finish(data::try_enter_msg(&ctx, loupe_common::Direction::Ingress))
+}
+
+#[tracepoint]
+pub fn enter_write_msg(ctx: TracePointContext) -> u32 {
+    finish(data::try_enter_msg(&ctx, loupe_common::Direction::Egress))
+}
+
+#[tracepoint]
+pub fn enter_sendfile(ctx: TracePointContext) -> u32 {
+    finish(data::try_enter_sendfile(&ctx))
+}
+
+#[tracepoint]
+pub fn exit_data(ctx: TracePointContext) -> u32 {
+    finish(data::try_exit_data(&ctx))
+}
+
+#[tracepoint]
+pub fn enter_accept(ctx: TracePointContext) -> u32 {
+    finish(conn::try_enter_accept(&ctx))
+}
+
+#[tracepoint]
+pub fn exit_accept(ctx: TracePointContext) -> u32 {
+    finish(conn::try_exit_accept(&ctx))
+}
+
+#[tracepoint]
+pub fn enter_connect(ctx: TracePointContext) -> u32 {
+    finish(conn::try_enter_connect(&ctx))
+}
+
+#[tracepoint]
+pub fn exit_connect(ctx: TracePointContext) -> u32 {
+    finish(conn::try_exit_connect(&ctx))
+}
+
+#[tracepoint]
+pub fn enter_close(ctx: TracePointContext) -> u32 {
+    finish(conn::try_enter_close(&ctx))
+}
+
+#[tracepoint]
+pub fn process_fork(ctx: TracePointContext) -> u32 {
+    finish(fork::try_process_fork(&ctx))
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // SAFETY: eBPF programs cannot panic at run time; the verifier rejects a program whose
+    // panic path is reachable, so this is never executed.
+    unsafe { core::hint::unreachable_unchecked() }
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

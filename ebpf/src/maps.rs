@@ -1,0 +1,58 @@
+//! Every map of the eBPF object, with who writes and who reads it.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, PerCpuArray, RingBuf},
+};
+use loupe_common::{LOSS_SLOTS, SocketInfo, TargetInfo};
+
+/// Event records. Kernel writes (without a wakeup below `WAKEUP_BYTES` of backlog); userspace's
+/// `events::reader` drains it.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
+
+/// Thread groups to trace, keyed by tgid. Userspace writes the targets at attach; the fork
+/// program adds children of targets.
+#[map]
+pub static TARGET_PIDS: HashMap<u32, TargetInfo> = HashMap::with_max_entries(4096, 0);
+
+/// Open sockets of target processes, keyed by `SocketKey::as_u64`. The accept/connect exit
+/// programs insert, enter_close removes, userspace inserts the sockets already open at attach
+/// and removes those of processes that exited. Data programs read it: only fds in it are traced.
+#[map]
+pub static SOCKETS: HashMap<u64, SocketInfo> = HashMap::with_max_entries(65536, 0);
+
+/// Arguments of a syscall a target thread is inside, keyed by pid_tgid. Enter programs write,
+/// the matching exit program reads and deletes. Kernel only.
+#[map]
+pub static IN_FLIGHT: HashMap<u64, InFlight> = HashMap::with_max_entries(16384, 0);
+
+/// Per-CPU loss counters, indexed by `LossSlot`. Kernel increments; userspace sums and shows.
+#[map]
+pub static LOSS: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOSS_SLOTS, 0);
+
+/// What an enter program leaves for its exit program. Kernel-only, so it lives here, not in
+/// `loupe_common`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct InFlight {
+    /// Syscall entry: ns since boot, bpf_ktime_get_ns.
+    pub enter_ns: u64,
+    /// User pointer: the data buffer (first iovec's base for the vector forms), or the sockaddr
+    /// buffer for accept/connect (0 where the caller passed none).
+    pub buf: u64,
+    /// Bytes available at `buf` (the first iovec's length for the vector forms).
+    pub buf_len: u64,
+    pub fd: i32,
+    /// A `Direction` id for data syscalls; unused for accept/connect.
+    pub direction: u32,
+}
+
+/// Adds one to a loss slot.
+pub fn count_loss(slot: loupe_common::LossSlot) {
+    if let Some(counter) = LOSS.get_ptr_mut(slot as u32) {
+        // SAFETY: the pointer comes from the map lookup and is this CPU's slot; per-CPU values are
+        // not shared with other CPUs while this program runs.
+        unsafe { *counter += 1 };
+    }
+}
