@@ -69,7 +69,7 @@ pub async fn run(config: Config) -> Result<Arc<Counters>, RunError> {
     // Build the sink before attaching, so a bad endpoint fails before anything is touched.
     let sink = match &config.export {
         ExportTarget::Terminal => Sink::Terminal(export::terminal::TerminalView::new(
-            Box::new(std::io::stdout()),
+            Box::new(std::io::BufWriter::new(std::io::stdout())),
             counters.clone(),
         )),
         ExportTarget::Otlp { endpoint, protocol } => {

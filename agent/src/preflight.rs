@@ -33,7 +33,7 @@ pub fn check(pids: &[u32]) -> Result<(), PreflightError> {
         return Err(PreflightError::NoBtf);
     }
     for &pid in pids {
-        if !Path::new(&format!("/proc/{pid}")).exists() {
+        if !crate::process::is_live_process(pid) {
             return Err(PreflightError::NoSuchPid(pid));
         }
     }

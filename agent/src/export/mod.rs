@@ -74,7 +74,15 @@ pub async fn run(
             loop {
                 tokio::select! {
                     span = rx.recv() => match span {
-                        Some(span) => view.on_span(&span),
+                        Some(span) => {
+                            view.on_span(&span);
+                            // One flush per burst, not per line: at 100k requests/s a write
+                            // per line would cost more than the rest of loupe.
+                            while let Ok(span) = rx.try_recv() {
+                                view.on_span(&span);
+                            }
+                            view.flush();
+                        }
                         None => break,
                     },
                     _ = tick.tick() => view.print_table(&counters),

@@ -59,7 +59,6 @@ impl TerminalView {
         let line = format_line(span, self.clock.to_system_time(span.end_ns));
         // A closed stdout (piped into `head`) must not stop loupe.
         let _ = writeln!(self.out, "{line}");
-        let _ = self.out.flush();
         Counters::add(&self.counters.spans_exported, 1);
         let stats = self
             .routes
@@ -69,6 +68,10 @@ impl TerminalView {
         stats.slow += u64::from(is_slow(span));
         stats.errors += u64::from(span.error.is_some());
         let _ = stats.micros.record((span.duration_ns() / 1_000).max(1));
+    }
+
+    pub fn flush(&mut self) {
+        let _ = self.out.flush();
     }
 
     pub fn print_table(&mut self, counters: &Counters) {

@@ -1,5 +1,4 @@
 //! Protocol parsers: pure functions from captured socket bytes to messages, with no I/O, so they
 //! can be golden-tested on captured payloads and fuzzed. PostgreSQL joins HTTP/1.x here.
 
-#[path = "http1_stub.rs"]
 pub mod http1;

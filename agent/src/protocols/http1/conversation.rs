@@ -1,0 +1,253 @@
+//! One connection's requests and responses, paired in order.
+
+use std::collections::VecDeque;
+
+use super::{
+    Chunk, Exchange, Flow, HttpEvent, Limits, Timing,
+    framing::Framing,
+    head::{Head, RequestHead, ResponseHead},
+    reader::{Reader, ReaderEvent},
+};
+
+/// Counters of what did not parse or pair.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConversationStats {
+    pub parse_errors: u64,
+    pub unanswered_requests: u64,
+    pub unsolicited_responses: u64,
+    pub resyncs: u64,
+}
+
+struct PendingRequest {
+    seq: u64,
+    head: RequestHead,
+    first: Timing,
+    last: Timing,
+    body_bytes: u64,
+}
+
+struct ResponseInProgress {
+    head: ResponseHead,
+    first: Timing,
+}
+
+/// Pairs the requests and responses of one connection.
+pub struct Conversation {
+    limits: Limits,
+    requests: Reader,
+    responses: Reader,
+    pending: VecDeque<PendingRequest>,
+    /// The final response being read for `pending.front()`.
+    current: Option<ResponseInProgress>,
+    /// The response being read is a 1xx, or has no request to answer: its end is ignored.
+    ignore_response_end: bool,
+    next_seq: u64,
+    unanswered: u64,
+    unsolicited: u64,
+    seen_bytes: bool,
+    scratch: Vec<ReaderEvent>,
+}
+
+impl Conversation {
+    pub fn new(limits: Limits) -> Self {
+        Self {
+            limits,
+            requests: Reader::new(Flow::Request, limits.max_head_bytes),
+            responses: Reader::new(Flow::Response, limits.max_head_bytes),
+            pending: VecDeque::new(),
+            current: None,
+            ignore_response_end: false,
+            next_seq: 0,
+            unanswered: 0,
+            unsolicited: 0,
+            seen_bytes: false,
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Consumes one chunk, appending what it completed to `out`.
+    pub fn push(&mut self, chunk: Chunk<'_>, out: &mut Vec<HttpEvent>) {
+        self.seen_bytes |= !chunk.captured.is_empty();
+        let mut events = std::mem::take(&mut self.scratch);
+        match chunk.flow {
+            Flow::Request => {
+                // The client speaking again ends a response whose end was unknown.
+                self.responses.finish_unframed(&mut events);
+                self.on_response_events(&mut events, out);
+                self.requests.feed(&chunk, &mut request_framing, &mut events);
+                self.on_request_events(&mut events, out);
+            }
+            Flow::Response => {
+                self.requests.finish_unframed(&mut events);
+                self.on_request_events(&mut events, out);
+                let method_is_head = self
+                    .pending
+                    .front()
+                    .is_some_and(|p| p.head.method.eq_ignore_ascii_case("HEAD"));
+                self.responses.feed(
+                    &chunk,
+                    &mut |head| response_framing(head, method_is_head),
+                    &mut events,
+                );
+                self.on_response_events(&mut events, out);
+            }
+        }
+        self.scratch = events;
+    }
+
+    /// The connection closed: a response whose end was unknown ends here; requests still
+    /// waiting for a response are counted and dropped.
+    pub fn close(&mut self, out: &mut Vec<HttpEvent>) {
+        let mut events = std::mem::take(&mut self.scratch);
+        self.responses.finish_unframed(&mut events);
+        self.on_response_events(&mut events, out);
+        self.unanswered += self.pending.len() as u64;
+        self.pending.clear();
+        self.current = None;
+        self.scratch = events;
+    }
+
+    /// Ends a response still being read whose last bytes are older than `idle_ns`.
+    pub fn flush_idle(&mut self, now_ns: u64, idle_ns: u64, out: &mut Vec<HttpEvent>) {
+        let Some(last) = self.responses.body_last() else {
+            return;
+        };
+        if now_ns.saturating_sub(last.exit_ns) < idle_ns {
+            return;
+        }
+        let mut events = std::mem::take(&mut self.scratch);
+        self.responses.finish_unframed(&mut events);
+        self.on_response_events(&mut events, out);
+        self.scratch = events;
+    }
+
+    pub fn stats(&self) -> ConversationStats {
+        ConversationStats {
+            parse_errors: self.requests.parse_errors + self.responses.parse_errors,
+            unanswered_requests: self.unanswered,
+            unsolicited_responses: self.unsolicited,
+            resyncs: self.requests.resyncs + self.responses.resyncs,
+        }
+    }
+
+    /// None before any byte was seen; then whether anything parsed as HTTP.
+    pub fn is_http(&self) -> Option<bool> {
+        if !self.seen_bytes {
+            return None;
+        }
+        Some(self.requests.heads + self.responses.heads > 0)
+    }
+
+    fn on_request_events(&mut self, events: &mut Vec<ReaderEvent>, out: &mut Vec<HttpEvent>) {
+        for event in events.drain(..) {
+            match event {
+                ReaderEvent::Head { head: Head::Request(head), first, .. } => {
+                    if self.pending.len() >= self.limits.max_pending {
+                        self.pending.pop_front();
+                        self.unanswered += 1;
+                    }
+                    let seq = self.next_seq;
+                    self.next_seq += 1;
+                    out.push(HttpEvent::RequestStarted {
+                        seq,
+                        head: head.clone(),
+                        first,
+                    });
+                    self.pending.push_back(PendingRequest {
+                        seq,
+                        head,
+                        first,
+                        last: first,
+                        body_bytes: 0,
+                    });
+                }
+                ReaderEvent::Head { .. } => {}
+                ReaderEvent::Done { last, body_bytes, .. } => {
+                    if let Some(request) = self.pending.back_mut() {
+                        request.last = last;
+                        request.body_bytes = body_bytes;
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_response_events(&mut self, events: &mut Vec<ReaderEvent>, out: &mut Vec<HttpEvent>) {
+        for event in events.drain(..) {
+            match event {
+                ReaderEvent::Head { head: Head::Response(head), first, framing } => {
+                    if framing == Framing::Interim {
+                        self.ignore_response_end = true;
+                        continue;
+                    }
+                    let Some(request) = self.pending.front() else {
+                        self.unsolicited += 1;
+                        self.ignore_response_end = true;
+                        continue;
+                    };
+                    self.ignore_response_end = false;
+                    out.push(HttpEvent::ResponseStarted {
+                        seq: request.seq,
+                        status: head.status,
+                        first,
+                    });
+                    self.current = Some(ResponseInProgress { head, first });
+                }
+                ReaderEvent::Head { .. } => {}
+                ReaderEvent::Done { last, body_bytes, framed } => {
+                    if std::mem::take(&mut self.ignore_response_end) {
+                        continue;
+                    }
+                    let (Some(response), Some(request)) = (self.current.take(), self.pending.pop_front())
+                    else {
+                        continue;
+                    };
+                    out.push(HttpEvent::Exchange(Exchange {
+                        seq: request.seq,
+                        request: request.head,
+                        response: response.head,
+                        request_first: request.first,
+                        request_last: request.last,
+                        response_first: response.first,
+                        response_last: last,
+                        request_body_bytes: request.body_bytes,
+                        response_body_bytes: body_bytes,
+                        framed,
+                    }));
+                }
+            }
+        }
+    }
+}
+
+/// How a response's body ends, given its head and whether it answers a HEAD request.
+fn response_framing(head: &Head, answers_head: bool) -> Framing {
+    let Head::Response(response) = head else {
+        return Framing::None;
+    };
+    match response.status {
+        100..=199 => Framing::Interim,
+        204 | 304 => Framing::None,
+        _ if answers_head => Framing::None,
+        _ if response.chunked => Framing::Chunked,
+        _ => match response.content_length {
+            Some(length) => Framing::Length(length),
+            None => Framing::UntilSwitch,
+        },
+    }
+}
+
+/// How a request's body ends.
+fn request_framing(head: &Head) -> Framing {
+    let Head::Request(request) = head else {
+        return Framing::None;
+    };
+    if request.chunked {
+        Framing::Chunked
+    } else {
+        match request.content_length {
+            Some(length) => Framing::Length(length),
+            None => Framing::None,
+        }
+    }
+}

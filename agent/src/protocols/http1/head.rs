@@ -1,0 +1,183 @@
+//! Message heads: parsed with httparse into owned values, with a fallback for heads that were
+//! only partly captured.
+
+/// What loupe keeps of a request head: never bodies, never headers other than these.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RequestHead {
+    pub method: String,
+    /// The raw request-target (path and query, or absolute form).
+    pub target: String,
+    pub host: Option<String>,
+    pub content_length: Option<u64>,
+    pub chunked: bool,
+    /// W3C trace context of the caller, if it sent one.
+    pub traceparent: Option<String>,
+    /// The head was not seen whole: fields past the capture are missing.
+    pub truncated: bool,
+}
+
+/// What loupe keeps of a response head.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ResponseHead {
+    pub status: u16,
+    pub content_length: Option<u64>,
+    pub chunked: bool,
+    pub truncated: bool,
+}
+
+/// Either head.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Head {
+    Request(RequestHead),
+    Response(ResponseHead),
+}
+
+/// The outcome of parsing the bytes accumulated so far.
+pub enum Parsed {
+    /// A whole head of `len` bytes.
+    Complete { head: Head, len: usize },
+    /// More bytes are needed.
+    Partial,
+    /// Not HTTP.
+    Invalid,
+}
+
+const MAX_HEADERS: usize = 64;
+
+/// The headers loupe reads, from (name, value) pairs.
+#[derive(Default)]
+struct Fields {
+    host: Option<String>,
+    content_length: Option<u64>,
+    chunked: bool,
+    traceparent: Option<String>,
+}
+
+impl Fields {
+    fn take(&mut self, name: &str, value: &[u8]) {
+        let value = String::from_utf8_lossy(value);
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("host") {
+            self.host = Some(value.to_owned());
+        } else if name.eq_ignore_ascii_case("content-length") {
+            self.content_length = value.parse().ok();
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            self.chunked = value
+                .rsplit(',')
+                .next()
+                .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
+        } else if name.eq_ignore_ascii_case("traceparent") {
+            self.traceparent = Some(value.to_owned());
+        }
+    }
+
+    /// Header lines of a partial head, as far as whole lines were captured.
+    fn from_partial(bytes: &[u8]) -> Self {
+        let mut fields = Self::default();
+        let mut lines = bytes.split(|&b| b == b'\n');
+        lines.next(); // start line
+        let complete_lines = bytes.iter().filter(|&&b| b == b'\n').count().saturating_sub(1);
+        for line in lines.take(complete_lines) {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if let Some(colon) = line.iter().position(|&b| b == b':') {
+                let name = String::from_utf8_lossy(&line[..colon]);
+                fields.take(&name, &line[colon + 1..]);
+            }
+        }
+        fields
+    }
+}
+
+/// Parses a request head from the start of `bytes`.
+pub fn parse_request(bytes: &[u8]) -> Parsed {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut headers);
+    match request.parse(bytes) {
+        Ok(httparse::Status::Complete(len)) => {
+            let mut fields = Fields::default();
+            for header in request.headers.iter() {
+                fields.take(header.name, header.value);
+            }
+            Parsed::Complete {
+                head: Head::Request(RequestHead {
+                    method: request.method.unwrap_or_default().to_owned(),
+                    target: request.path.unwrap_or_default().to_owned(),
+                    host: fields.host,
+                    content_length: fields.content_length,
+                    chunked: fields.chunked,
+                    traceparent: fields.traceparent,
+                    truncated: false,
+                }),
+                len,
+            }
+        }
+        Ok(httparse::Status::Partial) => Parsed::Partial,
+        Err(httparse::Error::TooManyHeaders) => Parsed::Partial,
+        Err(_) => Parsed::Invalid,
+    }
+}
+
+/// Parses a response head from the start of `bytes`.
+pub fn parse_response(bytes: &[u8]) -> Parsed {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut headers);
+    match response.parse(bytes) {
+        Ok(httparse::Status::Complete(len)) => {
+            let mut fields = Fields::default();
+            for header in response.headers.iter() {
+                fields.take(header.name, header.value);
+            }
+            Parsed::Complete {
+                head: Head::Response(ResponseHead {
+                    status: response.code.unwrap_or_default(),
+                    content_length: fields.content_length,
+                    chunked: fields.chunked,
+                    truncated: false,
+                }),
+                len,
+            }
+        }
+        Ok(httparse::Status::Partial) => Parsed::Partial,
+        Err(httparse::Error::TooManyHeaders) => Parsed::Partial,
+        Err(_) => Parsed::Invalid,
+    }
+}
+
+/// What can be read from a request head that was cut short: the request line when it was
+/// captured whole, and whole header lines.
+pub fn truncated_request(bytes: &[u8]) -> Option<RequestHead> {
+    let line_end = bytes.iter().position(|&b| b == b'\n')?;
+    let line = std::str::from_utf8(&bytes[..line_end]).ok()?.trim_end();
+    let mut parts = line.split(' ');
+    let method = parts.next()?;
+    let target = parts.next()?;
+    if method.is_empty() || target.is_empty() {
+        return None;
+    }
+    let fields = Fields::from_partial(bytes);
+    Some(RequestHead {
+        method: method.to_owned(),
+        target: target.to_owned(),
+        host: fields.host,
+        content_length: fields.content_length,
+        chunked: fields.chunked,
+        traceparent: fields.traceparent,
+        truncated: true,
+    })
+}
+
+/// What can be read from a response head that was cut short: its status code.
+pub fn truncated_response(bytes: &[u8]) -> Option<ResponseHead> {
+    let code = bytes.get(9..12)?;
+    if !bytes.starts_with(b"HTTP/1.") || !code.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let status = std::str::from_utf8(code).ok()?.parse().ok()?;
+    let fields = Fields::from_partial(bytes);
+    Some(ResponseHead {
+        status,
+        content_length: fields.content_length,
+        chunked: fields.chunked,
+        truncated: true,
+    })
+}

@@ -1,0 +1,134 @@
+//! HTTP/1.x over captured socket bytes.
+//!
+//! Input is one [`Chunk`] per syscall: how many bytes moved and the first of them (the capture
+//! prefix). The bytes after the prefix are a *gap*: counted, not seen. A gap inside a body whose
+//! length is known (Content-Length, or chunk data of a known size) costs nothing; a gap inside a
+//! head or a chunk-size line loses the framing, and the message then ends when the other side
+//! next speaks, when the connection closes, or after an idle time. [`Conversation`] pairs
+//! requests with responses (keep-alive and pipelining included) and reports each pair as an
+//! [`Exchange`] with the timings of its first and last bytes. Pure: no I/O, no clock, bounded
+//! memory, and no input makes it panic.
+
+mod conversation;
+mod framing;
+mod head;
+mod reader;
+
+#[cfg(test)]
+mod tests;
+
+pub use conversation::{Conversation, ConversationStats};
+pub use head::{RequestHead, ResponseHead};
+
+/// Which half of an exchange a chunk carries. On a server socket reads are requests; on a client
+/// socket writes are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flow {
+    Request,
+    Response,
+}
+
+/// The bytes one syscall moved.
+#[derive(Clone, Copy, Debug)]
+pub struct Chunk<'a> {
+    pub flow: Flow,
+    /// Syscall entry, ns since boot.
+    pub enter_ns: u64,
+    /// Syscall return, ns since boot.
+    pub exit_ns: u64,
+    /// The first bytes moved (`len() <= total_len`).
+    pub captured: &'a [u8],
+    /// Every byte moved.
+    pub total_len: usize,
+}
+
+/// Bounds on what one conversation keeps.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Longest head accumulated over several chunks; a longer one is parsed as truncated.
+    pub max_head_bytes: usize,
+    /// Requests waiting for their response (pipelining); beyond this the oldest is dropped.
+    pub max_pending: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_head_bytes: 16 * 1024,
+            max_pending: 64,
+        }
+    }
+}
+
+/// When a syscall ran, ns since boot.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Timing {
+    pub enter_ns: u64,
+    pub exit_ns: u64,
+}
+
+impl Timing {
+    pub fn of(chunk: &Chunk<'_>) -> Self {
+        Self {
+            enter_ns: chunk.enter_ns,
+            exit_ns: chunk.exit_ns,
+        }
+    }
+}
+
+/// A request and its response.
+#[derive(Clone, Debug)]
+pub struct Exchange {
+    /// The request's number on its connection, from 0.
+    pub seq: u64,
+    pub request: RequestHead,
+    pub response: ResponseHead,
+    /// The chunks that carried the request's first and last bytes.
+    pub request_first: Timing,
+    pub request_last: Timing,
+    /// The chunks that carried the response's first and last bytes.
+    pub response_first: Timing,
+    pub response_last: Timing,
+    pub request_body_bytes: u64,
+    pub response_body_bytes: u64,
+    /// True when the response's end was known from its framing; false when it ended by the
+    /// other side speaking, a close, or an idle timeout.
+    pub framed: bool,
+}
+
+/// What a conversation reports as bytes arrive.
+#[derive(Clone, Debug)]
+pub enum HttpEvent {
+    /// A request head was parsed (or is known to be truncated).
+    RequestStarted {
+        seq: u64,
+        head: RequestHead,
+        first: Timing,
+    },
+    /// The response head for request `seq` was parsed.
+    ResponseStarted { seq: u64, status: u16, first: Timing },
+    /// A response is complete.
+    Exchange(Exchange),
+}
+
+const METHODS: [&[u8]; 9] = [
+    b"GET ",
+    b"POST ",
+    b"PUT ",
+    b"DELETE ",
+    b"HEAD ",
+    b"OPTIONS ",
+    b"PATCH ",
+    b"CONNECT ",
+    b"TRACE ",
+];
+
+/// Whether `bytes` start like an HTTP/1 request line.
+pub fn looks_like_request(bytes: &[u8]) -> bool {
+    METHODS.iter().any(|method| bytes.starts_with(method))
+}
+
+/// Whether `bytes` start like an HTTP/1 status line.
+pub fn looks_like_response(bytes: &[u8]) -> bool {
+    bytes.starts_with(b"HTTP/1.")
+}

@@ -1,0 +1,190 @@
+//! The kernel programs against real sockets: the test process targets itself, drives loopback
+//! TCP traffic, and reads the ring buffer directly. Needs root: `cargo xtask test` runs these.
+
+use std::{
+    io::{Read, Write},
+    net::{TcpListener, TcpStream},
+    os::fd::AsRawFd,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use loupe::{
+    events::{Event, decode},
+    preflight,
+    probes::{ProbeConfig, Probes, load_and_attach},
+    process::Target,
+};
+use loupe_common::{Direction, SocketRole};
+
+/// One attached set of probes at a time: they all target this process.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn attach(capture_bytes: u32) -> Probes {
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "needs root: run with `cargo xtask test`"
+    );
+    let me = std::process::id();
+    preflight::check(&[me]).expect("preflight");
+    let config = ProbeConfig {
+        capture_bytes,
+        wakeup_bytes: 1,
+    };
+    load_and_attach(&config, &[Target { pid: me, root_pid: me }]).expect("load and attach")
+}
+
+/// Reads events until `done` says so or the timeout passes; returns all of them.
+fn collect_until(probes: &mut Probes, timeout: Duration, done: impl Fn(&[Event]) -> bool) -> Vec<Event> {
+    let deadline = Instant::now() + timeout;
+    let mut events = Vec::new();
+    while Instant::now() < deadline {
+        while let Some(item) = probes.events.next() {
+            events.push(decode(&Bytes::copy_from_slice(&item)).expect("decodes"));
+        }
+        if done(&events) {
+            return events;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    events
+}
+
+fn data_on(events: &[Event], fd: i32, direction: Direction) -> Vec<&loupe::events::DataRecord> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Data(d) if d.fd == fd && d.direction == direction => Some(d),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn socket_traffic_of_the_target_reaches_userspace_with_payload_and_roles() {
+    let _guard = SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut probes = attach(1024);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (mut server, peer) = listener.accept().unwrap();
+    client.write_all(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut buf = [0u8; 64];
+    let n = server.read(&mut buf).unwrap();
+    assert_eq!(n, 32);
+    let (server_fd, client_fd) = (server.as_raw_fd(), client.as_raw_fd());
+
+    let events = collect_until(&mut probes, Duration::from_secs(5), |events| {
+        !data_on(events, server_fd, Direction::Ingress).is_empty()
+    });
+    let conns: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Conn(c) => Some(c),
+            _ => None,
+        })
+        .collect();
+    let accepted = conns.iter().find(|c| c.fd == server_fd).expect("accept seen");
+    assert_eq!(accepted.role, SocketRole::Server);
+    assert_eq!(accepted.peer, Some(peer));
+    let connected = conns.iter().find(|c| c.fd == client_fd).expect("connect seen");
+    assert_eq!(connected.role, SocketRole::Client);
+    assert_eq!(connected.peer, Some(listener.local_addr().unwrap()));
+
+    let written = data_on(&events, client_fd, Direction::Egress);
+    assert_eq!(written.len(), 1);
+    assert_eq!(&written[0].payload[..], b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n");
+    let read = data_on(&events, server_fd, Direction::Ingress);
+    assert_eq!(read.len(), 1);
+    assert_eq!(read[0].total_len, 32);
+    assert!(read[0].enter_ns <= read[0].exit_ns);
+    assert_eq!(read[0].pid, std::process::id());
+
+    drop(client);
+    drop(server);
+    let events = collect_until(&mut probes, Duration::from_secs(5), |events| {
+        events
+            .iter()
+            .filter(|e| matches!(e, Event::Close { fd, .. } if *fd == server_fd || *fd == client_fd))
+            .count()
+            == 2
+    });
+    let closes = events
+        .iter()
+        .filter(|e| matches!(e, Event::Close { .. }))
+        .count();
+    assert_eq!(closes, 2, "both tracked sockets report their close");
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn large_write_is_counted_in_full_and_captured_up_to_the_limit() {
+    let _guard = SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut probes = attach(256);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (mut server, _) = listener.accept().unwrap();
+    let body: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+    let reader = std::thread::spawn(move || {
+        let mut sink = vec![0u8; 10_000];
+        server.read_exact(&mut sink).unwrap();
+    });
+    client.write_all(&body).unwrap();
+    reader.join().unwrap();
+    let fd = client.as_raw_fd();
+    let events = collect_until(&mut probes, Duration::from_secs(5), |events| {
+        data_on(events, fd, Direction::Egress)
+            .iter()
+            .map(|d| d.total_len as usize)
+            .sum::<usize>()
+            == 10_000
+    });
+    let writes = data_on(&events, fd, Direction::Egress);
+    assert_eq!(writes.iter().map(|d| d.total_len as usize).sum::<usize>(), 10_000);
+    assert_eq!(writes[0].payload.len(), 256, "capture stops at --capture-bytes");
+    assert_eq!(&writes[0].payload[..], &body[..256]);
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn traffic_of_an_untargeted_process_is_not_seen() {
+    let _guard = SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    // Started before attach, so it is not a forked child of a target: it stays untargeted.
+    let mut other = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import socket,sys\nport=int(sys.stdin.readline())\ns=socket.create_connection(('127.0.0.1',port))\ns.sendall(b'GET /other HTTP/1.1\\r\\n\\r\\n')\ns.recv(100)\n",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut probes = attach(1024);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    writeln!(other.stdin.take().unwrap(), "{port}").unwrap();
+    let (mut accepted, _) = listener.accept().unwrap();
+    let mut buf = [0u8; 512];
+    let n = accepted.read(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"GET /other HTTP/1.1\r\n\r\n");
+    accepted
+        .write_all(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n")
+        .unwrap();
+    other.wait().unwrap();
+    let me = std::process::id();
+    let fd = accepted.as_raw_fd();
+    let events = collect_until(&mut probes, Duration::from_secs(5), |events| {
+        !data_on(events, fd, Direction::Egress).is_empty()
+    });
+    assert_eq!(data_on(&events, fd, Direction::Ingress).len(), 1, "the target's read is seen");
+    for event in &events {
+        let pid = match event {
+            Event::Data(d) => d.pid,
+            Event::Conn(c) => c.pid,
+            Event::Close { pid, .. } => *pid,
+            Event::Fork { parent, .. } => *parent,
+        };
+        assert_eq!(pid, me, "only the target's events: {event:?}");
+    }
+}
