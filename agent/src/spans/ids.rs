@@ -29,12 +29,10 @@ pub fn parse_traceparent(header: &str) -> Option<(u128, u64)> {
     let trace = parts.next()?;
     let parent = parts.next()?;
     let flags = parts.next()?;
-    if version.len() != 2
-        || version == "ff"
-        || trace.len() != 32
-        || parent.len() != 16
-        || flags.len() != 2
-    {
+    let hex = |field: &str, len: usize| {
+        field.len() == len && field.bytes().all(|b| b.is_ascii_hexdigit())
+    };
+    if !hex(version, 2) || version == "ff" || !hex(trace, 32) || !hex(parent, 16) || !hex(flags, 2) {
         return None;
     }
     let trace_id = u128::from_str_radix(trace, 16).ok()?;
