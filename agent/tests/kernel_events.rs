@@ -33,11 +33,22 @@ fn attach(capture_bytes: u32) -> Probes {
         capture_bytes,
         wakeup_bytes: 1,
     };
-    load_and_attach(&config, &[Target { pid: me, root_pid: me }]).expect("load and attach")
+    load_and_attach(
+        &config,
+        &[Target {
+            pid: me,
+            root_pid: me,
+        }],
+    )
+    .expect("load and attach")
 }
 
 /// Reads events until `done` says so or the timeout passes; returns all of them.
-fn collect_until(probes: &mut Probes, timeout: Duration, done: impl Fn(&[Event]) -> bool) -> Vec<Event> {
+fn collect_until(
+    probes: &mut Probes,
+    timeout: Duration,
+    done: impl Fn(&[Event]) -> bool,
+) -> Vec<Event> {
     let deadline = Instant::now() + timeout;
     let mut events = Vec::new();
     while Instant::now() < deadline {
@@ -65,12 +76,16 @@ fn data_on(events: &[Event], fd: i32, direction: Direction) -> Vec<&loupe::event
 #[test]
 #[ignore = "needs root: run with cargo xtask test"]
 fn socket_traffic_of_the_target_reaches_userspace_with_payload_and_roles() {
-    let _guard = SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let _guard = SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let mut probes = attach(1024);
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
     let (mut server, peer) = listener.accept().unwrap();
-    client.write_all(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    client
+        .write_all(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
     let mut buf = [0u8; 64];
     let n = server.read(&mut buf).unwrap();
     assert_eq!(n, 32);
@@ -86,16 +101,25 @@ fn socket_traffic_of_the_target_reaches_userspace_with_payload_and_roles() {
             _ => None,
         })
         .collect();
-    let accepted = conns.iter().find(|c| c.fd == server_fd).expect("accept seen");
+    let accepted = conns
+        .iter()
+        .find(|c| c.fd == server_fd)
+        .expect("accept seen");
     assert_eq!(accepted.role, SocketRole::Server);
     assert_eq!(accepted.peer, Some(peer));
-    let connected = conns.iter().find(|c| c.fd == client_fd).expect("connect seen");
+    let connected = conns
+        .iter()
+        .find(|c| c.fd == client_fd)
+        .expect("connect seen");
     assert_eq!(connected.role, SocketRole::Client);
     assert_eq!(connected.peer, Some(listener.local_addr().unwrap()));
 
     let written = data_on(&events, client_fd, Direction::Egress);
     assert_eq!(written.len(), 1);
-    assert_eq!(&written[0].payload[..], b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(
+        &written[0].payload[..],
+        b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n"
+    );
     let read = data_on(&events, server_fd, Direction::Ingress);
     assert_eq!(read.len(), 1);
     assert_eq!(read[0].total_len, 32);
@@ -107,7 +131,9 @@ fn socket_traffic_of_the_target_reaches_userspace_with_payload_and_roles() {
     let events = collect_until(&mut probes, Duration::from_secs(5), |events| {
         events
             .iter()
-            .filter(|e| matches!(e, Event::Close { fd, .. } if *fd == server_fd || *fd == client_fd))
+            .filter(
+                |e| matches!(e, Event::Close { fd, .. } if *fd == server_fd || *fd == client_fd),
+            )
             .count()
             == 2
     });
@@ -121,7 +147,9 @@ fn socket_traffic_of_the_target_reaches_userspace_with_payload_and_roles() {
 #[test]
 #[ignore = "needs root: run with cargo xtask test"]
 fn large_write_is_counted_in_full_and_captured_up_to_the_limit() {
-    let _guard = SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let _guard = SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let mut probes = attach(256);
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
@@ -142,15 +170,24 @@ fn large_write_is_counted_in_full_and_captured_up_to_the_limit() {
             == 10_000
     });
     let writes = data_on(&events, fd, Direction::Egress);
-    assert_eq!(writes.iter().map(|d| d.total_len as usize).sum::<usize>(), 10_000);
-    assert_eq!(writes[0].payload.len(), 256, "capture stops at --capture-bytes");
+    assert_eq!(
+        writes.iter().map(|d| d.total_len as usize).sum::<usize>(),
+        10_000
+    );
+    assert_eq!(
+        writes[0].payload.len(),
+        256,
+        "capture stops at --capture-bytes"
+    );
     assert_eq!(&writes[0].payload[..], &body[..256]);
 }
 
 #[test]
 #[ignore = "needs root: run with cargo xtask test"]
 fn traffic_of_an_untargeted_process_is_not_seen() {
-    let _guard = SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let _guard = SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     // Started before attach, so it is not a forked child of a target: it stays untargeted.
     let mut other = std::process::Command::new("python3")
         .args([
@@ -177,7 +214,11 @@ fn traffic_of_an_untargeted_process_is_not_seen() {
     let events = collect_until(&mut probes, Duration::from_secs(5), |events| {
         !data_on(events, fd, Direction::Egress).is_empty()
     });
-    assert_eq!(data_on(&events, fd, Direction::Ingress).len(), 1, "the target's read is seen");
+    assert_eq!(
+        data_on(&events, fd, Direction::Ingress).len(),
+        1,
+        "the target's read is seen"
+    );
     for event in &events {
         let pid = match event {
             Event::Data(d) => d.pid,

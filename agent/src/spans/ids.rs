@@ -32,7 +32,8 @@ pub fn parse_traceparent(header: &str) -> Option<(u128, u64)> {
     let hex = |field: &str, len: usize| {
         field.len() == len && field.bytes().all(|b| b.is_ascii_hexdigit())
     };
-    if !hex(version, 2) || version == "ff" || !hex(trace, 32) || !hex(parent, 16) || !hex(flags, 2) {
+    if !hex(version, 2) || version == "ff" || !hex(trace, 32) || !hex(parent, 16) || !hex(flags, 2)
+    {
         return None;
     }
     let trace_id = u128::from_str_radix(trace, 16).ok()?;

@@ -72,13 +72,14 @@ impl Conversation {
         match chunk.flow {
             Flow::Request => {
                 // The client speaking again ends a response whose end was unknown.
-                self.responses.finish_unframed(&mut events);
+                self.responses.end_on_switch(&mut events);
                 self.on_response_events(&mut events, out);
-                self.requests.feed(&chunk, &mut request_framing, &mut events);
+                self.requests
+                    .feed(&chunk, &mut request_framing, &mut events);
                 self.on_request_events(&mut events, out);
             }
             Flow::Response => {
-                self.requests.finish_unframed(&mut events);
+                self.requests.end_on_switch(&mut events);
                 self.on_request_events(&mut events, out);
                 let method_is_head = self
                     .pending
@@ -141,7 +142,11 @@ impl Conversation {
     fn on_request_events(&mut self, events: &mut Vec<ReaderEvent>, out: &mut Vec<HttpEvent>) {
         for event in events.drain(..) {
             match event {
-                ReaderEvent::Head { head: Head::Request(head), first, .. } => {
+                ReaderEvent::Head {
+                    head: Head::Request(head),
+                    first,
+                    ..
+                } => {
                     if self.pending.len() >= self.limits.max_pending {
                         self.pending.pop_front();
                         self.unanswered += 1;
@@ -162,7 +167,9 @@ impl Conversation {
                     });
                 }
                 ReaderEvent::Head { .. } => {}
-                ReaderEvent::Done { last, body_bytes, .. } => {
+                ReaderEvent::Done {
+                    last, body_bytes, ..
+                } => {
                     if let Some(request) = self.pending.back_mut() {
                         request.last = last;
                         request.body_bytes = body_bytes;
@@ -175,7 +182,11 @@ impl Conversation {
     fn on_response_events(&mut self, events: &mut Vec<ReaderEvent>, out: &mut Vec<HttpEvent>) {
         for event in events.drain(..) {
             match event {
-                ReaderEvent::Head { head: Head::Response(head), first, framing } => {
+                ReaderEvent::Head {
+                    head: Head::Response(head),
+                    first,
+                    framing,
+                } => {
                     if framing == Framing::Interim {
                         self.ignore_response_end = true;
                         continue;
@@ -194,11 +205,16 @@ impl Conversation {
                     self.current = Some(ResponseInProgress { head, first });
                 }
                 ReaderEvent::Head { .. } => {}
-                ReaderEvent::Done { last, body_bytes, framed } => {
+                ReaderEvent::Done {
+                    last,
+                    body_bytes,
+                    framed,
+                } => {
                     if std::mem::take(&mut self.ignore_response_end) {
                         continue;
                     }
-                    let (Some(response), Some(request)) = (self.current.take(), self.pending.pop_front())
+                    let (Some(response), Some(request)) =
+                        (self.current.take(), self.pending.pop_front())
                     else {
                         continue;
                     };

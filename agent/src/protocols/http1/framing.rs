@@ -19,13 +19,22 @@ pub enum Framing {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum ChunkState {
     /// Reading hex digits of a chunk size; `any` once one digit was read.
-    Size { size: u64, any: bool },
+    Size {
+        size: u64,
+        any: bool,
+    },
     /// Skipping a chunk extension up to the end of the line.
-    Extension { size: u64 },
+    Extension {
+        size: u64,
+    },
     /// Expecting LF after the size line's CR.
-    SizeLf { size: u64 },
+    SizeLf {
+        size: u64,
+    },
     /// Inside chunk data.
-    Data { left: u64 },
+    Data {
+        left: u64,
+    },
     DataCr,
     DataLf,
     /// After the last chunk: at the start of a trailer line (or the final empty line).
@@ -57,7 +66,10 @@ pub struct ChunkDecoder {
 impl Default for ChunkDecoder {
     fn default() -> Self {
         Self {
-            state: ChunkState::Size { size: 0, any: false },
+            state: ChunkState::Size {
+                size: 0,
+                any: false,
+            },
         }
     }
 }
@@ -87,14 +99,19 @@ impl ChunkDecoder {
                         None => return ChunkStep::Invalid,
                     }
                 }
-                (ChunkState::Size { size, any: true }, b';' | b' ' | b'\t') => ChunkState::Extension { size },
+                (ChunkState::Size { size, any: true }, b';' | b' ' | b'\t') => {
+                    ChunkState::Extension { size }
+                }
                 (ChunkState::Size { size, any: true }, b'\r') => ChunkState::SizeLf { size },
                 (ChunkState::Size { size, any: true }, b'\n') => Self::after_size(size),
                 (ChunkState::Extension { size }, b'\n') => Self::after_size(size),
                 (ChunkState::Extension { size }, _) => ChunkState::Extension { size },
                 (ChunkState::SizeLf { size }, b'\n') => Self::after_size(size),
                 (ChunkState::DataCr, b'\r') => ChunkState::DataLf,
-                (ChunkState::DataCr, b'\n') | (ChunkState::DataLf, b'\n') => ChunkState::Size { size: 0, any: false },
+                (ChunkState::DataCr, b'\n') | (ChunkState::DataLf, b'\n') => ChunkState::Size {
+                    size: 0,
+                    any: false,
+                },
                 (ChunkState::TrailerStart, b'\r') => ChunkState::TrailerLf,
                 (ChunkState::TrailerStart, b'\n') | (ChunkState::TrailerLf, b'\n') => {
                     self.state = ChunkState::Done;
@@ -150,8 +167,16 @@ mod tests {
         let body = b"a\r\n0123456789\r\n0\r\n\r\n";
         for split in 0..body.len() {
             let mut decoder = ChunkDecoder::default();
-            assert_eq!(decoder.feed(&body[..split]), ChunkStep::More, "split {split}");
-            assert_eq!(decoder.feed(&body[split..]), ChunkStep::Done(body.len() - split), "split {split}");
+            assert_eq!(
+                decoder.feed(&body[..split]),
+                ChunkStep::More,
+                "split {split}"
+            );
+            assert_eq!(
+                decoder.feed(&body[split..]),
+                ChunkStep::Done(body.len() - split),
+                "split {split}"
+            );
         }
     }
 
@@ -163,7 +188,10 @@ mod tests {
         assert_eq!(decoder.feed(b"\r\n0\r\n\r\n"), ChunkStep::Done(7));
         let mut decoder = ChunkDecoder::default();
         assert_eq!(decoder.feed(b"10"), ChunkStep::More);
-        assert!(!decoder.skip_gap(3), "a gap in a size line loses the framing");
+        assert!(
+            !decoder.skip_gap(3),
+            "a gap in a size line loses the framing"
+        );
     }
 
     #[test]

@@ -76,7 +76,11 @@ impl Fields {
         let mut fields = Self::default();
         let mut lines = bytes.split(|&b| b == b'\n');
         lines.next(); // start line
-        let complete_lines = bytes.iter().filter(|&&b| b == b'\n').count().saturating_sub(1);
+        let complete_lines = bytes
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+            .saturating_sub(1);
         for line in lines.take(complete_lines) {
             let line = line.strip_suffix(b"\r").unwrap_or(line);
             if let Some(colon) = line.iter().position(|&b| b == b':') {

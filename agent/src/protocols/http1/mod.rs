@@ -106,7 +106,11 @@ pub enum HttpEvent {
         first: Timing,
     },
     /// The response head for request `seq` was parsed.
-    ResponseStarted { seq: u64, status: u16, first: Timing },
+    ResponseStarted {
+        seq: u64,
+        status: u16,
+        first: Timing,
+    },
     /// A response is complete.
     Exchange(Exchange),
 }

@@ -35,8 +35,15 @@ enum State {
     Idle,
     /// Lost: skipping chunks until one starts like a message.
     Desync,
-    Head { buf: Vec<u8>, first: Timing },
-    Body { body: Body, bytes: u64, last: Timing },
+    Head {
+        buf: Vec<u8>,
+        first: Timing,
+    },
+    Body {
+        body: Body,
+        bytes: u64,
+        last: Timing,
+    },
 }
 
 pub struct Reader {
@@ -68,8 +75,22 @@ impl Reader {
         }
     }
 
-    /// Ends a body whose end is not known (the other side spoke, the connection closed, or it
-    /// went idle). A partial head is dropped.
+    /// The other side spoke: a body whose end is unknown ends here. A body of known length
+    /// goes on (a request body after `100 Continue`, say).
+    pub fn end_on_switch(&mut self, out: &mut Vec<ReaderEvent>) {
+        if matches!(
+            self.state,
+            State::Body {
+                body: Body::UntilSwitch,
+                ..
+            }
+        ) {
+            self.finish_unframed(out);
+        }
+    }
+
+    /// Ends whatever body is being read, its end unknown (the connection closed, or it went
+    /// idle). A partial head is dropped.
     pub fn finish_unframed(&mut self, out: &mut Vec<ReaderEvent>) {
         match std::mem::replace(&mut self.state, State::Idle) {
             State::Body { bytes, last, .. } => out.push(ReaderEvent::Done {
@@ -127,7 +148,9 @@ impl Reader {
                     }
                 }
                 State::Head { mut buf, first } => {
-                    let take = cap.saturating_sub(pos).min(self.max_head.saturating_sub(buf.len()));
+                    let take = cap
+                        .saturating_sub(pos)
+                        .min(self.max_head.saturating_sub(buf.len()));
                     let before = buf.len();
                     buf.extend_from_slice(&captured[pos..pos + take]);
                     let parsed = match self.flow {
@@ -139,7 +162,11 @@ impl Reader {
                             pos += len.saturating_sub(before);
                             self.heads += 1;
                             let framing = framing_for(&head);
-                            out.push(ReaderEvent::Head { head, first, framing });
+                            out.push(ReaderEvent::Head {
+                                head,
+                                first,
+                                framing,
+                            });
                             Self::body_state(framing, timing, out)
                         }
                         Parsed::Partial => {
@@ -151,7 +178,9 @@ impl Reader {
                             }
                             let truncated = match self.flow {
                                 Flow::Request => head::truncated_request(&buf).map(Head::Request),
-                                Flow::Response => head::truncated_response(&buf).map(Head::Response),
+                                Flow::Response => {
+                                    head::truncated_response(&buf).map(Head::Response)
+                                }
                             };
                             let Some(head) = truncated else {
                                 self.parse_errors += 1;
@@ -182,7 +211,9 @@ impl Reader {
                         }
                     }
                 }
-                State::Body { body, mut bytes, .. } => {
+                State::Body {
+                    body, mut bytes, ..
+                } => {
                     let last = timing;
                     match body {
                         Body::Length(left) => {
@@ -284,4 +315,3 @@ impl Reader {
         }
     }
 }
-
