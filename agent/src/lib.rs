@@ -103,7 +103,7 @@ pub async fn run(config: Config) -> Result<Arc<Counters>, RunError> {
 
     let mut stitcher = Stitcher::new(StitcherLimits::default(), counters.clone());
     for (pid, socket) in existing {
-        stitcher.seed(pid, socket.fd, socket.role, socket.addrs);
+        stitcher.seed(pid, socket.conn_id(), socket.role, socket.addrs);
     }
 
     let (batch_tx, batch_rx) = mpsc::channel::<Batch>(BATCH_QUEUE);

@@ -225,6 +225,7 @@ fn traffic_of_an_untargeted_process_is_not_seen() {
             Event::Conn(c) => c.pid,
             Event::Close { pid, .. } => *pid,
             Event::Fork { parent, .. } => *parent,
+            Event::Dup { pid, .. } => *pid,
         };
         assert_eq!(pid, me, "only the target's events: {event:?}");
     }

@@ -21,6 +21,8 @@ pub enum EventKind {
     Close = 3,
     /// A target process forked a child, which is now a target too: [`ForkEvent`].
     Fork = 4,
+    /// A tracked socket's fd was duplicated (dup, dup2, dup3, fcntl F_DUPFD): [`DupEvent`].
+    Dup = 5,
 }
 
 impl TryFrom<u32> for EventKind {
@@ -31,6 +33,7 @@ impl TryFrom<u32> for EventKind {
             2 => Ok(Self::Conn),
             3 => Ok(Self::Close),
             4 => Ok(Self::Fork),
+            5 => Ok(Self::Dup),
             other => Err(other),
         }
     }
@@ -93,8 +96,11 @@ pub struct EventHeader {
     pub tid: u32,
     /// The file descriptor the event is about (-1 where none, e.g. fork).
     pub fd: i32,
+    /// The connection the fd refers to: assigned at accept/connect (or by userspace for sockets
+    /// open before attach) and shared by every duplicate of the fd. 0 where none.
+    pub conn_id: u64,
 }
-const _: () = assert!(size_of::<EventHeader>() == 16);
+const _: () = assert!(size_of::<EventHeader>() == 24);
 
 /// Bytes read from or written to a tracked socket by one syscall.
 #[repr(C)]
@@ -116,7 +122,7 @@ pub struct DataEvent<const N: usize> {
     pub payload: [u8; N],
 }
 /// Bytes of a [`DataEvent`] before its payload.
-pub const DATA_EVENT_HEADER_LEN: usize = 48;
+pub const DATA_EVENT_HEADER_LEN: usize = 56;
 const _: () = assert!(size_of::<DataEvent<0>>() == DATA_EVENT_HEADER_LEN);
 const _: () = assert!(size_of::<DataEvent<256>>() == DATA_EVENT_HEADER_LEN + 256);
 
@@ -138,7 +144,7 @@ pub struct ConnEvent {
     /// The peer's address (`struct sockaddr_*`, family first, network byte order fields).
     pub addr: [u8; SOCKADDR_LEN],
 }
-const _: () = assert!(size_of::<ConnEvent>() == 64);
+const _: () = assert!(size_of::<ConnEvent>() == 72);
 
 /// A tracked socket closed by a target thread.
 #[repr(C)]
@@ -148,7 +154,7 @@ pub struct CloseEvent {
     /// When close was entered: ns since boot, bpf_ktime_get_ns.
     pub ts_ns: u64,
 }
-const _: () = assert!(size_of::<CloseEvent>() == 24);
+const _: () = assert!(size_of::<CloseEvent>() == 32);
 
 /// A target process forked: the child is traced too.
 #[repr(C)]
@@ -161,7 +167,25 @@ pub struct ForkEvent {
     pub child_pid: u32,
     pub _pad: u32,
 }
-const _: () = assert!(size_of::<ForkEvent>() == 32);
+const _: () = assert!(size_of::<ForkEvent>() == 40);
+
+/// A tracked socket's fd duplicated: `header.fd` is the new fd, `header.conn_id` the shared
+/// connection.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct DupEvent {
+    pub header: EventHeader,
+    /// When the syscall returned: ns since boot, bpf_ktime_get_ns.
+    pub ts_ns: u64,
+    /// The fd that was duplicated.
+    pub old_fd: i32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<DupEvent>() == 40);
+
+/// Connection ids userspace assigns to sockets found open at attach have this bit set, so they
+/// never collide with the kernel's.
+pub const USER_CONN_ID_BIT: u64 = 1 << 63;
 
 #[cfg(feature = "user")]
 mod pod {
@@ -172,4 +196,6 @@ mod pod {
     unsafe impl aya::Pod for super::CloseEvent {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ForkEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::DupEvent {}
 }

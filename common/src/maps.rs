@@ -40,8 +40,10 @@ pub struct SocketInfo {
     /// A `SocketRole` id.
     pub role: u32,
     pub _pad: u32,
+    /// The connection this fd refers to (see `EventHeader::conn_id`).
+    pub conn_id: u64,
 }
-const _: () = assert!(size_of::<SocketInfo>() == 8);
+const _: () = assert!(size_of::<SocketInfo>() == 16);
 
 /// Slots of the per-CPU `LOSS` counter array. Every event the kernel could not deliver is
 /// counted in one of these; userspace sums the CPUs and shows them.

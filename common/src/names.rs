@@ -99,6 +99,27 @@ pub const TRACEPOINT_PROGRAMS: &[TracepointProgram] = &[
         tracepoints: &[("syscalls", "sys_enter_close")],
     },
     TracepointProgram {
+        program: "enter_dup",
+        tracepoints: &[
+            ("syscalls", "sys_enter_dup"),
+            ("syscalls", "sys_enter_dup2"),
+            ("syscalls", "sys_enter_dup3"),
+        ],
+    },
+    TracepointProgram {
+        program: "enter_fcntl",
+        tracepoints: &[("syscalls", "sys_enter_fcntl")],
+    },
+    TracepointProgram {
+        program: "exit_dup",
+        tracepoints: &[
+            ("syscalls", "sys_exit_dup"),
+            ("syscalls", "sys_exit_dup2"),
+            ("syscalls", "sys_exit_dup3"),
+            ("syscalls", "sys_exit_fcntl"),
+        ],
+    },
+    TracepointProgram {
         program: "process_fork",
         tracepoints: &[("sched", "sched_process_fork")],
     },

@@ -5,12 +5,12 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use loupe_common::{
-    CloseEvent, ConnEvent, Direction, EventHeader, EventKind, LossSlot, SOCKADDR_LEN, SocketInfo,
-    SocketKey, SocketRole,
+    CloseEvent, ConnEvent, Direction, DupEvent, EventHeader, EventKind, LossSlot, SOCKADDR_LEN,
+    SocketInfo, SocketKey, SocketRole,
 };
 
 use crate::{
-    data::{RET_OFFSET, arg_offset},
+    data::{RET_OFFSET, arg_offset, tracked_socket},
     emit,
     maps::{IN_FLIGHT, InFlight, SOCKETS, TARGET_PIDS, count_loss},
 };
@@ -40,6 +40,7 @@ fn remember_addr(ctx: &TracePointContext) -> Result<(), i64> {
         buf_len: SOCKADDR_LEN as u64,
         fd: fd as i32,
         direction: Direction::Ingress as u32,
+        conn_id: 0,
     };
     IN_FLIGHT.insert(pid_tgid, in_flight, 0).map_err(|err| {
         count_loss(LossSlot::InFlightFull);
@@ -60,9 +61,11 @@ pub fn try_enter_connect(ctx: &TracePointContext) -> Result<(), i64> {
 fn opened(pid_tgid: u64, fd: i32, role: SocketRole, addr_ptr: u64) -> Result<(), i64> {
     let pid = (pid_tgid >> 32) as u32;
     let key = SocketKey { pid, fd };
+    let conn_id = new_conn_id();
     let info = SocketInfo {
         role: role as u32,
         _pad: 0,
+        conn_id,
     };
     if SOCKETS.insert(key.as_u64(), info, 0).is_err() {
         count_loss(LossSlot::SocketsFull);
@@ -73,6 +76,7 @@ fn opened(pid_tgid: u64, fd: i32, role: SocketRole, addr_ptr: u64) -> Result<(),
             pid,
             tid: pid_tgid as u32,
             fd,
+            conn_id,
         },
         ts_ns: emit::now_ns(),
         role: role as u32,
@@ -104,15 +108,21 @@ fn take_in_flight() -> Option<(u64, InFlight)> {
 }
 
 pub fn try_exit_accept(ctx: &TracePointContext) -> Result<(), i64> {
-    let Some((pid_tgid, in_flight)) = take_in_flight() else {
-        return Ok(());
+    // A thread already blocked in accept when loupe attached has no InFlight: its connection is
+    // still the target's, only without the peer address.
+    let (pid_tgid, addr_ptr) = match take_in_flight() {
+        Some((pid_tgid, in_flight)) => (pid_tgid, in_flight.buf),
+        None => match current_target() {
+            Some(pid_tgid) => (pid_tgid, 0),
+            None => return Ok(()),
+        },
     };
     // SAFETY: `ret` is at RET_OFFSET in every sys_exit record.
     let ret: i64 = unsafe { ctx.read_at(RET_OFFSET) }.map_err(i64::from)?;
     if ret < 0 {
         return Ok(());
     }
-    opened(pid_tgid, ret as i32, SocketRole::Server, in_flight.buf)
+    opened(pid_tgid, ret as i32, SocketRole::Server, addr_ptr)
 }
 
 pub fn try_exit_connect(ctx: &TracePointContext) -> Result<(), i64> {
@@ -130,20 +140,109 @@ pub fn try_exit_connect(ctx: &TracePointContext) -> Result<(), i64> {
 pub fn try_enter_close(ctx: &TracePointContext) -> Result<(), i64> {
     // SAFETY: fd is arg 0 of close.
     let fd: u64 = unsafe { ctx.read_at(arg_offset(0)) }.map_err(i64::from)?;
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let pid = (pid_tgid >> 32) as u32;
-    let key = SocketKey { pid, fd: fd as i32 }.as_u64();
     // Only tracked sockets are in SOCKETS, so this one lookup is also the target filter.
-    if SOCKETS.remove(key).is_err() {
+    let Some((pid_tgid, conn_id)) = tracked_socket(fd as i32) else {
         return Ok(());
-    }
+    };
+    let pid = (pid_tgid >> 32) as u32;
+    let _ = SOCKETS.remove(SocketKey { pid, fd: fd as i32 }.as_u64());
     emit::output(&CloseEvent {
         header: EventHeader {
             kind: EventKind::Close as u32,
             pid,
             tid: pid_tgid as u32,
             fd: fd as i32,
+            conn_id,
         },
         ts_ns: emit::now_ns(),
+    })
+}
+
+/// A connection id unique on this host while loupe runs: the time in ns and the CPU, with the
+/// top bit clear (userspace's ids for sockets found at attach set it).
+fn new_conn_id() -> u64 {
+    // SAFETY: bpf_get_smp_processor_id has no preconditions.
+    let cpu = unsafe { aya_ebpf::helpers::generated::bpf_get_smp_processor_id() } as u64;
+    ((emit::now_ns() << 8) | (cpu & 0xff)) & !loupe_common::USER_CONN_ID_BIT
+}
+
+const F_DUPFD: u64 = 0;
+const F_DUPFD_CLOEXEC: u64 = 1030;
+
+fn remember_dup(old_fd: i32) -> Result<(), i64> {
+    let Some((pid_tgid, conn_id)) = tracked_socket(old_fd) else {
+        return Ok(());
+    };
+    let in_flight = InFlight {
+        enter_ns: 0,
+        buf: 0,
+        buf_len: 0,
+        fd: old_fd,
+        direction: Direction::Ingress as u32,
+        conn_id,
+    };
+    IN_FLIGHT.insert(pid_tgid, in_flight, 0).map_err(|err| {
+        count_loss(LossSlot::InFlightFull);
+        err as i64
+    })
+}
+
+/// dup, dup2, dup3: the old fd is arg 0.
+pub fn try_enter_dup(ctx: &TracePointContext) -> Result<(), i64> {
+    // SAFETY: oldfd is arg 0 of dup, dup2 and dup3.
+    let old_fd: u64 = unsafe { ctx.read_at(arg_offset(0)) }.map_err(i64::from)?;
+    remember_dup(old_fd as i32)
+}
+
+/// fcntl(fd, F_DUPFD or F_DUPFD_CLOEXEC, min): what Rust's `try_clone` and many runtimes use.
+pub fn try_enter_fcntl(ctx: &TracePointContext) -> Result<(), i64> {
+    // SAFETY: cmd is arg 1 of fcntl.
+    let cmd: u64 = unsafe { ctx.read_at(arg_offset(1)) }.map_err(i64::from)?;
+    if cmd != F_DUPFD && cmd != F_DUPFD_CLOEXEC {
+        return Ok(());
+    }
+    // SAFETY: fd is arg 0 of fcntl.
+    let old_fd: u64 = unsafe { ctx.read_at(arg_offset(0)) }.map_err(i64::from)?;
+    remember_dup(old_fd as i32)
+}
+
+/// The new fd shares the old one's connection.
+pub fn try_exit_dup(ctx: &TracePointContext) -> Result<(), i64> {
+    let Some((pid_tgid, in_flight)) = take_in_flight() else {
+        return Ok(());
+    };
+    // SAFETY: `ret` is at RET_OFFSET in every sys_exit record.
+    let ret: i64 = unsafe { ctx.read_at(RET_OFFSET) }.map_err(i64::from)?;
+    if ret < 0 || ret as i32 == in_flight.fd {
+        return Ok(());
+    }
+    let pid = (pid_tgid >> 32) as u32;
+    let new_fd = ret as i32;
+    let key = SocketKey {
+        pid,
+        fd: in_flight.fd,
+    }
+    .as_u64();
+    // SAFETY: copied out at once.
+    let Some(info) = (unsafe { SOCKETS.get(key) }).copied() else {
+        return Ok(());
+    };
+    if SOCKETS
+        .insert(SocketKey { pid, fd: new_fd }.as_u64(), info, 0)
+        .is_err()
+    {
+        count_loss(LossSlot::SocketsFull);
+    }
+    emit::output(&DupEvent {
+        header: EventHeader {
+            kind: EventKind::Dup as u32,
+            pid,
+            tid: pid_tgid as u32,
+            fd: new_fd,
+            conn_id: in_flight.conn_id,
+        },
+        ts_ns: emit::now_ns(),
+        old_fd: in_flight.fd,
+        _pad: 0,
     })
 }

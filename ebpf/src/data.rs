@@ -39,24 +39,32 @@ struct MsgHdrHead {
     iov: u64,
 }
 
-/// The pid_tgid of the current thread if `fd` is a socket of a target process.
-fn tracked_socket(fd: i32) -> Option<u64> {
+/// The pid_tgid of the current thread and the connection id, if `fd` is a socket of a target
+/// process. Only target sockets are in SOCKETS, so this one lookup is also the PID filter.
+pub fn tracked_socket(fd: i32) -> Option<(u64, u64)> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let key = SocketKey {
         pid: (pid_tgid >> 32) as u32,
         fd,
     };
-    // SAFETY: the value is only tested for presence, never held across helper calls.
-    unsafe { SOCKETS.get(key.as_u64()) }.map(|_| pid_tgid)
+    // SAFETY: the value is copied out at once, never held across helper calls.
+    unsafe { SOCKETS.get(key.as_u64()) }.map(|info| (pid_tgid, info.conn_id))
 }
 
-fn remember(pid_tgid: u64, fd: i32, buf: u64, buf_len: u64, direction: Direction) -> Result<(), i64> {
+fn remember(
+    (pid_tgid, conn_id): (u64, u64),
+    fd: i32,
+    buf: u64,
+    buf_len: u64,
+    direction: Direction,
+) -> Result<(), i64> {
     let in_flight = InFlight {
         enter_ns: emit::now_ns(),
         buf,
         buf_len,
         fd,
         direction: direction as u32,
+        conn_id,
     };
     IN_FLIGHT.insert(pid_tgid, in_flight, 0).map_err(|err| {
         count_loss(LossSlot::InFlightFull);
@@ -68,14 +76,14 @@ fn remember(pid_tgid: u64, fd: i32, buf: u64, buf_len: u64, direction: Direction
 pub fn try_enter_buf(ctx: &TracePointContext, direction: Direction) -> Result<(), i64> {
     // SAFETY: offsets follow the syscalls' tracepoint format (fd, buf, count are args 0..2).
     let fd: u64 = unsafe { ctx.read_at(arg_offset(0)) }.map_err(i64::from)?;
-    let Some(pid_tgid) = tracked_socket(fd as i32) else {
+    let Some(socket) = tracked_socket(fd as i32) else {
         return Ok(());
     };
     // SAFETY: as above.
     let buf: u64 = unsafe { ctx.read_at(arg_offset(1)) }.map_err(i64::from)?;
     // SAFETY: as above.
     let count: u64 = unsafe { ctx.read_at(arg_offset(2)) }.map_err(i64::from)?;
-    remember(pid_tgid, fd as i32, buf, count, direction)
+    remember(socket, fd as i32, buf, count, direction)
 }
 
 /// readv, writev: (fd, iov, iovcnt). Only the first iovec is captured from; the rest of the
@@ -83,21 +91,21 @@ pub fn try_enter_buf(ctx: &TracePointContext, direction: Direction) -> Result<()
 pub fn try_enter_iov(ctx: &TracePointContext, direction: Direction) -> Result<(), i64> {
     // SAFETY: offsets follow the readv/writev tracepoint format.
     let fd: u64 = unsafe { ctx.read_at(arg_offset(0)) }.map_err(i64::from)?;
-    let Some(pid_tgid) = tracked_socket(fd as i32) else {
+    let Some(socket) = tracked_socket(fd as i32) else {
         return Ok(());
     };
     // SAFETY: as above.
     let iov: u64 = unsafe { ctx.read_at(arg_offset(1)) }.map_err(i64::from)?;
     // SAFETY: `iov` is a user pointer; bpf_probe_read_user faults safely on a bad one.
     let first: IoVec = unsafe { bpf_probe_read_user(iov as *const IoVec) }.map_err(i64::from)?;
-    remember(pid_tgid, fd as i32, first.base, first.len, direction)
+    remember(socket, fd as i32, first.base, first.len, direction)
 }
 
 /// recvmsg, sendmsg: (fd, msg, flags). Captures from the message's first iovec.
 pub fn try_enter_msg(ctx: &TracePointContext, direction: Direction) -> Result<(), i64> {
     // SAFETY: offsets follow the recvmsg/sendmsg tracepoint format.
     let fd: u64 = unsafe { ctx.read_at(arg_offset(0)) }.map_err(i64::from)?;
-    let Some(pid_tgid) = tracked_socket(fd as i32) else {
+    let Some(socket) = tracked_socket(fd as i32) else {
         return Ok(());
     };
     // SAFETY: as above.
@@ -108,7 +116,7 @@ pub fn try_enter_msg(ctx: &TracePointContext, direction: Direction) -> Result<()
     // SAFETY: as above.
     let first: IoVec =
         unsafe { bpf_probe_read_user(head.iov as *const IoVec) }.map_err(i64::from)?;
-    remember(pid_tgid, fd as i32, first.base, first.len, direction)
+    remember(socket, fd as i32, first.base, first.len, direction)
 }
 
 /// sendfile: (out_fd, in_fd, offset, count). The bytes come from a file, so nothing is captured:
@@ -116,10 +124,10 @@ pub fn try_enter_msg(ctx: &TracePointContext, direction: Direction) -> Result<()
 pub fn try_enter_sendfile(ctx: &TracePointContext) -> Result<(), i64> {
     // SAFETY: out_fd is arg 0 of sendfile64.
     let fd: u64 = unsafe { ctx.read_at(arg_offset(0)) }.map_err(i64::from)?;
-    let Some(pid_tgid) = tracked_socket(fd as i32) else {
+    let Some(socket) = tracked_socket(fd as i32) else {
         return Ok(());
     };
-    remember(pid_tgid, fd as i32, 0, 0, Direction::Egress)
+    remember(socket, fd as i32, 0, 0, Direction::Egress)
 }
 
 /// The exit of every data syscall: if its enter left an `InFlight`, emit what it moved.
@@ -148,9 +156,14 @@ pub fn try_exit_data(ctx: &TracePointContext) -> Result<(), i64> {
         pid: (pid_tgid >> 32) as u32,
         tid: pid_tgid as u32,
         fd: in_flight.fd,
+        conn_id: in_flight.conn_id,
     };
     let exit_ns = emit::now_ns();
-    let total = if ret > u32::MAX as i64 { u32::MAX } else { ret as u32 };
+    let total = if ret > u32::MAX as i64 {
+        u32::MAX
+    } else {
+        ret as u32
+    };
     let args = DataArgs {
         header,
         in_flight: &in_flight,

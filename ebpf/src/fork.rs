@@ -1,10 +1,7 @@
 //! A target that forks (nginx's master starting a worker, a pre-fork server replacing one) makes
 //! its child a target too. Threads fire this tracepoint as well; userspace drops those entries.
 
-use aya_ebpf::{
-    helpers::bpf_get_current_pid_tgid,
-    programs::TracePointContext,
-};
+use aya_ebpf::{helpers::bpf_get_current_pid_tgid, programs::TracePointContext};
 use aya_log_ebpf::debug;
 use loupe_common::{EventHeader, EventKind, ForkEvent, LossSlot};
 
@@ -36,6 +33,7 @@ pub fn try_process_fork(ctx: &TracePointContext) -> Result<(), i64> {
             pid: parent,
             tid: bpf_get_current_pid_tgid() as u32,
             fd: -1,
+            conn_id: 0,
         },
         ts_ns: emit::now_ns(),
         child_pid: child,

@@ -91,6 +91,21 @@ pub fn enter_close(ctx: TracePointContext) -> u32 {
 }
 
 #[tracepoint]
+pub fn enter_dup(ctx: TracePointContext) -> u32 {
+    finish(conn::try_enter_dup(&ctx))
+}
+
+#[tracepoint]
+pub fn enter_fcntl(ctx: TracePointContext) -> u32 {
+    finish(conn::try_enter_fcntl(&ctx))
+}
+
+#[tracepoint]
+pub fn exit_dup(ctx: TracePointContext) -> u32 {
+    finish(conn::try_exit_dup(&ctx))
+}
+
+#[tracepoint]
 pub fn process_fork(ctx: TracePointContext) -> u32 {
     finish(fork::try_process_fork(&ctx))
 }

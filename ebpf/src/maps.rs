@@ -46,6 +46,8 @@ pub struct InFlight {
     pub fd: i32,
     /// A `Direction` id for data syscalls; unused for accept/connect.
     pub direction: u32,
+    /// The connection of `fd` (data and dup syscalls); 0 for accept/connect.
+    pub conn_id: u64,
 }
 
 /// Adds one to a loss slot.

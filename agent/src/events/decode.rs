@@ -5,8 +5,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use bytes::Bytes;
 use loupe_common::{
-    CloseEvent, ConnEvent, DATA_EVENT_HEADER_LEN, DataEvent, Direction, EventHeader, EventKind,
-    ForkEvent, SocketRole,
+    CloseEvent, ConnEvent, DATA_EVENT_HEADER_LEN, DataEvent, Direction, DupEvent, EventHeader,
+    EventKind, ForkEvent, SocketRole,
 };
 
 /// Bytes moved by one syscall on a tracked socket.
@@ -15,6 +15,8 @@ pub struct DataRecord {
     pub pid: u32,
     pub tid: u32,
     pub fd: i32,
+    /// The connection, shared by every duplicate of its fd.
+    pub conn_id: u64,
     /// ns since boot (CLOCK_MONOTONIC).
     pub enter_ns: u64,
     /// ns since boot (CLOCK_MONOTONIC).
@@ -31,6 +33,7 @@ pub struct ConnRecord {
     pub pid: u32,
     pub tid: u32,
     pub fd: i32,
+    pub conn_id: u64,
     pub ts_ns: u64,
     pub role: SocketRole,
     /// The peer, when the kernel could read it and it is an IP address.
@@ -46,7 +49,14 @@ pub enum Event {
         pid: u32,
         tid: u32,
         fd: i32,
+        conn_id: u64,
         ts_ns: u64,
+    },
+    /// `fd` now also refers to connection `conn_id`.
+    Dup {
+        pid: u32,
+        fd: i32,
+        conn_id: u64,
     },
     Fork {
         parent: u32,
@@ -101,6 +111,7 @@ pub fn decode(record: &Bytes) -> Result<Event, DecodeError> {
                 pid: header.pid,
                 tid: header.tid,
                 fd: header.fd,
+                conn_id: header.conn_id,
                 ts_ns: event.ts_ns,
                 role,
                 peer,
@@ -112,7 +123,16 @@ pub fn decode(record: &Bytes) -> Result<Event, DecodeError> {
                 pid: header.pid,
                 tid: header.tid,
                 fd: header.fd,
+                conn_id: header.conn_id,
                 ts_ns: event.ts_ns,
+            })
+        }
+        EventKind::Dup => {
+            let _: DupEvent = read(record)?;
+            Ok(Event::Dup {
+                pid: header.pid,
+                fd: header.fd,
+                conn_id: header.conn_id,
             })
         }
         EventKind::Fork => {
@@ -141,6 +161,7 @@ fn decode_data(record: &Bytes, header: EventHeader) -> Result<Event, DecodeError
         pid: header.pid,
         tid: header.tid,
         fd: header.fd,
+        conn_id: header.conn_id,
         enter_ns: event.enter_ns,
         exit_ns: event.exit_ns,
         total_len: event.total_len,
@@ -182,6 +203,7 @@ mod tests {
             pid: 10,
             tid: 11,
             fd: 7,
+            conn_id: 99,
         }
     }
 
@@ -213,7 +235,7 @@ mod tests {
             panic!("not data")
         };
         assert_eq!(&data.payload[..], b"GET / HTTP/1.1\r\n");
-        assert_eq!((data.pid, data.tid, data.fd), (10, 11, 7));
+        assert_eq!((data.pid, data.tid, data.fd, data.conn_id), (10, 11, 7, 99));
         assert_eq!(
             (data.enter_ns, data.exit_ns, data.total_len),
             (100, 200, 4000)

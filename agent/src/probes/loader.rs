@@ -98,6 +98,7 @@ pub fn load_and_attach(config: &ProbeConfig, targets: &[Target]) -> Result<Probe
             let info = SocketInfo {
                 role: socket.role as u32,
                 _pad: 0,
+                conn_id: socket.conn_id(),
             };
             sockets
                 .insert(key.as_u64(), info, 0)

@@ -13,8 +13,18 @@ use procfs::{
 #[derive(Clone, Debug)]
 pub struct ExistingSocket {
     pub fd: i32,
+    /// The socket's inode: the same for every fd that duplicates it.
+    pub inode: u64,
     pub role: SocketRole,
     pub addrs: SocketAddrs,
+}
+
+impl ExistingSocket {
+    /// The connection id userspace gives a socket found at attach: its inode, marked so it
+    /// never collides with the kernel's ids.
+    pub fn conn_id(&self) -> u64 {
+        self.inode | loupe_common::USER_CONN_ID_BIT
+    }
 }
 
 /// Both ends of a TCP connection.
@@ -58,6 +68,7 @@ pub fn existing_sockets(pid: u32) -> Vec<ExistingSocket> {
         };
         sockets.push(ExistingSocket {
             fd: fd.fd,
+            inode,
             role,
             addrs: SocketAddrs {
                 local: entry.local_address,

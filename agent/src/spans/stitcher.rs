@@ -47,7 +47,8 @@ impl Default for StitcherLimits {
     }
 }
 
-type ConnKey = (u32, i32);
+/// (pid, connection id): every duplicate of a socket's fd maps to one connection.
+type ConnKey = (u32, u64);
 
 enum Protocol {
     /// Not seen enough bytes to tell.
@@ -61,6 +62,10 @@ enum Protocol {
 
 struct Conn {
     role: SocketRole,
+    /// Open fds referring to this connection (dup'd fds included); closed at zero.
+    fds: u32,
+    /// The fd last seen carrying data, for /proc look-ups.
+    fd: i32,
     ends: Endpoints,
     /// Whether /proc was asked for the addresses (asked at most once).
     looked_up: bool,
@@ -79,7 +84,7 @@ struct Pending {
 /// A server request a thread is serving: head read, response not started.
 #[derive(Clone, Copy)]
 struct Serving {
-    fd: i32,
+    conn_id: u64,
     seq: u64,
     trace_id: u128,
     span_id: u64,
@@ -107,9 +112,13 @@ impl Stitcher {
     }
 
     /// Registers a connection that was already open at attach.
-    pub fn seed(&mut self, pid: u32, fd: i32, role: SocketRole, addrs: SocketAddrs) {
+    pub fn seed(&mut self, pid: u32, conn_id: u64, role: SocketRole, addrs: SocketAddrs) {
+        if let Some(conn) = self.conns.get_mut(&(pid, conn_id)) {
+            conn.fds += 1;
+            return;
+        }
         let conn = Self::new_conn(role, Some(addrs.peer), Some(addrs.local), 0);
-        self.insert_conn((pid, fd), conn);
+        self.insert_conn((pid, conn_id), conn);
     }
 
     /// Handles one event, pushing finished spans to `out`.
@@ -117,7 +126,21 @@ impl Stitcher {
         match event {
             Event::Data(data) => self.on_data(data, out),
             Event::Conn(conn) => self.on_conn(conn, out),
-            Event::Close { pid, fd, .. } => self.close((pid, fd), out),
+            Event::Close { pid, conn_id, .. } => {
+                let key = (pid, conn_id);
+                let last_fd = self.conns.get_mut(&key).is_some_and(|conn| {
+                    conn.fds = conn.fds.saturating_sub(1);
+                    conn.fds == 0
+                });
+                if last_fd {
+                    self.close(key, out);
+                }
+            }
+            Event::Dup { pid, conn_id, .. } => {
+                if let Some(conn) = self.conns.get_mut(&(pid, conn_id)) {
+                    conn.fds += 1;
+                }
+            }
             Event::Fork { .. } => {}
         }
     }
@@ -164,6 +187,8 @@ impl Stitcher {
     ) -> Conn {
         Conn {
             role,
+            fds: 1,
+            fd: -1,
             ends: Endpoints { peer, local },
             looked_up: peer.is_some() && local.is_some(),
             protocol: Protocol::Unknown { sniffed: 0 },
@@ -182,10 +207,11 @@ impl Stitcher {
     }
 
     fn on_conn(&mut self, record: ConnRecord, out: &mut Vec<SpanRecord>) {
-        let key = (record.pid, record.fd);
-        // A new socket on a reused fd: whatever the old one held is over.
+        let key = (record.pid, record.conn_id);
+        // Ids are unique; a repeat means the first was never closed: it is over.
         self.close(key, out);
-        let conn = Self::new_conn(record.role, record.peer, None, record.ts_ns);
+        let mut conn = Self::new_conn(record.role, record.peer, None, record.ts_ns);
+        conn.fd = record.fd;
         self.insert_conn(key, conn);
     }
 
@@ -209,7 +235,7 @@ impl Stitcher {
     }
 
     fn on_data(&mut self, data: DataRecord, out: &mut Vec<SpanRecord>) {
-        let key = (data.pid, data.fd);
+        let key = (data.pid, data.conn_id);
         if !self.conns.contains_key(&key) {
             // A socket whose accept/connect loupe did not see: its role comes from its bytes.
             let conn = Self::new_conn(SocketRole::Unknown, None, None, data.exit_ns);
@@ -222,6 +248,7 @@ impl Stitcher {
             return;
         };
         conn.last_ns = data.exit_ns;
+        conn.fd = data.fd;
         if let Protocol::Unknown { sniffed } = &mut conn.protocol {
             if http1::looks_like_request(&data.payload) {
                 conn.role = match data.direction {
@@ -315,7 +342,7 @@ impl Stitcher {
                     parent_span_id: remote.map(|(_, parent)| parent),
                 };
                 self.serving.entry((key.0, tid)).or_default().push(Serving {
-                    fd: key.1,
+                    conn_id: key.1,
                     seq,
                     trace_id: ids.trace_id,
                     span_id: ids.span_id,
@@ -328,10 +355,10 @@ impl Stitcher {
         }
     }
 
-    /// Forgets that `tid` serves request `seq` (or every request) of connection `fd`.
-    fn stop_serving(&mut self, pid: u32, tid: u32, fd: i32, seq: Option<u64>) {
+    /// Forgets that `tid` serves request `seq` (or every request) of connection `conn_id`.
+    fn stop_serving(&mut self, pid: u32, tid: u32, conn_id: u64, seq: Option<u64>) {
         if let Some(list) = self.serving.get_mut(&(pid, tid)) {
-            list.retain(|s| !(s.fd == fd && seq.is_none_or(|seq| s.seq == seq)));
+            list.retain(|s| !(s.conn_id == conn_id && seq.is_none_or(|seq| s.seq == seq)));
             if list.is_empty() {
                 self.serving.remove(&(pid, tid));
             }
@@ -352,7 +379,7 @@ impl Stitcher {
         };
         if !conn.looked_up {
             conn.looked_up = true;
-            if let Some(addrs) = socket_addrs(key.0, key.1) {
+            if let Some(addrs) = socket_addrs(key.0, conn.fd) {
                 conn.ends.local = Some(addrs.local);
                 conn.ends.peer = conn.ends.peer.or(Some(addrs.peer));
             }

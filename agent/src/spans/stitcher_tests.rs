@@ -13,11 +13,17 @@ use crate::{
 
 const PID: u32 = 100;
 
+/// Tests give each fd its own connection, except where they dup.
+fn conn_id(fd: i32) -> u64 {
+    1000 + fd as u64
+}
+
 fn conn(fd: i32, tid: u32, role: SocketRole, peer: &str) -> Event {
     Event::Conn(ConnRecord {
         pid: PID,
         tid,
         fd,
+        conn_id: conn_id(fd),
         ts_ns: 1,
         role,
         peer: Some(peer.parse().unwrap()),
@@ -29,6 +35,7 @@ fn data(fd: i32, tid: u32, direction: Direction, at: u64, bytes: &'static [u8]) 
         pid: PID,
         tid,
         fd,
+        conn_id: conn_id(fd),
         enter_ns: at,
         exit_ns: at + 100,
         total_len: bytes.len() as u32,
@@ -254,11 +261,49 @@ fn closing_a_connection_finishes_an_unframed_response() {
             pid: PID,
             tid: 7,
             fd: 5,
+            conn_id: conn_id(5),
             ts_ns: 3_000,
         },
         &mut out,
     );
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].end_ns, 2_100);
+    assert_eq!(stitcher.connections(), 0);
+}
+
+#[test]
+fn reads_and_writes_on_duplicated_fds_are_one_connection() {
+    let counters = Arc::new(Counters::default());
+    let mut stitcher = Stitcher::new(StitcherLimits::default(), counters);
+    let mut out = Vec::new();
+    let Event::Data(mut response) = data(5, 7, Direction::Egress, 2_000, RESPONSE) else {
+        unreachable!()
+    };
+    // The response goes out on fd 8, a dup of fd 5 (Rust's try_clone does this).
+    response.fd = 8;
+    let close = |fd| Event::Close {
+        pid: PID,
+        tid: 7,
+        fd,
+        conn_id: conn_id(5),
+        ts_ns: 3_000,
+    };
+    for event in [
+        conn(5, 7, SocketRole::Server, "127.0.0.1:5000"),
+        Event::Dup {
+            pid: PID,
+            fd: 8,
+            conn_id: conn_id(5),
+        },
+        data(5, 7, Direction::Ingress, 1_000, REQUEST),
+        Event::Data(response),
+        close(8),
+    ] {
+        stitcher.handle(event, &mut out);
+    }
+    assert_eq!(out.len(), 1);
+    assert_eq!((out[0].start_ns, out[0].end_ns), (1_100, 2_100));
+    assert_eq!(stitcher.connections(), 1, "fd 5 is still open");
+    stitcher.handle(close(5), &mut out);
     assert_eq!(stitcher.connections(), 0);
 }
