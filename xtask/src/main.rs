@@ -1,1 +1,62 @@
-fn main() {}
+//! `cargo xtask`: what cargo cannot do alone. `setup` installs the toolchain and test
+//! dependencies (idempotent), `demo` shows loupe on a demo shop, `test` runs every check CI runs,
+//! `bench` measures loupe's overhead.
+
+mod bench;
+mod build;
+mod demo;
+mod http;
+mod procs;
+mod setup;
+mod test;
+
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what is missing: Debian packages, the eBPF nightly, bpf-linker, Jaeger.
+    Setup,
+    /// Build loupe and the demo app (release).
+    Build,
+    /// Set up, build, run the demo shop with loupe attached, and show it in the terminal.
+    Demo {
+        /// Also start a local Jaeger, send the spans there and print its UI address.
+        #[arg(long)]
+        jaeger: bool,
+        /// How long loupe watches, e.g. 30s or 2m.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+    },
+    /// Set up, then rustfmt, clippy, unit tests and the privileged end-to-end tests (root).
+    Test {
+        /// Passed to both `cargo test` runs, e.g. a test name filter.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Measure loupe's overhead on nginx and on the demo app with wrk.
+    Bench {
+        /// wrk run length per measurement, e.g. 10s.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Setup => setup::run().map(|_| ()),
+        Command::Build => build::release(),
+        Command::Demo { jaeger, duration } => demo::run(jaeger, duration),
+        Command::Test { args } => test::run(&args),
+        Command::Bench { duration } => bench::run(duration),
+    }
+}

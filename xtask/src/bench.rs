@@ -1,0 +1,239 @@
+//! Overhead, measured with wrk from one run: nginx (keep-alive, small response) with nothing
+//! attached, with a floor probe (bpftrace on the same syscall tracepoints, empty PID-filtered
+//! programs), and with loupe; then the demo app's ~1 ms route with nothing and with loupe.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    net::TcpListener,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use loupe_common::names::TRACEPOINT_PROGRAMS;
+
+use crate::{
+    build,
+    procs::{Guard, Loupe, start_demo_app},
+    setup,
+};
+
+struct Run {
+    requests_per_sec: f64,
+    p99: String,
+}
+
+pub fn run(duration: Duration) -> anyhow::Result<()> {
+    setup::require_root("bench")?;
+    setup::run()?;
+    build::release()?;
+    let seconds = duration.as_secs().max(1);
+
+    let dir = std::env::temp_dir().join(format!("loupe-bench-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("logs"))?;
+    let port = free_port()?;
+    let conf = dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "daemon off;\nmaster_process on;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/logs/error.log;\n\
+             events {{ worker_connections 1024; }}\n\
+             http {{ access_log off; server {{ listen 127.0.0.1:{port}; location / {{ return 200 \"ok\\n\"; }} }} }}\n",
+            d = dir.display()
+        ),
+    )?;
+    let nginx = Guard {
+        child: Command::new("/usr/sbin/nginx")
+            .arg("-c")
+            .arg(&conf)
+            .arg("-p")
+            .arg(&dir)
+            .spawn()
+            .context("failed to start nginx")?,
+        name: "nginx".into(),
+    };
+    let url = format!("http://127.0.0.1:{port}/");
+    wait_for(&format!("127.0.0.1:{port}"))?;
+    let worker = worker_pid(nginx.pid())?;
+    println!(
+        "bench: nginx master {} worker {worker} on {url}",
+        nginx.pid()
+    );
+    wrk(&url, 32, 2)?; // warm-up
+
+    let none = wrk(&url, 32, seconds)?;
+    let floor = {
+        let _probe = floor_probe(worker)?;
+        wrk(&url, 32, seconds)?
+    };
+    let (nginx_loupe, cpu, rss) = with_loupe(nginx.pid(), || wrk(&url, 32, seconds))?;
+    drop(nginx);
+
+    let (frontend, addr) =
+        start_demo_app(&["frontend", "--port", "0", "--backend", "http://127.0.0.1:9"])?;
+    let work_url = format!("http://{addr}/api/work");
+    wrk(&work_url, 4, 2)?;
+    let work_none = wrk(&work_url, 4, seconds)?;
+    let (work_loupe, work_cpu, work_rss) =
+        with_loupe(frontend.pid(), || wrk(&work_url, 4, seconds))?;
+    drop(frontend);
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let ratio = |run: &Run| run.requests_per_sec / none.requests_per_sec;
+    let work_ratio = work_loupe.requests_per_sec / work_none.requests_per_sec;
+    println!("\n| target | setup | req/s | p99 | vs nothing | loupe CPU s | loupe peak RSS MiB |");
+    println!("|---|---|---|---|---|---|---|");
+    println!(
+        "| nginx `return 200` (wrk -t1 -c32 -d{seconds}s) | nothing | {:.0} | {} | 1.000 | | |",
+        none.requests_per_sec, none.p99
+    );
+    println!(
+        "| | floor probe (bpftrace, same tracepoints, empty) | {:.0} | {} | {:.3} | | |",
+        floor.requests_per_sec,
+        floor.p99,
+        ratio(&floor)
+    );
+    println!(
+        "| | loupe | {:.0} | {} | {:.3} | {cpu:.2} | {:.1} |",
+        nginx_loupe.requests_per_sec,
+        nginx_loupe.p99,
+        ratio(&nginx_loupe),
+        rss as f64 / 1024.0
+    );
+    println!(
+        "| demo /api/work ~1 ms (wrk -t1 -c4 -d{seconds}s) | nothing | {:.0} | {} | 1.000 | | |",
+        work_none.requests_per_sec, work_none.p99
+    );
+    println!(
+        "| | loupe | {:.0} | {} | {work_ratio:.3} | {work_cpu:.2} | {:.1} |",
+        work_loupe.requests_per_sec,
+        work_loupe.p99,
+        work_rss as f64 / 1024.0
+    );
+    println!(
+        "\nnginx: floor costs {:.1}% and loupe {:.1}% (loupe - floor = {:.1} points); the 1 ms route: loupe costs {:.1}%",
+        (1.0 - ratio(&floor)) * 100.0,
+        (1.0 - ratio(&nginx_loupe)) * 100.0,
+        (ratio(&floor) - ratio(&nginx_loupe)) * 100.0,
+        (1.0 - work_ratio) * 100.0
+    );
+    Ok(())
+}
+
+/// Runs `measure` with loupe attached to `pid`; returns its result, loupe's CPU seconds and
+/// peak RSS (KiB).
+fn with_loupe(
+    pid: u32,
+    measure: impl FnOnce() -> anyhow::Result<Run>,
+) -> anyhow::Result<(Run, f64, u64)> {
+    let args = vec![
+        "--pid".to_owned(),
+        pid.to_string(),
+        "--summary-interval".into(),
+        "1h".into(),
+    ];
+    let mut loupe = Loupe::start(&args, Stdio::null())?;
+    let (cpu_before, _) = loupe.usage();
+    let run = measure()?;
+    let (cpu_after, rss) = loupe.usage();
+    loupe.guard.interrupt(Duration::from_secs(30));
+    Ok((run, cpu_after - cpu_before, rss))
+}
+
+fn wrk(url: &str, connections: u32, seconds: u64) -> anyhow::Result<Run> {
+    let out = Command::new("wrk")
+        .args([
+            "-t1",
+            &format!("-c{connections}"),
+            &format!("-d{seconds}s"),
+            "--latency",
+            url,
+        ])
+        .output()
+        .context("failed to run wrk")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let requests_per_sec = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| format!("no Requests/sec in wrk output:\n{text}"))?;
+    let p99 = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("99%"))
+        .map(|v| v.trim().to_owned())
+        .unwrap_or_default();
+    Ok(Run {
+        requests_per_sec,
+        p99,
+    })
+}
+
+/// bpftrace on every syscall tracepoint loupe uses, each an empty program behind the same PID
+/// check: what the hook alone costs.
+fn floor_probe(pid: u32) -> anyhow::Result<Guard> {
+    let probes: Vec<String> = TRACEPOINT_PROGRAMS
+        .iter()
+        .flat_map(|program| program.tracepoints.iter())
+        .filter(|(category, _)| *category == "syscalls")
+        .map(|(category, name)| format!("tracepoint:{category}:{name}"))
+        .collect();
+    let script = format!("{} /pid == {pid}/ {{ }}", probes.join(",\n"));
+    let mut child = Command::new("bpftrace")
+        .args(["-e", &script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("failed to start bpftrace")?;
+    let stdout = child.stdout.take().context("no stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    match lines.next() {
+        Some(Ok(line)) if line.contains("Attaching") => {}
+        other => {
+            let _ = child.kill();
+            let err = child
+                .wait_with_output()
+                .map(|o| String::from_utf8_lossy(&o.stderr).into_owned());
+            bail!(
+                "bpftrace did not attach ({other:?}): {}",
+                err.unwrap_or_default()
+            );
+        }
+    }
+    std::thread::spawn(move || lines.for_each(drop));
+    Ok(Guard {
+        child,
+        name: "bpftrace".into(),
+    })
+}
+
+fn worker_pid(master: u32) -> anyhow::Result<u32> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let children = std::fs::read_to_string(format!("/proc/{master}/task/{master}/children"))
+            .unwrap_or_default();
+        if let Some(pid) = children
+            .split_whitespace()
+            .next()
+            .and_then(|p| p.parse().ok())
+        {
+            return Ok(pid);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("nginx master {master} started no worker")
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn wait_for(addr: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect(addr).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("nothing listens on {addr}")
+}

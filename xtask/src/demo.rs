@@ -1,0 +1,125 @@
+//! The demo: the demo shop (a frontend that calls a backend) with traffic, and loupe attached to
+//! the frontend, in the terminal (and, with --jaeger, in a local Jaeger).
+
+use std::{
+    io::IsTerminal as _,
+    process::{Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::{
+    build, http,
+    procs::{Guard, Loupe, start_demo_app},
+    setup,
+};
+
+const ROUTES: &[&str] = &[
+    "/api/users/42",
+    "/api/users/7",
+    "/api/checkout?user=42",
+    "/api/users/1001",
+    "/api/stream",
+    "/api/work",
+    "/api/missing",
+    "/api/checkout?user=7",
+    "/api/fail",
+    "/api/slow",
+    "/health",
+    "/api/checkout/slow",
+];
+
+pub fn run(with_jaeger: bool, duration: Duration) -> anyhow::Result<()> {
+    setup::require_root("demo")?;
+    let installed = setup::run()?;
+    build::release()?;
+
+    let (_backend, backend_addr) = start_demo_app(&["backend", "--port", "0"])?;
+    let backend_url = format!("http://{backend_addr}");
+    let (frontend, frontend_addr) =
+        start_demo_app(&["frontend", "--port", "0", "--backend", &backend_url])?;
+    println!(
+        "demo: frontend on {frontend_addr} (pid {}), backend on {backend_addr}",
+        frontend.pid()
+    );
+
+    let _jaeger = if with_jaeger {
+        Some(start_jaeger(&installed.jaeger)?)
+    } else {
+        None
+    };
+
+    let mut args = vec![
+        "--pid".to_owned(),
+        frontend.pid().to_string(),
+        "--service-name".into(),
+        "demo-shop".into(),
+        "--duration".into(),
+        humantime::format_duration(duration).to_string(),
+        "--summary-interval".into(),
+        "10s".into(),
+    ];
+    if with_jaeger {
+        args.extend(["--otlp-endpoint".into(), "http://127.0.0.1:4317".into()]);
+    }
+    let mut loupe = Loupe::start(&args, Stdio::inherit())?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = {
+        let stop = stop.clone();
+        let addr = frontend_addr.clone();
+        std::thread::spawn(move || {
+            for route in ROUTES.iter().cycle() {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let _ = http::get(&addr, route);
+                std::thread::sleep(Duration::from_millis(150));
+            }
+        })
+    };
+    let status = loupe.guard.child.wait()?;
+    stop.store(true, Ordering::Relaxed);
+    let _ = traffic.join();
+    if !status.success() {
+        bail!("loupe exited with {status}");
+    }
+    if with_jaeger {
+        println!("\nJaeger UI: http://127.0.0.1:16686 (service demo-shop)");
+        if std::io::stdin().is_terminal() {
+            println!("Jaeger keeps running until you press Enter.");
+            let mut line = String::new();
+            let _ = std::io::stdin().read_line(&mut line);
+        }
+    }
+    Ok(())
+}
+
+/// Jaeger all-in-one with its in-memory defaults: OTLP on 4317/4318, UI and API on 16686.
+fn start_jaeger(binary: &std::path::Path) -> anyhow::Result<Guard> {
+    let child = Command::new(binary)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("failed to start {}", binary.display()))?;
+    let guard = Guard {
+        child,
+        name: "jaeger".into(),
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if http::get("127.0.0.1:16686", "/api/services").is_ok() {
+            println!(
+                "demo: Jaeger is up: UI on http://127.0.0.1:16686, OTLP gRPC on 127.0.0.1:4317"
+            );
+            return Ok(guard);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    bail!("Jaeger did not answer on 127.0.0.1:16686 within 30s (is something else on 4317/16686?)")
+}
