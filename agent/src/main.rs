@@ -16,8 +16,7 @@ fn main() -> ExitCode {
             }
             let text = err.to_string();
             let first = text.lines().next().unwrap_or("invalid arguments");
-            eprintln!("loupe: error: {}", first.trim_start_matches("error: "));
-            eprintln!("(see loupe --help)");
+            eprintln!("loupe: error: {} (see loupe --help)", first.trim_start_matches("error: "));
             return ExitCode::from(2);
         }
     };

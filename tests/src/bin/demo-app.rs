@@ -85,6 +85,8 @@ fn usage(problem: &str) -> ! {
 }
 
 fn serve(stream: TcpStream, role: &Role, work_rounds: u64) {
+    // As real HTTP servers do: a response written in pieces (chunked) must not wait on Nagle.
+    let _ = stream.set_nodelay(true);
     let Ok(writer) = stream.try_clone() else {
         return;
     };

@@ -1,0 +1,270 @@
+//! The processes a test runs: the demo app, nginx, and loupe itself.
+
+use std::{
+    collections::HashMap,
+    io::{BufRead, BufReader, Read},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use crate::{TempDir, binary, free_port, wait_until};
+
+fn signal(pid: u32, signal: i32) {
+    // SAFETY: kill has no memory preconditions; a stale pid only makes it fail.
+    unsafe { libc::kill(pid as i32, signal) };
+}
+
+fn stop_child(child: &mut Child, first: i32) {
+    if let Ok(None) = child.try_wait() {
+        signal(child.id(), first);
+        let stopped = wait_until(Duration::from_secs(5), || child.try_wait().ok().flatten());
+        if stopped.is_none() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The demo shop: a backend, and a frontend that calls it. Both killed on drop.
+pub struct DemoApp {
+    backend: Child,
+    frontend: Child,
+    pub backend_addr: String,
+    pub frontend_addr: String,
+}
+
+fn start_role(args: &[&str]) -> (Child, String) {
+    let mut child = Command::new(binary("DEMO_APP_BIN", "demo-app"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start demo-app (run `cargo xtask build`)");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("demo-app says where it listens");
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("demo-app said `{line}`"))
+        .to_owned();
+    (child, addr)
+}
+
+impl DemoApp {
+    pub fn start() -> Self {
+        let (backend, backend_addr) = start_role(&["backend", "--port", "0"]);
+        let url = format!("http://{backend_addr}");
+        let (frontend, frontend_addr) = start_role(&["frontend", "--port", "0", "--backend", &url]);
+        Self {
+            backend,
+            frontend,
+            backend_addr,
+            frontend_addr,
+        }
+    }
+
+    pub fn frontend_pid(&self) -> u32 {
+        self.frontend.id()
+    }
+
+    pub fn backend_pid(&self) -> u32 {
+        self.backend.id()
+    }
+}
+
+impl Drop for DemoApp {
+    fn drop(&mut self) {
+        let _ = self.frontend.kill();
+        let _ = self.backend.kill();
+        let _ = self.frontend.wait();
+        let _ = self.backend.wait();
+    }
+}
+
+/// nginx from Debian, unmodified, with a master and one worker, on a free loopback port.
+pub struct Nginx {
+    child: Child,
+    _dir: TempDir,
+    pub addr: String,
+}
+
+impl Nginx {
+    pub fn start() -> Self {
+        let dir = TempDir::new("nginx");
+        std::fs::create_dir_all(dir.0.join("logs")).expect("logs dir");
+        let port = free_port();
+        let conf = format!(
+            "daemon off;\nmaster_process on;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/logs/error.log;\n\
+             events {{ worker_connections 256; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+             server {{\n    listen 127.0.0.1:{port};\n    location / {{ return 200 \"ok\\n\"; }}\n    location /missing {{ return 404; }}\n    location /down {{ return 503; }}\n  }}\n}}\n",
+            d = dir.0.display()
+        );
+        let conf_path = dir.0.join("nginx.conf");
+        std::fs::write(&conf_path, conf).expect("write nginx.conf");
+        let child = Command::new("/usr/sbin/nginx")
+            .arg("-c")
+            .arg(&conf_path)
+            .arg("-p")
+            .arg(&dir.0)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nginx (cargo xtask setup installs it)");
+        let addr = format!("127.0.0.1:{port}");
+        let pid = child.id();
+        let ready = wait_until(Duration::from_secs(10), || {
+            let worker = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
+            (!worker.trim().is_empty() && std::net::TcpStream::connect(&addr).is_ok()).then_some(())
+        });
+        assert!(ready.is_some(), "nginx did not start on {addr}");
+        Self {
+            child,
+            _dir: dir,
+            addr,
+        }
+    }
+
+    pub fn master_pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        stop_child(&mut self.child, libc::SIGQUIT);
+    }
+}
+
+/// What loupe printed and how it ended.
+pub struct Finished {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Finished {
+    /// The `loupe: summary key=value ...` line as a map.
+    pub fn summary(&self) -> HashMap<String, u64> {
+        let line = self
+            .stderr
+            .lines()
+            .find(|l| l.starts_with("loupe: summary "))
+            .unwrap_or_else(|| panic!("no summary line in:\n{}", self.stderr));
+        line.trim_start_matches("loupe: summary ")
+            .split_whitespace()
+            .filter_map(|pair| {
+                let (key, value) = pair.split_once('=')?;
+                Some((key.to_owned(), value.parse().ok()?))
+            })
+            .collect()
+    }
+}
+
+/// A running loupe with its output collected.
+pub struct Loupe {
+    child: Child,
+    stdout: Arc<Mutex<String>>,
+    stderr: Arc<Mutex<String>>,
+}
+
+fn collect(stream: impl Read + Send + 'static) -> Arc<Mutex<String>> {
+    let text = Arc::new(Mutex::new(String::new()));
+    let sink = text.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines().map_while(Result::ok) {
+            sink.lock().expect("not poisoned").push_str(&(line + "\n"));
+        }
+    });
+    text
+}
+
+impl Loupe {
+    /// Starts loupe with `args`.
+    pub fn spawn(args: &[String]) -> Self {
+        let mut command = Command::new(binary("LOUPE_BIN", "loupe"));
+        // The tests say where spans go; a developer's OTEL_* settings must not.
+        for var in [
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+            "OTEL_SERVICE_NAME",
+        ] {
+            command.env_remove(var);
+        }
+        Self::spawn_with(command.args(args))
+    }
+
+    pub fn spawn_with(command: &mut Command) -> Self {
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start loupe (run `cargo xtask build`)");
+        let stdout = collect(child.stdout.take().expect("stdout"));
+        let stderr = collect(child.stderr.take().expect("stderr"));
+        Self { child, stdout, stderr }
+    }
+
+    /// Starts loupe and waits for its `attached` line.
+    pub fn attach(args: &[String]) -> Self {
+        let mut loupe = Self::spawn(args);
+        let attached = wait_until(Duration::from_secs(30), || {
+            if loupe.stderr().contains("loupe: attached") {
+                return Some(true);
+            }
+            loupe.child.try_wait().ok().flatten().map(|_| false)
+        });
+        assert_eq!(attached, Some(true), "loupe did not attach:\n{}", loupe.stderr());
+        loupe
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().expect("not poisoned").clone()
+    }
+
+    pub fn stdout(&self) -> String {
+        self.stdout.lock().expect("not poisoned").clone()
+    }
+
+    /// Waits for loupe to exit by itself.
+    pub fn wait(mut self, timeout: Duration) -> Finished {
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "loupe still runs after {timeout:?}:\n{}", self.stderr());
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        // Let the collectors reach EOF.
+        let _ = wait_until(Duration::from_secs(5), || {
+            let err = self.stderr();
+            (err.contains("loupe: summary") || err.contains("loupe: error")).then_some(())
+        });
+        Finished {
+            status,
+            stdout: self.stdout(),
+            stderr: self.stderr(),
+        }
+    }
+
+    /// SIGINT, as a user's Ctrl-C: loupe flushes, prints its summary and exits.
+    pub fn stop(self) -> Finished {
+        signal(self.child.id(), libc::SIGINT);
+        self.wait(Duration::from_secs(30))
+    }
+}
+
+impl Drop for Loupe {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `--pid` and friends as owned strings.
+pub fn args(items: &[&str]) -> Vec<String> {
+    items.iter().map(|s| (*s).to_owned()).collect()
+}
