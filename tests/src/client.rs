@@ -35,7 +35,10 @@ impl Client {
     }
 
     pub fn request(&mut self, method: &str, path: &str, body: &[u8]) -> std::io::Result<Timed> {
-        let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: loupe-tests\r\n", self.addr);
+        let mut request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: loupe-tests\r\n",
+            self.addr
+        );
         if !body.is_empty() {
             request.push_str(&format!("Content-Length: {}\r\n", body.len()));
         }
@@ -63,7 +66,9 @@ impl Client {
             if let Some((name, value)) = line.split_once(':') {
                 if name.eq_ignore_ascii_case("content-length") {
                     length = value.trim().parse().ok();
-                } else if name.eq_ignore_ascii_case("transfer-encoding") && value.contains("chunked") {
+                } else if name.eq_ignore_ascii_case("transfer-encoding")
+                    && value.contains("chunked")
+                {
                     chunked = true;
                 }
             }

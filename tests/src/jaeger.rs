@@ -29,9 +29,12 @@ pub fn jaeger_binary() -> PathBuf {
     if let Some(path) = std::env::var_os("LOUPE_JAEGER_BIN") {
         return PathBuf::from(path);
     }
-    let cache = std::env::var_os("LOUPE_CACHE").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cache/loupe")
-    });
+    let cache = std::env::var_os("LOUPE_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
+                .join(".cache/loupe")
+        });
     cache.join("jaeger-v1.76.0/jaeger")
 }
 
@@ -44,7 +47,8 @@ impl Jaeger {
             binary.display()
         );
         let dir = TempDir::new("jaeger");
-        let (otlp_grpc, otlp_http, query, query_grpc) = (free_port(), free_port(), free_port(), free_port());
+        let (otlp_grpc, otlp_http, query, query_grpc) =
+            (free_port(), free_port(), free_port(), free_port());
         // Only what the tests use listens: OTLP in, the query API out. No metrics, health, zpages
         // or sampling listeners, so several Jaegers never collide.
         let config = format!(
@@ -111,7 +115,11 @@ exporters:
             }
             http_get(jaeger.query, "/api/services").ok().map(|_| ())
         });
-        assert!(up.is_some(), "jaeger query API never answered:\n{}", jaeger.log());
+        assert!(
+            up.is_some(),
+            "jaeger query API never answered:\n{}",
+            jaeger.log()
+        );
         jaeger
     }
 
@@ -149,7 +157,12 @@ exporters:
 
     /// Waits until `service` has at least `count` spans matching `filter`; returns all of its
     /// spans at that point (or, after the timeout, what there is).
-    pub fn wait_for_spans(&self, service: &str, count: usize, filter: impl Fn(&Span) -> bool) -> Vec<Span> {
+    pub fn wait_for_spans(
+        &self,
+        service: &str,
+        count: usize,
+        filter: impl Fn(&Span) -> bool,
+    ) -> Vec<Span> {
         wait_until(Duration::from_secs(20), || {
             let spans = self.spans(service);
             (spans.iter().filter(|s| filter(s)).count() >= count).then_some(spans)
@@ -207,7 +220,12 @@ impl Span {
             tags: raw.tags.into_iter().map(|t| (t.key, t.value)).collect(),
             service: process.map(|p| p.service_name.clone()).unwrap_or_default(),
             process_tags: process
-                .map(|p| p.tags.iter().map(|t| (t.key.clone(), t.value.clone())).collect())
+                .map(|p| {
+                    p.tags
+                        .iter()
+                        .map(|t| (t.key.clone(), t.value.clone()))
+                        .collect()
+                })
                 .unwrap_or_default(),
         }
     }
@@ -299,7 +317,9 @@ fn http_get(port: u16, path: &str) -> std::io::Result<String> {
         .split_once("\r\n\r\n")
         .ok_or_else(|| std::io::Error::other("no head"))?;
     if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
-        return Err(std::io::Error::other(head.lines().next().unwrap_or("").to_owned()));
+        return Err(std::io::Error::other(
+            head.lines().next().unwrap_or("").to_owned(),
+        ));
     }
     Ok(body.to_owned())
 }

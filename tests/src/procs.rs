@@ -115,7 +115,8 @@ impl Nginx {
         let addr = format!("127.0.0.1:{port}");
         let pid = child.id();
         let ready = wait_until(Duration::from_secs(10), || {
-            let worker = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
+            let worker =
+                std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
             (!worker.trim().is_empty() && std::net::TcpStream::connect(&addr).is_ok()).then_some(())
         });
         assert!(ready.is_some(), "nginx did not start on {addr}");
@@ -204,7 +205,11 @@ impl Loupe {
             .expect("start loupe (run `cargo xtask build`)");
         let stdout = collect(child.stdout.take().expect("stdout"));
         let stderr = collect(child.stderr.take().expect("stderr"));
-        Self { child, stdout, stderr }
+        Self {
+            child,
+            stdout,
+            stderr,
+        }
     }
 
     /// Starts loupe and waits for its `attached` line.
@@ -216,7 +221,12 @@ impl Loupe {
             }
             loupe.child.try_wait().ok().flatten().map(|_| false)
         });
-        assert_eq!(attached, Some(true), "loupe did not attach:\n{}", loupe.stderr());
+        assert_eq!(
+            attached,
+            Some(true),
+            "loupe did not attach:\n{}",
+            loupe.stderr()
+        );
         loupe
     }
 
@@ -235,7 +245,11 @@ impl Loupe {
             if let Some(status) = self.child.try_wait().expect("wait") {
                 break status;
             }
-            assert!(Instant::now() < deadline, "loupe still runs after {timeout:?}:\n{}", self.stderr());
+            assert!(
+                Instant::now() < deadline,
+                "loupe still runs after {timeout:?}:\n{}",
+                self.stderr()
+            );
             std::thread::sleep(Duration::from_millis(50));
         };
         // Let the collectors reach EOF.

@@ -54,7 +54,11 @@ fn demo_requests_become_nested_spans_in_jaeger_with_slow_flags_and_attributes() 
     let mut client = Client::connect(&demo.frontend_addr).expect("connect to the demo");
     let mut sent = Vec::new();
     for &(method, path, status) in ROUTES {
-        let body: &[u8] = if method == "POST" { br#"{"item":"book"}"# } else { b"" };
+        let body: &[u8] = if method == "POST" {
+            br#"{"item":"book"}"#
+        } else {
+            b""
+        };
         let response = client.request(method, path, body).expect("request");
         assert_eq!(response.status, status, "{method} {path}");
         sent.push(Sent {
@@ -83,7 +87,10 @@ fn demo_requests_become_nested_spans_in_jaeger_with_slow_flags_and_attributes() 
     for (span, request) in servers.iter().zip(&sent) {
         let (path, _) = request.path.split_once('?').unwrap_or((request.path, ""));
         assert_eq!(span.str_tag("url.path"), Some(path));
-        assert_eq!(span.int_tag("http.response.status_code"), Some(i64::from(request.status)));
+        assert_eq!(
+            span.int_tag("http.response.status_code"),
+            Some(i64::from(request.status))
+        );
         assert!(
             span.duration_us <= request.elapsed_us,
             "{}: the server span ({} us) lies inside what the client measured ({} us)",
@@ -102,8 +109,17 @@ fn demo_requests_become_nested_spans_in_jaeger_with_slow_flags_and_attributes() 
     }
 
     // Attributes, resource and naming.
-    let users = servers.iter().find(|s| s.str_tag("url.path") == Some("/api/users/3")).unwrap();
-    let frontend_port: i64 = demo.frontend_addr.rsplit(':').next().unwrap().parse().unwrap();
+    let users = servers
+        .iter()
+        .find(|s| s.str_tag("url.path") == Some("/api/users/3"))
+        .unwrap();
+    let frontend_port: i64 = demo
+        .frontend_addr
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert_eq!(users.operation, "GET /api/users/{id}");
     assert_eq!(users.str_tag("http.request.method"), Some("GET"));
     assert_eq!(users.str_tag("http.route"), Some("/api/users/{id}"));
@@ -113,36 +129,67 @@ fn demo_requests_become_nested_spans_in_jaeger_with_slow_flags_and_attributes() 
     assert_eq!(users.str_tag("network.peer.address"), Some("127.0.0.1"));
     assert!(users.int_tag("network.peer.port").is_some_and(|p| p > 0));
     assert_eq!(users.int_tag("http.request.body.size"), Some(0));
-    assert!(users.int_tag("http.response.body.size").is_some_and(|n| n > 0));
+    assert!(
+        users
+            .int_tag("http.response.body.size")
+            .is_some_and(|n| n > 0)
+    );
     assert!(!users.is_error() && !users.is_slow());
     assert_eq!(users.service, service);
     assert_eq!(
-        users.process_tags.get("process.pid").and_then(|v| v.as_i64()),
+        users
+            .process_tags
+            .get("process.pid")
+            .and_then(|v| v.as_i64()),
         Some(i64::from(demo.frontend_pid()))
     );
     assert_eq!(
-        users.process_tags.get("process.executable.name").and_then(|v| v.as_str()),
+        users
+            .process_tags
+            .get("process.executable.name")
+            .and_then(|v| v.as_str()),
         Some("demo-app")
     );
     assert!(users.process_tags.contains_key("host.name"));
-    let post = servers.iter().find(|s| s.operation == "POST /api/orders").unwrap();
+    let post = servers
+        .iter()
+        .find(|s| s.operation == "POST /api/orders")
+        .unwrap();
     assert_eq!(post.int_tag("http.request.body.size"), Some(15));
     assert_eq!(post.int_tag("http.response.status_code"), Some(201));
 
     // Query values never reach Jaeger.
-    let checkout = servers.iter().find(|s| s.operation == "GET /api/checkout").unwrap();
+    let checkout = servers
+        .iter()
+        .find(|s| s.operation == "GET /api/checkout")
+        .unwrap();
     assert_eq!(checkout.str_tag("url.query"), Some("user=?"));
     for span in &spans {
         for value in span.tags.values() {
             let text = value.to_string();
-            assert!(!text.contains("user=11") && !text.contains("user=12"), "{}: {text}", span.operation);
+            assert!(
+                !text.contains("user=11") && !text.contains("user=12"),
+                "{}: {text}",
+                span.operation
+            );
         }
     }
 
     // Outbound calls: CLIENT children of the request that made them, in its trace.
     let clients: Vec<&Span> = spans.iter().filter(|s| s.kind() == "client").collect();
-    assert_eq!(clients.len(), 4, "{:#?}", clients.iter().map(|s| &s.operation).collect::<Vec<_>>());
-    let backend_port: i64 = demo.backend_addr.rsplit(':').next().unwrap().parse().unwrap();
+    assert_eq!(
+        clients.len(),
+        4,
+        "{:#?}",
+        clients.iter().map(|s| &s.operation).collect::<Vec<_>>()
+    );
+    let backend_port: i64 = demo
+        .backend_addr
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
     for call in &clients {
         let parent = servers
             .iter()
@@ -160,21 +207,40 @@ fn demo_requests_become_nested_spans_in_jaeger_with_slow_flags_and_attributes() 
         };
         assert_eq!(parent.operation, expected_parent);
     }
-    let missing_call = clients.iter().find(|s| s.operation == "GET /missing").unwrap();
-    assert!(missing_call.is_error(), "a 404 from a dependency is an error on the client span");
+    let missing_call = clients
+        .iter()
+        .find(|s| s.operation == "GET /missing")
+        .unwrap();
+    assert!(
+        missing_call.is_error(),
+        "a 404 from a dependency is an error on the client span"
+    );
     assert_eq!(missing_call.int_tag("http.response.status_code"), Some(404));
-    let score = clients.iter().find(|s| s.operation == "GET /score").unwrap();
+    let score = clients
+        .iter()
+        .find(|s| s.operation == "GET /score")
+        .unwrap();
     assert_eq!(score.str_tag("url.query"), Some("user=?"));
 
     // Errors.
-    let errors: Vec<&str> = servers.iter().filter(|s| s.is_error()).map(|s| s.operation.as_str()).collect();
+    let errors: Vec<&str> = servers
+        .iter()
+        .filter(|s| s.is_error())
+        .map(|s| s.operation.as_str())
+        .collect();
     assert_eq!(errors, vec!["GET /api/missing", "GET /api/fail"]);
 
     // Slow flags exactly on the slow routes, with their own thresholds.
     let mut slow: Vec<(&str, &str, i64)> = spans
         .iter()
         .filter(|s| s.is_slow())
-        .map(|s| (s.kind(), s.operation.as_str(), s.int_tag("performance.threshold_ms").unwrap()))
+        .map(|s| {
+            (
+                s.kind(),
+                s.operation.as_str(),
+                s.int_tag("performance.threshold_ms").unwrap(),
+            )
+        })
         .collect();
     slow.sort();
     assert_eq!(
@@ -185,12 +251,22 @@ fn demo_requests_become_nested_spans_in_jaeger_with_slow_flags_and_attributes() 
             ("server", "GET /api/slow", 1000),
         ]
     );
-    let slow_route = servers.iter().find(|s| s.operation == "GET /api/slow").unwrap();
-    let ratio = slow_route.tag("performance.slowness_ratio").and_then(|v| v.as_f64()).unwrap();
+    let slow_route = servers
+        .iter()
+        .find(|s| s.operation == "GET /api/slow")
+        .unwrap();
+    let ratio = slow_route
+        .tag("performance.slowness_ratio")
+        .and_then(|v| v.as_f64())
+        .unwrap();
     assert!((1.15..1.5).contains(&ratio), "1.2 s over 1 s: {ratio}");
 
     // The backend is not a target: its routes never show up as server spans.
-    assert!(!servers.iter().any(|s| s.operation.starts_with("GET /score")));
+    assert!(
+        !servers
+            .iter()
+            .any(|s| s.operation.starts_with("GET /score"))
+    );
     assert!(jaeger.services().contains(&service.to_owned()));
 }
 
@@ -219,9 +295,24 @@ fn otlp_over_http_reaches_jaeger_too() {
     assert!(finished.status.success(), "{}", finished.stderr);
     let spans = jaeger.wait_for_spans("e2e-http", 3, |s| s.kind() == "server");
     assert_eq!(server_spans(&spans).len(), 3);
-    let slow: Vec<&str> = spans.iter().filter(|s| s.is_slow()).map(|s| s.operation.as_str()).collect();
-    assert_eq!(slow, vec!["GET /api/slow"], "--slow-http 100ms moves the threshold");
-    let ratio = spans.iter().find(|s| s.is_slow()).unwrap().tag("performance.slowness_ratio").unwrap().as_f64().unwrap();
+    let slow: Vec<&str> = spans
+        .iter()
+        .filter(|s| s.is_slow())
+        .map(|s| s.operation.as_str())
+        .collect();
+    assert_eq!(
+        slow,
+        vec!["GET /api/slow"],
+        "--slow-http 100ms moves the threshold"
+    );
+    let ratio = spans
+        .iter()
+        .find(|s| s.is_slow())
+        .unwrap()
+        .tag("performance.slowness_ratio")
+        .unwrap()
+        .as_f64()
+        .unwrap();
     assert!(ratio > 10.0, "1.2 s over 100 ms: {ratio}");
     let _ = Duration::ZERO;
 }

@@ -173,7 +173,9 @@ fn wall_time(at: SystemTime) -> String {
 }
 
 fn format_duration_us(micros: u64) -> String {
-    if micros >= 1_000_000 {
+    if micros < 1_000 {
+        format!("{micros} us")
+    } else if micros >= 1_000_000 {
         format!("{:.2} s", micros as f64 / 1e6)
     } else {
         format!("{:.1} ms", micros as f64 / 1e3)

@@ -1,0 +1,115 @@
+//! Bad input is one line and a non-zero exit, never a panic; a collector that is down costs
+//! counted drops and a warning, never loupe itself.
+
+use std::{os::unix::process::CommandExt as _, process::Command, time::Duration};
+
+use loupe_tests::{
+    binary,
+    client::get,
+    free_port,
+    procs::{DemoApp, Loupe, args},
+    require_root,
+};
+
+fn assert_one_line_error(stderr: &str, expected: &str) {
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "exactly one line: {stderr}");
+    assert!(lines[0].starts_with("loupe: error: "), "{stderr}");
+    assert!(lines[0].contains(expected), "`{expected}` in: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// A pid that no process has: one of ours, reaped.
+fn dead_pid() -> u32 {
+    let mut child = Command::new("true").spawn().unwrap();
+    let pid = child.id();
+    child.wait().unwrap();
+    pid
+}
+
+#[test]
+fn unknown_pid_is_a_one_line_error() {
+    require_root();
+    let pid = dead_pid();
+    let finished = Loupe::spawn(&args(&["--pid", &pid.to_string()])).wait(Duration::from_secs(30));
+    assert_eq!(finished.status.code(), Some(1));
+    assert_one_line_error(&finished.stderr, &format!("no process with pid {pid}"));
+}
+
+#[test]
+fn running_without_privileges_is_a_one_line_error() {
+    require_root();
+    let me = std::process::id().to_string();
+    let mut command = Command::new(binary("LOUPE_BIN", "loupe"));
+    command.args(["--pid", &me]).uid(65534).gid(65534);
+    let finished = Loupe::spawn_with(&mut command).wait(Duration::from_secs(30));
+    assert_eq!(finished.status.code(), Some(1));
+    assert_one_line_error(&finished.stderr, "needs root");
+}
+
+#[test]
+fn malformed_flags_are_one_line_usage_errors() {
+    require_root();
+    for (flags, expected) in [
+        (
+            vec!["--pid", "1", "--slow-http", "fast"],
+            "`fast` is not a duration",
+        ),
+        (vec!["--pid", "x"], "invalid value 'x'"),
+        (
+            vec!["--pid", "1", "--otlp-endpoint", "localhost:4317"],
+            "invalid --otlp-endpoint",
+        ),
+        (
+            vec!["--pid", "1", "--otlp-protocol", "carrier-pigeon"],
+            "invalid value 'carrier-pigeon'",
+        ),
+        (vec![], "--pid"),
+    ] {
+        let finished = Loupe::spawn(&args(&flags)).wait(Duration::from_secs(30));
+        assert_eq!(
+            finished.status.code(),
+            Some(2),
+            "{flags:?}: {}",
+            finished.stderr
+        );
+        assert_one_line_error(&finished.stderr, expected);
+    }
+}
+
+#[test]
+fn unreachable_endpoint_counts_dropped_spans_and_warns_without_panicking() {
+    require_root();
+    let demo = DemoApp::start();
+    let closed = free_port();
+    let loupe = Loupe::attach(&args(&[
+        "--pid",
+        &demo.frontend_pid().to_string(),
+        "--otlp-endpoint",
+        &format!("http://127.0.0.1:{closed}"),
+    ]));
+    for i in 0..5 {
+        assert_eq!(
+            get(&demo.frontend_addr, &format!("/api/users/{i}")).status,
+            200
+        );
+    }
+    // The traffic must still be served at full speed while the exporter fails.
+    let quick = get(&demo.frontend_addr, "/api/users/9");
+    assert!(
+        quick.elapsed < Duration::from_millis(200),
+        "{:?}",
+        quick.elapsed
+    );
+    let finished = loupe.stop();
+    assert!(finished.status.success(), "{}", finished.stderr);
+    let summary = finished.summary();
+    assert!(summary["spans_dropped"] >= 6, "{summary:?}");
+    assert_eq!(summary["spans_exported"], 0);
+    assert!(
+        finished.stderr.contains("failed to export"),
+        "{}",
+        finished.stderr
+    );
+    assert!(!finished.stderr.contains("panicked"), "{}", finished.stderr);
+}
