@@ -11,7 +11,7 @@ use std::{collections::HashMap, net::SocketAddr, sync::Arc};
 use loupe_common::{Direction, SocketRole};
 
 use super::{
-    http::{Actor, Endpoints, SpanIds, client_span, server_span},
+    http::{Actor, Endpoints, SpanIds, client_span, server_span, split_host},
     ids::{new_span_id, new_trace_id, parse_traceparent},
     model::SpanRecord,
 };
@@ -98,6 +98,27 @@ pub struct Stitcher {
     limits: StitcherLimits,
     counters: Arc<Counters>,
     scratch: Vec<HttpEvent>,
+    lookups: LookupBudget,
+}
+
+/// At most `PER_SECOND` /proc address look-ups per second of event time.
+struct LookupBudget {
+    second: u64,
+    used: u32,
+}
+
+impl LookupBudget {
+    const PER_SECOND: u32 = 10;
+
+    fn take(&mut self, now_ns: u64) -> bool {
+        let second = now_ns / 1_000_000_000;
+        if second != self.second {
+            self.second = second;
+            self.used = 0;
+        }
+        self.used += 1;
+        self.used <= Self::PER_SECOND
+    }
 }
 
 impl Stitcher {
@@ -108,6 +129,7 @@ impl Stitcher {
             limits,
             counters,
             scratch: Vec::new(),
+            lookups: LookupBudget { second: 0, used: 0 },
         }
     }
 
@@ -293,9 +315,11 @@ impl Stitcher {
         let events = std::mem::take(&mut self.scratch);
         for event in &events {
             match event {
-                HttpEvent::RequestStarted { seq, head, .. } => {
+                HttpEvent::RequestStarted {
+                    seq, traceparent, ..
+                } => {
                     let tid = tid.unwrap_or(0);
-                    self.request_started(key, *seq, tid, head.traceparent.as_deref());
+                    self.request_started(key, *seq, tid, traceparent.as_deref());
                 }
                 HttpEvent::ResponseStarted { seq, .. } => {
                     let Some(conn) = self.conns.get(&key) else {
@@ -377,7 +401,18 @@ impl Stitcher {
         let Some(pending) = conn.pending.remove(&exchange.seq) else {
             return;
         };
-        if !conn.looked_up {
+        // /proc/net/tcp walks the kernel's whole connection table (milliseconds on a big host),
+        // so it is read only when the request itself does not say where it went, and rarely.
+        let host_names_port = exchange
+            .request
+            .host
+            .as_deref()
+            .is_some_and(|host| split_host(host).1.is_some());
+        let needs_lookup = match conn.role {
+            SocketRole::Client => conn.ends.peer.is_none(),
+            _ => conn.ends.peer.is_none() || !host_names_port,
+        };
+        if needs_lookup && !conn.looked_up && self.lookups.take(exchange.response_last.exit_ns) {
             conn.looked_up = true;
             if let Some(addrs) = socket_addrs(key.0, conn.fd) {
                 conn.ends.local = Some(addrs.local);

@@ -155,8 +155,8 @@ impl Conversation {
                     self.next_seq += 1;
                     out.push(HttpEvent::RequestStarted {
                         seq,
-                        head: head.clone(),
                         first,
+                        traceparent: head.traceparent.clone(),
                     });
                     self.pending.push_back(PendingRequest {
                         seq,

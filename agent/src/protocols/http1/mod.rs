@@ -102,8 +102,9 @@ pub enum HttpEvent {
     /// A request head was parsed (or is known to be truncated).
     RequestStarted {
         seq: u64,
-        head: RequestHead,
         first: Timing,
+        /// The caller's W3C trace context, if the request carried one.
+        traceparent: Option<String>,
     },
     /// The response head for request `seq` was parsed.
     ResponseStarted {

@@ -152,10 +152,22 @@ impl Reader {
                         .saturating_sub(pos)
                         .min(self.max_head.saturating_sub(buf.len()));
                     let before = buf.len();
-                    buf.extend_from_slice(&captured[pos..pos + take]);
-                    let parsed = match self.flow {
-                        Flow::Request => head::parse_request(&buf),
-                        Flow::Response => head::parse_response(&buf),
+                    let flow = self.flow;
+                    let parse = move |bytes: &[u8]| match flow {
+                        Flow::Request => head::parse_request(bytes),
+                        Flow::Response => head::parse_response(bytes),
+                    };
+                    // Most heads arrive whole in one chunk: parse them in place, and copy only
+                    // when a head continues in the next chunk.
+                    let parsed = if buf.is_empty() {
+                        let parsed = parse(&captured[pos..pos + take]);
+                        if matches!(parsed, Parsed::Partial) {
+                            buf.extend_from_slice(&captured[pos..pos + take]);
+                        }
+                        parsed
+                    } else {
+                        buf.extend_from_slice(&captured[pos..pos + take]);
+                        parse(&buf)
                     };
                     match parsed {
                         Parsed::Complete { head, len } => {
