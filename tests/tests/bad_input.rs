@@ -1,10 +1,14 @@
 //! Bad input is one line and a non-zero exit, never a panic; a collector that is down costs
 //! counted drops and a warning, never loupe itself.
 
-use std::{os::unix::process::CommandExt as _, process::Command, time::Duration};
+use std::{
+    os::unix::{fs::PermissionsExt as _, process::CommandExt as _},
+    process::Command,
+    time::Duration,
+};
 
 use loupe_tests::{
-    binary,
+    TempDir, binary,
     client::get,
     free_port,
     procs::{DemoApp, Loupe, args},
@@ -40,7 +44,12 @@ fn unknown_pid_is_a_one_line_error() {
 fn running_without_privileges_is_a_one_line_error() {
     require_root();
     let me = std::process::id().to_string();
-    let mut command = Command::new(binary("LOUPE_BIN", "loupe"));
+    // `nobody` may not be able to reach the build tree (a clone under /root): run a copy.
+    let dir = TempDir::new("nobody");
+    let copy = dir.0.join("loupe");
+    std::fs::copy(binary("LOUPE_BIN", "loupe"), &copy).unwrap();
+    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut command = Command::new(&copy);
     command.args(["--pid", &me]).uid(65534).gid(65534);
     let finished = Loupe::spawn_with(&mut command).wait(Duration::from_secs(30));
     assert_eq!(finished.status.code(), Some(1));
