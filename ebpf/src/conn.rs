@@ -10,9 +10,9 @@ use loupe_common::{
 };
 
 use crate::{
-    data::{RET_OFFSET, arg_offset, tracked_socket},
+    data::{RET_OFFSET, arg_offset, remember, tracked_socket},
     emit,
-    maps::{IN_FLIGHT, InFlight, SOCKETS, TARGET_PIDS, count_loss},
+    maps::{InFlight, SOCKETS, TARGET_PIDS, count_loss, stash, take_in_flight},
 };
 
 /// -EINPROGRESS: a non-blocking connect that is under way counts as connected.
@@ -34,18 +34,17 @@ fn remember_addr(ctx: &TracePointContext) -> Result<(), i64> {
     let fd: u64 = unsafe { ctx.read_at(arg_offset(0)) }.map_err(i64::from)?;
     // SAFETY: as above.
     let addr: u64 = unsafe { ctx.read_at(arg_offset(1)) }.map_err(i64::from)?;
-    let in_flight = InFlight {
-        enter_ns: emit::now_ns(),
-        buf: addr,
-        buf_len: SOCKADDR_LEN as u64,
-        fd: fd as i32,
-        direction: Direction::Ingress as u32,
-        conn_id: 0,
-    };
-    IN_FLIGHT.insert(pid_tgid, in_flight, 0).map_err(|err| {
-        count_loss(LossSlot::InFlightFull);
-        err as i64
-    })
+    stash(
+        pid_tgid,
+        InFlight {
+            enter_ns: emit::now_ns(),
+            buf: addr,
+            buf_len: SOCKADDR_LEN as u64,
+            fd: fd as i32,
+            direction: Direction::Ingress as u32,
+            conn_id: 0,
+        },
+    )
 }
 
 pub fn try_enter_accept(ctx: &TracePointContext) -> Result<(), i64> {
@@ -97,14 +96,6 @@ fn opened(pid_tgid: u64, fd: i32, role: SocketRole, addr_ptr: u64) -> Result<(),
         }
     }
     emit::output(&event)
-}
-
-fn take_in_flight() -> Option<(u64, InFlight)> {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    // SAFETY: copied out at once; the entry is deleted right after.
-    let in_flight = (unsafe { IN_FLIGHT.get(pid_tgid) }).copied()?;
-    let _ = IN_FLIGHT.remove(pid_tgid);
-    Some((pid_tgid, in_flight))
 }
 
 pub fn try_exit_accept(ctx: &TracePointContext) -> Result<(), i64> {
@@ -170,21 +161,10 @@ const F_DUPFD: u64 = 0;
 const F_DUPFD_CLOEXEC: u64 = 1030;
 
 fn remember_dup(old_fd: i32) -> Result<(), i64> {
-    let Some((pid_tgid, conn_id)) = tracked_socket(old_fd) else {
-        return Ok(());
-    };
-    let in_flight = InFlight {
-        enter_ns: 0,
-        buf: 0,
-        buf_len: 0,
-        fd: old_fd,
-        direction: Direction::Ingress as u32,
-        conn_id,
-    };
-    IN_FLIGHT.insert(pid_tgid, in_flight, 0).map_err(|err| {
-        count_loss(LossSlot::InFlightFull);
-        err as i64
-    })
+    match tracked_socket(old_fd) {
+        Some(socket) => remember(socket, old_fd, 0, 0, Direction::Ingress),
+        None => Ok(()),
+    }
 }
 
 /// dup, dup2, dup3: the old fd is arg 0.

@@ -11,7 +11,7 @@ use loupe_common::{
 
 use crate::{
     config, emit,
-    maps::{IN_FLIGHT, InFlight, SOCKETS, count_loss},
+    maps::{InFlight, SOCKETS, count_loss, stash, take_in_flight},
 };
 
 /// Offset of syscall argument `n` in a `sys_enter_*` record (after the common header and
@@ -51,25 +51,24 @@ pub fn tracked_socket(fd: i32) -> Option<(u64, u64)> {
     unsafe { SOCKETS.get(key.as_u64()) }.map(|info| (pid_tgid, info.conn_id))
 }
 
-fn remember(
+pub fn remember(
     (pid_tgid, conn_id): (u64, u64),
     fd: i32,
     buf: u64,
     buf_len: u64,
     direction: Direction,
 ) -> Result<(), i64> {
-    let in_flight = InFlight {
-        enter_ns: emit::now_ns(),
-        buf,
-        buf_len,
-        fd,
-        direction: direction as u32,
-        conn_id,
-    };
-    IN_FLIGHT.insert(pid_tgid, in_flight, 0).map_err(|err| {
-        count_loss(LossSlot::InFlightFull);
-        err as i64
-    })
+    stash(
+        pid_tgid,
+        InFlight {
+            enter_ns: emit::now_ns(),
+            buf,
+            buf_len,
+            fd,
+            direction: direction as u32,
+            conn_id,
+        },
+    )
 }
 
 /// read, write, recvfrom, sendto: (fd, buf, count, ...).
@@ -132,12 +131,9 @@ pub fn try_enter_sendfile(ctx: &TracePointContext) -> Result<(), i64> {
 
 /// The exit of every data syscall: if its enter left an `InFlight`, emit what it moved.
 pub fn try_exit_data(ctx: &TracePointContext) -> Result<(), i64> {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    // SAFETY: copied out at once; the entry is deleted right after.
-    let Some(in_flight) = (unsafe { IN_FLIGHT.get(pid_tgid) }).copied() else {
+    let Some((pid_tgid, in_flight)) = take_in_flight() else {
         return Ok(());
     };
-    let _ = IN_FLIGHT.remove(pid_tgid);
     // SAFETY: `ret` is at RET_OFFSET in every sys_exit record.
     let ret: i64 = unsafe { ctx.read_at(RET_OFFSET) }.map_err(i64::from)?;
     if ret <= 0 {

@@ -50,6 +50,24 @@ pub struct InFlight {
     pub conn_id: u64,
 }
 
+/// Leaves `in_flight` for the exit program of the syscall this thread is entering; a full map
+/// is counted as a loss.
+pub fn stash(pid_tgid: u64, in_flight: InFlight) -> Result<(), i64> {
+    IN_FLIGHT.insert(pid_tgid, in_flight, 0).map_err(|err| {
+        count_loss(loupe_common::LossSlot::InFlightFull);
+        err as i64
+    })
+}
+
+/// Takes what the current thread's enter program left, if it left anything.
+pub fn take_in_flight() -> Option<(u64, InFlight)> {
+    let pid_tgid = aya_ebpf::helpers::bpf_get_current_pid_tgid();
+    // SAFETY: copied out at once; the entry is deleted right after.
+    let in_flight = (unsafe { IN_FLIGHT.get(pid_tgid) }).copied()?;
+    let _ = IN_FLIGHT.remove(pid_tgid);
+    Some((pid_tgid, in_flight))
+}
+
 /// Adds one to a loss slot.
 pub fn count_loss(slot: loupe_common::LossSlot) {
     if let Some(counter) = LOSS.get_ptr_mut(slot as u32) {

@@ -68,10 +68,6 @@ impl DemoApp {
     pub fn frontend_pid(&self) -> u32 {
         self.frontend.id()
     }
-
-    pub fn backend_pid(&self) -> u32 {
-        self.backend.id()
-    }
 }
 
 impl Drop for DemoApp {
@@ -281,4 +277,18 @@ impl Drop for Loupe {
 /// `--pid` and friends as owned strings.
 pub fn args(items: &[&str]) -> Vec<String> {
     items.iter().map(|s| (*s).to_owned()).collect()
+}
+
+/// loupe on `pid`, exporting to `endpoint` as `service`, then `extra` flags.
+pub fn otlp_args(pid: u32, endpoint: &str, service: &str, extra: &[&str]) -> Vec<String> {
+    let mut all = args(&[
+        "--pid",
+        &pid.to_string(),
+        "--otlp-endpoint",
+        endpoint,
+        "--service-name",
+        service,
+    ]);
+    all.extend(args(extra));
+    all
 }

@@ -2,12 +2,10 @@
 //! durations that match what the client measured, outbound calls as CLIENT children of the right
 //! request, slow flags exactly where the routes are slow, and the semantic-convention attributes.
 
-use std::time::Duration;
-
 use loupe_tests::{
     client::Client,
     jaeger::{Jaeger, Span},
-    procs::{DemoApp, Loupe, args},
+    procs::{DemoApp, Loupe, otlp_args},
     require_root,
 };
 
@@ -42,14 +40,12 @@ fn demo_requests_become_nested_spans_in_jaeger_with_slow_flags_and_attributes() 
     let jaeger = Jaeger::start();
     let demo = DemoApp::start();
     let service = "e2e-demo";
-    let loupe = Loupe::attach(&args(&[
-        "--pid",
-        &demo.frontend_pid().to_string(),
-        "--otlp-endpoint",
+    let loupe = Loupe::attach(&otlp_args(
+        demo.frontend_pid(),
         &jaeger.grpc_endpoint(),
-        "--service-name",
         service,
-    ]));
+        &[],
+    ));
 
     let mut client = Client::connect(&demo.frontend_addr).expect("connect to the demo");
     let mut sent = Vec::new();
@@ -275,18 +271,12 @@ fn otlp_over_http_reaches_jaeger_too() {
     require_root();
     let jaeger = Jaeger::start();
     let demo = DemoApp::start();
-    let loupe = Loupe::attach(&args(&[
-        "--pid",
-        &demo.frontend_pid().to_string(),
-        "--otlp-endpoint",
+    let loupe = Loupe::attach(&otlp_args(
+        demo.frontend_pid(),
         &jaeger.http_endpoint(),
-        "--otlp-protocol",
-        "http",
-        "--service-name",
         "e2e-http",
-        "--slow-http",
-        "100ms",
-    ]));
+        &["--otlp-protocol", "http", "--slow-http", "100ms"],
+    ));
     let mut client = Client::connect(&demo.frontend_addr).unwrap();
     for path in ["/api/users/1", "/api/users/2", "/api/slow"] {
         client.get(path).unwrap();
@@ -314,5 +304,4 @@ fn otlp_over_http_reaches_jaeger_too() {
         .as_f64()
         .unwrap();
     assert!(ratio > 10.0, "1.2 s over 100 ms: {ratio}");
-    let _ = Duration::ZERO;
 }

@@ -3,7 +3,7 @@
 use loupe_tests::{
     client::get,
     jaeger::Jaeger,
-    procs::{DemoApp, Loupe, args},
+    procs::{DemoApp, Loupe, otlp_args},
     require_root,
 };
 
@@ -13,14 +13,12 @@ fn traffic_of_processes_loupe_was_not_pointed_at_is_not_reported() {
     let jaeger = Jaeger::start();
     let watched = DemoApp::start();
     let other = DemoApp::start();
-    let loupe = Loupe::attach(&args(&[
-        "--pid",
-        &watched.frontend_pid().to_string(),
-        "--otlp-endpoint",
+    let loupe = Loupe::attach(&otlp_args(
+        watched.frontend_pid(),
         &jaeger.grpc_endpoint(),
-        "--service-name",
         "watched",
-    ]));
+        &[],
+    ));
     for i in 0..3 {
         get(&watched.frontend_addr, &format!("/api/users/{i}"));
         get(&other.frontend_addr, &format!("/api/users/{i}"));
@@ -55,5 +53,4 @@ fn traffic_of_processes_loupe_was_not_pointed_at_is_not_reported() {
         );
     }
     assert_eq!(jaeger.services(), vec!["watched".to_owned()]);
-    let _ = (other.backend_pid(), watched.backend_pid());
 }
