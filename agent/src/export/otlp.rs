@@ -162,7 +162,8 @@ impl OtlpSink {
 
 fn to_value(value: &AttrValue) -> Value {
     match value {
-        AttrValue::Str(s) => Value::from(s.clone()),
+        AttrValue::Str(Cow::Borrowed(s)) => Value::from(*s),
+        AttrValue::Str(Cow::Owned(s)) => Value::from(s.clone()),
         AttrValue::Int(i) => Value::I64(*i),
         AttrValue::Float(f) => Value::F64(*f),
         AttrValue::Bool(b) => Value::Bool(*b),

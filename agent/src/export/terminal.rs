@@ -41,8 +41,11 @@ impl RouteStats {
 pub struct TerminalView {
     out: Box<dyn Write + Send>,
     clock: WallClock,
-    routes: BTreeMap<(SpanKind, String), RouteStats>,
+    /// Per route, server spans then client spans.
+    routes: [BTreeMap<String, RouteStats>; 2],
     counters: Arc<Counters>,
+    /// Reused for every line.
+    line: String,
 }
 
 impl TerminalView {
@@ -50,20 +53,28 @@ impl TerminalView {
         Self {
             out,
             clock: WallClock::new(),
-            routes: BTreeMap::new(),
+            routes: [BTreeMap::new(), BTreeMap::new()],
             counters,
+            line: String::with_capacity(256),
         }
     }
 
     pub fn on_span(&mut self, span: &SpanRecord) {
-        let line = format_line(span, self.clock.to_system_time(span.end_ns));
+        self.line.clear();
+        let end = self.clock.to_system_time(span.end_ns);
+        format_line_into(&mut self.line, span, end);
+        self.line.push('\n');
         // A closed stdout (piped into `head`) must not stop loupe.
-        let _ = writeln!(self.out, "{line}");
+        let _ = self.out.write_all(self.line.as_bytes());
         Counters::add(&self.counters.spans_exported, 1);
-        let stats = self
-            .routes
-            .entry((span.kind, span.name.clone()))
-            .or_insert_with(RouteStats::new);
+        let routes = &mut self.routes[kind_index(span.kind)];
+        // Looked up by &str: the key is allocated only for a new route.
+        if !routes.contains_key(&span.name) {
+            routes.insert(span.name.clone(), RouteStats::new());
+        }
+        let Some(stats) = routes.get_mut(&span.name) else {
+            return;
+        };
         stats.count += 1;
         stats.slow += u64::from(is_slow(span));
         stats.errors += u64::from(span.error.is_some());
@@ -75,7 +86,7 @@ impl TerminalView {
     }
 
     pub fn print_table(&mut self, counters: &Counters) {
-        if self.routes.is_empty() {
+        if self.routes.iter().all(BTreeMap::is_empty) {
             return;
         }
         let mut text = String::new();
@@ -83,7 +94,14 @@ impl TerminalView {
             "\n{:<6} {:<44} {:>7} {:>10} {:>10} {:>10} {:>6} {:>6}\n",
             "kind", "route", "count", "p50", "p95", "p99", "slow%", "err%"
         ));
-        for ((kind, name), stats) in &self.routes {
+        let rows = [SpanKind::Server, SpanKind::Client]
+            .into_iter()
+            .flat_map(|kind| {
+                self.routes[kind_index(kind)]
+                    .iter()
+                    .map(move |(name, stats)| (kind, name, stats))
+            });
+        for (kind, name, stats) in rows {
             let pct = |n: u64| 100.0 * n as f64 / stats.count.max(1) as f64;
             let q = |quantile: f64| format_duration_us(stats.micros.value_at_quantile(quantile));
             text.push_str(&format!(
@@ -114,6 +132,13 @@ impl TerminalView {
     }
 }
 
+fn kind_index(kind: SpanKind) -> usize {
+    match kind {
+        SpanKind::Server => 0,
+        SpanKind::Client => 1,
+    }
+}
+
 fn is_slow(span: &SpanRecord) -> bool {
     matches!(span.attr("performance.slow"), Some(AttrValue::Bool(true)))
 }
@@ -121,28 +146,46 @@ fn is_slow(span: &SpanRecord) -> bool {
 /// `14:03:12.345 GET /api/users/{id} 200 3.2 ms`, a client call indented with its peer, and
 /// `SLOW (1.20x of 1000 ms)` after a slow one.
 pub fn format_line(span: &SpanRecord, end: SystemTime) -> String {
-    let status = match span.attr("http.response.status_code") {
-        Some(AttrValue::Int(code)) => code.to_string(),
-        _ => "-".to_owned(),
-    };
-    let duration = format_duration_us(span.duration_ns() / 1_000);
-    let mut line = match span.kind {
-        SpanKind::Server => format!("{} {} {status} {duration}", wall_time(end), span.name),
-        SpanKind::Client => {
-            let peer = match (span.attr("server.address"), span.attr("server.port")) {
-                (Some(AttrValue::Str(host)), Some(AttrValue::Int(port))) => {
-                    format!(" -> {host}:{port}")
-                }
-                (Some(AttrValue::Str(host)), _) => format!(" -> {host}"),
-                _ => String::new(),
-            };
-            format!(
-                "{}   call {}{peer} {status} {duration}",
-                wall_time(end),
-                span.name
-            )
+    let mut line = String::new();
+    format_line_into(&mut line, span, end);
+    line
+}
+
+/// [`format_line`] into a reused buffer: no allocation per line.
+pub fn format_line_into(line: &mut String, span: &SpanRecord, end: SystemTime) {
+    use std::fmt::Write as _;
+    let since = end.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs() % 86_400;
+    let _ = write!(
+        line,
+        "{:02}:{:02}:{:02}.{:03} ",
+        secs / 3600,
+        (secs / 60) % 60,
+        secs % 60,
+        since.subsec_millis()
+    );
+    if span.kind == SpanKind::Client {
+        line.push_str("  call ");
+    }
+    line.push_str(&span.name);
+    if span.kind == SpanKind::Client {
+        match (span.attr("server.address"), span.attr("server.port")) {
+            (Some(AttrValue::Str(host)), Some(AttrValue::Int(port))) => {
+                let _ = write!(line, " -> {host}:{port}");
+            }
+            (Some(AttrValue::Str(host)), _) => {
+                let _ = write!(line, " -> {host}");
+            }
+            _ => {}
         }
-    };
+    }
+    match span.attr("http.response.status_code") {
+        Some(AttrValue::Int(code)) => {
+            let _ = write!(line, " {code} ");
+        }
+        _ => line.push_str(" - "),
+    }
+    write_duration_us(line, span.duration_ns() / 1_000);
     if is_slow(span) {
         let ratio = match span.attr("performance.slowness_ratio") {
             Some(AttrValue::Float(ratio)) => *ratio,
@@ -152,34 +195,28 @@ pub fn format_line(span: &SpanRecord, end: SystemTime) -> String {
             Some(AttrValue::Int(ms)) => *ms,
             _ => 0,
         };
-        line.push_str(&format!("  SLOW ({ratio:.2}x of {threshold} ms)"));
+        let _ = write!(line, "  SLOW ({ratio:.2}x of {threshold} ms)");
     }
     if span.error.is_some() {
         line.push_str("  ERROR");
     }
-    line
-}
-
-fn wall_time(at: SystemTime) -> String {
-    let since = at.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = since.as_secs() % 86_400;
-    format!(
-        "{:02}:{:02}:{:02}.{:03}",
-        secs / 3600,
-        (secs / 60) % 60,
-        secs % 60,
-        since.subsec_millis()
-    )
 }
 
 fn format_duration_us(micros: u64) -> String {
-    if micros < 1_000 {
-        format!("{micros} us")
+    let mut text = String::new();
+    write_duration_us(&mut text, micros);
+    text
+}
+
+fn write_duration_us(out: &mut String, micros: u64) {
+    use std::fmt::Write as _;
+    let _ = if micros < 1_000 {
+        write!(out, "{micros} us")
     } else if micros >= 1_000_000 {
-        format!("{:.2} s", micros as f64 / 1e6)
+        write!(out, "{:.2} s", micros as f64 / 1e6)
     } else {
-        format!("{:.1} ms", micros as f64 / 1e3)
-    }
+        write!(out, "{:.1} ms", micros as f64 / 1e3)
+    };
 }
 
 fn truncate(text: &str, max: usize) -> String {

@@ -10,10 +10,34 @@ use super::{
 use crate::protocols::http1::Exchange;
 
 /// What the connection knows of its two ends.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Endpoints {
     pub peer: Option<SocketAddr>,
     pub local: Option<SocketAddr>,
+    /// `peer`'s IP as text, formatted once per connection rather than once per span.
+    peer_ip: Option<String>,
+}
+
+impl Endpoints {
+    pub fn new(peer: Option<SocketAddr>, local: Option<SocketAddr>) -> Self {
+        Self {
+            peer,
+            local,
+            peer_ip: peer.map(|p| p.ip().to_string()),
+        }
+    }
+
+    /// Fills in what a /proc look-up found.
+    pub fn learn(&mut self, peer: SocketAddr, local: SocketAddr) {
+        self.local = Some(local);
+        if self.peer.is_none() {
+            *self = Self::new(Some(peer), Some(local));
+        }
+    }
+
+    fn peer_ip(&self) -> Option<String> {
+        self.peer_ip.clone()
+    }
 }
 
 /// Ids a span was given when its request started.
@@ -90,15 +114,20 @@ fn base_span(exchange: &Exchange, kind: SpanKind, ids: SpanIds, actor: Actor) ->
     span
 }
 
-fn set_peer(span: &mut SpanRecord, peer: Option<SocketAddr>) {
-    if let Some(peer) = peer {
-        span.set("network.peer.address", peer.ip().to_string());
+fn set_peer(span: &mut SpanRecord, ends: &Endpoints) {
+    if let (Some(peer), Some(ip)) = (ends.peer, ends.peer_ip()) {
+        span.set("network.peer.address", ip);
         span.set("network.peer.port", i64::from(peer.port()));
     }
 }
 
 /// A SERVER span for an inbound request. 5xx is an error.
-pub fn server_span(exchange: &Exchange, ends: Endpoints, ids: SpanIds, actor: Actor) -> SpanRecord {
+pub fn server_span(
+    exchange: &Exchange,
+    ends: &Endpoints,
+    ids: SpanIds,
+    actor: Actor,
+) -> SpanRecord {
     let mut span = base_span(exchange, SpanKind::Server, ids, actor);
     let (host, port) = match exchange.request.host.as_deref().map(split_host) {
         Some((host, port)) => (Some(host), port.or(ends.local.map(|l| l.port()))),
@@ -113,10 +142,10 @@ pub fn server_span(exchange: &Exchange, ends: Endpoints, ids: SpanIds, actor: Ac
     if let Some(port) = port {
         span.set("server.port", i64::from(port));
     }
-    if let Some(peer) = ends.peer {
-        span.set("client.address", peer.ip().to_string());
+    if let Some(ip) = ends.peer_ip() {
+        span.set("client.address", ip);
     }
-    set_peer(&mut span, ends.peer);
+    set_peer(&mut span, ends);
     span.set("url.scheme", "http");
     if exchange.response.status >= 500 {
         span.error = Some(format!("HTTP {}", exchange.response.status));
@@ -125,13 +154,18 @@ pub fn server_span(exchange: &Exchange, ends: Endpoints, ids: SpanIds, actor: Ac
 }
 
 /// A CLIENT span for an outbound call. 4xx and 5xx are errors.
-pub fn client_span(exchange: &Exchange, ends: Endpoints, ids: SpanIds, actor: Actor) -> SpanRecord {
+pub fn client_span(
+    exchange: &Exchange,
+    ends: &Endpoints,
+    ids: SpanIds,
+    actor: Actor,
+) -> SpanRecord {
     let mut span = base_span(exchange, SpanKind::Client, ids, actor);
     let from_host = exchange.request.host.as_deref().map(split_host);
     let host = from_host
         .as_ref()
         .map(|(host, _)| host.clone())
-        .or_else(|| ends.peer.map(|p| p.ip().to_string()));
+        .or_else(|| ends.peer_ip());
     let port = from_host
         .and_then(|(_, port)| port)
         .or(ends.peer.map(|p| p.port()));
@@ -141,7 +175,7 @@ pub fn client_span(exchange: &Exchange, ends: Endpoints, ids: SpanIds, actor: Ac
     if let Some(port) = port {
         span.set("server.port", i64::from(port));
     }
-    set_peer(&mut span, ends.peer);
+    set_peer(&mut span, ends);
     if let Some(host) = host {
         let (path, query) = split_target(&exchange.request.target);
         let authority = match port {

@@ -1,5 +1,7 @@
 //! The span as loupe builds it, independent of any exporter.
 
+use std::borrow::Cow;
+
 /// Which side of a call the span describes (OTel SpanKind).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum SpanKind {
@@ -17,23 +19,23 @@ pub enum OpType {
     HttpClient,
 }
 
-/// An attribute value.
+/// An attribute value. Strings known at compile time are borrowed, not allocated per span.
 #[derive(Clone, Debug, PartialEq)]
 pub enum AttrValue {
-    Str(String),
+    Str(Cow<'static, str>),
     Int(i64),
     Float(f64),
     Bool(bool),
 }
 
-impl From<&str> for AttrValue {
-    fn from(value: &str) -> Self {
-        Self::Str(value.to_owned())
+impl From<&'static str> for AttrValue {
+    fn from(value: &'static str) -> Self {
+        Self::Str(Cow::Borrowed(value))
     }
 }
 impl From<String> for AttrValue {
     fn from(value: String) -> Self {
-        Self::Str(value)
+        Self::Str(Cow::Owned(value))
     }
 }
 impl From<i64> for AttrValue {

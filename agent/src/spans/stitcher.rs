@@ -211,7 +211,7 @@ impl Stitcher {
             role,
             fds: 1,
             fd: -1,
-            ends: Endpoints { peer, local },
+            ends: Endpoints::new(peer, local),
             looked_up: peer.is_some() && local.is_some(),
             protocol: Protocol::Unknown { sniffed: 0 },
             last_ns: now,
@@ -415,8 +415,7 @@ impl Stitcher {
         if needs_lookup && !conn.looked_up && self.lookups.take(exchange.response_last.exit_ns) {
             conn.looked_up = true;
             if let Some(addrs) = socket_addrs(key.0, conn.fd) {
-                conn.ends.local = Some(addrs.local);
-                conn.ends.peer = conn.ends.peer.or(Some(addrs.peer));
+                conn.ends.learn(addrs.peer, addrs.local);
             }
         }
         let actor = Actor {
@@ -424,14 +423,13 @@ impl Stitcher {
             tid: pending.tid,
         };
         let role = conn.role;
-        let ends = conn.ends;
+        let span = match role {
+            SocketRole::Client => client_span(exchange, &conn.ends, pending.ids, actor),
+            _ => server_span(exchange, &conn.ends, pending.ids, actor),
+        };
         if role == SocketRole::Server {
             self.stop_serving(key.0, pending.tid, key.1, Some(exchange.seq));
         }
-        let span = match role {
-            SocketRole::Client => client_span(exchange, ends, pending.ids, actor),
-            _ => server_span(exchange, ends, pending.ids, actor),
-        };
         out.push(span);
     }
 }
