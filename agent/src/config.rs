@@ -51,6 +51,10 @@ pub struct Cli {
     #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_duration, env = "LOUPE_SLOW_EXTERNAL")]
     pub slow_external: Duration,
 
+    /// A database query slower than this is flagged slow, e.g. 500ms.
+    #[arg(long, value_name = "DURATION", default_value = "500ms", value_parser = parse_duration, env = "LOUPE_SLOW_DB")]
+    pub slow_db: Duration,
+
     /// Stop after this long, e.g. 30s or 5m. Default: run until SIGINT or SIGTERM.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, env = "LOUPE_DURATION")]
     pub duration: Option<Duration>,
@@ -91,6 +95,7 @@ pub enum ExportTarget {
 pub struct Thresholds {
     pub http: Duration,
     pub external: Duration,
+    pub db: Duration,
 }
 
 /// The validated configuration.
@@ -155,6 +160,7 @@ impl Cli {
             thresholds: Thresholds {
                 http: self.slow_http,
                 external: self.slow_external,
+                db: self.slow_db,
             },
             duration: self.duration,
             capture_bytes: self.capture_bytes,
@@ -190,6 +196,7 @@ mod tests {
         assert_eq!(config.pids, vec![42]);
         assert_eq!(config.thresholds.http, Duration::from_secs(1));
         assert_eq!(config.thresholds.external, Duration::from_secs(2));
+        assert_eq!(config.thresholds.db, Duration::from_millis(500));
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub mod probes;
 pub mod process;
 pub mod protocols;
 pub mod spans;
+pub mod sql;
 pub mod stats;
 
 use std::{sync::Arc, time::Duration};

@@ -11,6 +11,7 @@ pub fn threshold_for(op: OpType, thresholds: &Thresholds) -> std::time::Duration
     match op {
         OpType::HttpServer => thresholds.http,
         OpType::HttpClient => thresholds.external,
+        OpType::DbClient => thresholds.db,
     }
 }
 
@@ -59,6 +60,7 @@ mod tests {
     const THRESHOLDS: Thresholds = Thresholds {
         http: Duration::from_secs(1),
         external: Duration::from_secs(2),
+        db: Duration::from_millis(500),
     };
 
     #[test]
@@ -89,6 +91,16 @@ mod tests {
         assert_eq!(
             client.attr("performance.threshold_ms"),
             Some(&AttrValue::Int(2000))
+        );
+    }
+
+    #[test]
+    fn queries_use_the_database_threshold() {
+        let mut query = span(OpType::DbClient, 600);
+        assert!(mark_slow(&mut query, &THRESHOLDS));
+        assert_eq!(
+            query.attr("performance.threshold_ms"),
+            Some(&AttrValue::Int(500))
         );
     }
 

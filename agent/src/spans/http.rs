@@ -35,7 +35,7 @@ impl Endpoints {
         }
     }
 
-    fn peer_ip(&self) -> Option<String> {
+    pub fn peer_ip(&self) -> Option<String> {
         self.peer_ip.clone()
     }
 }

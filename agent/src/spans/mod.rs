@@ -3,6 +3,7 @@
 //! the server request their thread is serving.
 
 pub mod clock;
+pub mod db;
 pub mod http;
 pub mod ids;
 pub mod model;

@@ -17,6 +17,8 @@ pub enum OpType {
     HttpServer,
     /// An outbound HTTP call (threshold --slow-external).
     HttpClient,
+    /// A database query (threshold --slow-db).
+    DbClient,
 }
 
 /// An attribute value. Strings known at compile time are borrowed, not allocated per span.

@@ -11,6 +11,7 @@ use std::{collections::HashMap, net::SocketAddr, sync::Arc};
 use loupe_common::{Direction, SocketRole};
 
 use super::{
+    db::query_span,
     http::{Actor, Endpoints, SpanIds, client_span, server_span, split_host},
     ids::{new_span_id, new_trace_id, parse_traceparent},
     model::SpanRecord,
@@ -18,7 +19,12 @@ use super::{
 use crate::{
     events::{ConnRecord, DataRecord, Event},
     process::{SocketAddrs, socket_addrs},
-    protocols::http1::{self, Chunk, Conversation, Flow, HttpEvent},
+    protocols::{
+        Chunk, Flow,
+        http1::{self, Conversation, HttpEvent},
+        postgres::{self, PgConversation, PgEvent},
+    },
+    sql::StatementCache,
     stats::Counters,
 };
 
@@ -56,6 +62,7 @@ enum Protocol {
         sniffed: u32,
     },
     Http(Box<Conversation>),
+    Postgres(Box<PgConversation>),
     /// Not a protocol loupe parses (yet): bytes are skipped.
     Other,
 }
@@ -98,6 +105,9 @@ pub struct Stitcher {
     limits: StitcherLimits,
     counters: Arc<Counters>,
     scratch: Vec<HttpEvent>,
+    pg_scratch: Vec<PgEvent>,
+    /// Normalized statements, memoized: the parser is the costly part of a query span.
+    statements: StatementCache,
     lookups: LookupBudget,
 }
 
@@ -129,6 +139,8 @@ impl Stitcher {
             limits,
             counters,
             scratch: Vec::new(),
+            pg_scratch: Vec::new(),
+            statements: StatementCache::new(4096),
             lookups: LookupBudget { second: 0, used: 0 },
         }
     }
@@ -241,9 +253,18 @@ impl Stitcher {
         let Some(conn) = self.conns.get_mut(&key) else {
             return;
         };
-        if let Protocol::Http(conversation) = &mut conn.protocol {
-            conversation.close(&mut self.scratch);
-            self.dispatch(key, None, out);
+        match &mut conn.protocol {
+            Protocol::Http(conversation) => {
+                conversation.close(&mut self.scratch);
+                self.dispatch(key, None, out);
+            }
+            Protocol::Postgres(conversation) => {
+                let mut events = std::mem::take(&mut self.pg_scratch);
+                conversation.close(&mut events);
+                self.dispatch_pg(key, None, &mut events, out);
+                self.pg_scratch = events;
+            }
+            _ => {}
         }
         if let Some(conn) = self.conns.remove(&key) {
             Counters::add(
@@ -279,6 +300,18 @@ impl Stitcher {
                 };
                 conn.protocol =
                     Protocol::Http(Box::new(Conversation::new(http1::Limits::default())));
+            } else if data.direction == Direction::Egress
+                && conn.role != SocketRole::Server
+                && postgres::looks_like_client(&data.payload)
+            {
+                conn.role = SocketRole::Client;
+                // A typed first message means the session was opened before loupe attached.
+                let resumed = matches!(data.payload.first(), Some(b'Q' | b'P'));
+                conn.protocol = Protocol::Postgres(Box::new(if resumed {
+                    PgConversation::resumed()
+                } else {
+                    PgConversation::new()
+                }));
             } else {
                 *sniffed += 1;
                 if *sniffed >= budget && !http1::looks_like_response(&data.payload) {
@@ -287,26 +320,79 @@ impl Stitcher {
                 return;
             }
         }
-        let Protocol::Http(conversation) = &mut conn.protocol else {
-            return;
-        };
         let flow = match (conn.role, data.direction) {
             (SocketRole::Client, Direction::Egress) | (SocketRole::Server, Direction::Ingress) => {
                 Flow::Request
             }
             _ => Flow::Response,
         };
-        conversation.push(
-            Chunk {
-                flow,
-                enter_ns: data.enter_ns,
-                exit_ns: data.exit_ns,
-                captured: &data.payload,
-                total_len: data.total_len as usize,
-            },
-            &mut self.scratch,
-        );
-        self.dispatch(key, Some(data.tid), out);
+        let chunk = Chunk {
+            flow,
+            enter_ns: data.enter_ns,
+            exit_ns: data.exit_ns,
+            captured: &data.payload,
+            total_len: data.total_len as usize,
+        };
+        match &mut conn.protocol {
+            Protocol::Http(conversation) => {
+                conversation.push(chunk, &mut self.scratch);
+                self.dispatch(key, Some(data.tid), out);
+            }
+            Protocol::Postgres(conversation) => {
+                let mut events = std::mem::take(&mut self.pg_scratch);
+                conversation.push(chunk, &mut events);
+                self.dispatch_pg(key, Some(data.tid), &mut events, out);
+                self.pg_scratch = events;
+            }
+            _ => {}
+        }
+    }
+
+    /// Acts on what a PostgreSQL conversation reported: a query started (it gets span ids and
+    /// its parent now) or finished (it becomes a span).
+    fn dispatch_pg(
+        &mut self,
+        key: ConnKey,
+        tid: Option<u32>,
+        events: &mut Vec<PgEvent>,
+        out: &mut Vec<SpanRecord>,
+    ) {
+        for event in events.drain(..) {
+            match event {
+                PgEvent::Started { seq } => {
+                    self.request_started(key, seq, tid.unwrap_or(0), None);
+                }
+                PgEvent::Done(query) => {
+                    let Some(conn) = self.conns.get_mut(&key) else {
+                        continue;
+                    };
+                    let Some(pending) = conn.pending.remove(&query.seq) else {
+                        continue;
+                    };
+                    let statement = if query.text.is_empty() {
+                        crate::sql::Statement {
+                            normalized: String::new(),
+                            fingerprint: String::new(),
+                            operation: None,
+                            table: None,
+                        }
+                    } else {
+                        self.statements.analyze(&query.text)
+                    };
+                    let actor = Actor {
+                        pid: key.0,
+                        tid: pending.tid,
+                    };
+                    out.push(query_span(
+                        &query,
+                        &statement,
+                        &conn.ends,
+                        pending.ids,
+                        actor,
+                    ));
+                }
+            }
+        }
     }
 
     /// Acts on the HTTP events the last parser call left in `scratch`. `tid` is the thread that

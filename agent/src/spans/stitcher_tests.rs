@@ -307,3 +307,83 @@ fn reads_and_writes_on_duplicated_fds_are_one_connection() {
     stitcher.handle(close(5), &mut out);
     assert_eq!(stitcher.connections(), 0);
 }
+
+fn pg_msg(kind: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = vec![kind];
+    out.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+fn owned_data(fd: i32, tid: u32, direction: Direction, at: u64, bytes: Vec<u8>) -> Event {
+    Event::Data(DataRecord {
+        pid: PID,
+        tid,
+        fd,
+        conn_id: conn_id(fd),
+        enter_ns: at,
+        exit_ns: at + 100,
+        total_len: bytes.len() as u32,
+        direction,
+        payload: Bytes::from(bytes),
+    })
+}
+
+#[test]
+fn query_made_while_serving_a_request_is_its_child_with_literals_removed() {
+    let mut startup = 196_608u32.to_be_bytes().to_vec();
+    startup.extend_from_slice(b"user\0app\0database\0shop\0\0");
+    let mut startup_message = ((startup.len() + 4) as u32).to_be_bytes().to_vec();
+    startup_message.extend_from_slice(&startup);
+    let auth = [pg_msg(b'R', &0u32.to_be_bytes()), pg_msg(b'Z', b"I")].concat();
+    let query = pg_msg(
+        b'Q',
+        b"SELECT name FROM users WHERE email = 'ada@example.com'\0",
+    );
+    let reply = [
+        pg_msg(b'T', b"\x00\x01name\0"),
+        pg_msg(b'D', b"\x00\x01\x00\x00\x00\x03ada"),
+        pg_msg(b'C', b"SELECT 1\0"),
+        pg_msg(b'Z', b"I"),
+    ]
+    .concat();
+    let (spans, _) = run(vec![
+        conn(5, 7, SocketRole::Server, "127.0.0.1:5000"),
+        data(5, 7, Direction::Ingress, 1_000, REQUEST),
+        conn(6, 7, SocketRole::Client, "127.0.0.1:5432"),
+        owned_data(6, 7, Direction::Egress, 1_200, startup_message),
+        owned_data(6, 7, Direction::Ingress, 1_300, auth),
+        owned_data(6, 7, Direction::Egress, 2_000, query),
+        owned_data(6, 7, Direction::Ingress, 3_000, reply),
+        data(5, 7, Direction::Egress, 4_000, RESPONSE),
+    ]);
+    assert_eq!(spans.len(), 2, "{spans:#?}");
+    let (db, server) = (&spans[0], &spans[1]);
+    assert_eq!(db.name, "SELECT users");
+    assert_eq!(db.kind, SpanKind::Client);
+    assert_eq!(db.parent_span_id, Some(server.span_id));
+    assert_eq!(db.trace_id, server.trace_id);
+    assert_eq!((db.start_ns, db.end_ns), (2_000, 3_100));
+    assert_eq!(
+        db.attr("db.query.text"),
+        Some(&AttrValue::Str(
+            "SELECT name FROM users WHERE email = $1".into()
+        ))
+    );
+    assert_eq!(
+        db.attr("db.system.name"),
+        Some(&AttrValue::Str("postgresql".into()))
+    );
+    assert_eq!(
+        db.attr("db.namespace"),
+        Some(&AttrValue::Str("shop".into()))
+    );
+    assert_eq!(
+        db.attr("db.response.returned_rows"),
+        Some(&AttrValue::Int(1))
+    );
+    assert_eq!(db.attr("server.port"), Some(&AttrValue::Int(5432)));
+    for (_, value) in &db.attributes {
+        assert!(!format!("{value:?}").contains("ada@example.com"));
+    }
+}

@@ -20,27 +20,7 @@ mod tests;
 pub use conversation::{Conversation, ConversationStats};
 pub use head::{RequestHead, ResponseHead};
 
-/// Which half of an exchange a chunk carries. On a server socket reads are requests; on a client
-/// socket writes are.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Flow {
-    Request,
-    Response,
-}
-
-/// The bytes one syscall moved.
-#[derive(Clone, Copy, Debug)]
-pub struct Chunk<'a> {
-    pub flow: Flow,
-    /// Syscall entry, ns since boot.
-    pub enter_ns: u64,
-    /// Syscall return, ns since boot.
-    pub exit_ns: u64,
-    /// The first bytes moved (`len() <= total_len`).
-    pub captured: &'a [u8],
-    /// Every byte moved.
-    pub total_len: usize,
-}
+pub use super::{Chunk, Flow, Timing};
 
 /// Bounds on what one conversation keeps.
 #[derive(Clone, Copy, Debug)]
@@ -56,22 +36,6 @@ impl Default for Limits {
         Self {
             max_head_bytes: 16 * 1024,
             max_pending: 64,
-        }
-    }
-}
-
-/// When a syscall ran, ns since boot.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Timing {
-    pub enter_ns: u64,
-    pub exit_ns: u64,
-}
-
-impl Timing {
-    pub fn of(chunk: &Chunk<'_>) -> Self {
-        Self {
-            enter_ns: chunk.enter_ns,
-            exit_ns: chunk.exit_ns,
         }
     }
 }

@@ -1,0 +1,340 @@
+//! One client connection's queries, paired with their completions.
+
+use std::collections::{HashMap, VecDeque};
+
+use super::{
+    framing::{Framer, Message, backend_kind, frontend_kind},
+    messages::{self, Opening},
+};
+use crate::protocols::{Chunk, Flow, Timing};
+
+/// Prepared statements and portals remembered per connection, at most.
+const MAX_NAMED: usize = 512;
+
+/// A finished query.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueryDone {
+    pub seq: u64,
+    /// The statement as sent (literals included: normalize before exporting).
+    pub text: String,
+    /// The text was not captured whole.
+    pub text_truncated: bool,
+    /// The chunk that sent it.
+    pub start: Timing,
+    /// The chunk that completed it.
+    pub end: Timing,
+    /// Rows returned or affected: the CommandComplete tag's count, else the DataRows seen.
+    pub rows: Option<u64>,
+    /// SQLSTATE of the ErrorResponse that ended it.
+    pub sqlstate: Option<String>,
+    /// The database of the session, when its StartupMessage was seen.
+    pub database: Option<String>,
+}
+
+/// What a chunk started or finished.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PgEvent {
+    Started { seq: u64 },
+    Done(QueryDone),
+}
+
+/// Counters of what did not parse or pair.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PgStats {
+    pub lost_framing: u64,
+    /// Executions after an error in the same Sync batch: the server skipped them.
+    pub skipped: u64,
+    pub unanswered: u64,
+}
+
+struct Pending {
+    seq: u64,
+    text: String,
+    text_truncated: bool,
+    start: Timing,
+    simple: bool,
+    data_rows: u64,
+    tag_rows: Option<u64>,
+    sqlstate: Option<String>,
+    /// An extended execution that finished; kept until its turn if an earlier one has not.
+    finished: Option<Timing>,
+}
+
+/// Each ReadyForQuery answers one of these, in order.
+enum Marker {
+    Simple(u64),
+    Sync,
+}
+
+pub struct PgConversation {
+    frontend: Framer,
+    backend: Framer,
+    /// The client asked for TLS or GSS: the server's next byte is an unframed yes or no.
+    encryption_asked: bool,
+    /// TLS or GSS encryption was accepted: nothing more can be read.
+    opaque: bool,
+    database: Option<String>,
+    statements: HashMap<String, String>,
+    portals: HashMap<String, String>,
+    pending: VecDeque<Pending>,
+    markers: VecDeque<Marker>,
+    next_seq: u64,
+    stats: PgStats,
+    messages: Vec<Message>,
+    /// The last chunk the server sent: where a query ends when its completion went unseen.
+    last_backend: Option<Timing>,
+}
+
+impl Default for PgConversation {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PgConversation {
+    pub fn new() -> Self {
+        Self {
+            frontend: Framer::new(true, frontend_kind),
+            backend: Framer::new(false, backend_kind),
+            encryption_asked: false,
+            opaque: false,
+            database: None,
+            statements: HashMap::new(),
+            portals: HashMap::new(),
+            pending: VecDeque::new(),
+            markers: VecDeque::new(),
+            next_seq: 0,
+            stats: PgStats::default(),
+            messages: Vec::new(),
+            last_backend: None,
+        }
+    }
+
+    /// A session loupe did not see open: its first bytes are typed messages already.
+    pub fn resumed() -> Self {
+        let mut conversation = Self::new();
+        conversation.frontend = Framer::new(false, frontend_kind);
+        conversation
+    }
+
+    pub fn stats(&self) -> PgStats {
+        let mut stats = self.stats;
+        stats.lost_framing = self.frontend.lost + self.backend.lost;
+        stats
+    }
+
+    /// True once the session switched to TLS or GSS encryption.
+    pub fn is_opaque(&self) -> bool {
+        self.opaque
+    }
+
+    pub fn push(&mut self, chunk: Chunk<'_>, out: &mut Vec<PgEvent>) {
+        if self.opaque {
+            return;
+        }
+        let at = Timing::of(&chunk);
+        let mut messages = std::mem::take(&mut self.messages);
+        match chunk.flow {
+            Flow::Request => {
+                // The server's framing was lost in an unseen tail (a large result): the client
+                // speaking again means what it waited for has arrived.
+                if self.backend.is_lost() {
+                    self.finish_unseen(out);
+                }
+                self.frontend
+                    .feed(chunk.captured, chunk.total_len, &mut messages);
+                for message in messages.drain(..) {
+                    self.on_frontend(message, at, out);
+                }
+            }
+            Flow::Response => {
+                self.last_backend = Some(at);
+                let (mut captured, mut total) = (chunk.captured, chunk.total_len);
+                if self.encryption_asked {
+                    self.encryption_asked = false;
+                    match captured.first() {
+                        Some(b'N') => self.frontend.expect_untyped(),
+                        _ => {
+                            self.opaque = true;
+                            return;
+                        }
+                    }
+                    captured = &captured[1..];
+                    total = total.saturating_sub(1);
+                }
+                self.backend.feed(captured, total, &mut messages);
+                for message in messages.drain(..) {
+                    self.on_backend(message, at, out);
+                }
+            }
+        }
+        self.messages = messages;
+    }
+
+    /// Ends every query sent, at the server's last chunk, with what was seen of its result.
+    fn finish_unseen(&mut self, out: &mut Vec<PgEvent>) {
+        let Some(end) = self.last_backend else { return };
+        for query in self.pending.iter_mut().filter(|p| p.finished.is_none()) {
+            query.finished = Some(end);
+            // Rows past the lost framing were not counted: say nothing rather than too few.
+            if query.tag_rows.is_none() {
+                query.data_rows = 0;
+            }
+        }
+        self.markers.clear();
+        self.emit_finished(out);
+    }
+
+    /// The connection closed: what the server answered unseen ends; queries without an answer
+    /// are counted and dropped.
+    pub fn close(&mut self, out: &mut Vec<PgEvent>) {
+        if self.backend.is_lost() {
+            self.finish_unseen(out);
+        }
+        self.stats.unanswered += self.pending.len() as u64;
+        self.pending.clear();
+        self.markers.clear();
+    }
+
+    fn start(
+        &mut self,
+        text: String,
+        text_truncated: bool,
+        simple: bool,
+        at: Timing,
+        out: &mut Vec<PgEvent>,
+    ) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        if simple {
+            self.markers.push_back(Marker::Simple(seq));
+        }
+        self.pending.push_back(Pending {
+            seq,
+            text,
+            text_truncated,
+            start: at,
+            simple,
+            data_rows: 0,
+            tag_rows: None,
+            sqlstate: None,
+            finished: None,
+        });
+        out.push(PgEvent::Started { seq });
+    }
+
+    fn on_frontend(&mut self, message: Message, at: Timing, out: &mut Vec<PgEvent>) {
+        match message.kind {
+            0 => match messages::opening(&message.body) {
+                Opening::Startup { database } => self.database = database,
+                Opening::Encryption => self.encryption_asked = true,
+                Opening::Other => {}
+            },
+            b'Q' => {
+                let (text, _) = messages::cstr(&message.body);
+                self.start(text, message.truncated, true, at, out);
+            }
+            b'P' => {
+                let (name, query) = messages::parse(&message.body);
+                remember(&mut self.statements, name, query);
+            }
+            b'B' => {
+                let (portal, statement) = messages::bind(&message.body);
+                remember(&mut self.portals, portal, statement);
+            }
+            b'E' => {
+                let (portal, _) = messages::cstr(&message.body);
+                let text = self
+                    .portals
+                    .get(&portal)
+                    .and_then(|statement| self.statements.get(statement))
+                    .cloned();
+                let truncated = text.is_none();
+                self.start(text.unwrap_or_default(), truncated, false, at, out);
+            }
+            b'S' => self.markers.push_back(Marker::Sync),
+            _ => {}
+        }
+    }
+
+    /// The oldest query still waiting for its result.
+    fn current(&mut self) -> Option<&mut Pending> {
+        self.pending.iter_mut().find(|p| p.finished.is_none())
+    }
+
+    fn on_backend(&mut self, message: Message, at: Timing, out: &mut Vec<PgEvent>) {
+        match message.kind {
+            b'D' => {
+                if let Some(query) = self.current() {
+                    query.data_rows += 1;
+                }
+            }
+            b'C' | b'I' | b's' => {
+                let (tag, _) = messages::cstr(&message.body);
+                if let Some(query) = self.current() {
+                    if let Some(rows) = messages::tag_rows(&tag) {
+                        query.tag_rows = Some(query.tag_rows.unwrap_or(0) + rows);
+                    }
+                    if !query.simple {
+                        query.finished = Some(at);
+                    }
+                }
+            }
+            b'E' => {
+                let state = messages::sqlstate(&message.body);
+                if let Some(query) = self.current() {
+                    query.sqlstate = query.sqlstate.take().or(state);
+                    if !query.simple {
+                        query.finished = Some(at);
+                    }
+                }
+            }
+            b'Z' => match self.markers.pop_front() {
+                Some(Marker::Simple(seq)) => {
+                    if let Some(query) = self.pending.iter_mut().find(|p| p.seq == seq) {
+                        query.finished = Some(at);
+                    }
+                }
+                Some(Marker::Sync) => {
+                    // Executions of this batch still unanswered were skipped after an error.
+                    let before = self.pending.len();
+                    self.pending.retain(|p| p.simple || p.finished.is_some());
+                    self.stats.skipped += (before - self.pending.len()) as u64;
+                }
+                None => {}
+            },
+            _ => {}
+        }
+        self.emit_finished(out);
+    }
+
+    /// Reports finished queries in the order they were sent.
+    fn emit_finished(&mut self, out: &mut Vec<PgEvent>) {
+        while self.pending.front().is_some_and(|p| p.finished.is_some()) {
+            let Some(query) = self.pending.pop_front() else {
+                break;
+            };
+            let end = query.finished.unwrap_or(query.start);
+            out.push(PgEvent::Done(QueryDone {
+                seq: query.seq,
+                text: query.text,
+                text_truncated: query.text_truncated,
+                start: query.start,
+                end,
+                rows: query
+                    .tag_rows
+                    .or((query.data_rows > 0).then_some(query.data_rows)),
+                sqlstate: query.sqlstate,
+                database: self.database.clone(),
+            }));
+        }
+    }
+}
+
+fn remember(map: &mut HashMap<String, String>, key: String, value: String) {
+    if map.len() >= MAX_NAMED && !map.contains_key(&key) {
+        // Clients that never close statements: forget them all rather than grow.
+        map.clear();
+    }
+    map.insert(key, value);
+}

@@ -1,0 +1,382 @@
+//! The PostgreSQL conversation on byte streams built message by message, as clients send them.
+
+use super::*;
+use crate::protocols::{Chunk, Flow};
+
+fn msg(kind: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = vec![kind];
+    out.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+fn startup(database: &str) -> Vec<u8> {
+    let mut body = PROTOCOL_V3.to_be_bytes().to_vec();
+    body.extend_from_slice(format!("user\0app\0database\0{database}\0\0").as_bytes());
+    let mut out = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+    out.extend_from_slice(&body);
+    out
+}
+
+fn cstr(text: &str) -> Vec<u8> {
+    let mut out = text.as_bytes().to_vec();
+    out.push(0);
+    out
+}
+
+fn ready() -> Vec<u8> {
+    msg(b'Z', b"I")
+}
+
+fn row() -> Vec<u8> {
+    msg(b'D', b"\x00\x01\x00\x00\x00\x01x")
+}
+
+fn concat(parts: &[Vec<u8>]) -> Vec<u8> {
+    parts.concat()
+}
+
+fn chunk(flow: Flow, at: u64, bytes: &[u8]) -> Chunk<'_> {
+    Chunk {
+        flow,
+        enter_ns: at,
+        exit_ns: at + 1,
+        captured: bytes,
+        total_len: bytes.len(),
+    }
+}
+
+fn done(events: &[PgEvent]) -> Vec<&QueryDone> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            PgEvent::Done(q) => Some(q),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A session opened and authenticated.
+fn session(events: &mut Vec<PgEvent>) -> PgConversation {
+    let mut c = PgConversation::new();
+    c.push(chunk(Flow::Request, 1, &startup("shop")), events);
+    let auth = concat(&[
+        msg(b'R', &0u32.to_be_bytes()),
+        msg(b'S', b"server_version\x0015\x00"),
+        ready(),
+    ]);
+    c.push(chunk(Flow::Response, 2, &auth), events);
+    c
+}
+
+#[test]
+fn simple_query_ends_at_ready_for_query_with_rows_and_database() {
+    let mut events = Vec::new();
+    let mut c = session(&mut events);
+    c.push(
+        chunk(
+            Flow::Request,
+            10,
+            &msg(b'Q', &cstr("SELECT name FROM users WHERE id = 42")),
+        ),
+        &mut events,
+    );
+    let reply = concat(&[
+        msg(b'T', b"\x00\x01name\0"),
+        row(),
+        row(),
+        row(),
+        msg(b'C', &cstr("SELECT 3")),
+        ready(),
+    ]);
+    c.push(chunk(Flow::Response, 20, &reply), &mut events);
+    assert_eq!(events.first(), Some(&PgEvent::Started { seq: 0 }));
+    let all = done(&events);
+    assert_eq!(all.len(), 1);
+    let q = all[0];
+    assert_eq!(q.text, "SELECT name FROM users WHERE id = 42");
+    assert_eq!(q.rows, Some(3));
+    assert_eq!(q.database.as_deref(), Some("shop"));
+    assert_eq!((q.start.enter_ns, q.end.exit_ns), (10, 21));
+    assert_eq!(q.sqlstate, None);
+}
+
+#[test]
+fn extended_protocol_execution_ends_at_its_command_complete() {
+    let mut events = Vec::new();
+    let mut c = session(&mut events);
+    let request = concat(&[
+        msg(
+            b'P',
+            &concat(&[
+                cstr(""),
+                cstr("SELECT * FROM orders WHERE user_id = $1"),
+                vec![0, 0],
+            ]),
+        ),
+        msg(
+            b'B',
+            &concat(&[
+                cstr(""),
+                cstr(""),
+                vec![0, 0, 0, 1, 0, 0, 0, 2],
+                b"42".to_vec(),
+                vec![0, 0],
+            ]),
+        ),
+        msg(b'D', &concat(&[vec![b'P'], cstr("")])),
+        msg(b'E', &concat(&[cstr(""), vec![0, 0, 0, 0]])),
+        msg(b'S', b""),
+    ]);
+    c.push(chunk(Flow::Request, 10, &request), &mut events);
+    c.push(
+        chunk(
+            Flow::Response,
+            20,
+            &concat(&[msg(b'1', b""), msg(b'2', b""), row(), row()]),
+        ),
+        &mut events,
+    );
+    assert!(done(&events).is_empty());
+    c.push(
+        chunk(
+            Flow::Response,
+            30,
+            &concat(&[msg(b'C', &cstr("SELECT 2")), ready()]),
+        ),
+        &mut events,
+    );
+    let q = done(&events)[0];
+    assert_eq!(q.text, "SELECT * FROM orders WHERE user_id = $1");
+    assert_eq!(q.rows, Some(2));
+    assert_eq!(q.end.enter_ns, 30);
+}
+
+#[test]
+fn error_response_gives_the_sqlstate() {
+    let mut events = Vec::new();
+    let mut c = session(&mut events);
+    c.push(
+        chunk(Flow::Request, 10, &msg(b'Q', &cstr("SELECT * FROM nope"))),
+        &mut events,
+    );
+    let error = msg(
+        b'E',
+        b"SERROR\0VERROR\0C42P01\0Mrelation \"nope\" does not exist\0\0",
+    );
+    c.push(
+        chunk(Flow::Response, 20, &concat(&[error, ready()])),
+        &mut events,
+    );
+    let q = done(&events)[0];
+    assert_eq!(q.sqlstate.as_deref(), Some("42P01"));
+    assert_eq!(q.rows, None);
+}
+
+#[test]
+fn executions_after_an_error_in_a_batch_are_skipped_not_reported() {
+    let mut events = Vec::new();
+    let mut c = session(&mut events);
+    let execute = |sql: &str| {
+        concat(&[
+            msg(b'P', &concat(&[cstr(""), cstr(sql), vec![0, 0]])),
+            msg(b'B', &concat(&[cstr(""), cstr(""), vec![0, 0, 0, 0, 0, 0]])),
+            msg(b'E', &concat(&[cstr(""), vec![0, 0, 0, 0]])),
+        ])
+    };
+    let batch = concat(&[
+        execute("INSERT INTO a VALUES (1)"),
+        execute("INSERT INTO b VALUES (2)"),
+        execute("INSERT INTO c VALUES (3)"),
+        msg(b'S', b""),
+    ]);
+    c.push(chunk(Flow::Request, 10, &batch), &mut events);
+    let reply = concat(&[
+        msg(b'1', b""),
+        msg(b'2', b""),
+        msg(b'C', &cstr("INSERT 0 1")),
+        msg(b'1', b""),
+        msg(b'2', b""),
+        msg(b'E', b"SERROR\0C23505\0Mduplicate key\0\0"),
+        ready(),
+    ]);
+    c.push(chunk(Flow::Response, 20, &reply), &mut events);
+    let all = done(&events);
+    assert_eq!(all.len(), 2);
+    assert_eq!(all[0].text, "INSERT INTO a VALUES (1)");
+    assert_eq!(all[0].rows, Some(1));
+    assert_eq!(all[1].sqlstate.as_deref(), Some("23505"));
+    assert_eq!(c.stats().skipped, 1, "{events:?}");
+}
+
+#[test]
+fn refused_ssl_is_followed_by_a_readable_session_and_accepted_ssl_by_nothing() {
+    let mut events = Vec::new();
+    let mut c = PgConversation::new();
+    let mut ssl = 8u32.to_be_bytes().to_vec();
+    ssl.extend_from_slice(&SSL_REQUEST.to_be_bytes());
+    assert!(looks_like_client(&ssl));
+    c.push(chunk(Flow::Request, 1, &ssl), &mut events);
+    c.push(chunk(Flow::Response, 2, b"N"), &mut events);
+    c.push(chunk(Flow::Request, 3, &startup("inventory")), &mut events);
+    c.push(
+        chunk(
+            Flow::Response,
+            4,
+            &concat(&[msg(b'R', &0u32.to_be_bytes()), ready()]),
+        ),
+        &mut events,
+    );
+    c.push(
+        chunk(Flow::Request, 5, &msg(b'Q', &cstr("SELECT 1"))),
+        &mut events,
+    );
+    c.push(
+        chunk(
+            Flow::Response,
+            6,
+            &concat(&[row(), msg(b'C', &cstr("SELECT 1")), ready()]),
+        ),
+        &mut events,
+    );
+    let q = done(&events)[0];
+    assert_eq!(q.database.as_deref(), Some("inventory"));
+    assert!(!c.is_opaque());
+
+    let mut c = PgConversation::new();
+    c.push(chunk(Flow::Request, 1, &ssl), &mut events);
+    c.push(chunk(Flow::Response, 2, b"S"), &mut events);
+    assert!(c.is_opaque());
+}
+
+#[test]
+fn a_result_larger_than_the_capture_ends_when_the_client_speaks_again() {
+    let mut events = Vec::new();
+    let mut c = session(&mut events);
+    c.push(
+        chunk(Flow::Request, 10, &msg(b'Q', &cstr("SELECT * FROM big"))),
+        &mut events,
+    );
+    let mut reply = concat(&[msg(b'T', b"\x00\x01x\0")]);
+    for _ in 0..1000 {
+        reply.extend(row());
+    }
+    reply.extend(concat(&[msg(b'C', &cstr("SELECT 1000")), ready()]));
+    // Only the first 64 bytes of the result were captured.
+    c.push(
+        Chunk {
+            flow: Flow::Response,
+            enter_ns: 20,
+            exit_ns: 21,
+            captured: &reply[..64],
+            total_len: reply.len(),
+        },
+        &mut events,
+    );
+    assert!(done(&events).is_empty());
+    c.push(
+        chunk(Flow::Request, 30, &msg(b'Q', &cstr("SELECT 2"))),
+        &mut events,
+    );
+    let all = done(&events);
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].end.exit_ns, 21);
+    assert_eq!(
+        all[0].rows, None,
+        "rows past the lost framing are unknown, not undercounted"
+    );
+    c.push(
+        chunk(
+            Flow::Response,
+            40,
+            &concat(&[row(), msg(b'C', &cstr("SELECT 1")), ready()]),
+        ),
+        &mut events,
+    );
+    assert_eq!(
+        done(&events).len(),
+        2,
+        "the framing resyncs on the next reply"
+    );
+}
+
+#[test]
+fn session_opened_before_attach_is_read_from_its_first_query() {
+    let mut events = Vec::new();
+    let query = msg(b'Q', &cstr("UPDATE stock SET n = n - 1"));
+    assert!(looks_like_client(&query));
+    let mut c = PgConversation::resumed();
+    c.push(chunk(Flow::Request, 1, &query), &mut events);
+    c.push(
+        chunk(
+            Flow::Response,
+            2,
+            &concat(&[msg(b'C', &cstr("UPDATE 4")), ready()]),
+        ),
+        &mut events,
+    );
+    assert_eq!(done(&events)[0].rows, Some(4));
+    assert_eq!(done(&events)[0].database, None);
+}
+
+#[test]
+fn http_and_tls_do_not_look_like_postgres() {
+    assert!(!looks_like_client(b"GET / HTTP/1.1\r\n"));
+    assert!(!looks_like_client(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc"));
+    assert!(!looks_like_client(b"Q"));
+}
+
+#[test]
+fn random_bytes_never_panic() {
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let pieces = [
+        startup("db"),
+        msg(b'Q', &cstr("SELECT 1")),
+        row(),
+        ready(),
+        msg(b'C', &cstr("SELECT 1")),
+        msg(b'E', b"C42P01\0\0"),
+    ];
+    for _ in 0..2_000 {
+        let mut c = if next() % 2 == 0 {
+            PgConversation::new()
+        } else {
+            PgConversation::resumed()
+        };
+        let mut events = Vec::new();
+        for i in 0..(next() % 20) {
+            let mut bytes: Vec<u8> = if next() % 3 == 0 {
+                (0..next() % 40).map(|_| next() as u8).collect()
+            } else {
+                pieces[(next() % pieces.len() as u64) as usize].clone()
+            };
+            if !bytes.is_empty() && next() % 5 == 0 {
+                let at = (next() % bytes.len() as u64) as usize;
+                bytes[at] = next() as u8;
+            }
+            let captured = (next() % (bytes.len() as u64 + 1)) as usize;
+            let flow = if next() % 2 == 0 {
+                Flow::Request
+            } else {
+                Flow::Response
+            };
+            c.push(
+                Chunk {
+                    flow,
+                    enter_ns: i,
+                    exit_ns: i,
+                    captured: &bytes[..captured],
+                    total_len: bytes.len() + (next() % 3) as usize * 100,
+                },
+                &mut events,
+            );
+        }
+        c.close(&mut events);
+    }
+}

@@ -1,0 +1,140 @@
+//! SQL statements made safe to export and easy to group: literals replaced by placeholders,
+//! a fingerprint that is the same for the same statement with other literals, the operation and
+//! the table. PostgreSQL's own parser (pg_query) does it; a statement it rejects still gets a
+//! conservative tokenizer's normalization, so a literal never leaks because a query was unusual.
+
+mod fallback;
+
+use std::collections::HashMap;
+
+/// What loupe exports about a statement.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Statement {
+    /// The text with every literal replaced by a placeholder ($1, $2, ... or ?).
+    pub normalized: String,
+    /// 16 hex digits, equal for statements that differ only in their literals.
+    pub fingerprint: String,
+    /// SELECT, INSERT, UPDATE, DELETE, BEGIN, ... (upper case), when known.
+    pub operation: Option<String>,
+    /// The first table the statement names, when known.
+    pub table: Option<String>,
+}
+
+/// Normalizes a statement.
+pub fn analyze(text: &str) -> Statement {
+    let operation = first_keyword(text);
+    match (pg_query::normalize(text), pg_query::fingerprint(text, 0, 0)) {
+        (Ok(normalized), Ok(fingerprint)) => {
+            let table = pg_query::parse(text, 0)
+                .ok()
+                .and_then(|parsed| parsed.tables().into_iter().next());
+            Statement {
+                normalized,
+                fingerprint: fingerprint.hex,
+                operation,
+                table,
+            }
+        }
+        _ => {
+            let normalized = fallback::normalize(text);
+            let fingerprint = fallback::fingerprint(&normalized);
+            Statement {
+                normalized,
+                fingerprint,
+                operation,
+                table: fallback::first_table(text),
+            }
+        }
+    }
+}
+
+fn first_keyword(text: &str) -> Option<String> {
+    let word: String = text
+        .trim_start()
+        .chars()
+        .take_while(|c| c.is_ascii_alphabetic())
+        .collect();
+    (!word.is_empty()).then(|| word.to_ascii_uppercase())
+}
+
+/// [`analyze`] with a bounded memo: applications send the same statements over and over, and
+/// the parser costs tens of microseconds.
+pub struct StatementCache {
+    entries: HashMap<String, Statement>,
+    capacity: usize,
+}
+
+impl StatementCache {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            entries: HashMap::new(),
+            capacity,
+        }
+    }
+
+    pub fn analyze(&mut self, text: &str) -> Statement {
+        if let Some(statement) = self.entries.get(text) {
+            return statement.clone();
+        }
+        let statement = analyze(text);
+        if self.entries.len() >= self.capacity {
+            self.entries.clear();
+        }
+        self.entries.insert(text.to_owned(), statement.clone());
+        statement
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn literals_become_placeholders_and_fingerprints_ignore_them() {
+        let a = analyze("SELECT name FROM users WHERE id = 42 AND email = 'ada@example.com'");
+        let b = analyze("SELECT name FROM users WHERE id = 7 AND email = 'bob@example.com'");
+        assert_eq!(
+            a.normalized,
+            "SELECT name FROM users WHERE id = $1 AND email = $2"
+        );
+        assert_eq!(a.fingerprint, b.fingerprint);
+        assert_eq!(a.operation.as_deref(), Some("SELECT"));
+        assert_eq!(a.table.as_deref(), Some("users"));
+        assert_ne!(
+            a.fingerprint,
+            analyze("SELECT name FROM orders WHERE id = 1").fingerprint
+        );
+    }
+
+    #[test]
+    fn statements_the_parser_rejects_are_still_scrubbed() {
+        let s = analyze("SELEC secret FROM users WHERE token = 'abc123' AND n = 99");
+        assert!(
+            !s.normalized.contains("abc123") && !s.normalized.contains("99"),
+            "{}",
+            s.normalized
+        );
+        assert_eq!(s.fingerprint.len(), 16);
+        assert_eq!(s.table.as_deref(), Some("users"));
+    }
+
+    #[test]
+    fn already_parameterized_statements_keep_their_placeholders() {
+        let s = analyze("INSERT INTO orders (user_id, total) VALUES ($1, $2)");
+        assert_eq!(
+            s.normalized,
+            "INSERT INTO orders (user_id, total) VALUES ($1, $2)"
+        );
+        assert_eq!(s.operation.as_deref(), Some("INSERT"));
+        assert_eq!(s.table.as_deref(), Some("orders"));
+    }
+
+    #[test]
+    fn the_cache_returns_what_the_parser_would() {
+        let mut cache = StatementCache::new(2);
+        for text in ["SELECT 1", "SELECT 2", "SELECT 3", "SELECT 1"] {
+            assert_eq!(cache.analyze(text), analyze(text));
+        }
+        assert!(cache.entries.len() <= 2);
+    }
+}
