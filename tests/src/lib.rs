@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod jaeger;
+pub mod postgres;
 pub mod procs;
 
 use std::{

@@ -20,6 +20,7 @@ const APT_PACKAGES: &[&str] = &[
     "wrk",
     "curl",
     "bpftrace",
+    "postgresql-15",
 ];
 
 /// What set-up leaves behind for later steps.

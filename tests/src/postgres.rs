@@ -1,0 +1,160 @@
+//! A throwaway PostgreSQL 15 cluster: initdb in a temporary directory as the `postgres` user (the
+//! server refuses to run as root), trust authentication on 127.0.0.1 and a free port, every
+//! statement's duration logged so tests can compare loupe's timing with the server's own.
+
+use std::{
+    os::unix::{fs::PermissionsExt as _, process::CommandExt as _},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use crate::{TempDir, free_port, wait_until};
+
+const BIN: &str = "/usr/lib/postgresql/15/bin";
+
+pub struct Postgres {
+    child: Child,
+    dir: TempDir,
+    pub port: u16,
+}
+
+fn postgres_ids() -> (u32, u32) {
+    let id = |flag: &str| -> u32 {
+        let out = Command::new("id")
+            .args([flag, "postgres"])
+            .output()
+            .expect("run id");
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .expect("a postgres user (Debian's postgresql-15 creates it)")
+    };
+    (id("-u"), id("-g"))
+}
+
+impl Postgres {
+    pub fn start() -> Self {
+        let dir = TempDir::new("pg");
+        let data = dir.0.join("data");
+        let (uid, gid) = postgres_ids();
+        std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        let status = Command::new(format!("{BIN}/initdb"))
+            .args([
+                "--auth=trust",
+                "--username=postgres",
+                "--encoding=UTF8",
+                "--no-sync",
+                "-D",
+            ])
+            .arg(&data)
+            .uid(uid)
+            .gid(gid)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("run initdb (cargo xtask setup installs postgresql-15)");
+        assert!(status.success(), "initdb failed");
+        let port = free_port();
+        let log = std::fs::File::create(dir.0.join("server.log")).expect("log file");
+        std::fs::set_permissions(
+            dir.0.join("server.log"),
+            std::fs::Permissions::from_mode(0o666),
+        )
+        .expect("chmod log");
+        let child = Command::new(format!("{BIN}/postgres"))
+            .arg("-D")
+            .arg(&data)
+            .args([
+                "-p",
+                &port.to_string(),
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+            ])
+            .arg(format!("unix_socket_directories={}", dir.0.display()))
+            .args(["-c", "log_min_duration_statement=0", "-c", "fsync=off"])
+            .uid(uid)
+            .gid(gid)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start postgres");
+        let pg = Self { child, dir, port };
+        let ready = wait_until(Duration::from_secs(30), || {
+            Command::new(format!("{BIN}/pg_isready"))
+                .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+                .stdout(Stdio::null())
+                .status()
+                .ok()
+                .filter(|s| s.success())
+        });
+        assert!(ready.is_some(), "postgres did not start:\n{}", pg.log());
+        pg
+    }
+
+    /// A libpq connection string to `database`.
+    pub fn url(&self, database: &str) -> String {
+        format!(
+            "host=127.0.0.1 port={} user=postgres dbname={database}",
+            self.port
+        )
+    }
+
+    /// Runs SQL with psql (not observed by loupe: for set-up).
+    pub fn run_sql(&self, database: &str, sql: &str) {
+        let out = Command::new(format!("{BIN}/psql"))
+            .args([
+                "-X",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                &self.url(database),
+                "-c",
+                sql,
+            ])
+            .output()
+            .expect("run psql");
+        assert!(
+            out.status.success(),
+            "{sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.0.join("server.log")
+    }
+
+    /// The duration the server logged for the statement containing `needle`, in microseconds.
+    pub fn logged_duration_us(&self, needle: &str) -> Option<u64> {
+        self.log().lines().find_map(|line| {
+            let rest = line.split("duration: ").nth(1)?;
+            let (ms, statement) = rest.split_once(" ms")?;
+            if !statement.contains(needle) {
+                return None;
+            }
+            ms.trim().parse::<f64>().ok().map(|ms| (ms * 1000.0) as u64)
+        })
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        // SIGINT: fast shutdown.
+        // SAFETY: kill has no memory preconditions.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        if wait_until(Duration::from_secs(10), || {
+            self.child.try_wait().ok().flatten()
+        })
+        .is_none()
+        {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

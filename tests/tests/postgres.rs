@@ -1,0 +1,149 @@
+//! PostgreSQL queries over the wire protocol, seen from psql (libpq, sslmode=prefer, so the
+//! session opens with a refused SSLRequest) against a real server: one span per query, with the
+//! statement normalized, the server's own timing, rows, SQLSTATE on error, and no literal ever
+//! reaching Jaeger.
+
+use std::{
+    io::Write as _,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use loupe_tests::{
+    jaeger::{Jaeger, Span},
+    postgres::Postgres,
+    procs::{Loupe, otlp_args},
+    require_root, wait_until,
+};
+
+fn db_spans(spans: &[Span]) -> Vec<&Span> {
+    spans
+        .iter()
+        .filter(|s| s.str_tag("db.system.name") == Some("postgresql"))
+        .collect()
+}
+
+#[test]
+fn psql_queries_become_normalized_database_spans_with_server_timing() {
+    require_root();
+    let pg = Postgres::start();
+    pg.run_sql("postgres", "CREATE DATABASE shop");
+    pg.run_sql(
+        "shop",
+        "CREATE TABLE users (id int PRIMARY KEY, name text); INSERT INTO users SELECT g, 'user ' || g FROM generate_series(1, 50) g",
+    );
+    let jaeger = Jaeger::start();
+
+    // A long-lived shell is the target; the psql processes it forks are followed.
+    let mut shell = Command::new("bash")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let loupe = Loupe::attach(&otlp_args(
+        shell.id(),
+        &jaeger.grpc_endpoint(),
+        "e2e-pg",
+        &["--slow-db", "200ms"],
+    ));
+    let statements = [
+        "SELECT name FROM users WHERE id = 42",
+        "SELECT id, name FROM users WHERE id <= 20",
+        "INSERT INTO users (id, name) VALUES (1001, 'secret-name')",
+        "SELECT pg_sleep(0.3)",
+        "SELECT * FROM no_such_table WHERE token = 'secret-token'",
+    ];
+    let stdin = shell.stdin.as_mut().unwrap();
+    for sql in statements {
+        writeln!(
+            stdin,
+            "/usr/lib/postgresql/15/bin/psql -X -q '{}' -c \"{sql}\"",
+            pg.url("shop")
+        )
+        .unwrap();
+    }
+    writeln!(stdin, "echo done > /dev/null; exit").unwrap();
+    let exited = wait_until(Duration::from_secs(30), || shell.try_wait().ok().flatten());
+    assert!(exited.is_some(), "the psql runs finished");
+    let finished = loupe.stop();
+    assert!(finished.status.success(), "{}", finished.stderr);
+
+    let spans = jaeger.wait_for_spans("e2e-pg", statements.len(), |s| {
+        s.str_tag("db.system.name") == Some("postgresql")
+    });
+    let db = db_spans(&spans);
+    let texts: Vec<&str> = db
+        .iter()
+        .map(|s| s.str_tag("db.query.text").unwrap())
+        .collect();
+    assert_eq!(
+        texts,
+        vec![
+            "SELECT name FROM users WHERE id = $1",
+            "SELECT id, name FROM users WHERE id <= $1",
+            "INSERT INTO users (id, name) VALUES ($1, $2)",
+            "SELECT pg_sleep($1)",
+            "SELECT * FROM no_such_table WHERE token = $1",
+        ],
+        "every query once, normalized, in order\nloupe: {}",
+        finished.stderr
+    );
+    for span in &spans {
+        for value in span.tags.values() {
+            let text = value.to_string();
+            assert!(
+                !text.contains("secret") && !text.contains("1001"),
+                "a literal reached Jaeger: {text}"
+            );
+        }
+    }
+    let by_text = |needle: &str| {
+        *db.iter()
+            .find(|s| s.str_tag("db.query.text").unwrap().starts_with(needle))
+            .unwrap()
+    };
+
+    let one = by_text("SELECT name FROM users");
+    assert_eq!(one.operation, "SELECT users");
+    assert_eq!(one.kind(), "client");
+    assert_eq!(one.str_tag("db.operation.name"), Some("SELECT"));
+    assert_eq!(one.str_tag("db.collection.name"), Some("users"));
+    assert_eq!(one.str_tag("db.namespace"), Some("shop"));
+    assert_eq!(one.int_tag("db.response.returned_rows"), Some(1));
+    assert_eq!(one.str_tag("server.address"), Some("127.0.0.1"));
+    assert_eq!(one.int_tag("server.port"), Some(i64::from(pg.port)));
+    assert!(
+        one.str_tag("loupe.db.fingerprint")
+            .is_some_and(|f| f.len() == 16)
+    );
+    assert!(!one.is_error() && !one.is_slow());
+    assert_eq!(
+        by_text("SELECT id, name").int_tag("db.response.returned_rows"),
+        Some(20)
+    );
+    let insert = by_text("INSERT");
+    assert_eq!(insert.operation, "INSERT users");
+    assert_eq!(insert.int_tag("loupe.db.affected_rows"), Some(1));
+
+    // The server's own timing of the sleep, against the span's.
+    let sleep = by_text("SELECT pg_sleep");
+    let server_us = pg
+        .logged_duration_us("pg_sleep(0.3)")
+        .expect("the server logged the statement");
+    assert!(server_us >= 300_000);
+    assert!(
+        sleep.duration_us >= server_us && sleep.duration_us - server_us < 50_000,
+        "span {} us vs server {} us",
+        sleep.duration_us,
+        server_us
+    );
+    assert!(sleep.is_slow(), "--slow-db 200ms");
+    assert_eq!(sleep.int_tag("performance.threshold_ms"), Some(200));
+    assert_eq!(db.iter().filter(|s| s.is_slow()).count(), 1);
+
+    let failed = by_text("SELECT * FROM no_such_table");
+    assert!(failed.is_error());
+    assert_eq!(failed.str_tag("db.response.status_code"), Some("42P01"));
+    assert_eq!(db.iter().filter(|s| s.is_error()).count(), 1);
+}
