@@ -54,9 +54,16 @@ fn start_role(args: &[&str]) -> (Child, String) {
 
 impl DemoApp {
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// With extra frontend flags, e.g. `["--database", "127.0.0.1:5432/shop"]`.
+    pub fn start_with(frontend_flags: &[&str]) -> Self {
         let (backend, backend_addr) = start_role(&["backend", "--port", "0"]);
         let url = format!("http://{backend_addr}");
-        let (frontend, frontend_addr) = start_role(&["frontend", "--port", "0", "--backend", &url]);
+        let mut frontend_args = vec!["frontend", "--port", "0", "--backend", &url];
+        frontend_args.extend_from_slice(frontend_flags);
+        let (frontend, frontend_addr) = start_role(&frontend_args);
         Self {
             backend,
             frontend,

@@ -10,9 +10,10 @@ use std::{
 };
 
 use loupe_tests::{
+    client::get,
     jaeger::{Jaeger, Span},
     postgres::Postgres,
-    procs::{Loupe, otlp_args},
+    procs::{DemoApp, Loupe, otlp_args},
     require_root, wait_until,
 };
 
@@ -146,4 +147,70 @@ fn psql_queries_become_normalized_database_spans_with_server_timing() {
     assert!(failed.is_error());
     assert_eq!(failed.str_tag("db.response.status_code"), Some("42P01"));
     assert_eq!(db.iter().filter(|s| s.is_error()).count(), 1);
+}
+
+#[test]
+fn queries_nest_under_the_http_request_that_ran_them() {
+    require_root();
+    let pg = Postgres::start();
+    pg.run_sql("postgres", "CREATE DATABASE shop");
+    pg.run_sql(
+        "shop",
+        "CREATE TABLE orders (id int, user_id int, total numeric); INSERT INTO orders VALUES (1, 7, 10), (2, 7, 20), (3, 7, 30), (4, 8, 40)",
+    );
+    let jaeger = Jaeger::start();
+    let database = format!("127.0.0.1:{}/shop", pg.port);
+    let demo = DemoApp::start_with(&["--database", &database]);
+    let loupe = Loupe::attach(&otlp_args(
+        demo.frontend_pid(),
+        &jaeger.grpc_endpoint(),
+        "e2e-pg-http",
+        &[],
+    ));
+    for path in ["/api/orders/7", "/api/orders/8", "/api/users/1"] {
+        assert_eq!(get(&demo.frontend_addr, path).status, 200, "{path}");
+    }
+    let finished = loupe.stop();
+    assert!(finished.status.success(), "{}", finished.stderr);
+
+    let spans = jaeger.wait_for_spans("e2e-pg-http", 5, |_| true);
+    let servers: Vec<&Span> = spans.iter().filter(|s| s.kind() == "server").collect();
+    assert_eq!(servers.len(), 3);
+    let db = db_spans(&spans);
+    assert_eq!(
+        db.len(),
+        2,
+        "{:#?}",
+        spans.iter().map(|s| &s.operation).collect::<Vec<_>>()
+    );
+    for (query, rows) in db.iter().zip([3, 1]) {
+        let parent = servers
+            .iter()
+            .find(|s| Some(&s.span_id) == query.parent.as_ref())
+            .expect("the query's parent is a server span");
+        assert_eq!(parent.operation, "GET /api/orders/{id}");
+        assert_eq!(parent.trace_id, query.trace_id);
+        assert!(query.start_us >= parent.start_us);
+        assert!(query.start_us + query.duration_us <= parent.start_us + parent.duration_us);
+        assert_eq!(query.operation, "SELECT orders");
+        assert_eq!(
+            query.str_tag("db.query.text"),
+            Some("SELECT id, total FROM orders WHERE user_id = $1")
+        );
+        assert_eq!(query.int_tag("db.response.returned_rows"), Some(rows));
+        assert_eq!(query.str_tag("db.namespace"), Some("shop"));
+    }
+    assert_ne!(
+        db[0].parent, db[1].parent,
+        "each query under its own request"
+    );
+    let users = servers
+        .iter()
+        .find(|s| s.operation == "GET /api/users/{id}")
+        .unwrap();
+    assert!(
+        !spans
+            .iter()
+            .any(|s| s.parent.as_ref() == Some(&users.span_id))
+    );
 }

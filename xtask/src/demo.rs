@@ -20,6 +20,7 @@ use crate::{
 };
 
 const ROUTES: &[&str] = &[
+    "/api/orders/7",
     "/api/users/42",
     "/api/users/7",
     "/api/checkout?user=42",
@@ -28,6 +29,7 @@ const ROUTES: &[&str] = &[
     "/api/work",
     "/api/missing",
     "/api/checkout?user=7",
+    "/api/orders/8",
     "/api/fail",
     "/api/slow",
     "/health",
@@ -39,10 +41,26 @@ pub fn run(with_jaeger: bool, duration: Duration) -> anyhow::Result<()> {
     let installed = setup::run()?;
     build::release()?;
 
+    println!("demo: starting a throwaway PostgreSQL for /api/orders");
+    let postgres = loupe_tests::postgres::Postgres::start();
+    postgres.run_sql("postgres", "CREATE DATABASE shop");
+    postgres.run_sql(
+        "shop",
+        "CREATE TABLE orders (id int, user_id int, total numeric); \
+         INSERT INTO orders SELECT g, 7 + g % 2, g * 10 FROM generate_series(1, 9) g",
+    );
+    let database = format!("127.0.0.1:{}/shop", postgres.port);
     let (_backend, backend_addr) = start_demo_app(&["backend", "--port", "0"])?;
     let backend_url = format!("http://{backend_addr}");
-    let (frontend, frontend_addr) =
-        start_demo_app(&["frontend", "--port", "0", "--backend", &backend_url])?;
+    let (frontend, frontend_addr) = start_demo_app(&[
+        "frontend",
+        "--port",
+        "0",
+        "--backend",
+        &backend_url,
+        "--database",
+        &database,
+    ])?;
     println!(
         "demo: frontend on {frontend_addr} (pid {}), backend on {backend_addr}",
         frontend.pid()

@@ -179,9 +179,20 @@ pub fn format_line_into(line: &mut String, span: &SpanRecord, end: SystemTime) {
             _ => {}
         }
     }
-    match span.attr("http.response.status_code") {
-        Some(AttrValue::Int(code)) => {
+    match (
+        span.attr("http.response.status_code"),
+        span.attr("db.response.status_code"),
+        span.attr("db.response.returned_rows")
+            .or(span.attr("loupe.db.affected_rows")),
+    ) {
+        (Some(AttrValue::Int(code)), _, _) => {
             let _ = write!(line, " {code} ");
+        }
+        (_, Some(AttrValue::Str(sqlstate)), _) => {
+            let _ = write!(line, " SQLSTATE {sqlstate} ");
+        }
+        (_, _, Some(AttrValue::Int(rows))) => {
+            let _ = write!(line, " {rows} rows ");
         }
         _ => line.push_str(" - "),
     }
@@ -272,6 +283,19 @@ mod tests {
             line.ends_with("GET /api/slow 200 1.20 s  SLOW (1.20x of 1000 ms)  ERROR"),
             "{line}"
         );
+    }
+
+    #[test]
+    fn query_line_shows_rows_or_sqlstate() {
+        let mut s = span(SpanKind::Client, "SELECT orders", 2);
+        s.attributes.clear();
+        s.set("db.response.returned_rows", 3i64);
+        assert_eq!(
+            format_line(&s, UNIX_EPOCH),
+            "00:00:00.000   call SELECT orders 3 rows 2.0 ms"
+        );
+        s.set("db.response.status_code", "42P01");
+        assert!(format_line(&s, UNIX_EPOCH).contains("SELECT orders SQLSTATE 42P01 2.0 ms"));
     }
 
     #[test]

@@ -3,6 +3,8 @@
 //! per connection, HTTP/1.1 keep-alive, Content-Length responses (chunked on /api/stream).
 //! Routes and timings are listed in docs/contracts.md.
 
+mod pg;
+
 use std::{
     hash::{BuildHasher, Hasher},
     io::{BufRead, BufReader, Read, Write},
@@ -35,7 +37,11 @@ impl Response {
 
 #[derive(Clone)]
 enum Role {
-    Frontend { backend: String },
+    Frontend {
+        backend: String,
+        /// `host:port/database` of a PostgreSQL reached with trust authentication.
+        database: Option<(String, String)>,
+    },
     Backend,
 }
 
@@ -56,6 +62,10 @@ fn main() {
                     .trim_start_matches("http://")
                     .trim_end_matches('/')
                     .to_owned(),
+                database: flag("--database").and_then(|spec| {
+                    let (addr, db) = spec.split_once('/')?;
+                    Some((addr.to_owned(), db.to_owned()))
+                }),
             },
             None => usage("frontend needs --backend http://127.0.0.1:PORT"),
         },
@@ -102,7 +112,9 @@ fn serve(stream: TcpStream, role: &Role, work_rounds: u64) {
             }
         };
         let response = match role {
-            Role::Frontend { backend } => frontend(&request, backend, work_rounds),
+            Role::Frontend { backend, database } => {
+                frontend(&request, backend, database.as_ref(), work_rounds)
+            }
             Role::Backend => backend_route(&request),
         };
         if write_response(&mut writer, &response, request.close).is_err() || request.close {
@@ -194,7 +206,12 @@ fn path_and_query(target: &str) -> (&str, &str) {
     target.split_once('?').unwrap_or((target, ""))
 }
 
-fn frontend(request: &Request, backend: &str, work_rounds: u64) -> Response {
+fn frontend(
+    request: &Request,
+    backend: &str,
+    database: Option<&(String, String)>,
+    work_rounds: u64,
+) -> Response {
     let (path, query) = path_and_query(&request.target);
     match (request.method.as_str(), path) {
         ("GET", "/health") => Response::new(200, "ok"),
@@ -222,6 +239,25 @@ fn frontend(request: &Request, backend: &str, work_rounds: u64) -> Response {
             201,
             format!(r#"{{"id":1001,"bytes":{}}}"#, request.body.len()),
         ),
+        ("GET", p) if p.starts_with("/api/orders/") => {
+            let user = &p["/api/orders/".len()..];
+            let Some((addr, db)) = database else {
+                return Response::new(503, r#"{"error":"no database configured"}"#);
+            };
+            if user.is_empty() || !user.bytes().all(|b| b.is_ascii_digit()) {
+                return Response::new(404, r#"{"error":"no such user"}"#);
+            }
+            let sql = format!("SELECT id, total FROM orders WHERE user_id = {user}");
+            match pg::simple_query(addr, db, &sql) {
+                Ok(pg::Outcome { rows, error: None }) => {
+                    Response::new(200, format!(r#"{{"user":{user},"orders":{rows}}}"#))
+                }
+                Ok(pg::Outcome {
+                    error: Some(code), ..
+                }) => Response::new(500, format!(r#"{{"sqlstate":"{code}"}}"#)),
+                Err(err) => Response::new(502, format!(r#"{{"database_error":"{err}"}}"#)),
+            }
+        }
         ("GET", p) if p.starts_with("/api/users/") => {
             let id = &p["/api/users/".len()..];
             if !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()) {
