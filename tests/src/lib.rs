@@ -27,6 +27,16 @@ pub fn binary(var: &str, name: &str) -> PathBuf {
         .unwrap_or_else(|| workspace_root().join("target/release").join(name))
 }
 
+/// The cache `cargo xtask setup` fills, outside the clone: `$LOUPE_CACHE`, else ~/.cache/loupe.
+pub fn cache_dir() -> PathBuf {
+    std::env::var_os("LOUPE_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
+                .join(".cache/loupe")
+        })
+}
+
 /// Fails the test unless it runs as root: these tests load eBPF programs.
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.

@@ -86,6 +86,51 @@ impl Drop for DemoApp {
     }
 }
 
+/// The Python shop (tests/apps/pg_shop.py) under the venv `cargo xtask setup` makes.
+pub struct PythonShop {
+    child: Child,
+    pub addr: String,
+}
+
+impl PythonShop {
+    pub fn start(dsn: &str) -> Self {
+        let python = crate::cache_dir().join("venv/bin/python");
+        assert!(
+            python.is_file(),
+            "no venv at {}: run `cargo xtask setup`",
+            python.display()
+        );
+        let script = crate::workspace_root().join("tests/apps/pg_shop.py");
+        let mut child = Command::new(python)
+            .arg(script)
+            .args(["--port", "0", "--dsn", dsn])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the Python shop");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("the shop says where it listens");
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("the shop said `{line}`"))
+            .to_owned();
+        Self { child, addr }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for PythonShop {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// nginx from Debian, unmodified, with a master and one worker, on a free loopback port.
 pub struct Nginx {
     child: Child,

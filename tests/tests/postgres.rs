@@ -13,7 +13,7 @@ use loupe_tests::{
     client::get,
     jaeger::{Jaeger, Span},
     postgres::Postgres,
-    procs::{DemoApp, Loupe, otlp_args},
+    procs::{DemoApp, Loupe, PythonShop, otlp_args},
     require_root, wait_until,
 };
 
@@ -213,4 +213,84 @@ fn queries_nest_under_the_http_request_that_ran_them() {
             .iter()
             .any(|s| s.parent.as_ref() == Some(&users.span_id))
     );
+}
+
+#[test]
+fn python_drivers_queries_appear_once_each_under_their_request() {
+    require_root();
+    let pg = Postgres::start();
+    pg.run_sql("postgres", "CREATE DATABASE shop");
+    pg.run_sql(
+        "shop",
+        "CREATE TABLE orders (id int, user_id int, total numeric); INSERT INTO orders VALUES (1, 7, 10), (2, 7, 20), (3, 7, 30), (4, 8, 40)",
+    );
+    let jaeger = Jaeger::start();
+    let shop = PythonShop::start(&pg.url("shop"));
+    let loupe = Loupe::attach(&otlp_args(
+        shop.pid(),
+        &jaeger.grpc_endpoint(),
+        "e2e-py",
+        &[],
+    ));
+    let drivers = ["psycopg2", "psycopg", "pg8000"];
+    for driver in drivers {
+        for user in [7, 8] {
+            let response = get(&shop.addr, &format!("/{driver}/{user}"));
+            assert_eq!(
+                response.status,
+                200,
+                "{driver}: {}",
+                String::from_utf8_lossy(&response.body)
+            );
+        }
+    }
+    let finished = loupe.stop();
+    assert!(finished.status.success(), "{}", finished.stderr);
+
+    let spans = jaeger.wait_for_spans("e2e-py", 12, |_| true);
+    let servers: Vec<&Span> = spans.iter().filter(|s| s.kind() == "server").collect();
+    assert_eq!(
+        servers.len(),
+        6,
+        "{:#?}",
+        spans.iter().map(|s| &s.operation).collect::<Vec<_>>()
+    );
+    let text = "SELECT id, total FROM orders WHERE user_id = $1";
+    for (i, server) in servers.iter().enumerate() {
+        let driver = drivers[i / 2];
+        assert_eq!(
+            server
+                .str_tag("url.path")
+                .map(|p| p.starts_with(&format!("/{driver}/"))),
+            Some(true)
+        );
+        let queries: Vec<&Span> = spans
+            .iter()
+            .filter(|s| {
+                s.parent.as_ref() == Some(&server.span_id)
+                    && s.str_tag("db.query.text") == Some(text)
+            })
+            .collect();
+        assert_eq!(
+            queries.len(),
+            1,
+            "{driver}: exactly one span for the query, under its request"
+        );
+        let query = queries[0];
+        assert_eq!(query.trace_id, server.trace_id);
+        assert!(query.start_us + query.duration_us <= server.start_us + server.duration_us);
+        assert_eq!(
+            query.int_tag("db.response.returned_rows"),
+            Some(if i % 2 == 0 { 3 } else { 1 }),
+            "{driver}"
+        );
+        assert_eq!(query.str_tag("db.namespace"), Some("shop"), "{driver}");
+    }
+    for span in &spans {
+        assert!(
+            span.parent.is_some() || span.kind() == "server",
+            "{} is not under a request",
+            span.operation
+        );
+    }
 }

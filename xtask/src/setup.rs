@@ -23,6 +23,13 @@ const APT_PACKAGES: &[&str] = &[
     "postgresql-15",
 ];
 
+/// The Python PostgreSQL clients the tests drive, pinned.
+const PYTHON_PACKAGES: &[&str] = &[
+    "psycopg2-binary==2.9.13",
+    "psycopg==3.3.9",
+    "pg8000==1.31.6",
+];
+
 /// What set-up leaves behind for later steps.
 pub struct Installed {
     pub jaeger: PathBuf,
@@ -32,8 +39,55 @@ pub fn run() -> anyhow::Result<Installed> {
     apt_packages()?;
     nightly()?;
     bpf_linker()?;
+    python_venv()?;
     let jaeger = jaeger()?;
     Ok(Installed { jaeger })
+}
+
+/// The cache outside the clone: `$LOUPE_CACHE`, else ~/.cache/loupe.
+pub fn cache_dir() -> PathBuf {
+    std::env::var_os("LOUPE_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+            Path::new(&home).join(".cache/loupe")
+        })
+}
+
+fn python_venv() -> anyhow::Result<()> {
+    let venv = cache_dir().join("venv");
+    let python = venv.join("bin/python");
+    let wanted: Vec<String> = PYTHON_PACKAGES
+        .iter()
+        .map(|p| p.to_ascii_lowercase())
+        .collect();
+    let frozen = Command::new(&python)
+        .args(["-m", "pip", "freeze"])
+        .output()
+        .map(|out| String::from_utf8_lossy(&out.stdout).to_ascii_lowercase())
+        .unwrap_or_default();
+    if wanted
+        .iter()
+        .all(|package| frozen.lines().any(|line| line == package))
+    {
+        step(
+            "Python venv (psycopg2-binary, psycopg, pg8000)",
+            "already installed",
+        );
+        return Ok(());
+    }
+    step(
+        "Python venv (psycopg2-binary, psycopg, pg8000)",
+        &format!("installing into {}", venv.display()),
+    );
+    if !python.is_file() {
+        run_checked(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    }
+    run_checked(
+        Command::new(&python)
+            .args(["-m", "pip", "install", "-q"])
+            .args(PYTHON_PACKAGES),
+    )
 }
 
 fn step(what: &str, state: &str) {
