@@ -79,6 +79,18 @@ pub fn run(duration: Duration) -> anyhow::Result<()> {
     drop(frontend);
     let _ = std::fs::remove_dir_all(&dir);
 
+    let postgres = loupe_tests::postgres::Postgres::start();
+    let url = postgres.url("postgres");
+    crate::procs::run_checked(
+        Command::new(PGBENCH)
+            .args(["-q", "-i", "-s", "1", &url])
+            .stdout(Stdio::null()),
+    )?;
+    let pg_none = pgbench(&url, seconds, Probe::Nothing)?;
+    let pg_floor = pgbench(&url, seconds, Probe::Floor)?;
+    let pg_loupe = pgbench(&url, seconds, Probe::Loupe)?;
+    drop(postgres);
+
     let ratio = |run: &Run| run.requests_per_sec / none.requests_per_sec;
     let work_ratio = work_loupe.requests_per_sec / work_none.requests_per_sec;
     println!("\n| target | setup | req/s | p99 | vs nothing | loupe CPU s | loupe peak RSS MiB |");
@@ -110,6 +122,29 @@ pub fn run(duration: Duration) -> anyhow::Result<()> {
         work_loupe.p99,
         work_rss as f64 / 1024.0
     );
+    let pg_ratio = |run: &PgRun| run.tps / pg_none.tps;
+    println!(
+        "| pgbench -S -c4 -j2 -T{seconds} (select-only, simple protocol) | nothing | {:.0} tps | | 1.000 | | |",
+        pg_none.tps
+    );
+    println!(
+        "| | floor probe (bpftrace, same tracepoints, empty) | {:.0} tps | | {:.3} | | |",
+        pg_floor.tps,
+        pg_ratio(&pg_floor)
+    );
+    println!(
+        "| | loupe | {:.0} tps | | {:.3} | {:.2} | {:.1} |",
+        pg_loupe.tps,
+        pg_ratio(&pg_loupe),
+        pg_loupe.loupe_cpu,
+        pg_loupe.loupe_rss as f64 / 1024.0
+    );
+    println!(
+        "\npgbench: floor costs {:.1}% and loupe {:.1}% (loupe - floor = {:.1} points)",
+        (1.0 - pg_ratio(&pg_floor)) * 100.0,
+        (1.0 - pg_ratio(&pg_loupe)) * 100.0,
+        (pg_ratio(&pg_floor) - pg_ratio(&pg_loupe)) * 100.0
+    );
     println!(
         "\nnginx: floor costs {:.1}% and loupe {:.1}% (loupe - floor = {:.1} points); the 1 ms route: loupe costs {:.1}%",
         (1.0 - ratio(&floor)) * 100.0,
@@ -118,6 +153,78 @@ pub fn run(duration: Duration) -> anyhow::Result<()> {
         (1.0 - work_ratio) * 100.0
     );
     Ok(())
+}
+
+const PGBENCH: &str = "/usr/lib/postgresql/15/bin/pgbench";
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Probe {
+    Nothing,
+    Floor,
+    Loupe,
+}
+
+struct PgRun {
+    tps: f64,
+    loupe_cpu: f64,
+    loupe_rss: u64,
+}
+
+/// pgbench select-only against `url`, started through `bash -c 'read; exec pgbench ...'` so the
+/// probe attaches to its pid before it sends a query.
+fn pgbench(url: &str, seconds: u64, probe: Probe) -> anyhow::Result<PgRun> {
+    let command = format!("read go; exec {PGBENCH} -n -S -c 4 -j 2 -T {seconds} '{url}'");
+    let mut child = Command::new("bash")
+        .args(["-c", &command])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("failed to start pgbench")?;
+    let pid = child.id();
+    let floor = match probe {
+        Probe::Floor => Some(floor_probe(pid)?),
+        _ => None,
+    };
+    let loupe = match probe {
+        Probe::Loupe => Some(Loupe::start(
+            &[
+                "--pid".to_owned(),
+                pid.to_string(),
+                "--summary-interval".into(),
+                "1h".into(),
+            ],
+            Stdio::null(),
+        )?),
+        _ => None,
+    };
+    {
+        use std::io::Write as _;
+        let mut stdin = child.stdin.take().context("no stdin")?;
+        writeln!(stdin, "go")?;
+    }
+    let mut usage = (0.0, 0);
+    if let Some(loupe) = &loupe {
+        // Sample near the end of the run: loupe's CPU and peak RSS while pgbench still runs.
+        std::thread::sleep(Duration::from_secs(seconds.saturating_sub(1)));
+        usage = loupe.usage();
+    }
+    let output = child.wait_with_output()?;
+    drop(floor);
+    if let Some(mut loupe) = loupe {
+        loupe.guard.interrupt(Duration::from_secs(30));
+    }
+    let text = String::from_utf8_lossy(&output.stdout);
+    let tps = text
+        .lines()
+        .find_map(|l| l.strip_prefix("tps = "))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .with_context(|| format!("no tps in pgbench output:\n{text}"))?;
+    Ok(PgRun {
+        tps,
+        loupe_cpu: usage.0,
+        loupe_rss: usage.1,
+    })
 }
 
 /// Runs `measure` with loupe attached to `pid`; returns its result, loupe's CPU seconds and
