@@ -64,6 +64,11 @@ pub struct Cli {
     #[arg(long, value_name = "BYTES", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(64..=4096), env = "LOUPE_CAPTURE_BYTES")]
     pub capture_bytes: u32,
 
+    /// Statement text bytes read from a libpq call (64..=4096); longer statements are marked
+    /// truncated (loupe.db.query_truncated).
+    #[arg(long, value_name = "BYTES", default_value_t = 2048, value_parser = clap::value_parser!(u32).range(64..=4096), env = "LOUPE_MAX_QUERY_BYTES")]
+    pub max_query_bytes: u32,
+
     /// Terminal view: how often to print the per-route table, e.g. 10s.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration, env = "LOUPE_SUMMARY_INTERVAL")]
     pub summary_interval: Duration,
@@ -107,6 +112,7 @@ pub struct Config {
     pub thresholds: Thresholds,
     pub duration: Option<Duration>,
     pub capture_bytes: u32,
+    pub max_query_bytes: u32,
     pub summary_interval: Duration,
 }
 
@@ -164,6 +170,7 @@ impl Cli {
             },
             duration: self.duration,
             capture_bytes: self.capture_bytes,
+            max_query_bytes: self.max_query_bytes,
             summary_interval: self.summary_interval,
         })
     }

@@ -6,7 +6,9 @@
 //! ebpf probes --RingBuf--> events::reader --bounded channel--> events::decode
 //!   --> spans::stitcher (protocols::http1 per connection) --> detect::slow
 //!   --bounded channel, drops counted--> export::{otlp, terminal}
-//! probes::upkeep: loss counters and exited targets, once a second
+//! libpq uprobes --RingBuf--> (same path) --> spans::stitcher (libpq::LibpqTracker, merged
+//!   with the wire protocol's view of the same query)
+//! probes::upkeep: loss counters, exited targets, newly loaded libraries, once a second
 //! ```
 //!
 //! `run` wires the stages together, waits for a signal or `--duration`, then stops them in flow
@@ -16,6 +18,7 @@ pub mod config;
 pub mod detect;
 pub mod events;
 pub mod export;
+pub mod libpq;
 pub mod preflight;
 pub mod probes;
 pub mod process;
@@ -86,6 +89,7 @@ pub async fn run(config: Config) -> Result<Arc<Counters>, RunError> {
     let targets = process::expand_targets(&config.pids);
     let probe_config = ProbeConfig {
         capture_bytes: config.capture_bytes,
+        query_bytes: config.max_query_bytes,
         wakeup_bytes: WAKEUP_BYTES,
     };
     let probes = probes::load_and_attach(&probe_config, &targets)?;
@@ -101,6 +105,9 @@ pub async fn run(config: Config) -> Result<Arc<Counters>, RunError> {
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let logger = spawn_kernel_logger(&mut ebpf, stop_rx.clone());
+    let mut libraries = probes::LibraryProbes::new();
+    let pids: Vec<u32> = targets.iter().map(|target| target.pid).collect();
+    probes::upkeep::report(&libraries.scan(&mut ebpf, &pids));
 
     let mut stitcher = Stitcher::new(StitcherLimits::default(), counters.clone());
     for (pid, socket) in existing {
@@ -129,7 +136,10 @@ pub async fn run(config: Config) -> Result<Arc<Counters>, RunError> {
         counters.clone(),
         config.summary_interval,
     ));
+    let uprobes = libraries.probe_count();
     let upkeep = Upkeep {
+        ebpf,
+        libraries,
         targets: target_map,
         sockets,
         loss,
@@ -137,8 +147,9 @@ pub async fn run(config: Config) -> Result<Arc<Counters>, RunError> {
     let mut upkeep = tokio::spawn(upkeep.run(counters.clone(), stop_rx.clone()));
 
     eprintln!(
-        "loupe: attached to {} process(es) with {attached} probes",
-        targets.len()
+        "loupe: attached to {} process(es) with {} probes",
+        targets.len(),
+        attached + uprobes
     );
 
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -174,7 +185,6 @@ pub async fn run(config: Config) -> Result<Arc<Counters>, RunError> {
     if let Some(logger) = logger {
         let _ = logger.await;
     }
-    drop(ebpf);
     Ok(counters)
 }
 

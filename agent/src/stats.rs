@@ -23,6 +23,8 @@ pub struct Counters {
     pub connections_dropped: AtomicU64,
     /// HTTP requests that got no response before their connection closed.
     pub unanswered_requests: AtomicU64,
+    /// libpq queries whose end went unseen (a lost return, a process gone mid-query).
+    pub queries_abandoned: AtomicU64,
 }
 
 impl Counters {

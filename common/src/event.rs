@@ -23,6 +23,10 @@ pub enum EventKind {
     Fork = 4,
     /// A tracked socket's fd was duplicated (dup, dup2, dup3, fcntl F_DUPFD): [`DupEvent`].
     Dup = 5,
+    /// A target thread entered a libpq query function: [`crate::LibpqCallEvent`].
+    LibpqCall = 6,
+    /// A libpq query function or PQgetResult returned: [`crate::LibpqResultEvent`].
+    LibpqResult = 7,
 }
 
 impl TryFrom<u32> for EventKind {
@@ -34,6 +38,8 @@ impl TryFrom<u32> for EventKind {
             3 => Ok(Self::Close),
             4 => Ok(Self::Fork),
             5 => Ok(Self::Dup),
+            6 => Ok(Self::LibpqCall),
+            7 => Ok(Self::LibpqResult),
             other => Err(other),
         }
     }

@@ -8,8 +8,10 @@
 #![no_std]
 
 pub mod event;
+pub mod libpq;
 pub mod maps;
 pub mod names;
 
 pub use event::*;
+pub use libpq::*;
 pub use maps::*;

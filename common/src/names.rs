@@ -124,3 +124,10 @@ pub const TRACEPOINT_PROGRAMS: &[TracepointProgram] = &[
         tracepoints: &[("sched", "sched_process_fork")],
     },
 ];
+
+/// Uprobe program on entry to every probed libpq function (the attach cookie says which).
+pub const PROGRAM_LIBPQ_ENTER: &str = "libpq_enter";
+/// Uretprobe program on the libpq functions that return a `PGresult`.
+pub const PROGRAM_LIBPQ_RETURN: &str = "libpq_return";
+/// Global: statement text bytes to read per libpq call (clamped to `LIBPQ_MAX_TEXT`).
+pub const GLOBAL_QUERY_BYTES: &str = "QUERY_BYTES";

@@ -9,6 +9,10 @@ static CAPTURE_BYTES: u32 = 1024;
 #[unsafe(no_mangle)]
 static WAKEUP_BYTES: u64 = 256 * 1024;
 
+/// Statement text bytes read per libpq call; clamped to `LIBPQ_MAX_TEXT` where used.
+#[unsafe(no_mangle)]
+static QUERY_BYTES: u32 = 2048;
+
 /// Offset of `child_pid` in the `sched_process_fork` record: it moved between kernel versions,
 /// so userspace reads it from the tracepoint's format file.
 #[unsafe(no_mangle)]
@@ -28,4 +32,9 @@ pub fn wakeup_bytes() -> u64 {
 pub fn fork_child_pid_offset() -> u32 {
     // SAFETY: a plain read of a 4-byte static.
     unsafe { core::ptr::read_volatile(&FORK_CHILD_PID_OFFSET) }
+}
+
+pub fn query_bytes() -> u32 {
+    // SAFETY: a plain read of a 4-byte static.
+    unsafe { core::ptr::read_volatile(&QUERY_BYTES) }
 }

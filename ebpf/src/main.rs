@@ -4,7 +4,8 @@
 //! socket, read/write and friends copy the first bytes they move into the `EVENTS` ring buffer,
 //! close forgets the socket, and a fork of a target makes its child a target too. Every program
 //! looks its key up in a map that only holds target processes before doing anything else, so an
-//! untargeted process pays one hash lookup per syscall and nothing more.
+//! untargeted process pays one hash lookup per syscall and nothing more. libpq uprobes, attached
+//! per target process, report each query call and the result it got back.
 #![no_std]
 #![no_main]
 
@@ -13,9 +14,13 @@ mod conn;
 mod data;
 mod emit;
 mod fork;
+mod libpq;
 mod maps;
 
-use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{
+    macros::{tracepoint, uprobe, uretprobe},
+    programs::{ProbeContext, RetProbeContext, TracePointContext},
+};
 
 /// Runs a `try_` body and turns its result into the tracepoint's return value. Errors are already
 /// counted where they happen; a tracepoint's return value is ignored by the kernel.
@@ -108,6 +113,16 @@ pub fn exit_dup(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn process_fork(ctx: TracePointContext) -> u32 {
     finish(fork::try_process_fork(&ctx))
+}
+
+#[uprobe]
+pub fn libpq_enter(ctx: ProbeContext) -> u32 {
+    finish(libpq::try_enter(&ctx))
+}
+
+#[uretprobe]
+pub fn libpq_return(ctx: RetProbeContext) -> u32 {
+    finish(libpq::try_return(&ctx))
 }
 
 #[cfg(not(test))]

@@ -27,6 +27,11 @@ pub static SOCKETS: HashMap<u64, SocketInfo> = HashMap::with_max_entries(65536, 
 #[map]
 pub static IN_FLIGHT: HashMap<u64, InFlight> = HashMap::with_max_entries(16384, 0);
 
+/// The `PGconn *` a thread passed to PQgetResult, keyed by pid_tgid: the entry probe writes, the
+/// return probe reads and deletes. Kernel only.
+#[map]
+pub static LIBPQ_CONN: HashMap<u64, u64> = HashMap::with_max_entries(16384, 0);
+
 /// Per-CPU loss counters, indexed by `LossSlot`. Kernel increments; userspace sums and shows.
 #[map]
 pub static LOSS: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOSS_SLOTS, 0);

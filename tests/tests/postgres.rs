@@ -285,7 +285,21 @@ fn python_drivers_queries_appear_once_each_under_their_request() {
             "{driver}"
         );
         assert_eq!(query.str_tag("db.namespace"), Some("shop"), "{driver}");
+        // psycopg2-binary's bundled libpq and the system one psycopg loads were both probed,
+        // and each query they ran is one span with both views merged.
+        let source = if driver == "pg8000" {
+            "wire"
+        } else {
+            "libpq+wire"
+        };
+        assert_eq!(query.str_tag("loupe.db.source"), Some(source), "{driver}");
     }
+    assert!(
+        finished.stderr.contains("psycopg2_binary.libs/libpq")
+            && finished.stderr.contains("/libpq.so.5"),
+        "both libpq files are probed:\n{}",
+        finished.stderr
+    );
     for span in &spans {
         assert!(
             span.parent.is_some() || span.kind() == "server",

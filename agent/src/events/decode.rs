@@ -6,7 +6,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use bytes::Bytes;
 use loupe_common::{
     CloseEvent, ConnEvent, DATA_EVENT_HEADER_LEN, DataEvent, Direction, DupEvent, EventHeader,
-    EventKind, ForkEvent, SocketRole,
+    EventKind, ForkEvent, LIBPQ_CALL_HEADER_LEN, LIBPQ_HAS_RESULT, LibpqCallEvent, LibpqFunction,
+    LibpqResultEvent, SocketRole, libpq_probe,
 };
 
 /// Bytes moved by one syscall on a tracked socket.
@@ -40,6 +41,48 @@ pub struct ConnRecord {
     pub peer: Option<SocketAddr>,
 }
 
+/// A target thread entered a probed libpq function.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LibpqCallRecord {
+    pub pid: u32,
+    pub tid: u32,
+    /// ns since boot (CLOCK_MONOTONIC).
+    pub ts_ns: u64,
+    /// The `PGconn *`: a connection's identity within its process.
+    pub pg_conn: u64,
+    pub function: LibpqFunction,
+    /// The statement text, for the functions that take one (literals included).
+    pub text: Option<String>,
+    pub text_truncated: bool,
+    /// The prepared statement's name, for the functions that take one ("" is the unnamed one).
+    pub name: Option<String>,
+}
+
+/// What a returned `PGresult` said.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PgResultInfo {
+    /// An `ExecStatusType`.
+    pub status: u32,
+    pub ntuples: u32,
+    pub sqlstate: Option<String>,
+    /// The command tag, e.g. "SELECT 3", "INSERT 0 1".
+    pub cmd_status: String,
+}
+
+/// A probed libpq function returned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LibpqResultRecord {
+    pub pid: u32,
+    pub tid: u32,
+    /// ns since boot (CLOCK_MONOTONIC).
+    pub ts_ns: u64,
+    /// The `PGconn *` (0 where unknown).
+    pub pg_conn: u64,
+    pub function: LibpqFunction,
+    /// None where the function returned NULL.
+    pub result: Option<PgResultInfo>,
+}
+
 /// A decoded record.
 #[derive(Clone, Debug)]
 pub enum Event {
@@ -62,6 +105,8 @@ pub enum Event {
         parent: u32,
         child: u32,
     },
+    LibpqCall(LibpqCallRecord),
+    LibpqResult(LibpqResultRecord),
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -74,6 +119,8 @@ pub enum DecodeError {
     Direction(u32),
     #[error("unknown socket role {0}")]
     Role(u32),
+    #[error("unknown libpq function {0}")]
+    LibpqFunction(u32),
     #[error("captured length {captured} exceeds the record ({room} bytes) or the total ({total})")]
     Captured {
         captured: usize,
@@ -142,7 +189,65 @@ pub fn decode(record: &Bytes) -> Result<Event, DecodeError> {
                 child: event.child_pid,
             })
         }
+        EventKind::LibpqCall => decode_libpq_call(record, header),
+        EventKind::LibpqResult => {
+            let event: LibpqResultEvent = read(record)?;
+            let function =
+                LibpqFunction::try_from(event.function).map_err(DecodeError::LibpqFunction)?;
+            let result = (event.flags & LIBPQ_HAS_RESULT != 0).then(|| PgResultInfo {
+                status: event.status,
+                ntuples: event.ntuples,
+                sqlstate: Some(c_string(&event.sqlstate)).filter(|code| code.len() == 5),
+                cmd_status: c_string(&event.cmd_status),
+            });
+            Ok(Event::LibpqResult(LibpqResultRecord {
+                pid: header.pid,
+                tid: header.tid,
+                ts_ns: event.ts_ns,
+                pg_conn: event.pg_conn,
+                function,
+                result,
+            }))
+        }
     }
+}
+
+fn decode_libpq_call(record: &Bytes, header: EventHeader) -> Result<Event, DecodeError> {
+    let event: LibpqCallEvent<0> = read(record)?;
+    let function = LibpqFunction::try_from(event.function).map_err(DecodeError::LibpqFunction)?;
+    let probe = libpq_probe(function).ok_or(DecodeError::LibpqFunction(event.function))?;
+    let room = record.len() - LIBPQ_CALL_HEADER_LEN;
+    let text_len = event.text_len as usize;
+    if text_len > room || event.name_len as usize > event.name.len() {
+        return Err(DecodeError::Captured {
+            captured: text_len,
+            room,
+            total: event.text_len,
+        });
+    }
+    let text = probe.text_arg.map(|_| {
+        let bytes = &record[LIBPQ_CALL_HEADER_LEN..LIBPQ_CALL_HEADER_LEN + text_len];
+        String::from_utf8_lossy(bytes).into_owned()
+    });
+    let name = probe
+        .name_arg
+        .map(|_| String::from_utf8_lossy(&event.name[..event.name_len as usize]).into_owned());
+    Ok(Event::LibpqCall(LibpqCallRecord {
+        pid: header.pid,
+        tid: header.tid,
+        ts_ns: event.ts_ns,
+        pg_conn: event.pg_conn,
+        function,
+        text,
+        text_truncated: event.text_truncated != 0,
+        name,
+    }))
+}
+
+/// The bytes before the first NUL, as text.
+fn c_string(bytes: &[u8]) -> String {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
 }
 
 fn decode_data(record: &Bytes, header: EventHeader) -> Result<Event, DecodeError> {

@@ -4,5 +4,8 @@
 pub mod decode;
 pub mod reader;
 
-pub use decode::{ConnRecord, DataRecord, DecodeError, Event, decode};
+pub use decode::{
+    ConnRecord, DataRecord, DecodeError, Event, LibpqCallRecord, LibpqResultRecord, PgResultInfo,
+    decode,
+};
 pub use reader::Batch;

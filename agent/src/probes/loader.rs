@@ -9,8 +9,8 @@ use aya::{
 use loupe_common::{
     SocketInfo, SocketKey, TargetInfo,
     names::{
-        GLOBAL_CAPTURE_BYTES, GLOBAL_WAKEUP_BYTES, MAP_EVENTS, MAP_LOSS, MAP_SOCKETS,
-        MAP_TARGET_PIDS, TRACEPOINT_PROGRAMS,
+        GLOBAL_CAPTURE_BYTES, GLOBAL_QUERY_BYTES, GLOBAL_WAKEUP_BYTES, MAP_EVENTS, MAP_LOSS,
+        MAP_SOCKETS, MAP_TARGET_PIDS, TRACEPOINT_PROGRAMS,
     },
 };
 
@@ -28,6 +28,8 @@ const GLOBAL_FORK_CHILD_PID_OFFSET: &str = "FORK_CHILD_PID_OFFSET";
 #[derive(Clone, Debug)]
 pub struct ProbeConfig {
     pub capture_bytes: u32,
+    /// Statement text bytes read per libpq call.
+    pub query_bytes: u32,
     /// Unread ring buffer bytes above which the kernel wakes the reader.
     pub wakeup_bytes: u64,
 }
@@ -63,6 +65,7 @@ pub fn load_and_attach(config: &ProbeConfig, targets: &[Target]) -> Result<Probe
     let mut ebpf = EbpfLoader::new()
         .override_global(GLOBAL_CAPTURE_BYTES, &config.capture_bytes, true)
         .override_global(GLOBAL_WAKEUP_BYTES, &config.wakeup_bytes, true)
+        .override_global(GLOBAL_QUERY_BYTES, &config.query_bytes, true)
         .override_global(GLOBAL_FORK_CHILD_PID_OFFSET, &fork_offset, true)
         .load(EBPF_OBJECT)
         .map_err(|err| ProbeError::Load(Box::new(err)))?;

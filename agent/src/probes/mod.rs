@@ -1,10 +1,12 @@
 //! Loading the eBPF object, attaching its programs and handing out its maps: the only module that
 //! talks to aya's program API.
 
+pub mod libraries;
 pub mod loader;
 pub mod loss;
 pub mod upkeep;
 
+pub use libraries::{LibraryNews, LibraryProbes};
 pub use loader::{ProbeConfig, Probes, load_and_attach};
 pub use loss::LossCounters;
 pub use upkeep::Upkeep;

@@ -1,16 +1,23 @@
-//! Upkeep of the kernel maps while loupe runs: polls the loss counters, and forgets targets that
-//! exited (and their sockets), including the thread ids the fork program adds by mistake.
+//! Upkeep of the kernel side while loupe runs: polls the loss counters, forgets targets that
+//! exited (and their sockets), including the thread ids the fork program adds by mistake, and
+//! probes libraries the targets loaded since the last look. It owns the loaded object: when it
+//! ends, every program is detached.
 
 use std::{sync::Arc, time::Duration};
 
-use aya::maps::{HashMap, MapData, PerCpuArray};
+use aya::{
+    Ebpf,
+    maps::{HashMap, MapData, PerCpuArray},
+};
 use loupe_common::{SocketInfo, SocketKey, TargetInfo};
 use tokio::sync::watch;
 
-use super::LossCounters;
+use super::{LibraryNews, LibraryProbes, LossCounters};
 use crate::{process::is_live_process, stats::Counters};
 
 pub struct Upkeep {
+    pub ebpf: Ebpf,
+    pub libraries: LibraryProbes,
     pub targets: HashMap<MapData, u32, TargetInfo>,
     pub sockets: HashMap<MapData, u64, SocketInfo>,
     pub loss: PerCpuArray<MapData, u64>,
@@ -31,9 +38,12 @@ impl Upkeep {
                 }
             }
             self.poll_loss(&counters);
-            if self.forget_dead() == 0 {
+            let live = self.forget_dead();
+            if live.is_empty() {
                 return true;
             }
+            let news = self.libraries.scan(&mut self.ebpf, &live);
+            report(&news);
         }
     }
 
@@ -44,8 +54,8 @@ impl Upkeep {
             .store(loss.events_lost(), std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// Removes targets that are not live processes; returns how many targets remain.
-    fn forget_dead(&mut self) -> usize {
+    /// Removes targets that are not live processes; returns those that remain.
+    fn forget_dead(&mut self) -> Vec<u32> {
         let pids: Vec<u32> = self.targets.keys().flatten().collect();
         let dead: Vec<u32> = pids
             .iter()
@@ -67,6 +77,20 @@ impl Upkeep {
             }
             tracing::debug!("forgot {} exited targets", dead.len());
         }
-        pids.len() - dead.len()
+        pids.into_iter().filter(|pid| !dead.contains(pid)).collect()
+    }
+}
+
+/// Tells the user about libraries probed or not: one line each on stderr.
+pub fn report(news: &[LibraryNews]) {
+    for item in news {
+        match item {
+            LibraryNews::Attached { pid, path, probes } => {
+                eprintln!("loupe: probing {path} in pid {pid} ({probes} uprobes)");
+            }
+            LibraryNews::Failed { pid, path, reason } => {
+                eprintln!("loupe: warning: cannot probe {path} in pid {pid}: {reason}");
+            }
+        }
     }
 }

@@ -1,8 +1,10 @@
 //! The observed processes: which they are (the named PIDs and their descendants), what they are
 //! called, and which sockets they already had open when loupe attached.
 
+pub mod libraries;
 pub mod sockets;
 pub mod targets;
 
+pub use libraries::{MappedLibrary, mapped_libraries};
 pub use sockets::{ExistingSocket, SocketAddrs, existing_sockets, socket_addrs};
 pub use targets::{ProcessInfo, Target, expand_targets, is_live_process};

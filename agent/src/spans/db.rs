@@ -1,18 +1,102 @@
 //! PostgreSQL queries to CLIENT spans with OTel database semantic conventions. The statement is
 //! exported only normalized: literals never leave loupe. Error messages are not exported either
 //! (they quote data); the SQLSTATE is.
+//!
+//! A query can be seen by the wire parser, by the libpq uprobes, or both: [`QueryFacts`] is what
+//! the sources agreed on, built by [`QueryFacts::from_wire`] and [`QueryFacts::merged`].
 
 use super::{
     http::{Actor, Endpoints, SpanIds},
     model::{OpType, SpanKind, SpanRecord},
 };
-use crate::{protocols::postgres::QueryDone, sql::Statement};
+use crate::{libpq::LibpqQuery, protocols::postgres::QueryDone, sql::Statement};
 
-/// A CLIENT span for one query.
+/// Which probes saw a query (`loupe.db.source`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QuerySource {
+    Wire,
+    Libpq,
+    LibpqAndWire,
+}
+
+impl QuerySource {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Wire => "wire",
+            Self::Libpq => "libpq",
+            Self::LibpqAndWire => "libpq+wire",
+        }
+    }
+}
+
+/// Everything known about one query.
+#[derive(Clone, Debug)]
+pub struct QueryFacts<'a> {
+    /// The statement as sent (literals included): only its normalized form is exported.
+    pub text: Option<&'a str>,
+    pub text_truncated: bool,
+    pub statement_name: Option<&'a str>,
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub rows: Option<u64>,
+    pub failed: bool,
+    pub sqlstate: Option<&'a str>,
+    pub database: Option<&'a str>,
+    pub source: QuerySource,
+}
+
+impl<'a> QueryFacts<'a> {
+    pub fn from_wire(query: &'a QueryDone) -> Self {
+        Self {
+            text: Some(query.text.as_str()).filter(|t| !t.is_empty()),
+            text_truncated: query.text_truncated,
+            statement_name: None,
+            start_ns: query.start.enter_ns,
+            end_ns: query.end.exit_ns,
+            rows: query.rows,
+            failed: query.sqlstate.is_some(),
+            sqlstate: query.sqlstate.as_deref(),
+            database: query.database.as_deref(),
+            source: QuerySource::Wire,
+        }
+    }
+
+    /// libpq's view, completed by the wire's where it saw the same query: libpq knows the whole
+    /// statement and what the application waited; the wire knows the database and the tag.
+    pub fn merged(libpq: &'a LibpqQuery, wire: Option<&'a QueryDone>) -> Self {
+        let (text, text_truncated) = match (&libpq.text, wire) {
+            (Some(text), _) => (Some(text.as_str()), libpq.text_truncated),
+            (None, Some(wire)) => (
+                Some(wire.text.as_str()).filter(|t| !t.is_empty()),
+                wire.text_truncated,
+            ),
+            (None, None) => (None, false),
+        };
+        let wire_sqlstate = wire.and_then(|w| w.sqlstate.as_deref());
+        Self {
+            text,
+            text_truncated,
+            statement_name: libpq.statement_name.as_deref(),
+            start_ns: libpq.start_ns,
+            end_ns: libpq.end_ns,
+            rows: wire.and_then(|w| w.rows).or(libpq.rows),
+            failed: libpq.failed || wire_sqlstate.is_some(),
+            sqlstate: libpq.sqlstate.as_deref().or(wire_sqlstate),
+            database: wire.and_then(|w| w.database.as_deref()),
+            source: if wire.is_some() {
+                QuerySource::LibpqAndWire
+            } else {
+                QuerySource::Libpq
+            },
+        }
+    }
+}
+
+/// A CLIENT span for one query. `ends` is the connection it went over, where known.
 pub fn query_span(
-    query: &QueryDone,
+    facts: &QueryFacts<'_>,
     statement: &Statement,
-    ends: &Endpoints,
+    ends: Option<&Endpoints>,
     ids: SpanIds,
     actor: Actor,
 ) -> SpanRecord {
@@ -28,44 +112,54 @@ pub fn query_span(
         kind: SpanKind::Client,
         op: OpType::DbClient,
         name,
-        start_ns: query.start.enter_ns,
-        end_ns: query.end.exit_ns.max(query.start.enter_ns),
-        attributes: Vec::with_capacity(14),
+        start_ns: facts.start_ns,
+        end_ns: facts.end_ns.max(facts.start_ns),
+        attributes: Vec::with_capacity(16),
         error: None,
         pid: actor.pid,
         tid: actor.tid,
     };
     span.set("db.system.name", "postgresql");
-    span.set("db.query.text", statement.normalized.clone());
-    span.set("loupe.db.fingerprint", statement.fingerprint.clone());
+    if facts.text.is_some() {
+        span.set("db.query.text", statement.normalized.clone());
+        span.set("loupe.db.fingerprint", statement.fingerprint.clone());
+    }
+    span.set("loupe.db.source", facts.source.as_str());
     if let Some(operation) = &statement.operation {
         span.set("db.operation.name", operation.clone());
     }
     if let Some(table) = &statement.table {
         span.set("db.collection.name", table.clone());
     }
-    if let Some(database) = &query.database {
-        span.set("db.namespace", database.clone());
+    if let Some(name) = facts.statement_name {
+        span.set("loupe.db.statement_name", name.to_owned());
     }
-    if let Some(rows) = query.rows {
+    if let Some(database) = facts.database {
+        span.set("db.namespace", database.to_owned());
+    }
+    if let Some(rows) = facts.rows {
         let key = match statement.operation.as_deref() {
             Some("INSERT" | "UPDATE" | "DELETE" | "MERGE") => "loupe.db.affected_rows",
             _ => "db.response.returned_rows",
         };
         span.set(key, rows as i64);
     }
-    if query.text_truncated {
+    if facts.text_truncated {
         span.set("loupe.db.query_truncated", true);
     }
-    if let (Some(peer), Some(ip)) = (ends.peer, ends.peer_ip()) {
+    if let Some(ends) = ends
+        && let (Some(peer), Some(ip)) = (ends.peer, ends.peer_ip())
+    {
         span.set("server.address", ip.clone());
         span.set("server.port", i64::from(peer.port()));
         span.set("network.peer.address", ip);
         span.set("network.peer.port", i64::from(peer.port()));
     }
-    if let Some(code) = &query.sqlstate {
-        span.set("db.response.status_code", code.clone());
+    if let Some(code) = facts.sqlstate {
+        span.set("db.response.status_code", code.to_owned());
         span.error = Some(format!("SQLSTATE {code}"));
+    } else if facts.failed {
+        span.error = Some("query failed".to_owned());
     }
     span
 }

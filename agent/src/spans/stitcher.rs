@@ -11,13 +11,14 @@ use std::{collections::HashMap, net::SocketAddr, sync::Arc};
 use loupe_common::{Direction, SocketRole};
 
 use super::{
-    db::query_span,
+    db::{QueryFacts, query_span},
     http::{Actor, Endpoints, SpanIds, client_span, server_span, split_host},
     ids::{new_span_id, new_trace_id, parse_traceparent},
     model::SpanRecord,
 };
 use crate::{
     events::{ConnRecord, DataRecord, Event},
+    libpq::{LibpqEvent, LibpqQuery, LibpqTracker},
     process::{SocketAddrs, socket_addrs},
     protocols::{
         Chunk, Flow,
@@ -86,6 +87,15 @@ struct Conn {
 struct Pending {
     ids: SpanIds,
     tid: u32,
+    /// The libpq query this wire query is (PostgreSQL only): its span is libpq's.
+    libpq: Option<u64>,
+}
+
+/// A query the libpq probes saw start and not yet finish.
+struct LibpqOpen {
+    ids: SpanIds,
+    /// The same query as the wire saw it, once it finished there, and its connection.
+    wire: Option<(postgres::QueryDone, ConnKey)>,
 }
 
 /// A server request a thread is serving: head read, response not started.
@@ -109,6 +119,15 @@ pub struct Stitcher {
     /// Normalized statements, memoized: the parser is the costly part of a query span.
     statements: StatementCache,
     lookups: LookupBudget,
+    libpq: LibpqTracker,
+    libpq_scratch: Vec<LibpqEvent>,
+    /// libpq queries started and not finished, by tracker id.
+    libpq_open: HashMap<u64, LibpqOpen>,
+    /// Per (pid, tid): the libpq query sent whose bytes the wire has not shown yet.
+    libpq_unwired: HashMap<(u32, u32), u64>,
+    /// Per (pid, tid): the PostgreSQL connection the thread last moved bytes on, for the server
+    /// address of a query only libpq could read (TLS).
+    pg_conn_of_thread: HashMap<(u32, u32), ConnKey>,
 }
 
 /// At most `PER_SECOND` /proc address look-ups per second of event time.
@@ -142,6 +161,11 @@ impl Stitcher {
             pg_scratch: Vec::new(),
             statements: StatementCache::new(4096),
             lookups: LookupBudget { second: 0, used: 0 },
+            libpq: LibpqTracker::new(),
+            libpq_scratch: Vec::new(),
+            libpq_open: HashMap::new(),
+            libpq_unwired: HashMap::new(),
+            pg_conn_of_thread: HashMap::new(),
         }
     }
 
@@ -176,7 +200,69 @@ impl Stitcher {
                 }
             }
             Event::Fork { .. } => {}
+            Event::LibpqCall(call) => {
+                let mut events = std::mem::take(&mut self.libpq_scratch);
+                self.libpq.on_call(call, &mut events);
+                self.dispatch_libpq(&mut events, out);
+                self.libpq_scratch = events;
+            }
+            Event::LibpqResult(ret) => {
+                let mut events = std::mem::take(&mut self.libpq_scratch);
+                self.libpq.on_result(ret, &mut events);
+                self.dispatch_libpq(&mut events, out);
+                self.libpq_scratch = events;
+            }
         }
+    }
+
+    /// Acts on what the libpq tracker reported. A libpq query gets its span ids when it starts;
+    /// the wire query its thread starts next is the same query and shares them.
+    fn dispatch_libpq(&mut self, events: &mut Vec<LibpqEvent>, out: &mut Vec<SpanRecord>) {
+        for event in events.drain(..) {
+            match event {
+                LibpqEvent::Started { id, pid, tid } => {
+                    let ids = self.client_ids(pid, tid);
+                    self.libpq_open.insert(id, LibpqOpen { ids, wire: None });
+                    self.libpq_unwired.insert((pid, tid), id);
+                }
+                LibpqEvent::Done(query) => self.libpq_done(query, out),
+                LibpqEvent::Abandoned { id } => {
+                    self.libpq_open.remove(&id);
+                    self.libpq_unwired.retain(|_, open| *open != id);
+                    Counters::add(&self.counters.queries_abandoned, 1);
+                }
+            }
+        }
+    }
+
+    fn libpq_done(&mut self, query: LibpqQuery, out: &mut Vec<SpanRecord>) {
+        let thread = (query.pid, query.tid);
+        if self.libpq_unwired.get(&thread) == Some(&query.id) {
+            self.libpq_unwired.remove(&thread);
+        }
+        let open = self.libpq_open.remove(&query.id);
+        let ids = match &open {
+            Some(open) => open.ids,
+            None => self.client_ids(query.pid, query.tid),
+        };
+        let wire = open.and_then(|open| open.wire);
+        let conn_key = wire
+            .as_ref()
+            .map(|(_, key)| *key)
+            .or_else(|| self.pg_conn_of_thread.get(&thread).copied());
+        let facts = QueryFacts::merged(&query, wire.as_ref().map(|(done, _)| done));
+        let statement = match facts.text {
+            Some(text) => self.statements.analyze(text),
+            None => crate::sql::Statement::default(),
+        };
+        let ends = conn_key
+            .and_then(|key| self.conns.get(&key))
+            .map(|conn| &conn.ends);
+        let actor = Actor {
+            pid: query.pid,
+            tid: query.tid,
+        };
+        out.push(query_span(&facts, &statement, ends, ids, actor));
     }
 
     /// Periodic upkeep: finishes idle unframed responses and forgets idle connections.
@@ -339,6 +425,10 @@ impl Stitcher {
                 self.dispatch(key, Some(data.tid), out);
             }
             Protocol::Postgres(conversation) => {
+                if self.pg_conn_of_thread.len() >= self.limits.max_connections {
+                    self.pg_conn_of_thread.clear();
+                }
+                self.pg_conn_of_thread.insert((data.pid, data.tid), key);
                 let mut events = std::mem::take(&mut self.pg_scratch);
                 conversation.push(chunk, &mut events);
                 self.dispatch_pg(key, Some(data.tid), &mut events, out);
@@ -360,7 +450,24 @@ impl Stitcher {
         for event in events.drain(..) {
             match event {
                 PgEvent::Started { seq } => {
-                    self.request_started(key, seq, tid.unwrap_or(0), None);
+                    let tid = tid.unwrap_or(0);
+                    let libpq = self
+                        .libpq_unwired
+                        .remove(&(key.0, tid))
+                        .and_then(|id| Some((id, self.libpq_open.get(&id)?.ids)));
+                    match libpq {
+                        Some((id, ids)) => {
+                            if let Some(conn) = self.conns.get_mut(&key) {
+                                let pending = Pending {
+                                    ids,
+                                    tid,
+                                    libpq: Some(id),
+                                };
+                                conn.pending.insert(seq, pending);
+                            }
+                        }
+                        None => self.request_started(key, seq, tid, None),
+                    }
                 }
                 PgEvent::Done(query) => {
                     let Some(conn) = self.conns.get_mut(&key) else {
@@ -369,24 +476,26 @@ impl Stitcher {
                     let Some(pending) = conn.pending.remove(&query.seq) else {
                         continue;
                     };
-                    let statement = if query.text.is_empty() {
-                        crate::sql::Statement {
-                            normalized: String::new(),
-                            fingerprint: String::new(),
-                            operation: None,
-                            table: None,
+                    if let Some(id) = pending.libpq {
+                        // libpq reports it; if libpq already did, the wire's view came too late.
+                        if let Some(open) = self.libpq_open.get_mut(&id) {
+                            open.wire = Some((query, key));
                         }
-                    } else {
-                        self.statements.analyze(&query.text)
+                        continue;
+                    }
+                    let facts = QueryFacts::from_wire(&query);
+                    let statement = match facts.text {
+                        Some(text) => self.statements.analyze(text),
+                        None => crate::sql::Statement::default(),
                     };
                     let actor = Actor {
                         pid: key.0,
                         tid: pending.tid,
                     };
                     out.push(query_span(
-                        &query,
+                        &facts,
                         &statement,
-                        &conn.ends,
+                        Some(&conn.ends),
                         pending.ids,
                         actor,
                     ));
@@ -429,21 +538,7 @@ impl Stitcher {
             return;
         };
         let ids = match role {
-            SocketRole::Client => {
-                let parent = match self.serving.get(&(key.0, tid)).map(Vec::as_slice) {
-                    Some([only]) => Some(*only),
-                    Some([_, _, ..]) => {
-                        Counters::add(&self.counters.unnested_calls, 1);
-                        None
-                    }
-                    _ => None,
-                };
-                SpanIds {
-                    trace_id: parent.map_or_else(new_trace_id, |p| p.trace_id),
-                    span_id: new_span_id(),
-                    parent_span_id: parent.map(|p| p.span_id),
-                }
-            }
+            SocketRole::Client => self.client_ids(key.0, tid),
             _ => {
                 let remote = traceparent.and_then(parse_traceparent);
                 let ids = SpanIds {
@@ -461,7 +556,30 @@ impl Stitcher {
             }
         };
         if let Some(conn) = self.conns.get_mut(&key) {
-            conn.pending.insert(seq, Pending { ids, tid });
+            let pending = Pending {
+                ids,
+                tid,
+                libpq: None,
+            };
+            conn.pending.insert(seq, pending);
+        }
+    }
+
+    /// Ids for an outbound call `tid` makes now: a child of the one request the thread is
+    /// serving, else a root (counted when the thread serves several).
+    fn client_ids(&self, pid: u32, tid: u32) -> SpanIds {
+        let parent = match self.serving.get(&(pid, tid)).map(Vec::as_slice) {
+            Some([only]) => Some(*only),
+            Some([_, _, ..]) => {
+                Counters::add(&self.counters.unnested_calls, 1);
+                None
+            }
+            _ => None,
+        };
+        SpanIds {
+            trace_id: parent.map_or_else(new_trace_id, |p| p.trace_id),
+            span_id: new_span_id(),
+            parent_span_id: parent.map(|p| p.span_id),
         }
     }
 

@@ -8,7 +8,7 @@ mod fallback;
 use std::collections::HashMap;
 
 /// What loupe exports about a statement.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Statement {
     /// The text with every literal replaced by a placeholder ($1, $2, ... or ?).
     pub normalized: String,

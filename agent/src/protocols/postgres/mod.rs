@@ -15,6 +15,7 @@ mod messages;
 mod tests;
 
 pub use conversation::{PgConversation, PgEvent, PgStats, QueryDone};
+pub use messages::tag_rows;
 
 /// Protocol version 3.0 in a StartupMessage.
 const PROTOCOL_V3: u32 = 196_608;

@@ -1,0 +1,280 @@
+//! Uprobes on the libraries target processes map: today libpq (the seam for OpenSSL is another
+//! [`LibrarySpec`]). Attached per process, so an untargeted process that uses the same file pays
+//! nothing; rescanned while loupe runs, so a library loaded later (dlopen, a lazily imported
+//! driver) is probed too.
+
+use std::{
+    collections::HashMap,
+    num::NonZeroU32,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf,
+    programs::{
+        UProbe,
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
+    },
+};
+use loupe_common::{
+    LIBPQ_PROBES,
+    names::{PROGRAM_LIBPQ_ENTER, PROGRAM_LIBPQ_RETURN},
+};
+
+use super::ProbeError;
+use crate::process::{MappedLibrary, mapped_libraries};
+
+/// One probed function: where the entry and (optionally) return probes go and their cookie.
+struct FunctionProbe {
+    symbol: &'static str,
+    cookie: u64,
+    with_return: bool,
+}
+
+/// A library loupe knows how to probe.
+struct LibrarySpec {
+    /// File name prefix in /proc/PID/maps.
+    prefix: &'static str,
+    enter_program: &'static str,
+    return_program: &'static str,
+    functions: fn() -> Vec<FunctionProbe>,
+}
+
+fn libpq_functions() -> Vec<FunctionProbe> {
+    LIBPQ_PROBES
+        .iter()
+        .map(|probe| FunctionProbe {
+            symbol: probe.symbol,
+            cookie: probe.function as u64,
+            with_return: probe.returns_result,
+        })
+        .collect()
+}
+
+const LIBRARIES: &[LibrarySpec] = &[LibrarySpec {
+    prefix: "libpq",
+    enter_program: PROGRAM_LIBPQ_ENTER,
+    return_program: PROGRAM_LIBPQ_RETURN,
+    functions: libpq_functions,
+}];
+
+/// A library file probed in one process.
+struct Attached {
+    path: String,
+    links: Vec<(&'static str, UProbeLinkId)>,
+}
+
+/// Something that changed, to tell the user.
+#[derive(Debug)]
+pub enum LibraryNews {
+    Attached {
+        pid: u32,
+        path: String,
+        probes: usize,
+    },
+    Failed {
+        pid: u32,
+        path: String,
+        reason: String,
+    },
+}
+
+/// Which library files are probed in which process, and the links that keep them probed.
+#[derive(Default)]
+pub struct LibraryProbes {
+    attached: HashMap<u32, Vec<Attached>>,
+    /// Files that could not be probed in a process: not retried.
+    failed: HashMap<u32, Vec<String>>,
+    /// Whether the programs are loaded into the kernel (they are loaded on first use).
+    loaded: bool,
+}
+
+impl LibraryProbes {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Uprobes attached now, over all processes.
+    pub fn probe_count(&self) -> usize {
+        self.attached
+            .values()
+            .flatten()
+            .map(|lib| lib.links.len())
+            .sum()
+    }
+
+    /// Processes with at least one probed library.
+    pub fn process_count(&self) -> usize {
+        self.attached
+            .values()
+            .filter(|libs| !libs.is_empty())
+            .count()
+    }
+
+    /// Probes every known library newly mapped by one of `pids`, and lets go of processes that
+    /// are no longer in `pids`.
+    pub fn scan(&mut self, ebpf: &mut Ebpf, pids: &[u32]) -> Vec<LibraryNews> {
+        let gone: Vec<u32> = self
+            .attached
+            .keys()
+            .copied()
+            .filter(|pid| !pids.contains(pid))
+            .collect();
+        for pid in gone {
+            self.detach_process(ebpf, pid);
+        }
+        self.failed.retain(|pid, _| pids.contains(pid));
+        let mut news = Vec::new();
+        for &pid in pids {
+            for spec in LIBRARIES {
+                for library in mapped_libraries(pid, spec.prefix) {
+                    let known = self
+                        .attached
+                        .get(&pid)
+                        .is_some_and(|libs| libs.iter().any(|lib| lib.path == library.path))
+                        || self
+                            .failed
+                            .get(&pid)
+                            .is_some_and(|paths| paths.contains(&library.path));
+                    if known {
+                        continue;
+                    }
+                    news.push(self.attach_library(ebpf, pid, spec, library));
+                }
+            }
+        }
+        news
+    }
+
+    fn attach_library(
+        &mut self,
+        ebpf: &mut Ebpf,
+        pid: u32,
+        spec: &LibrarySpec,
+        library: MappedLibrary,
+    ) -> LibraryNews {
+        match attach_functions(ebpf, pid, spec, &library.host_path, &mut self.loaded) {
+            Ok(links) => {
+                let probes = links.len();
+                self.attached.entry(pid).or_default().push(Attached {
+                    path: library.path.clone(),
+                    links,
+                });
+                LibraryNews::Attached {
+                    pid,
+                    path: library.path,
+                    probes,
+                }
+            }
+            Err(reason) => {
+                self.failed
+                    .entry(pid)
+                    .or_default()
+                    .push(library.path.clone());
+                LibraryNews::Failed {
+                    pid,
+                    path: library.path,
+                    reason,
+                }
+            }
+        }
+    }
+
+    fn detach_process(&mut self, ebpf: &mut Ebpf, pid: u32) {
+        for library in self.attached.remove(&pid).unwrap_or_default() {
+            for (program, link) in library.links {
+                if let Ok(program) = uprobe(ebpf, program) {
+                    // The process is gone: a failed detach only means the link went with it.
+                    let _ = program.detach(link);
+                }
+            }
+        }
+    }
+}
+
+fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut UProbe, ProbeError> {
+    ebpf.program_mut(name)
+        .ok_or(ProbeError::MissingProgram(name))?
+        .try_into()
+        .map_err(|source| ProbeError::ProgramType {
+            name,
+            source: Box::new(source),
+        })
+}
+
+/// Attaches every function of `spec` in `path` for `pid`; all or nothing, so a library is
+/// either fully probed or not at all (a query seen half would be worse than none).
+fn attach_functions(
+    ebpf: &mut Ebpf,
+    pid: u32,
+    spec: &LibrarySpec,
+    path: &Path,
+    loaded: &mut bool,
+) -> Result<Vec<(&'static str, UProbeLinkId)>, String> {
+    let scope = UProbeScope::OneProcess(NonZeroU32::new(pid).ok_or("pid 0")?);
+    if !*loaded {
+        for name in [spec.enter_program, spec.return_program] {
+            uprobe(ebpf, name)
+                .and_then(|program| {
+                    program.load().map_err(|source| ProbeError::Verify {
+                        name,
+                        source: Box::new(source),
+                    })
+                })
+                .map_err(|err| error_chain(&err))?;
+        }
+        *loaded = true;
+    }
+    let mut links = Vec::new();
+    let mut result = Ok(());
+    for function in (spec.functions)() {
+        let mut programs = vec![spec.enter_program];
+        if function.with_return {
+            programs.push(spec.return_program);
+        }
+        for name in programs {
+            let attached = uprobe(ebpf, name)
+                .map_err(|err| error_chain(&err))
+                .and_then(|program| {
+                    let point = UProbeAttachPoint {
+                        location: UProbeAttachLocation::Symbol(function.symbol),
+                        cookie: Some(function.cookie),
+                    };
+                    program
+                        .attach(point, PathBuf::from(path), scope)
+                        .map_err(|err| format!("{}: {}", function.symbol, error_chain(&err)))
+                });
+            match attached {
+                Ok(link) => links.push((name, link)),
+                Err(err) => {
+                    result = Err(err);
+                    break;
+                }
+            }
+        }
+        if result.is_err() {
+            break;
+        }
+    }
+    if let Err(err) = result {
+        for (name, link) in links {
+            if let Ok(program) = uprobe(ebpf, name) {
+                let _ = program.detach(link);
+            }
+        }
+        return Err(err);
+    }
+    Ok(links)
+}
+
+/// An error and its sources on one line.
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut line = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        line.push_str(": ");
+        line.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    line
+}
