@@ -138,17 +138,17 @@ impl LibpqTracker {
             self.abandon(lost.into_iter().collect(), out);
         }
         let conn = (call.pid, call.pg_conn);
-        if call.function.is_prepare() {
-            if let (Some(name), Some(text)) = (&call.name, &call.text) {
-                if self.statements.len() >= MAX_ENTRIES {
-                    self.statements.clear();
-                    self.stats.overflow += 1;
-                }
-                self.statements.insert(
-                    (call.pid, call.pg_conn, name.clone()),
-                    (text.clone(), call.text_truncated),
-                );
+        if call.function.is_prepare()
+            && let (Some(name), Some(text)) = (&call.name, &call.text)
+        {
+            if self.statements.len() >= MAX_ENTRIES {
+                self.statements.clear();
+                self.stats.overflow += 1;
             }
+            self.statements.insert(
+                (call.pid, call.pg_conn, name.clone()),
+                (text.clone(), call.text_truncated),
+            );
         }
         let query = (!call.function.is_prepare()).then(|| self.new_query(&call));
         if let Some(query) = &query {
