@@ -31,6 +31,7 @@ fn attach(capture_bytes: u32) -> Probes {
     preflight::check(&[me]).expect("preflight");
     let config = ProbeConfig {
         capture_bytes,
+        query_bytes: 2048,
         wakeup_bytes: 1,
     };
     load_and_attach(
@@ -226,6 +227,8 @@ fn traffic_of_an_untargeted_process_is_not_seen() {
             Event::Close { pid, .. } => *pid,
             Event::Fork { parent, .. } => *parent,
             Event::Dup { pid, .. } => *pid,
+            Event::LibpqCall(c) => c.pid,
+            Event::LibpqResult(r) => r.pid,
         };
         assert_eq!(pid, me, "only the target's events: {event:?}");
     }
