@@ -35,6 +35,16 @@ fn postgres_ids() -> (u32, u32) {
 
 impl Postgres {
     pub fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    /// The same server with TLS on (a self-signed certificate made for it): clients that ask
+    /// for sslmode=require get an encrypted session, opaque on the wire.
+    pub fn start_tls() -> Self {
+        Self::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> Self {
         let dir = TempDir::new("pg");
         let data = dir.0.join("data");
         let (uid, gid) = postgres_ids();
@@ -55,6 +65,38 @@ impl Postgres {
             .status()
             .expect("run initdb (cargo xtask setup installs postgresql-15)");
         assert!(status.success(), "initdb failed");
+        let mut settings: Vec<String> = Vec::new();
+        if tls {
+            let status = Command::new("openssl")
+                .args([
+                    "req",
+                    "-x509",
+                    "-newkey",
+                    "rsa:2048",
+                    "-nodes",
+                    "-days",
+                    "2",
+                    "-subj",
+                    "/CN=127.0.0.1",
+                    "-keyout",
+                    "server.key",
+                    "-out",
+                    "server.crt",
+                ])
+                .current_dir(&data)
+                .uid(uid)
+                .gid(gid)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .expect("run openssl (cargo xtask setup installs it)");
+            assert!(status.success(), "openssl could not make a certificate");
+            settings.extend([
+                "ssl=on".into(),
+                "ssl_cert_file=server.crt".into(),
+                "ssl_key_file=server.key".into(),
+            ]);
+        }
         let port = free_port();
         let log = std::fs::File::create(dir.0.join("server.log")).expect("log file");
         std::fs::set_permissions(
@@ -74,6 +116,7 @@ impl Postgres {
             ])
             .arg(format!("unix_socket_directories={}", dir.0.display()))
             .args(["-c", "log_min_duration_statement=0", "-c", "fsync=off"])
+            .args(settings.iter().flat_map(|setting| ["-c", setting.as_str()]))
             .uid(uid)
             .gid(gid)
             .stdout(Stdio::null())

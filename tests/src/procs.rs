@@ -94,6 +94,11 @@ pub struct PythonShop {
 
 impl PythonShop {
     pub fn start(dsn: &str) -> Self {
+        Self::start_with(dsn, &[])
+    }
+
+    /// With extra flags, e.g. `--lazy`.
+    pub fn start_with(dsn: &str, flags: &[&str]) -> Self {
         let python = crate::cache_dir().join("venv/bin/python");
         assert!(
             python.is_file(),
@@ -104,6 +109,7 @@ impl PythonShop {
         let mut child = Command::new(python)
             .arg(script)
             .args(["--port", "0", "--dsn", dsn])
+            .args(flags)
             .stdout(Stdio::piped())
             .spawn()
             .expect("start the Python shop");

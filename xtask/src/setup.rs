@@ -21,6 +21,8 @@ const APT_PACKAGES: &[&str] = &[
     "curl",
     "bpftrace",
     "postgresql-15",
+    "libpq5",
+    "openssl",
 ];
 
 /// The Python PostgreSQL clients the tests drive, pinned.

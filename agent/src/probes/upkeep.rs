@@ -23,7 +23,8 @@ pub struct Upkeep {
     pub loss: PerCpuArray<MapData, u64>,
 }
 
-const EVERY: Duration = Duration::from_secs(1);
+/// Often enough that a library loaded or a process exec'd is probed within a fraction of a second.
+const EVERY: Duration = Duration::from_millis(250);
 
 impl Upkeep {
     /// Runs until `stop`; returns early (true) when no target is left alive.

@@ -29,14 +29,14 @@ pub fn analyze(text: &str) -> Statement {
                 .ok()
                 .and_then(|parsed| parsed.tables().into_iter().next());
             Statement {
-                normalized,
+                normalized: without_terminator(&normalized),
                 fingerprint: fingerprint.hex,
                 operation,
                 table,
             }
         }
         _ => {
-            let normalized = fallback::normalize(text);
+            let normalized = without_terminator(&fallback::normalize(text));
             let fingerprint = fallback::fingerprint(&normalized);
             Statement {
                 normalized,
@@ -46,6 +46,11 @@ pub fn analyze(text: &str) -> Statement {
             }
         }
     }
+}
+
+/// "SELECT 1;" and "SELECT 1" are one statement: the final semicolon is dropped.
+fn without_terminator(text: &str) -> String {
+    text.trim_end().trim_end_matches(';').trim_end().to_owned()
 }
 
 fn first_keyword(text: &str) -> Option<String> {
@@ -127,6 +132,18 @@ mod tests {
         );
         assert_eq!(s.operation.as_deref(), Some("INSERT"));
         assert_eq!(s.table.as_deref(), Some("orders"));
+    }
+
+    #[test]
+    fn a_final_semicolon_is_not_part_of_the_statement() {
+        let a = analyze("SELECT abalance FROM pgbench_accounts WHERE aid = 5;\n");
+        let b = analyze("SELECT abalance FROM pgbench_accounts WHERE aid = 6");
+        assert_eq!(
+            a.normalized,
+            "SELECT abalance FROM pgbench_accounts WHERE aid = $1"
+        );
+        assert_eq!((a.normalized, a.fingerprint), (b.normalized, b.fingerprint));
+        assert_eq!(analyze("SELEC 1 ;").normalized, "SELEC ?");
     }
 
     #[test]
