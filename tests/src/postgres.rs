@@ -91,7 +91,9 @@ impl Postgres {
                 .status()
                 .expect("run openssl (cargo xtask setup installs it)");
             assert!(status.success(), "openssl could not make a certificate");
+            // log_connections says, per session, whether it is encrypted.
             settings.extend([
+                "log_connections=on".into(),
                 "ssl=on".into(),
                 "ssl_cert_file=server.crt".into(),
                 "ssl_key_file=server.key".into(),

@@ -67,9 +67,10 @@ fn queries_over_tls_are_seen_through_libpq() {
     }
     let finished = loupe.stop();
     assert!(finished.status.success(), "{}", finished.stderr);
+    let log = pg.log();
     assert!(
-        pg.log().is_empty() || !pg.log().contains("SSL off"),
-        "the sessions used TLS"
+        log.contains("database=shop SSL enabled") && !log.contains("database=shop\n"),
+        "the shop's sessions used TLS:\n{log}"
     );
 
     let spans = jaeger.wait_for_spans("e2e-tls", 8, |_| true);
