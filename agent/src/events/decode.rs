@@ -348,6 +348,89 @@ mod tests {
         assert_eq!(data.direction, Direction::Egress);
     }
 
+    fn libpq_call(function: LibpqFunction, text: &[u8], name: &[u8]) -> Bytes {
+        let mut event = LibpqCallEvent::<256> {
+            header: header(EventKind::LibpqCall),
+            ts_ns: 5,
+            pg_conn: 0xBEEF,
+            function: function as u32,
+            text_len: text.len() as u32,
+            text_truncated: 1,
+            name_len: name.len() as u32,
+            name: [0; 64],
+            text: [0; 256],
+        };
+        event.text[..text.len()].copy_from_slice(text);
+        event.name[..name.len()].copy_from_slice(name);
+        Bytes::from(as_bytes(&event))
+    }
+
+    #[test]
+    fn libpq_calls_carry_the_text_or_the_name_their_function_takes() {
+        let record = libpq_call(LibpqFunction::Exec, b"SELECT 1", b"");
+        let Event::LibpqCall(call) = decode(&record).unwrap() else {
+            panic!("not a libpq call")
+        };
+        assert_eq!(call.text.as_deref(), Some("SELECT 1"));
+        assert_eq!(call.name, None, "PQexec takes no statement name");
+        assert!(call.text_truncated);
+        assert_eq!((call.pid, call.tid, call.pg_conn), (10, 11, 0xBEEF));
+
+        let record = libpq_call(LibpqFunction::ExecPrepared, b"", b"stmt_1");
+        let Event::LibpqCall(call) = decode(&record).unwrap() else {
+            panic!("not a libpq call")
+        };
+        assert_eq!((call.text, call.name.as_deref()), (None, Some("stmt_1")));
+
+        let mut bad = libpq_call(LibpqFunction::Exec, b"x", b"").to_vec();
+        bad[40..44].copy_from_slice(&77u32.to_ne_bytes());
+        assert_eq!(
+            decode(&Bytes::from(bad)).unwrap_err(),
+            DecodeError::LibpqFunction(77)
+        );
+        let long = libpq_call(LibpqFunction::Exec, b"x", b"");
+        let mut long = long.to_vec();
+        long[44..48].copy_from_slice(&300u32.to_ne_bytes());
+        assert!(decode(&Bytes::from(long)).is_err(), "text beyond the record");
+    }
+
+    #[test]
+    fn libpq_results_say_status_rows_tag_and_sqlstate() {
+        let mut event = LibpqResultEvent {
+            header: header(EventKind::LibpqResult),
+            ts_ns: 9,
+            pg_conn: 0xBEEF,
+            function: LibpqFunction::GetResult as u32,
+            flags: LIBPQ_HAS_RESULT,
+            status: 7,
+            ntuples: 0,
+            sqlstate: *b"42P01\0\0\0",
+            cmd_status: [0; 64],
+        };
+        let Event::LibpqResult(ret) = decode(&Bytes::from(as_bytes(&event))).unwrap() else {
+            panic!("not a libpq result")
+        };
+        let result = ret.result.expect("a result");
+        assert_eq!(result.sqlstate.as_deref(), Some("42P01"));
+        assert_eq!(result.status, 7);
+
+        event.flags = 0;
+        let Event::LibpqResult(ret) = decode(&Bytes::from(as_bytes(&event))).unwrap() else {
+            panic!("not a libpq result")
+        };
+        assert_eq!(ret.result, None, "NULL: the end of a query's results");
+
+        event.flags = LIBPQ_HAS_RESULT;
+        event.status = 2;
+        event.sqlstate = [0; 8];
+        event.cmd_status[..8].copy_from_slice(b"SELECT 3");
+        let Event::LibpqResult(ret) = decode(&Bytes::from(as_bytes(&event))).unwrap() else {
+            panic!("not a libpq result")
+        };
+        let result = ret.result.expect("a result");
+        assert_eq!((result.cmd_status.as_str(), result.sqlstate), ("SELECT 3", None));
+    }
+
     #[test]
     fn captured_beyond_the_record_is_an_error() {
         let record = data_record(b"x", 1000, 300);
