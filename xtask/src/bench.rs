@@ -1,6 +1,7 @@
-//! Overhead, measured with wrk from one run: nginx (keep-alive, small response) with nothing
+//! Overhead, measured from one run: nginx (keep-alive, small response, wrk) with nothing
 //! attached, with a floor probe (bpftrace on the same syscall tracepoints, empty PID-filtered
-//! programs), and with loupe; then the demo app's ~1 ms route with nothing and with loupe.
+//! programs), and with loupe; the demo app's ~1 ms route with nothing and with loupe; pgbench
+//! select-only the same three ways (its floor adds the libpq uprobes and uretprobes).
 
 use std::{
     io::{BufRead as _, BufReader},
@@ -10,7 +11,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use loupe_common::names::TRACEPOINT_PROGRAMS;
+use loupe_common::{LIBPQ_PROBES, names::TRACEPOINT_PROGRAMS};
 
 use crate::{
     build,
@@ -63,7 +64,7 @@ pub fn run(duration: Duration) -> anyhow::Result<()> {
 
     let none = wrk(&url, 32, seconds)?;
     let floor = {
-        let _probe = floor_probe(worker)?;
+        let _probe = floor_probe(worker, None)?;
         wrk(&url, 32, seconds)?
     };
     let (nginx_loupe, cpu, rss) = with_loupe(nginx.pid(), || wrk(&url, 32, seconds))?;
@@ -128,7 +129,7 @@ pub fn run(duration: Duration) -> anyhow::Result<()> {
         pg_none.tps
     );
     println!(
-        "| | floor probe (bpftrace, same tracepoints, empty) | {:.0} tps | | {:.3} | | |",
+        "| | floor probe (bpftrace, same tracepoints + libpq uprobes, empty) | {:.0} tps | | {:.3} | | |",
         pg_floor.tps,
         pg_ratio(&pg_floor)
     );
@@ -144,6 +145,13 @@ pub fn run(duration: Duration) -> anyhow::Result<()> {
         (1.0 - pg_ratio(&pg_floor)) * 100.0,
         (1.0 - pg_ratio(&pg_loupe)) * 100.0,
         (pg_ratio(&pg_floor) - pg_ratio(&pg_loupe)) * 100.0
+    );
+    let per_query = |tps: f64| 1e6 / tps;
+    println!(
+        "pgbench per query (machine time, 2 cores): nothing {:.1} us, floor +{:.1} us (5 uprobe hits and the syscall hooks), loupe +{:.1} us",
+        per_query(pg_none.tps),
+        per_query(pg_floor.tps) - per_query(pg_none.tps),
+        per_query(pg_loupe.tps) - per_query(pg_none.tps)
     );
     println!(
         "\nnginx: floor costs {:.1}% and loupe {:.1}% (loupe - floor = {:.1} points); the 1 ms route: loupe costs {:.1}%",
@@ -183,7 +191,7 @@ fn pgbench(url: &str, seconds: u64, probe: Probe) -> anyhow::Result<PgRun> {
         .context("failed to start pgbench")?;
     let pid = child.id();
     let floor = match probe {
-        Probe::Floor => Some(floor_probe(pid)?),
+        Probe::Floor => Some(floor_probe(pid, Some(SYSTEM_LIBPQ))?),
         _ => None,
     };
     let loupe = match probe {
@@ -275,15 +283,27 @@ fn wrk(url: &str, connections: u32, seconds: u64) -> anyhow::Result<Run> {
     })
 }
 
-/// bpftrace on every syscall tracepoint loupe uses, each an empty program behind the same PID
-/// check: what the hook alone costs.
-fn floor_probe(pid: u32) -> anyhow::Result<Guard> {
-    let probes: Vec<String> = TRACEPOINT_PROGRAMS
+/// The libpq pgbench and psql load.
+const SYSTEM_LIBPQ: &str = "/usr/lib/x86_64-linux-gnu/libpq.so.5";
+
+/// bpftrace on every syscall tracepoint loupe uses (and, with `libpq`, on every libpq function
+/// it probes, entry and return alike), each an empty program behind the same PID check: what
+/// the hooks alone cost.
+fn floor_probe(pid: u32, libpq: Option<&str>) -> anyhow::Result<Guard> {
+    let mut probes: Vec<String> = TRACEPOINT_PROGRAMS
         .iter()
         .flat_map(|program| program.tracepoints.iter())
         .filter(|(category, _)| *category == "syscalls")
         .map(|(category, name)| format!("tracepoint:{category}:{name}"))
         .collect();
+    if let Some(path) = libpq {
+        for probe in LIBPQ_PROBES {
+            probes.push(format!("uprobe:{path}:{}", probe.symbol));
+            if probe.returns_result {
+                probes.push(format!("uretprobe:{path}:{}", probe.symbol));
+            }
+        }
+    }
     let script = format!("{} /pid == {pid}/ {{ }}", probes.join(",\n"));
     let mut child = Command::new("bpftrace")
         .args(["-e", &script])
