@@ -391,7 +391,10 @@ mod tests {
         let long = libpq_call(LibpqFunction::Exec, b"x", b"");
         let mut long = long.to_vec();
         long[44..48].copy_from_slice(&300u32.to_ne_bytes());
-        assert!(decode(&Bytes::from(long)).is_err(), "text beyond the record");
+        assert!(
+            decode(&Bytes::from(long)).is_err(),
+            "text beyond the record"
+        );
     }
 
     #[test]
@@ -428,7 +431,10 @@ mod tests {
             panic!("not a libpq result")
         };
         let result = ret.result.expect("a result");
-        assert_eq!((result.cmd_status.as_str(), result.sqlstate), ("SELECT 3", None));
+        assert_eq!(
+            (result.cmd_status.as_str(), result.sqlstate),
+            ("SELECT 3", None)
+        );
     }
 
     #[test]

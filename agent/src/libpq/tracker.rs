@@ -1,6 +1,8 @@
 //! The state machine behind [`LibpqTracker`].
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use rustc_hash::FxHashMap as HashMap;
 
 use loupe_common::{LibpqFunction, exec_status};
 

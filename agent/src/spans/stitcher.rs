@@ -6,7 +6,9 @@
 //! Where a thread serves several requests at once (an event loop), it cannot tell which one made
 //! the call, so the call stays a root span and is counted, never nested wrongly.
 
-use std::{collections::HashMap, net::SocketAddr, sync::Arc};
+use std::{net::SocketAddr, sync::Arc};
+
+use rustc_hash::FxHashMap as HashMap;
 
 use loupe_common::{Direction, SocketRole};
 
@@ -153,8 +155,8 @@ impl LookupBudget {
 impl Stitcher {
     pub fn new(limits: StitcherLimits, counters: Arc<Counters>) -> Self {
         Self {
-            conns: HashMap::new(),
-            serving: HashMap::new(),
+            conns: HashMap::default(),
+            serving: HashMap::default(),
             limits,
             counters,
             scratch: Vec::new(),
@@ -163,9 +165,9 @@ impl Stitcher {
             lookups: LookupBudget { second: 0, used: 0 },
             libpq: LibpqTracker::new(),
             libpq_scratch: Vec::new(),
-            libpq_open: HashMap::new(),
-            libpq_unwired: HashMap::new(),
-            pg_conn_of_thread: HashMap::new(),
+            libpq_open: HashMap::default(),
+            libpq_unwired: HashMap::default(),
+            pg_conn_of_thread: HashMap::default(),
         }
     }
 
@@ -313,7 +315,7 @@ impl Stitcher {
             looked_up: peer.is_some() && local.is_some(),
             protocol: Protocol::Unknown { sniffed: 0 },
             last_ns: now,
-            pending: HashMap::new(),
+            pending: HashMap::default(),
         }
     }
 
