@@ -146,6 +146,15 @@ impl Postgres {
         )
     }
 
+    /// A `shop` database with an `orders` table: user 7 has three orders, user 8 one.
+    pub fn create_orders_shop(&self) {
+        self.run_sql("postgres", "CREATE DATABASE shop");
+        self.run_sql(
+            "shop",
+            "CREATE TABLE orders (id int, user_id int, total numeric); INSERT INTO orders VALUES (1, 7, 10), (2, 7, 20), (3, 7, 30), (4, 8, 40)",
+        );
+    }
+
     /// Runs SQL with psql (not observed by loupe: for set-up).
     pub fn run_sql(&self, database: &str, sql: &str) {
         let out = Command::new(format!("{BIN}/psql"))

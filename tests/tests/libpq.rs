@@ -18,14 +18,6 @@ use loupe_tests::{
 
 const ORDERS: &str = "SELECT id, total FROM orders WHERE user_id = $1";
 
-fn shop_database(pg: &Postgres) {
-    pg.run_sql("postgres", "CREATE DATABASE shop");
-    pg.run_sql(
-        "shop",
-        "CREATE TABLE orders (id int, user_id int, total numeric); INSERT INTO orders VALUES (1, 7, 10), (2, 7, 20), (3, 7, 30), (4, 8, 40)",
-    );
-}
-
 /// The database spans under the server span of the request to `path`.
 fn queries_of<'a>(spans: &'a [Span], path: &str) -> Vec<&'a Span> {
     let server = spans
@@ -45,7 +37,7 @@ fn queries_of<'a>(spans: &'a [Span], path: &str) -> Vec<&'a Span> {
 fn queries_over_tls_are_seen_through_libpq() {
     require_root();
     let pg = Postgres::start_tls();
-    shop_database(&pg);
+    pg.create_orders_shop();
     let jaeger = Jaeger::start();
     let shop = PythonShop::start(&format!("{} sslmode=require", pg.url("shop")));
     let loupe = Loupe::attach(&otlp_args(
@@ -128,7 +120,7 @@ fn maps_libpq(pid: u32) -> bool {
 fn a_libpq_loaded_after_attach_is_probed_too() {
     require_root();
     let pg = Postgres::start();
-    shop_database(&pg);
+    pg.create_orders_shop();
     let jaeger = Jaeger::start();
     let shop = PythonShop::start_with(&pg.url("shop"), &["--lazy"]);
     assert!(!maps_libpq(shop.pid()), "no driver imported yet");

@@ -153,11 +153,7 @@ fn psql_queries_become_normalized_database_spans_with_server_timing() {
 fn queries_nest_under_the_http_request_that_ran_them() {
     require_root();
     let pg = Postgres::start();
-    pg.run_sql("postgres", "CREATE DATABASE shop");
-    pg.run_sql(
-        "shop",
-        "CREATE TABLE orders (id int, user_id int, total numeric); INSERT INTO orders VALUES (1, 7, 10), (2, 7, 20), (3, 7, 30), (4, 8, 40)",
-    );
+    pg.create_orders_shop();
     let jaeger = Jaeger::start();
     let database = format!("127.0.0.1:{}/shop", pg.port);
     let demo = DemoApp::start_with(&["--database", &database]);
@@ -219,11 +215,7 @@ fn queries_nest_under_the_http_request_that_ran_them() {
 fn python_drivers_queries_appear_once_each_under_their_request() {
     require_root();
     let pg = Postgres::start();
-    pg.run_sql("postgres", "CREATE DATABASE shop");
-    pg.run_sql(
-        "shop",
-        "CREATE TABLE orders (id int, user_id int, total numeric); INSERT INTO orders VALUES (1, 7, 10), (2, 7, 20), (3, 7, 30), (4, 8, 40)",
-    );
+    pg.create_orders_shop();
     let jaeger = Jaeger::start();
     let shop = PythonShop::start(&pg.url("shop"));
     let loupe = Loupe::attach(&otlp_args(
