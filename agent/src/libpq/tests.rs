@@ -270,8 +270,10 @@ fn an_exited_process_abandons_its_open_queries() {
         Call(call(1, 10, F::Exec, Some("SELECT pg_sleep(10)"), None)),
         Call(call(2, 10, F::SendQuery, Some("SELECT 1"), None)),
     ]);
+    assert_eq!(tracker.pids(), [PID]);
     let mut out = Vec::new();
     tracker.forget_process(PID, &mut out);
+    assert!(tracker.pids().is_empty());
     assert_eq!(out.len(), 2);
     assert_eq!(tracker.stats().abandoned, 2);
 }

@@ -101,6 +101,19 @@ impl LibpqTracker {
         self.stats
     }
 
+    /// Processes with a call open or a query queued.
+    pub fn pids(&self) -> Vec<u32> {
+        let mut pids: Vec<u32> = self
+            .threads
+            .keys()
+            .map(|&(pid, _)| pid)
+            .chain(self.conns.keys().map(|&(pid, _)| pid))
+            .collect();
+        pids.sort_unstable();
+        pids.dedup();
+        pids
+    }
+
     /// Forgets everything about a process that exited.
     pub fn forget_process(&mut self, pid: u32, out: &mut Vec<LibpqEvent>) {
         let mut abandoned = Vec::new();

@@ -103,14 +103,6 @@ impl LibraryProbes {
             .sum()
     }
 
-    /// Processes with at least one probed library.
-    pub fn process_count(&self) -> usize {
-        self.attached
-            .values()
-            .filter(|libs| !libs.is_empty())
-            .count()
-    }
-
     /// Probes every known library newly mapped by one of `pids`, and lets go of processes that
     /// are no longer in `pids`.
     pub fn scan(&mut self, ebpf: &mut Ebpf, pids: &[u32]) -> Vec<LibraryNews> {

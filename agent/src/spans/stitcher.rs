@@ -21,7 +21,7 @@ use super::{
 use crate::{
     events::{ConnRecord, DataRecord, Event},
     libpq::{LibpqEvent, LibpqQuery, LibpqTracker},
-    process::{SocketAddrs, socket_addrs},
+    process::{SocketAddrs, is_live_process, socket_addrs},
     protocols::{
         Chunk, Flow,
         http1::{self, Conversation, HttpEvent},
@@ -253,10 +253,7 @@ impl Stitcher {
             .map(|(_, key)| *key)
             .or_else(|| self.pg_conn_of_thread.get(&thread).copied());
         let facts = QueryFacts::merged(&query, wire.as_ref().map(|(done, _)| done));
-        let statement = match facts.text {
-            Some(text) => self.statements.analyze(text),
-            None => crate::sql::Statement::default(),
-        };
+        let statement = self.statements.analyze_text(facts.text);
         let ends = conn_key
             .and_then(|key| self.conns.get(&key))
             .map(|conn| &conn.ends);
@@ -267,7 +264,8 @@ impl Stitcher {
         out.push(query_span(&facts, &statement, ends, ids, actor));
     }
 
-    /// Periodic upkeep: finishes idle unframed responses and forgets idle connections.
+    /// Periodic upkeep: finishes idle unframed responses, forgets idle connections and the
+    /// libpq queries of processes that exited.
     pub fn tick(&mut self, now_ns: u64, out: &mut Vec<SpanRecord>) {
         let mut stale = Vec::new();
         let keys: Vec<ConnKey> = self.conns.keys().copied().collect();
@@ -287,6 +285,15 @@ impl Stitcher {
         for key in stale {
             self.close(key, out);
         }
+        // A process that exited mid-query never finishes its libpq queries.
+        let mut events = std::mem::take(&mut self.libpq_scratch);
+        for pid in self.libpq.pids() {
+            if !is_live_process(pid) {
+                self.libpq.forget_process(pid, &mut events);
+            }
+        }
+        self.dispatch_libpq(&mut events, out);
+        self.libpq_scratch = events;
     }
 
     /// Finishes everything (at shutdown): each connection is closed as if by the target.
@@ -486,10 +493,7 @@ impl Stitcher {
                         continue;
                     }
                     let facts = QueryFacts::from_wire(&query);
-                    let statement = match facts.text {
-                        Some(text) => self.statements.analyze(text),
-                        None => crate::sql::Statement::default(),
-                    };
+                    let statement = self.statements.analyze_text(facts.text);
                     let actor = Actor {
                         pid: key.0,
                         tid: pending.tid,

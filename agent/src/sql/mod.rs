@@ -80,6 +80,11 @@ impl StatementCache {
         }
     }
 
+    /// The statement of a query whose text may be unknown (an empty statement then).
+    pub fn analyze_text(&mut self, text: Option<&str>) -> Statement {
+        text.map(|text| self.analyze(text)).unwrap_or_default()
+    }
+
     pub fn analyze(&mut self, text: &str) -> Statement {
         let key = if text.contains('$') {
             text.to_owned()
