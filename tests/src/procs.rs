@@ -34,21 +34,25 @@ pub struct DemoApp {
     pub frontend_addr: String,
 }
 
+/// The address a test app prints first on stdout: `listening on <addr>`.
+fn listening_addr(child: &mut Child, who: &str) -> String {
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .unwrap_or_else(|err| panic!("{who} did not say where it listens: {err}"));
+    line.trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("{who} said `{line}`"))
+        .to_owned()
+}
+
 fn start_role(args: &[&str]) -> (Child, String) {
     let mut child = Command::new(binary("DEMO_APP_BIN", "demo-app"))
         .args(args)
         .stdout(Stdio::piped())
         .spawn()
         .expect("start demo-app (run `cargo xtask build`)");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("demo-app says where it listens");
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("demo-app said `{line}`"))
-        .to_owned();
+    let addr = listening_addr(&mut child, "demo-app");
     (child, addr)
 }
 
@@ -113,15 +117,7 @@ impl PythonShop {
             .stdout(Stdio::piped())
             .spawn()
             .expect("start the Python shop");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("the shop says where it listens");
-        let addr = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("the shop said `{line}`"))
-            .to_owned();
+        let addr = listening_addr(&mut child, "the shop");
         Self { child, addr }
     }
 
