@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// OTLP transport.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -17,8 +17,31 @@ pub enum OtlpProtocol {
 /// loupe: attach to running processes and turn their traffic into spans, with no SDK and no
 /// restart. Without an OTLP endpoint it shows the spans in the terminal.
 #[derive(Debug, Parser)]
-#[command(name = "loupe", version, about)]
+#[command(
+    name = "loupe",
+    version,
+    about,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
 pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub args: RunArgs,
+}
+
+/// What else loupe can do.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Observe without the live view (spans still go to an OTLP endpoint if one is set), then
+    /// print the top problems found: route, pattern, how often, time lost, advice.
+    Report(RunArgs),
+}
+
+/// Options of a run.
+#[derive(Debug, Args)]
+pub struct RunArgs {
     /// Process to observe (repeatable). Its threads and the children it forks are observed too.
     #[arg(
         long = "pid",
@@ -55,6 +78,27 @@ pub struct Cli {
     #[arg(long, value_name = "DURATION", default_value = "500ms", value_parser = parse_duration, env = "LOUPE_SLOW_DB")]
     pub slow_db: Duration,
 
+    /// A cache call slower than this is flagged slow, e.g. 100ms.
+    #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = parse_duration, env = "LOUPE_SLOW_CACHE")]
+    pub slow_cache: Duration,
+
+    /// N+1: this many queries of one statement, one after another, in one request.
+    #[arg(long, value_name = "COUNT", default_value_t = 5, value_parser = clap::value_parser!(u32).range(2..), env = "LOUPE_N_PLUS_ONE_MIN")]
+    pub n_plus_one_min: u32,
+
+    /// Sequential calls: flagged when running them in parallel would save at least this share
+    /// of the request, in percent.
+    #[arg(long, value_name = "PERCENT", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=100), env = "LOUPE_SEQUENTIAL_MIN_SAVING")]
+    pub sequential_min_saving: u32,
+
+    /// Oversized response: an HTTP response body larger than this, e.g. 1MiB or 500KB.
+    #[arg(long, value_name = "SIZE", default_value = "1MiB", value_parser = parse_size, env = "LOUPE_LARGE_RESPONSE")]
+    pub large_response: u64,
+
+    /// Oversized response: a query result with more rows than this.
+    #[arg(long, value_name = "ROWS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..), env = "LOUPE_LARGE_RESULT_ROWS")]
+    pub large_result_rows: u64,
+
     /// Stop after this long, e.g. 30s or 5m. Default: run until SIGINT or SIGTERM.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, env = "LOUPE_DURATION")]
     pub duration: Option<Duration>,
@@ -83,11 +127,38 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(duration)
 }
 
+/// `1MiB`, `512KiB`, `2MB`, `300kb` or a plain byte count.
+fn parse_size(text: &str) -> Result<u64, String> {
+    let trimmed = text.trim();
+    let split = trimmed
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(trimmed.len());
+    let (digits, unit) = trimmed.split_at(split);
+    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "kib" => 1 << 10,
+        "m" | "mb" => 1_000_000,
+        "mib" => 1 << 20,
+        "g" | "gb" => 1_000_000_000,
+        "gib" => 1 << 30,
+        _ => return Err(format!("`{text}` is not a size like 1MiB, 500KB or 4096")),
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(scale))
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("`{text}` is not a size like 1MiB, 500KB or 4096"))
+}
+
 /// Where spans go.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ExportTarget {
     /// The terminal view.
     Terminal,
+    /// Nowhere (`loupe report` without an endpoint): spans feed the report only.
+    Nowhere,
     /// An OTLP endpoint. `endpoint` None means the exporter reads the OTEL_* variables itself.
     Otlp {
         endpoint: Option<String>,
@@ -101,6 +172,37 @@ pub struct Thresholds {
     pub http: Duration,
     pub external: Duration,
     pub db: Duration,
+    pub cache: Duration,
+}
+
+/// What the pattern detectors look for.
+#[derive(Clone, Copy, Debug)]
+pub struct DiagnosisConfig {
+    pub n_plus_one_min: usize,
+    /// 0..1: the share of the request parallel calls would have to save.
+    pub sequential_min_saving: f64,
+    pub large_response_bytes: u64,
+    pub large_result_rows: u64,
+}
+
+impl Default for DiagnosisConfig {
+    fn default() -> Self {
+        Self {
+            n_plus_one_min: 5,
+            sequential_min_saving: 0.30,
+            large_response_bytes: 1 << 20,
+            large_result_rows: 10_000,
+        }
+    }
+}
+
+/// What a run shows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Spans live (terminal or OTLP), the top problems at exit.
+    Watch,
+    /// `loupe report`: no live view, the problem report at exit.
+    Report,
 }
 
 /// The validated configuration.
@@ -110,6 +212,8 @@ pub struct Config {
     pub export: ExportTarget,
     pub service_name: Option<String>,
     pub thresholds: Thresholds,
+    pub diagnosis: DiagnosisConfig,
+    pub mode: Mode,
     pub duration: Option<Duration>,
     pub capture_bytes: u32,
     pub max_query_bytes: u32,
@@ -130,6 +234,19 @@ pub enum ConfigError {
 impl Cli {
     /// Validates the command line against the environment (`OTEL_*`).
     pub fn into_config(self, env: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        match self.command {
+            Some(Command::Report(args)) => args.into_config(Mode::Report, env),
+            None => self.args.into_config(Mode::Watch, env),
+        }
+    }
+}
+
+impl RunArgs {
+    fn into_config(
+        self,
+        mode: Mode,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
         if self.pids.contains(&0) {
             return Err(ConfigError::PidZero);
         }
@@ -141,6 +258,7 @@ impl Cli {
             .or_else(|| env("OTEL_EXPORTER_OTLP_ENDPOINT"))
             .filter(|value| !value.is_empty());
         let export = match (self.otlp_endpoint, env_endpoint) {
+            (None, None) if mode == Mode::Report => ExportTarget::Nowhere,
             (None, None) => ExportTarget::Terminal,
             (endpoint, _) => {
                 if let Some(url) = &endpoint
@@ -167,7 +285,15 @@ impl Cli {
                 http: self.slow_http,
                 external: self.slow_external,
                 db: self.slow_db,
+                cache: self.slow_cache,
             },
+            diagnosis: DiagnosisConfig {
+                n_plus_one_min: self.n_plus_one_min as usize,
+                sequential_min_saving: f64::from(self.sequential_min_saving) / 100.0,
+                large_response_bytes: self.large_response,
+                large_result_rows: self.large_result_rows,
+            },
+            mode,
             duration: self.duration,
             capture_bytes: self.capture_bytes,
             max_query_bytes: self.max_query_bytes,
@@ -250,6 +376,49 @@ mod tests {
     fn repeated_and_comma_separated_pids_are_deduplicated() {
         let config = parse(&["--pid", "5,3", "--pid", "5"]).unwrap();
         assert_eq!(config.pids, vec![3, 5]);
+    }
+
+    #[test]
+    fn diagnosis_flags_have_the_documented_defaults() {
+        let config = parse(&["--pid", "1"]).unwrap();
+        assert_eq!(config.diagnosis.n_plus_one_min, 5);
+        assert!((config.diagnosis.sequential_min_saving - 0.30).abs() < 1e-9);
+        assert_eq!(config.diagnosis.large_response_bytes, 1 << 20);
+        assert_eq!(config.thresholds.cache, Duration::from_millis(100));
+        assert_eq!(config.mode, Mode::Watch);
+        let config = parse(&["--pid", "1", "--large-response", "512KiB"]).unwrap();
+        assert_eq!(config.diagnosis.large_response_bytes, 512 * 1024);
+        assert!(parse(&["--pid", "1", "--large-response", "lots"]).is_err());
+        assert!(parse(&["--pid", "1", "--n-plus-one-min", "1"]).is_err());
+    }
+
+    #[test]
+    fn sizes_parse_with_units() {
+        assert_eq!(parse_size("1MiB"), Ok(1 << 20));
+        assert_eq!(parse_size("2MB"), Ok(2_000_000));
+        assert_eq!(parse_size("300kb"), Ok(300_000));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("1 furlong").is_err());
+        assert!(parse_size("99999999999999GiB").is_err());
+    }
+
+    #[test]
+    fn report_takes_the_same_options_and_exports_nowhere_by_default() {
+        let config = parse(&["report", "--pid", "9", "--duration", "5s"]).unwrap();
+        assert_eq!(config.mode, Mode::Report);
+        assert_eq!(config.export, ExportTarget::Nowhere);
+        assert_eq!(config.pids, vec![9]);
+        let config = parse(&[
+            "report",
+            "--pid",
+            "9",
+            "--otlp-endpoint",
+            "http://localhost:4317",
+        ])
+        .unwrap();
+        assert!(matches!(config.export, ExportTarget::Otlp { .. }));
+        assert!(parse(&["report"]).is_err(), "report needs --pid");
     }
 
     #[test]

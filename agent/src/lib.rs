@@ -4,7 +4,8 @@
 //!
 //! ```text
 //! ebpf probes --RingBuf--> events::reader --bounded channel--> events::decode
-//!   --> spans::stitcher (protocols::http1 per connection) --> detect::slow
+//!   --> spans::stitcher (protocols::http1 per connection) --> detect::slow (+ resources)
+//!   --> detect::assembly (a request's calls wait for it; verdict, patterns, problem board)
 //!   --bounded channel, drops counted--> export::{otlp, terminal}
 //! libpq uprobes --RingBuf--> (same path) --> spans::stitcher (libpq::LibpqTracker, merged
 //!   with the wire protocol's view of the same query)
@@ -27,7 +28,10 @@ pub mod spans;
 pub mod sql;
 pub mod stats;
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use tokio::{
     signal::unix::{SignalKind, signal},
@@ -35,7 +39,8 @@ use tokio::{
 };
 
 use crate::{
-    config::{Config, ExportTarget, Thresholds},
+    config::{Config, ExportTarget, Mode, Thresholds},
+    detect::{Diagnoser, ProblemBoard, ResourceSampler},
     events::Batch,
     export::{ExportError, Sink},
     preflight::PreflightError,
@@ -65,17 +70,27 @@ const BATCH_QUEUE: usize = 256;
 const SPAN_QUEUE: usize = 8192;
 const STITCH_TICK: Duration = Duration::from_millis(250);
 
-/// Runs loupe until a signal, `--duration`, or the exit of every target. Returns the counters.
-pub async fn run(config: Config) -> Result<Arc<Counters>, RunError> {
+/// What a run leaves behind.
+pub struct Outcome {
+    pub counters: Arc<Counters>,
+    pub problems: ProblemBoard,
+    pub mode: Mode,
+}
+
+/// Runs loupe until a signal, `--duration`, or the exit of every target.
+pub async fn run(config: Config) -> Result<Outcome, RunError> {
     preflight::check(&config.pids)?;
     let counters = Arc::new(Counters::default());
+    let board = Arc::new(Mutex::new(ProblemBoard::default()));
 
     // Build the sink before attaching, so a bad endpoint fails before anything is touched.
     let sink = match &config.export {
         ExportTarget::Terminal => Sink::Terminal(export::terminal::TerminalView::new(
             Box::new(std::io::BufWriter::new(std::io::stdout())),
             counters.clone(),
+            board.clone(),
         )),
+        ExportTarget::Nowhere => Sink::Discard,
         ExportTarget::Otlp { endpoint, protocol } => {
             Sink::Otlp(Box::new(export::otlp::OtlpSink::new(
                 endpoint.as_deref(),
@@ -123,11 +138,16 @@ pub async fn run(config: Config) -> Result<Arc<Counters>, RunError> {
         DRAIN_INTERVAL,
         stop_rx.clone(),
     ));
+    let verdicts = Verdicts {
+        thresholds: config.thresholds,
+        diagnoser: Diagnoser::new(config.diagnosis, board.clone(), counters.clone()),
+        resources: ResourceSampler::new(&pids),
+    };
     let stitch = tokio::spawn(stitch(
         batch_rx,
         stitcher,
         span_tx,
-        config.thresholds,
+        verdicts,
         counters.clone(),
     ));
     let exporter = tokio::spawn(export::run(
@@ -185,20 +205,47 @@ pub async fn run(config: Config) -> Result<Arc<Counters>, RunError> {
     if let Some(logger) = logger {
         let _ = logger.await;
     }
-    Ok(counters)
+    let problems = std::mem::take(&mut *board.lock().unwrap_or_else(|e| e.into_inner()));
+    Ok(Outcome {
+        counters,
+        problems,
+        mode: config.mode,
+    })
 }
 
-/// The stitching stage: decode, stitch, flag slowness, hand spans to the exporter without ever
+/// What the stitch stage writes on finished spans before they leave.
+struct Verdicts {
+    thresholds: Thresholds,
+    diagnoser: Diagnoser,
+    resources: ResourceSampler,
+}
+
+impl Verdicts {
+    /// Flags slowness, snapshots resources, and hands the span to the diagnoser, which puts in
+    /// `ready` whatever can be exported now.
+    fn take(&mut self, mut span: SpanRecord, ready: &mut Vec<SpanRecord>) {
+        let now = monotonic_now_ns();
+        self.resources.watch(span.pid);
+        if detect::mark_slow(&mut span, &self.thresholds) {
+            self.resources.annotate(&mut span, now);
+        }
+        self.diagnoser.push(span, now, ready);
+    }
+}
+
+/// The stitching stage: decode, stitch, write verdicts, hand spans to the exporter without ever
 /// waiting on it.
 async fn stitch(
     mut rx: mpsc::Receiver<Batch>,
     mut stitcher: Stitcher,
     tx: mpsc::Sender<SpanRecord>,
-    thresholds: Thresholds,
+    mut verdicts: Verdicts,
     counters: Arc<Counters>,
 ) {
     let mut tick = tokio::time::interval(STITCH_TICK);
+    let mut sample = tokio::time::interval(detect::resources::SAMPLE_INTERVAL);
     let mut out = Vec::new();
+    let mut ready = Vec::new();
     loop {
         tokio::select! {
             batch = rx.recv() => match batch {
@@ -215,10 +262,17 @@ async fn stitch(
                 }
                 None => break,
             },
-            _ = tick.tick() => stitcher.tick(monotonic_now_ns(), &mut out),
+            _ = tick.tick() => {
+                let now = monotonic_now_ns();
+                stitcher.tick(now, &mut out);
+                verdicts.diagnoser.tick(now, &mut ready);
+            }
+            _ = sample.tick() => verdicts.resources.sample(monotonic_now_ns()),
         }
-        for mut span in out.drain(..) {
-            detect::mark_slow(&mut span, &thresholds);
+        for span in out.drain(..) {
+            verdicts.take(span, &mut ready);
+        }
+        for span in ready.drain(..) {
             Counters::add(&counters.spans_built, 1);
             if tx.try_send(span).is_err() {
                 Counters::add(&counters.spans_dropped, 1);
@@ -226,8 +280,11 @@ async fn stitch(
         }
     }
     stitcher.finish(&mut out);
-    for mut span in out.drain(..) {
-        detect::mark_slow(&mut span, &thresholds);
+    for span in out.drain(..) {
+        verdicts.take(span, &mut ready);
+    }
+    verdicts.diagnoser.finish(&mut ready);
+    for span in ready.drain(..) {
         Counters::add(&counters.spans_built, 1);
         // At shutdown the exporter is draining: waiting here loses nothing and stalls no one.
         if tx.send(span).await.is_err() {

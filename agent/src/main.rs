@@ -3,7 +3,23 @@
 use std::process::ExitCode;
 
 use clap::Parser as _;
-use loupe::config::Cli;
+use loupe::{
+    config::{Cli, Mode},
+    detect::ProblemBoard,
+};
+
+/// Problems listed after the summary line at exit.
+const TOP_AT_EXIT: usize = 5;
+/// Problems listed by `loupe report`.
+const TOP_IN_REPORT: usize = 20;
+
+/// `loupe report`'s output (its format is a contract: docs/contracts.md).
+fn report(problems: &ProblemBoard) -> String {
+    match problems.render(TOP_IN_REPORT) {
+        Some(table) => format!("loupe report: top problems\n{table}"),
+        None => "loupe report: no problems found\n".to_owned(),
+    }
+}
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -49,8 +65,16 @@ fn main() -> ExitCode {
         }
     };
     match runtime.block_on(loupe::run(config)) {
-        Ok(counters) => {
-            eprintln!("{}", counters.summary_line());
+        Ok(outcome) => {
+            eprintln!("{}", outcome.counters.summary_line());
+            match outcome.mode {
+                Mode::Report => print!("{}", report(&outcome.problems)),
+                Mode::Watch => {
+                    if let Some(top) = outcome.problems.render(TOP_AT_EXIT) {
+                        eprint!("loupe: top problems\n{top}");
+                    }
+                }
+            }
             ExitCode::SUCCESS
         }
         Err(err) => {

@@ -202,6 +202,8 @@ pub struct Span {
     pub tags: HashMap<String, Value>,
     pub service: String,
     pub process_tags: HashMap<String, Value>,
+    /// Span events (Jaeger's logs): the `event` field is the name, the rest its attributes.
+    pub logs: Vec<HashMap<String, Value>>,
 }
 
 impl Span {
@@ -219,6 +221,11 @@ impl Span {
             duration_us: raw.duration,
             tags: raw.tags.into_iter().map(|t| (t.key, t.value)).collect(),
             service: process.map(|p| p.service_name.clone()).unwrap_or_default(),
+            logs: raw
+                .logs
+                .into_iter()
+                .map(|log| log.fields.into_iter().map(|t| (t.key, t.value)).collect())
+                .collect(),
             process_tags: process
                 .map(|p| {
                     p.tags
@@ -248,6 +255,34 @@ impl Span {
 
     pub fn is_slow(&self) -> bool {
         self.tags.get("performance.slow").and_then(Value::as_bool) == Some(true)
+    }
+
+    /// The span's `performance.patterns`, however the store rendered the array (Jaeger keeps
+    /// OTLP arrays as their JSON text).
+    pub fn patterns(&self) -> Vec<String> {
+        match self.tags.get("performance.patterns") {
+            Some(Value::Array(items)) => items
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect(),
+            Some(Value::String(text)) => {
+                serde_json::from_str::<Vec<String>>(text).unwrap_or_else(|_| vec![text.clone()])
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// The events named `name`.
+    pub fn events(&self, name: &str) -> Vec<&HashMap<String, Value>> {
+        self.logs
+            .iter()
+            .filter(|log| log.get("event").and_then(Value::as_str) == Some(name))
+            .collect()
+    }
+
+    /// A float tag (Jaeger may render a whole float as an integer).
+    pub fn float_tag(&self, key: &str) -> Option<f64> {
+        self.tags.get(key).and_then(Value::as_f64)
     }
 
     pub fn is_error(&self) -> bool {
@@ -282,6 +317,14 @@ struct RawSpan {
     tags: Vec<RawTag>,
     #[serde(rename = "processID")]
     process_id: String,
+    #[serde(default)]
+    logs: Vec<RawLog>,
+}
+
+#[derive(Deserialize)]
+struct RawLog {
+    #[serde(default)]
+    fields: Vec<RawTag>,
 }
 
 #[derive(Deserialize)]

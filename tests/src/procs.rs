@@ -103,21 +103,9 @@ impl PythonShop {
 
     /// With extra flags, e.g. `--lazy`.
     pub fn start_with(dsn: &str, flags: &[&str]) -> Self {
-        let python = crate::cache_dir().join("venv/bin/python");
-        assert!(
-            python.is_file(),
-            "no venv at {}: run `cargo xtask setup`",
-            python.display()
-        );
-        let script = crate::workspace_root().join("tests/apps/pg_shop.py");
-        let mut child = Command::new(python)
-            .arg(script)
-            .args(["--port", "0", "--dsn", dsn])
-            .args(flags)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start the Python shop");
-        let addr = listening_addr(&mut child, "the shop");
+        let mut args = vec!["--port", "0", "--dsn", dsn];
+        args.extend_from_slice(flags);
+        let (child, addr) = start_python("pg_shop.py", &args);
         Self { child, addr }
     }
 
@@ -130,6 +118,70 @@ impl Drop for PythonShop {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Starts `tests/apps/<script>` with the venv's Python; returns it and where it listens.
+fn start_python(script: &str, args: &[&str]) -> (Child, String) {
+    let python = crate::cache_dir().join("venv/bin/python");
+    assert!(
+        python.is_file(),
+        "no venv at {}: run `cargo xtask setup`",
+        python.display()
+    );
+    let path = crate::workspace_root().join("tests/apps").join(script);
+    let mut child = Command::new(python)
+        .arg(path)
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|err| panic!("start {script}: {err}"));
+    let addr = listening_addr(&mut child, script);
+    (child, addr)
+}
+
+/// The diagnosis shop (tests/apps/diag_shop.py): one route per anti-pattern and control routes,
+/// with its two downstream services (peers A and B) and a PostgreSQL `shop` database.
+pub struct DiagShop {
+    shop: Child,
+    downstream: Vec<Child>,
+    pub addr: String,
+    pub peer_a: String,
+    pub peer_b: String,
+}
+
+impl DiagShop {
+    pub fn start(dsn: &str) -> Self {
+        let (a, peer_a) = start_python("diag_shop.py", &["downstream", "--port", "0"]);
+        let (b, peer_b) = start_python("diag_shop.py", &["downstream", "--port", "0"]);
+        let url_a = format!("http://{peer_a}");
+        let url_b = format!("http://{peer_b}");
+        let (shop, addr) = start_python(
+            "diag_shop.py",
+            &[
+                "shop", "--port", "0", "--dsn", dsn, "--peer-a", &url_a, "--peer-b", &url_b,
+            ],
+        );
+        Self {
+            shop,
+            downstream: vec![a, b],
+            addr,
+            peer_a,
+            peer_b,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.shop.id()
+    }
+}
+
+impl Drop for DiagShop {
+    fn drop(&mut self) {
+        for child in std::iter::once(&mut self.shop).chain(self.downstream.iter_mut()) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 

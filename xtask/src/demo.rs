@@ -34,6 +34,7 @@ const ROUTES: &[&str] = &[
     "/api/slow",
     "/health",
     "/api/checkout/slow",
+    "/api/report",
 ];
 
 pub fn run(with_jaeger: bool, duration: Duration) -> anyhow::Result<()> {

@@ -12,6 +12,7 @@ pub fn threshold_for(op: OpType, thresholds: &Thresholds) -> std::time::Duration
         OpType::HttpServer => thresholds.http,
         OpType::HttpClient => thresholds.external,
         OpType::DbClient => thresholds.db,
+        OpType::CacheClient => thresholds.cache,
     }
 }
 
@@ -54,6 +55,8 @@ mod tests {
             error: None,
             pid: 1,
             tid: 1,
+            events: Vec::new(),
+            call_key: None,
         }
     }
 
@@ -61,6 +64,7 @@ mod tests {
         http: Duration::from_secs(1),
         external: Duration::from_secs(2),
         db: Duration::from_millis(500),
+        cache: Duration::from_millis(100),
     };
 
     #[test]

@@ -27,6 +27,8 @@ pub enum ExportError {
 pub enum Sink {
     Otlp(Box<otlp::OtlpSink>),
     Terminal(terminal::TerminalView),
+    /// `loupe report` without an endpoint: spans only feed the problem board.
+    Discard,
 }
 
 /// Most spans sent in one OTLP request.
@@ -90,5 +92,6 @@ pub async fn run(
             }
             view.print_table(&counters);
         }
+        Sink::Discard => while rx.recv().await.is_some() {},
     }
 }

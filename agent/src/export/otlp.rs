@@ -124,6 +124,27 @@ impl OtlpSink {
         }
     }
 
+    fn to_events(&self, span: &SpanRecord) -> SpanEvents {
+        let mut events = SpanEvents::default();
+        events.events = span
+            .events
+            .iter()
+            .map(|event| {
+                opentelemetry::trace::Event::new(
+                    event.name,
+                    self.clock.to_system_time(event.time_ns),
+                    event
+                        .attributes
+                        .iter()
+                        .map(|(key, value)| KeyValue::new(*key, to_value(value)))
+                        .collect(),
+                    0,
+                )
+            })
+            .collect();
+        events
+    }
+
     fn to_span_data(&self, span: &SpanRecord) -> SpanData {
         SpanData {
             span_context: SpanContext::new(
@@ -149,7 +170,7 @@ impl OtlpSink {
                 .chain([KeyValue::new("thread.id", i64::from(span.tid))])
                 .collect(),
             dropped_attributes_count: 0,
-            events: SpanEvents::default(),
+            events: self.to_events(span),
             links: SpanLinks::default(),
             status: match &span.error {
                 Some(description) => Status::error(description.clone()),
@@ -167,6 +188,9 @@ fn to_value(value: &AttrValue) -> Value {
         AttrValue::Int(i) => Value::I64(*i),
         AttrValue::Float(f) => Value::F64(*f),
         AttrValue::Bool(b) => Value::Bool(*b),
+        AttrValue::StrArray(items) => Value::Array(opentelemetry::Array::String(
+            items.iter().map(|item| item.clone().into()).collect(),
+        )),
     }
 }
 

@@ -5,13 +5,14 @@
 use std::{
     collections::BTreeMap,
     io::Write,
-    sync::Arc,
+    sync::{Arc, Mutex},
     time::{SystemTime, UNIX_EPOCH},
 };
 
 use hdrhistogram::Histogram;
 
 use crate::{
+    detect::ProblemBoard,
     spans::{AttrValue, SpanKind, SpanRecord, clock::WallClock},
     stats::Counters,
 };
@@ -44,17 +45,27 @@ pub struct TerminalView {
     /// Per route, server spans then client spans.
     routes: [BTreeMap<String, RouteStats>; 2],
     counters: Arc<Counters>,
+    /// The problems found per route (written by the diagnosis stage).
+    board: Arc<Mutex<ProblemBoard>>,
     /// Reused for every line.
     line: String,
 }
 
+/// Problems listed under the periodic table.
+const TOP_PROBLEMS: usize = 5;
+
 impl TerminalView {
-    pub fn new(out: Box<dyn Write + Send>, counters: Arc<Counters>) -> Self {
+    pub fn new(
+        out: Box<dyn Write + Send>,
+        counters: Arc<Counters>,
+        board: Arc<Mutex<ProblemBoard>>,
+    ) -> Self {
         Self {
             out,
             clock: WallClock::new(),
             routes: [BTreeMap::new(), BTreeMap::new()],
             counters,
+            board,
             line: String::with_capacity(256),
         }
     }
@@ -76,7 +87,7 @@ impl TerminalView {
             return;
         };
         stats.count += 1;
-        stats.slow += u64::from(is_slow(span));
+        stats.slow += u64::from(span.is_slow());
         stats.errors += u64::from(span.error.is_some());
         let _ = stats.micros.record((span.duration_ns() / 1_000).max(1));
     }
@@ -90,8 +101,9 @@ impl TerminalView {
             return;
         }
         let mut text = String::new();
+        let board = self.board.lock().unwrap_or_else(|e| e.into_inner());
         text.push_str(&format!(
-            "\n{:<6} {:<44} {:>7} {:>10} {:>10} {:>10} {:>6} {:>6}\n",
+            "\n{:<6} {:<44} {:>7} {:>10} {:>10} {:>10} {:>6} {:>6}  patterns\n",
             "kind", "route", "count", "p50", "p95", "p99", "slow%", "err%"
         ));
         let rows = [SpanKind::Server, SpanKind::Client]
@@ -104,8 +116,16 @@ impl TerminalView {
         for (kind, name, stats) in rows {
             let pct = |n: u64| 100.0 * n as f64 / stats.count.max(1) as f64;
             let q = |quantile: f64| format_duration_us(stats.micros.value_at_quantile(quantile));
+            let patterns: Vec<&str> = match kind {
+                SpanKind::Server => board
+                    .patterns_of(name)
+                    .into_iter()
+                    .map(|p| p.as_str())
+                    .collect(),
+                SpanKind::Client => Vec::new(),
+            };
             text.push_str(&format!(
-                "{:<6} {:<44} {:>7} {:>10} {:>10} {:>10} {:>5.1}% {:>5.1}%\n",
+                "{:<6} {:<44} {:>7} {:>10} {:>10} {:>10} {:>5.1}% {:>5.1}%  {}\n",
                 match kind {
                     SpanKind::Server => "server",
                     SpanKind::Client => "client",
@@ -117,15 +137,22 @@ impl TerminalView {
                 q(0.99),
                 pct(stats.slow),
                 pct(stats.errors),
+                patterns.join(","),
             ));
         }
+        if let Some(problems) = board.render(TOP_PROBLEMS) {
+            text.push_str("top problems:\n");
+            text.push_str(&problems);
+        }
+        drop(board);
         text.push_str(&format!(
-            "events read {}, lost {}, decode errors {}; spans dropped {}, unnested calls {}\n",
+            "events read {}, lost {}, decode errors {}; spans dropped {}, unnested calls {}, undiagnosed requests {}\n",
             Counters::get(&counters.events_read),
             Counters::get(&counters.events_lost_kernel),
             Counters::get(&counters.decode_errors),
             Counters::get(&counters.spans_dropped),
             Counters::get(&counters.unnested_calls),
+            Counters::get(&counters.trees_undiagnosed),
         ));
         let _ = write!(self.out, "{text}");
         let _ = self.out.flush();
@@ -137,10 +164,6 @@ fn kind_index(kind: SpanKind) -> usize {
         SpanKind::Server => 0,
         SpanKind::Client => 1,
     }
-}
-
-fn is_slow(span: &SpanRecord) -> bool {
-    matches!(span.attr("performance.slow"), Some(AttrValue::Bool(true)))
 }
 
 /// `14:03:12.345 GET /api/users/{id} 200 3.2 ms`, a client call indented with its peer, and
@@ -197,7 +220,7 @@ pub fn format_line_into(line: &mut String, span: &SpanRecord, end: SystemTime) {
         _ => line.push_str(" - "),
     }
     write_duration_us(line, span.duration_ns() / 1_000);
-    if is_slow(span) {
+    if span.is_slow() {
         let ratio = match span.attr("performance.slowness_ratio") {
             Some(AttrValue::Float(ratio)) => *ratio,
             _ => 0.0,
@@ -210,6 +233,19 @@ pub fn format_line_into(line: &mut String, span: &SpanRecord, end: SystemTime) {
     }
     if span.error.is_some() {
         line.push_str("  ERROR");
+    }
+    if let Some(AttrValue::StrArray(patterns)) = span.attr("performance.patterns") {
+        line.push_str("  [");
+        for (i, pattern) in patterns.iter().enumerate() {
+            if i > 0 {
+                line.push_str(", ");
+            }
+            line.push_str(pattern);
+        }
+        line.push(']');
+        if let Some(diagnosis) = span.attr_str("performance.diagnosis") {
+            let _ = write!(line, " {diagnosis}");
+        }
     }
 }
 
@@ -261,6 +297,8 @@ mod tests {
             error: None,
             pid: 1,
             tid: 1,
+            events: Vec::new(),
+            call_key: None,
         }
     }
 
@@ -296,6 +334,26 @@ mod tests {
         );
         s.set("db.response.status_code", "42P01");
         assert!(format_line(&s, UNIX_EPOCH).contains("SELECT orders SQLSTATE 42P01 2.0 ms"));
+    }
+
+    #[test]
+    fn a_request_with_patterns_names_them_and_its_diagnosis() {
+        let mut s = span(SpanKind::Server, "GET /orders", 90);
+        s.set(
+            "performance.patterns",
+            AttrValue::StrArray(vec!["n_plus_one".into(), "repeated_call".into()]),
+        );
+        s.set(
+            "performance.diagnosis",
+            "80% of the request waited on 10 x SELECT",
+        );
+        let line = format_line(&s, UNIX_EPOCH);
+        assert!(
+            line.ends_with(
+                "GET /orders 200 90.0 ms  [n_plus_one, repeated_call] 80% of the request waited on 10 x SELECT"
+            ),
+            "{line}"
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@
 pub mod libraries;
 pub mod sockets;
 pub mod targets;
+pub mod usage;
 
 pub use libraries::{MappedLibrary, mapped_libraries};
 pub use sockets::{ExistingSocket, SocketAddrs, existing_sockets, socket_addrs};

@@ -7,7 +7,7 @@
 
 use super::{
     http::{Actor, Endpoints, SpanIds},
-    model::{OpType, SpanKind, SpanRecord},
+    model::{OpType, SpanKind, SpanRecord, call_key},
 };
 use crate::{libpq::LibpqQuery, protocols::postgres::QueryDone, sql::Statement};
 
@@ -118,7 +118,14 @@ pub fn query_span(
         error: None,
         pid: actor.pid,
         tid: actor.tid,
+        events: Vec::new(),
+        call_key: None,
     };
+    // Text with `$n` placeholders had its values bound separately, unseen: not an exact call.
+    span.call_key = facts
+        .text
+        .filter(|text| !text.contains('$'))
+        .map(|text| call_key(&[text, facts.database.unwrap_or_default()]));
     span.set("db.system.name", "postgresql");
     if facts.text.is_some() {
         span.set("db.query.text", statement.normalized.clone());

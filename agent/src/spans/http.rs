@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 
 use super::{
-    model::{OpType, SpanKind, SpanRecord},
+    model::{OpType, SpanKind, SpanRecord, call_key},
     route::{redact_query, route, split_target},
 };
 use crate::protocols::http1::Exchange;
@@ -97,6 +97,8 @@ fn base_span(exchange: &Exchange, kind: SpanKind, ids: SpanIds, actor: Actor) ->
         error: None,
         pid: actor.pid,
         tid: actor.tid,
+        events: Vec::new(),
+        call_key: None,
     };
     span.set("http.request.method", method);
     span.set("url.path", path.to_owned());
@@ -176,6 +178,13 @@ pub fn client_span(
         span.set("server.port", i64::from(port));
     }
     set_peer(&mut span, ends);
+    let port_text = port.map(|p| p.to_string()).unwrap_or_default();
+    span.call_key = Some(call_key(&[
+        &exchange.request.method,
+        host.as_deref().unwrap_or_default(),
+        &port_text,
+        &exchange.request.target,
+    ]));
     if let Some(host) = host {
         let (path, query) = split_target(&exchange.request.target);
         let authority = match port {

@@ -10,5 +10,5 @@ pub mod model;
 pub mod route;
 pub mod stitcher;
 
-pub use model::{AttrValue, OpType, SpanKind, SpanRecord};
+pub use model::{AttrValue, OpType, SpanEvent, SpanKind, SpanRecord};
 pub use stitcher::Stitcher;

@@ -19,6 +19,8 @@ pub enum OpType {
     HttpClient,
     /// A database query (threshold --slow-db).
     DbClient,
+    /// A cache call (threshold --slow-cache): Redis and friends, once a protocol produces them.
+    CacheClient,
 }
 
 /// An attribute value. Strings known at compile time are borrowed, not allocated per span.
@@ -28,6 +30,8 @@ pub enum AttrValue {
     Int(i64),
     Float(f64),
     Bool(bool),
+    /// A string array (`performance.patterns`).
+    StrArray(Vec<Cow<'static, str>>),
 }
 
 impl From<&'static str> for AttrValue {
@@ -56,6 +60,26 @@ impl From<bool> for AttrValue {
     }
 }
 
+/// Something that happened during a span (an OTel span event), e.g. a pattern found in it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SpanEvent {
+    pub name: &'static str,
+    /// ns since boot (CLOCK_MONOTONIC).
+    pub time_ns: u64,
+    pub attributes: Vec<(&'static str, AttrValue)>,
+}
+
+/// Hashes the parts of a call into a [`SpanRecord::call_key`]. Parts are separated, so
+/// ("ab", "c") and ("a", "bc") differ.
+pub fn call_key(parts: &[&str]) -> u64 {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut hasher = rustc_hash::FxHasher::default();
+    for part in parts {
+        part.hash(&mut hasher);
+    }
+    hasher.finish()
+}
+
 /// A finished span.
 #[derive(Clone, Debug)]
 pub struct SpanRecord {
@@ -77,11 +101,38 @@ pub struct SpanRecord {
     pub pid: u32,
     /// The thread that did it.
     pub tid: u32,
+    /// Span events (patterns found, with their evidence).
+    pub events: Vec<SpanEvent>,
+    /// The exact call, hashed, for spotting repeats: an HTTP call's method, host, port, path and
+    /// query as sent; a statement's text with its literals. None where the parameters are unknown
+    /// (bound separately). Never exported.
+    pub call_key: Option<u64>,
 }
 
 impl SpanRecord {
     pub fn duration_ns(&self) -> u64 {
         self.end_ns.saturating_sub(self.start_ns)
+    }
+
+    /// The attribute as a string, if it is one.
+    pub fn attr_str(&self, key: &str) -> Option<&str> {
+        match self.attr(key) {
+            Some(AttrValue::Str(text)) => Some(text),
+            _ => None,
+        }
+    }
+
+    /// The attribute as an integer, if it is one.
+    pub fn attr_int(&self, key: &str) -> Option<i64> {
+        match self.attr(key) {
+            Some(AttrValue::Int(n)) => Some(*n),
+            _ => None,
+        }
+    }
+
+    /// Whether the span carries `performance.slow`.
+    pub fn is_slow(&self) -> bool {
+        matches!(self.attr("performance.slow"), Some(AttrValue::Bool(true)))
     }
 
     pub fn attr(&self, key: &str) -> Option<&AttrValue> {

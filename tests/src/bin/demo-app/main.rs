@@ -239,6 +239,25 @@ fn frontend(
             201,
             format!(r#"{{"id":1001,"bytes":{}}}"#, request.body.len()),
         ),
+        ("GET", "/api/report") => {
+            // Two anti-patterns for loupe to name: one query per order (N+1) instead of one for
+            // all, and the same backend call twice (repeated_call).
+            let Some((addr, db)) = database else {
+                return Response::new(503, r#"{"error":"no database configured"}"#);
+            };
+            let mut rows = 0;
+            for id in 1..=8 {
+                let sql = format!("SELECT id, total FROM orders WHERE id = {id}");
+                if let Ok(outcome) = pg::simple_query(addr, db, &sql) {
+                    rows += outcome.rows;
+                }
+            }
+            let _ = call(backend, "/score?user=7");
+            match call(backend, "/score?user=7") {
+                Ok((200, _)) => Response::new(200, format!(r#"{{"orders":{rows}}}"#)),
+                _ => Response::new(502, r#"{"error":"backend"}"#),
+            }
+        }
         ("GET", p) if p.starts_with("/api/orders/") => {
             let user = &p["/api/orders/".len()..];
             let Some((addr, db)) = database else {

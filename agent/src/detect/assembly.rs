@@ -1,0 +1,250 @@
+//! Holds each request's client spans until the request itself finishes, then writes the verdict
+//! and releases the whole tree at once. A span waits exactly as long as its tree needs: server
+//! spans and parentless calls pass straight through, and a child goes out with its parent.
+//!
+//! Bounded: a tree whose parent never comes (the request was never answered) is released
+//! undiagnosed after [`HOLD_LIMIT_NS`], and past [`MAX_HELD`] spans a new child goes out at once;
+//! both are counted (`trees_undiagnosed`).
+
+use std::{
+    collections::VecDeque,
+    sync::{Arc, Mutex},
+};
+
+use rustc_hash::FxHashMap as HashMap;
+
+use super::{board::ProblemBoard, round3, verdict};
+use crate::{
+    config::DiagnosisConfig,
+    spans::{SpanKind, SpanRecord},
+    stats::Counters,
+};
+
+/// Longest a child waits for its parent.
+pub const HOLD_LIMIT_NS: u64 = 120_000_000_000;
+/// Most child spans held at once.
+pub const MAX_HELD: usize = 100_000;
+/// How long a finished request is remembered for a child that finishes after it.
+const RECENT_NS: u64 = 10_000_000_000;
+const MAX_RECENT: usize = 65_536;
+
+struct Held {
+    children: Vec<SpanRecord>,
+    first_ns: u64,
+}
+
+/// The diagnosis stage's state.
+pub struct Diagnoser {
+    config: DiagnosisConfig,
+    held: HashMap<u64, Held>,
+    held_spans: usize,
+    /// Finished requests by span id: (start, end, remembered at).
+    recent: HashMap<u64, (u64, u64)>,
+    recent_order: VecDeque<(u64, u64)>,
+    board: Arc<Mutex<ProblemBoard>>,
+    counters: Arc<Counters>,
+}
+
+impl Diagnoser {
+    pub fn new(
+        config: DiagnosisConfig,
+        board: Arc<Mutex<ProblemBoard>>,
+        counters: Arc<Counters>,
+    ) -> Self {
+        Self {
+            config,
+            held: HashMap::default(),
+            held_spans: 0,
+            recent: HashMap::default(),
+            recent_order: VecDeque::new(),
+            board,
+            counters,
+        }
+    }
+
+    /// Takes a finished span; pushes to `out` whatever is ready to export. `now_ns` is the
+    /// monotonic clock.
+    pub fn push(&mut self, mut span: SpanRecord, now_ns: u64, out: &mut Vec<SpanRecord>) {
+        match (span.kind, span.parent_span_id) {
+            (SpanKind::Server, _) => self.finish_tree(span, now_ns, out),
+            (SpanKind::Client, Some(parent)) => {
+                if let Some(&(start, end)) = self.recent.get(&parent) {
+                    // Finished after its request: it gets its share, the verdict is written.
+                    let total = end.saturating_sub(start);
+                    if total > 0 {
+                        let own = span
+                            .end_ns
+                            .min(end)
+                            .saturating_sub(span.start_ns.max(start));
+                        span.set(
+                            "performance.share_of_parent",
+                            round3(own as f64 / total as f64),
+                        );
+                    }
+                    out.push(span);
+                } else if self.held_spans >= MAX_HELD {
+                    Counters::add(&self.counters.trees_undiagnosed, 1);
+                    out.push(span);
+                } else {
+                    self.held_spans += 1;
+                    self.held
+                        .entry(parent)
+                        .or_insert_with(|| Held {
+                            children: Vec::new(),
+                            first_ns: now_ns,
+                        })
+                        .children
+                        .push(span);
+                }
+            }
+            (SpanKind::Client, None) => out.push(span),
+        }
+    }
+
+    fn finish_tree(&mut self, mut parent: SpanRecord, now_ns: u64, out: &mut Vec<SpanRecord>) {
+        let mut children = match self.held.remove(&parent.span_id) {
+            Some(held) => {
+                self.held_spans -= held.children.len();
+                held.children
+            }
+            None => Vec::new(),
+        };
+        let findings = verdict::diagnose(&mut parent, &mut children, &self.config);
+        if !findings.is_empty()
+            && let Ok(mut board) = self.board.lock()
+        {
+            board.record_request(&parent.name, &findings);
+        }
+        if !children.is_empty() {
+            self.remember(parent.span_id, (parent.start_ns, parent.end_ns), now_ns);
+        }
+        out.push(parent);
+        out.append(&mut children);
+    }
+
+    fn remember(&mut self, span_id: u64, window: (u64, u64), now_ns: u64) {
+        if self.recent.len() >= MAX_RECENT
+            && let Some((old, _)) = self.recent_order.pop_front()
+        {
+            self.recent.remove(&old);
+        }
+        self.recent.insert(span_id, window);
+        self.recent_order.push_back((span_id, now_ns));
+    }
+
+    /// Releases trees whose parent is overdue and forgets old finished requests.
+    pub fn tick(&mut self, now_ns: u64, out: &mut Vec<SpanRecord>) {
+        let overdue: Vec<u64> = self
+            .held
+            .iter()
+            .filter(|(_, held)| now_ns.saturating_sub(held.first_ns) > HOLD_LIMIT_NS)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in overdue {
+            self.release(id, out);
+        }
+        while let Some(&(id, at)) = self.recent_order.front() {
+            if now_ns.saturating_sub(at) <= RECENT_NS {
+                break;
+            }
+            self.recent_order.pop_front();
+            self.recent.remove(&id);
+        }
+    }
+
+    /// Releases everything still held (at shutdown).
+    pub fn finish(&mut self, out: &mut Vec<SpanRecord>) {
+        let ids: Vec<u64> = self.held.keys().copied().collect();
+        for id in ids {
+            self.release(id, out);
+        }
+    }
+
+    fn release(&mut self, id: u64, out: &mut Vec<SpanRecord>) {
+        if let Some(mut held) = self.held.remove(&id) {
+            self.held_spans -= held.children.len();
+            Counters::add(&self.counters.trees_undiagnosed, 1);
+            out.append(&mut held.children);
+        }
+    }
+
+    /// Child spans waiting for their request.
+    pub fn held(&self) -> usize {
+        self.held_spans
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::patterns::testing::*;
+
+    fn diagnoser() -> Diagnoser {
+        Diagnoser::new(
+            DiagnosisConfig::default(),
+            Arc::new(Mutex::new(ProblemBoard::default())),
+            Arc::new(Counters::default()),
+        )
+    }
+
+    #[test]
+    fn children_wait_for_their_request_and_leave_with_it() {
+        let mut d = diagnoser();
+        let mut out = Vec::new();
+        for i in 0..6 {
+            d.push(
+                query(&format!("SELECT u WHERE id = {i}"), "f", i * 10, i * 10 + 5),
+                0,
+                &mut out,
+            );
+        }
+        assert!(out.is_empty(), "held until the request ends");
+        assert_eq!(d.held(), 6);
+        d.push(server(0, 100), 0, &mut out);
+        assert_eq!(out.len(), 7);
+        assert_eq!(out[0].kind, SpanKind::Server);
+        assert!(out[0].attr("performance.patterns").is_some());
+        assert_eq!(d.held(), 0);
+        let board = d.board.lock().unwrap();
+        assert_eq!(board.rows().len(), 1);
+    }
+
+    #[test]
+    fn parentless_calls_and_lonely_requests_pass_straight_through() {
+        let mut d = diagnoser();
+        let mut out = Vec::new();
+        let mut root = call("10.0.0.1", 80, "/x", 0, 5);
+        root.parent_span_id = None;
+        d.push(root, 0, &mut out);
+        d.push(server(0, 5), 0, &mut out);
+        assert_eq!(out.len(), 2);
+    }
+
+    #[test]
+    fn a_child_finishing_after_its_request_gets_its_share() {
+        let mut d = diagnoser();
+        let mut out = Vec::new();
+        d.push(call("10.0.0.1", 80, "/a", 0, 10), 0, &mut out);
+        d.push(server(0, 100), 0, &mut out);
+        out.clear();
+        d.push(call("10.0.0.1", 80, "/late", 50, 150), 1, &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(
+            out[0].attr("performance.share_of_parent"),
+            Some(&crate::spans::AttrValue::Float(0.5))
+        );
+    }
+
+    #[test]
+    fn orphans_are_released_after_the_hold_limit_and_counted() {
+        let mut d = diagnoser();
+        let mut out = Vec::new();
+        d.push(call("10.0.0.1", 80, "/a", 0, 10), 0, &mut out);
+        d.tick(HOLD_LIMIT_NS, &mut out);
+        assert!(out.is_empty());
+        d.tick(HOLD_LIMIT_NS + 1, &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(Counters::get(&d.counters.trees_undiagnosed), 1);
+        assert_eq!(d.held(), 0);
+    }
+}

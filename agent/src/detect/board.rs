@@ -1,0 +1,188 @@
+//! The problems found so far, per route and pattern: what the terminal view, `loupe report` and
+//! the exit summary rank by the time each cost.
+
+use std::collections::HashMap;
+
+use super::patterns::{Finding, Pattern};
+
+/// One route's one pattern.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProblemRow {
+    pub route: String,
+    pub pattern: Pattern,
+    /// Requests it was found in.
+    pub requests: u64,
+    /// Time it cost over all of them, in ns.
+    pub cost_ns: u64,
+    /// The advice from the costliest occurrence.
+    pub advice: String,
+    worst_ns: u64,
+}
+
+/// Problems by (route, pattern). Bounded: past [`ProblemBoard::MAX_ROWS`] rows, new pairs are
+/// counted in `overflow` rather than kept.
+#[derive(Debug, Default)]
+pub struct ProblemBoard {
+    rows: HashMap<(String, Pattern), ProblemRow>,
+    pub overflow: u64,
+}
+
+impl ProblemBoard {
+    pub const MAX_ROWS: usize = 10_000;
+
+    /// Adds one finding of one request on `route`. A request with two findings of one pattern
+    /// (two N+1 statements) counts once, with both costs.
+    pub fn record(&mut self, route: &str, finding: &Finding) {
+        self.record_at(route, finding, true);
+    }
+
+    fn record_at(&mut self, route: &str, finding: &Finding, new_request: bool) {
+        let key = (route.to_owned(), finding.pattern);
+        if !self.rows.contains_key(&key) && self.rows.len() >= Self::MAX_ROWS {
+            self.overflow += 1;
+            return;
+        }
+        let row = self.rows.entry(key).or_insert_with(|| ProblemRow {
+            route: route.to_owned(),
+            pattern: finding.pattern,
+            requests: 0,
+            cost_ns: 0,
+            advice: String::new(),
+            worst_ns: 0,
+        });
+        row.requests += u64::from(new_request);
+        row.cost_ns += finding.cost_ns;
+        if finding.cost_ns >= row.worst_ns {
+            row.worst_ns = finding.cost_ns;
+            row.advice.clone_from(&finding.advice);
+        }
+    }
+
+    /// Records every finding of one request.
+    pub fn record_request(&mut self, route: &str, findings: &[Finding]) {
+        let mut seen: Vec<Pattern> = Vec::new();
+        for finding in findings {
+            let first = !seen.contains(&finding.pattern);
+            seen.push(finding.pattern);
+            self.record_at(route, finding, first);
+        }
+    }
+
+    /// Rows, costliest first.
+    pub fn rows(&self) -> Vec<ProblemRow> {
+        let mut rows: Vec<ProblemRow> = self.rows.values().cloned().collect();
+        rows.sort_by(|a, b| {
+            b.cost_ns
+                .cmp(&a.cost_ns)
+                .then_with(|| a.route.cmp(&b.route))
+                .then_with(|| a.pattern.cmp(&b.pattern))
+        });
+        rows
+    }
+
+    /// The patterns seen on `route`.
+    pub fn patterns_of(&self, route: &str) -> Vec<Pattern> {
+        let mut patterns: Vec<Pattern> = self
+            .rows
+            .values()
+            .filter(|row| row.route == route)
+            .map(|row| row.pattern)
+            .collect();
+        patterns.sort();
+        patterns
+    }
+
+    /// The top `limit` problems as a table (its format is a contract: docs/contracts.md), or
+    /// None when there are none.
+    pub fn render(&self, limit: usize) -> Option<String> {
+        let rows = self.rows();
+        if rows.is_empty() {
+            return None;
+        }
+        let mut text = format!(
+            "{:<32} {:<18} {:>8} {:>11}  advice\n",
+            "route", "pattern", "requests", "time lost"
+        );
+        for row in rows.iter().take(limit) {
+            text.push_str(&format!(
+                "{:<32} {:<18} {:>8} {:>11}  {}\n",
+                row.route,
+                row.pattern.as_str(),
+                row.requests,
+                duration_text(row.cost_ns),
+                row.advice
+            ));
+        }
+        if rows.len() > limit {
+            text.push_str(&format!("... and {} more\n", rows.len() - limit));
+        }
+        Some(text)
+    }
+}
+
+fn duration_text(ns: u64) -> String {
+    if ns >= 1_000_000_000 {
+        format!("{:.2} s", ns as f64 / 1e9)
+    } else {
+        format!("{:.1} ms", ns as f64 / 1e6)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spans::SpanEvent;
+
+    fn finding(pattern: Pattern, cost_ms: u64, advice: &str) -> Finding {
+        Finding {
+            pattern,
+            cost_ns: cost_ms * 1_000_000,
+            children: Vec::new(),
+            advice: advice.into(),
+            event: SpanEvent {
+                name: pattern.as_str(),
+                time_ns: 0,
+                attributes: Vec::new(),
+            },
+        }
+    }
+
+    #[test]
+    fn rows_rank_by_time_lost_and_count_requests() {
+        let mut board = ProblemBoard::default();
+        board.record("GET /a", &finding(Pattern::NPlusOne, 10, "small"));
+        board.record("GET /a", &finding(Pattern::NPlusOne, 30, "big"));
+        board.record("GET /b", &finding(Pattern::SequentialCalls, 25, "seq"));
+        let rows = board.rows();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].route, "GET /a");
+        assert_eq!(rows[0].requests, 2);
+        assert_eq!(rows[0].cost_ns, 40_000_000);
+        assert_eq!(rows[0].advice, "big", "advice of the costliest occurrence");
+        assert_eq!(board.patterns_of("GET /b"), vec![Pattern::SequentialCalls]);
+        let table = board.render(1).unwrap();
+        assert!(table.contains("GET /a"), "{table}");
+        assert!(table.contains("n_plus_one"), "{table}");
+        assert!(table.contains("40.0 ms"), "{table}");
+        assert!(table.ends_with("... and 1 more\n"), "{table}");
+    }
+
+    #[test]
+    fn two_findings_of_one_pattern_in_one_request_count_one_request() {
+        let mut board = ProblemBoard::default();
+        board.record_request(
+            "GET /a",
+            &[
+                finding(Pattern::RepeatedCall, 5, "x"),
+                finding(Pattern::RepeatedCall, 5, "y"),
+            ],
+        );
+        assert_eq!(board.rows()[0].requests, 1);
+        assert_eq!(board.rows()[0].cost_ns, 10_000_000);
+    }
+
+    #[test]
+    fn an_empty_board_renders_nothing() {
+        assert_eq!(ProblemBoard::default().render(5), None);
+    }
+}

@@ -1,0 +1,168 @@
+//! `sequential_calls`: outbound calls to at least two different peers that did not overlap,
+//! where running the peers' calls concurrently would have saved at least
+//! --sequential-min-saving of the request. Calls to one peer stay in their order (they may
+//! depend on each other); the saving is the calls' union minus the busiest peer's share of it.
+
+use std::collections::BTreeMap;
+
+use super::{Finding, Pattern, event, ms};
+use crate::{
+    config::DiagnosisConfig,
+    detect::{
+        intervals::{overlap, union_ns},
+        round3,
+        tree::{Tree, label, peer},
+    },
+    spans::{AttrValue, SpanKind},
+};
+
+pub fn detect(tree: &Tree<'_>, config: &DiagnosisConfig, findings: &mut Vec<Finding>) {
+    let mut by_peer: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for (index, child) in tree.children.iter().enumerate() {
+        if child.kind != SpanKind::Client {
+            continue;
+        }
+        if let Some(peer) = peer(child) {
+            by_peer.entry(peer).or_default().push(index);
+        }
+    }
+    if by_peer.len() < 2 {
+        return;
+    }
+    let span = |i: usize| tree.clipped(&tree.children[i]);
+    let all = union_ns(by_peer.values().flatten().map(|&i| span(i)), tree.window());
+    let busiest = by_peer
+        .values()
+        .map(|members| union_ns(members.iter().map(|&i| span(i)), tree.window()))
+        .max()
+        .unwrap_or(0);
+    let saving = all.saturating_sub(busiest);
+    let min_saving = (tree.duration_ns() as f64 * config.sequential_min_saving) as u64;
+    if saving == 0 || saving < min_saving {
+        return;
+    }
+    // Evidence: calls to different peers that did not overlap.
+    let members: Vec<usize> = by_peer.values().flatten().copied().collect();
+    let disjoint = members.iter().any(|&a| {
+        members.iter().any(|&b| {
+            peer(&tree.children[a]) != peer(&tree.children[b]) && !overlap(span(a), span(b))
+        })
+    });
+    if !disjoint {
+        return;
+    }
+    let mut ordered = members.clone();
+    ordered.sort_by_key(|&i| tree.children[i].start_ns);
+    let mut calls: Vec<String> = Vec::new();
+    for &i in &ordered {
+        let text = label(&tree.children[i]);
+        if !calls.contains(&text) {
+            calls.push(text);
+        }
+    }
+    let share = round3(tree.share(saving));
+    let first = ordered
+        .first()
+        .map_or(tree.parent.start_ns, |&i| tree.children[i].start_ns);
+    findings.push(Finding {
+        pattern: Pattern::SequentialCalls,
+        cost_ns: saving,
+        advice: format!(
+            "{} services called one after another ({}): call them concurrently to save {:.0}% \
+             of the request",
+            by_peer.len(),
+            calls.join(", "),
+            share * 100.0
+        ),
+        event: event(
+            Pattern::SequentialCalls,
+            first,
+            vec![
+                (
+                    "calls",
+                    AttrValue::StrArray(calls.into_iter().map(Into::into).collect()),
+                ),
+                ("saving_ms", ms(saving).into()),
+                ("saving_share", share.into()),
+            ],
+        ),
+        children: ordered,
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{detect::patterns::testing::*, spans::SpanRecord};
+
+    fn run(parent_ms: u64, children: &[SpanRecord]) -> Vec<Finding> {
+        let parent = server(0, parent_ms);
+        let mut found = Vec::new();
+        detect(
+            &Tree::new(&parent, children),
+            &DiagnosisConfig::default(),
+            &mut found,
+        );
+        found
+    }
+
+    #[test]
+    fn two_peers_one_after_another_are_sequential() {
+        let children = [
+            call("10.0.0.1", 80, "/a", 0, 150),
+            call("10.0.0.2", 80, "/b", 150, 300),
+        ];
+        let found = run(320, &children);
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].pattern, Pattern::SequentialCalls);
+        assert_eq!(found[0].cost_ns, 150 * MS);
+        assert!(
+            found[0]
+                .advice
+                .starts_with("2 services called one after another")
+        );
+    }
+
+    #[test]
+    fn two_calls_that_overlap_are_not_sequential() {
+        let children = [
+            call("10.0.0.1", 80, "/a", 0, 150),
+            call("10.0.0.2", 80, "/b", 10, 160),
+        ];
+        assert!(run(170, &children).is_empty());
+    }
+
+    #[test]
+    fn a_request_with_one_child_is_not_sequential() {
+        let children = [call("10.0.0.1", 80, "/a", 0, 300)];
+        assert!(run(310, &children).is_empty());
+    }
+
+    #[test]
+    fn calls_to_one_peer_are_not_sequential() {
+        let children = [
+            call("10.0.0.1", 80, "/a", 0, 150),
+            call("10.0.0.1", 80, "/b", 150, 300),
+        ];
+        assert!(run(310, &children).is_empty());
+    }
+
+    #[test]
+    fn a_saving_below_the_minimum_is_not_reported() {
+        // Parallel would save 20 ms of a 1 s request.
+        let children = [
+            call("10.0.0.1", 80, "/a", 0, 20),
+            call("10.0.0.2", 80, "/b", 20, 40),
+        ];
+        assert!(run(1000, &children).is_empty());
+    }
+
+    #[test]
+    fn a_query_and_a_call_count_as_two_peers() {
+        let children = [
+            query("SELECT 1", "f", 0, 200),
+            call("10.0.0.2", 80, "/b", 200, 400),
+        ];
+        assert_eq!(run(410, &children).len(), 1);
+    }
+}

@@ -1,0 +1,304 @@
+//! The verdict written on a finished request: each child's share of it, the bottleneck (the child,
+//! or group of identical children, that took the most time), the patterns found and one line
+//! saying it in plain words.
+
+use std::collections::HashMap;
+
+use super::{
+    intervals::union_ns,
+    patterns::{self, Finding, Pattern},
+    round3,
+    tree::{Tree, label},
+};
+use crate::{
+    config::DiagnosisConfig,
+    spans::{AttrValue, SpanRecord},
+};
+
+/// The bottleneck of a request.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Bottleneck {
+    pub label: String,
+    /// Identical children in the group.
+    pub count: usize,
+    /// Time the request waited on the group (overlaps counted once), in ns.
+    pub waited_ns: u64,
+    /// The children in the group.
+    pub children: Vec<usize>,
+}
+
+/// Writes the verdict on `parent` and its `children`; returns the patterns found.
+pub fn diagnose(
+    parent: &mut SpanRecord,
+    children: &mut [SpanRecord],
+    config: &DiagnosisConfig,
+) -> Vec<Finding> {
+    let (findings, bottleneck, shares) = {
+        let tree = Tree::new(parent, children);
+        let shares: Vec<f64> = tree
+            .children
+            .iter()
+            .map(|child| {
+                let (start, end) = tree.clipped(child);
+                round3(tree.share(end - start))
+            })
+            .collect();
+        (patterns::detect(&tree, config), bottleneck(&tree), shares)
+    };
+    for (child, share) in children.iter_mut().zip(shares) {
+        child.set("performance.share_of_parent", share);
+    }
+    let total = parent.duration_ns();
+    let share_of = |ns: u64| {
+        if total == 0 {
+            0.0
+        } else {
+            (ns as f64 / total as f64).min(1.0)
+        }
+    };
+    if let Some(bottleneck) = &bottleneck {
+        let label = match bottleneck.count {
+            1 => bottleneck.label.clone(),
+            n => format!("{} (x{n})", bottleneck.label),
+        };
+        parent.set("performance.bottleneck", label);
+        parent.set(
+            "performance.bottleneck_share",
+            round3(share_of(bottleneck.waited_ns)),
+        );
+    }
+    let waited_on_children = union_ns(
+        children.iter().map(|child| (child.start_ns, child.end_ns)),
+        (parent.start_ns, parent.end_ns),
+    );
+    let own_share = 1.0 - share_of(waited_on_children);
+    let line = diagnosis_line(
+        bottleneck.as_ref().map(|b| (b, share_of(b.waited_ns))),
+        own_share,
+        &findings,
+        parent.is_slow(),
+    );
+    if let Some(line) = line {
+        parent.set("performance.diagnosis", line);
+    }
+    if !findings.is_empty() {
+        let mut names: Vec<Pattern> = findings.iter().map(|f| f.pattern).collect();
+        names.sort();
+        names.dedup();
+        parent.set(
+            "performance.patterns",
+            AttrValue::StrArray(names.iter().map(|p| p.as_str().into()).collect()),
+        );
+        parent
+            .events
+            .extend(findings.iter().map(|finding| finding.event.clone()));
+    }
+    findings
+}
+
+/// The group of identical children (same label) the request waited on longest.
+pub fn bottleneck(tree: &Tree<'_>) -> Option<Bottleneck> {
+    let mut groups: HashMap<String, Vec<usize>> = HashMap::new();
+    for (index, child) in tree.children.iter().enumerate() {
+        groups.entry(label(child)).or_default().push(index);
+    }
+    groups
+        .into_iter()
+        .map(|(label, children)| {
+            let waited_ns = union_ns(
+                children
+                    .iter()
+                    .map(|&i| (tree.children[i].start_ns, tree.children[i].end_ns)),
+                tree.window(),
+            );
+            Bottleneck {
+                label,
+                count: children.len(),
+                waited_ns,
+                children,
+            }
+        })
+        // Ties go to the label first in order, so the verdict does not depend on hashing.
+        .max_by(|a, b| {
+            a.waited_ns
+                .cmp(&b.waited_ns)
+                .then_with(|| b.label.cmp(&a.label))
+        })
+}
+
+/// "92% of the request waited on POST credit:8081/score (slow dependency)". None for a request
+/// with nothing to say: no children, not slow, no pattern.
+fn diagnosis_line(
+    bottleneck: Option<(&Bottleneck, f64)>,
+    own_share: f64,
+    findings: &[Finding],
+    slow: bool,
+) -> Option<String> {
+    let pct = |share: f64| (share * 100.0).round() as i64;
+    let what = |top: &Bottleneck| match top.count {
+        1 => top.label.clone(),
+        n => format!("{n} x {}", top.label),
+    };
+    let mut line = match bottleneck {
+        Some((top, share)) if share >= own_share => {
+            let mut words: Vec<&str> = findings
+                .iter()
+                .filter(|f| f.children.iter().any(|c| top.children.contains(c)))
+                .map(|f| f.pattern.words())
+                .collect();
+            words.dedup();
+            let mut line = format!("{}% of the request waited on {}", pct(share), what(top));
+            if !words.is_empty() {
+                line.push_str(&format!(" ({})", words.join(", ")));
+            }
+            line
+        }
+        Some((top, share)) => format!(
+            "{}% of the request was the service's own work; the largest call, {}, took {}%",
+            pct(own_share),
+            what(top),
+            pct(share)
+        ),
+        None if slow || !findings.is_empty() => {
+            "no outbound calls seen: the time was the service's own work".to_owned()
+        }
+        None => return None,
+    };
+    let others: Vec<String> = findings
+        .iter()
+        .filter(|f| !line.contains(f.pattern.words()))
+        .map(|f| f.pattern.words().to_owned())
+        .collect();
+    let mut seen = Vec::new();
+    for other in others {
+        if !seen.contains(&other) {
+            seen.push(other);
+        }
+    }
+    if !seen.is_empty() {
+        line.push_str(&format!("; also {}", seen.join(", ")));
+    }
+    Some(line)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::patterns::testing::*;
+
+    fn share(span: &SpanRecord) -> f64 {
+        match span.attr("performance.share_of_parent") {
+            Some(AttrValue::Float(share)) => *share,
+            other => panic!("no share: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn each_child_gets_its_share_and_the_largest_is_the_bottleneck() {
+        let mut parent = server(0, 1000);
+        let mut children = vec![
+            query("SELECT 1", "a", 0, 100),
+            call("10.0.0.9", 8081, "/score", 100, 900),
+        ];
+        children[1].set("performance.slow", true);
+        let findings = diagnose(&mut parent, &mut children, &DiagnosisConfig::default());
+        assert_eq!(share(&children[0]), 0.1);
+        assert_eq!(share(&children[1]), 0.8);
+        assert_eq!(
+            parent.attr_str("performance.bottleneck"),
+            Some("GET 10.0.0.9:8081/score")
+        );
+        assert_eq!(
+            parent.attr("performance.bottleneck_share"),
+            Some(&AttrValue::Float(0.8))
+        );
+        assert_eq!(
+            parent.attr_str("performance.diagnosis"),
+            Some("80% of the request waited on GET 10.0.0.9:8081/score (slow dependency)")
+        );
+        assert_eq!(findings.len(), 1);
+        assert_eq!(
+            parent.attr("performance.patterns"),
+            Some(&AttrValue::StrArray(vec!["slow_dependency".into()]))
+        );
+        assert_eq!(parent.events.len(), 1);
+        assert_eq!(parent.events[0].name, "slow_dependency");
+    }
+
+    #[test]
+    fn identical_children_are_one_bottleneck_group() {
+        let mut parent = server(0, 1000);
+        let mut children: Vec<SpanRecord> = (0..10)
+            .map(|i| {
+                query(
+                    &format!("SELECT u WHERE id = {i}"),
+                    "f",
+                    i * 60,
+                    i * 60 + 50,
+                )
+            })
+            .collect();
+        for child in &mut children {
+            child.set("db.query.text", "SELECT u WHERE id = $1");
+        }
+        diagnose(&mut parent, &mut children, &DiagnosisConfig::default());
+        assert_eq!(
+            parent.attr_str("performance.bottleneck"),
+            Some("SELECT u WHERE id = $1 (x10)")
+        );
+        assert_eq!(
+            parent.attr("performance.bottleneck_share"),
+            Some(&AttrValue::Float(0.5))
+        );
+        assert_eq!(
+            parent.attr_str("performance.diagnosis"),
+            Some("50% of the request waited on 10 x SELECT u WHERE id = $1 (N+1 queries)")
+        );
+    }
+
+    #[test]
+    fn own_work_is_named_when_it_outweighs_every_call() {
+        let mut parent = server(0, 1000);
+        let mut children = vec![query("SELECT 1", "a", 0, 100)];
+        diagnose(&mut parent, &mut children, &DiagnosisConfig::default());
+        assert_eq!(
+            parent.attr_str("performance.diagnosis"),
+            Some(
+                "90% of the request was the service's own work; the largest call, SELECT 1, took 10%"
+            )
+        );
+        assert_eq!(parent.attr("performance.patterns"), None);
+    }
+
+    #[test]
+    fn own_work_names_a_group_of_calls_with_its_count() {
+        let mut parent = server(0, 1000);
+        let mut children: Vec<SpanRecord> = (0..3)
+            .map(|i| call("10.0.0.1", 80, "/a", i * 20, i * 20 + 10))
+            .collect();
+        diagnose(&mut parent, &mut children, &DiagnosisConfig::default());
+        assert_eq!(
+            parent.attr_str("performance.diagnosis"),
+            Some("97% of the request was the service's own work; the largest call, 3 x GET 10.0.0.1:80/a, took 3%; also repeated call")
+        );
+    }
+
+    #[test]
+    fn a_clean_request_without_children_carries_no_verdict() {
+        let mut parent = server(0, 10);
+        diagnose(&mut parent, &mut [], &DiagnosisConfig::default());
+        assert!(parent.attributes.is_empty(), "{:?}", parent.attributes);
+    }
+
+    #[test]
+    fn overlapping_children_never_exceed_the_request() {
+        let mut parent = server(0, 100);
+        let mut children: Vec<SpanRecord> =
+            (0..3).map(|_| call("10.0.0.1", 80, "/a", 0, 100)).collect();
+        diagnose(&mut parent, &mut children, &DiagnosisConfig::default());
+        assert_eq!(
+            parent.attr("performance.bottleneck_share"),
+            Some(&AttrValue::Float(1.0))
+        );
+    }
+}
