@@ -33,7 +33,12 @@ pub fn diagnose(
     children: &mut [SpanRecord],
     config: &DiagnosisConfig,
 ) -> Vec<Finding> {
-    let (findings, bottleneck, shares) = {
+    let findings = patterns::detect(&Tree::new(parent, children), config);
+    if children.is_empty() && findings.is_empty() && !parent.is_slow() {
+        // A request without calls and without a problem: nothing to say.
+        return findings;
+    }
+    let (bottleneck, shares) = {
         let tree = Tree::new(parent, children);
         let shares: Vec<f64> = tree
             .children
@@ -43,7 +48,7 @@ pub fn diagnose(
                 round3(tree.share(end - start))
             })
             .collect();
-        (patterns::detect(&tree, config), bottleneck(&tree), shares)
+        (bottleneck(&tree), shares)
     };
     for (child, share) in children.iter_mut().zip(shares) {
         child.set("performance.share_of_parent", share);
@@ -279,7 +284,9 @@ mod tests {
         diagnose(&mut parent, &mut children, &DiagnosisConfig::default());
         assert_eq!(
             parent.attr_str("performance.diagnosis"),
-            Some("97% of the request was the service's own work; the largest call, 3 x GET 10.0.0.1:80/a, took 3%; also repeated call")
+            Some(
+                "97% of the request was the service's own work; the largest call, 3 x GET 10.0.0.1:80/a, took 3%; also repeated call"
+            )
         );
     }
 

@@ -64,6 +64,11 @@ pub struct Finding {
 /// Runs every detector on `tree`.
 pub fn detect(tree: &Tree<'_>, config: &DiagnosisConfig) -> Vec<Finding> {
     let mut findings = Vec::new();
+    if tree.children.is_empty() {
+        // Only the request's own response can be wrong: the common case stays cheap.
+        oversized::detect(tree, config, &mut findings);
+        return findings;
+    }
     n_plus_one::detect(tree, config, &mut findings);
     sequential::detect(tree, config, &mut findings);
     repeated::detect(tree, &mut findings);

@@ -17,12 +17,19 @@ use crate::{
 };
 
 pub fn detect(tree: &Tree<'_>, config: &DiagnosisConfig, findings: &mut Vec<Finding>) {
-    let mut by_peer: BTreeMap<String, Vec<usize>> = BTreeMap::new();
-    for (index, child) in tree.children.iter().enumerate() {
-        if child.kind != SpanKind::Client {
-            continue;
-        }
-        if let Some(peer) = peer(child) {
+    // Each call's peer, worked out once.
+    let peers: Vec<Option<String>> = tree
+        .children
+        .iter()
+        .map(|child| {
+            (child.kind == SpanKind::Client)
+                .then(|| peer(child))
+                .flatten()
+        })
+        .collect();
+    let mut by_peer: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (index, peer) in peers.iter().enumerate() {
+        if let Some(peer) = peer {
             by_peer.entry(peer).or_default().push(index);
         }
     }
@@ -44,9 +51,9 @@ pub fn detect(tree: &Tree<'_>, config: &DiagnosisConfig, findings: &mut Vec<Find
     // Evidence: calls to different peers that did not overlap.
     let members: Vec<usize> = by_peer.values().flatten().copied().collect();
     let disjoint = members.iter().any(|&a| {
-        members.iter().any(|&b| {
-            peer(&tree.children[a]) != peer(&tree.children[b]) && !overlap(span(a), span(b))
-        })
+        members
+            .iter()
+            .any(|&b| peers[a] != peers[b] && !overlap(span(a), span(b)))
     });
     if !disjoint {
         return;

@@ -1,0 +1,179 @@
+//! The diagnosis stage's cost per request, in process: `cargo bench -p loupe --bench diagnosis`.
+//!
+//! Three shapes go through `Diagnoser::push` (hold the calls, write the verdict, release the
+//! tree): a request without calls (nginx's case: the pass-through), a request with 12 calls
+//! (8 N+1 queries, 2 identical HTTP calls, 2 others: the demo's /api/report), and one with 100
+//! queries. Printed: time per request and per span, and the share of a 1 ms request it would be.
+
+use std::{
+    hint::black_box,
+    sync::{Arc, Mutex},
+    time::Instant,
+};
+
+use loupe::{
+    config::DiagnosisConfig,
+    detect::{Diagnoser, ProblemBoard},
+    spans::{OpType, SpanKind, SpanRecord, model::call_key},
+    stats::Counters,
+};
+
+const MS: u64 = 1_000_000;
+
+fn span(
+    kind: SpanKind,
+    op: OpType,
+    id: u64,
+    parent: Option<u64>,
+    start: u64,
+    end: u64,
+) -> SpanRecord {
+    SpanRecord {
+        trace_id: 1,
+        span_id: id,
+        parent_span_id: parent,
+        kind,
+        op,
+        name: "GET /orders".into(),
+        start_ns: start,
+        end_ns: end,
+        attributes: Vec::new(),
+        error: None,
+        pid: 1,
+        tid: 1,
+        events: Vec::new(),
+        call_key: None,
+    }
+}
+
+fn query(parent: u64, id: u64, n: u64, start: u64) -> SpanRecord {
+    let mut q = span(
+        SpanKind::Client,
+        OpType::DbClient,
+        id,
+        Some(parent),
+        start,
+        start + MS / 2,
+    );
+    let text = format!("SELECT id, total FROM orders WHERE id = {n}");
+    q.call_key = Some(call_key(&[&text]));
+    q.set(
+        "db.query.text",
+        "SELECT id, total FROM orders WHERE id = $1",
+    );
+    q.set("loupe.db.fingerprint", "5f2a9c0d1e2b3a4c");
+    q.set("db.operation.name", "SELECT");
+    q.set("server.address", "127.0.0.1");
+    q.set("server.port", 5432i64);
+    q.set("db.response.returned_rows", 1i64);
+    q
+}
+
+fn call(parent: u64, id: u64, path: &str, port: i64, start: u64) -> SpanRecord {
+    let mut c = span(
+        SpanKind::Client,
+        OpType::HttpClient,
+        id,
+        Some(parent),
+        start,
+        start + MS,
+    );
+    c.call_key = Some(call_key(&["GET", "127.0.0.1", &port.to_string(), path]));
+    c.set("http.request.method", "GET");
+    c.set("http.route", path.to_owned());
+    c.set("server.address", "127.0.0.1");
+    c.set("server.port", port);
+    c.set("http.response.body.size", 120i64);
+    c
+}
+
+/// One request of `queries` N+1 queries plus `calls` HTTP calls (the first two identical).
+fn tree(parent: u64, queries: u64, calls: u64) -> Vec<SpanRecord> {
+    let mut spans = Vec::new();
+    let mut at = 0;
+    for n in 0..queries {
+        spans.push(query(parent, parent * 1000 + n, n, at));
+        at += MS;
+    }
+    for n in 0..calls {
+        let path = if n < 2 { "/score" } else { "/stock" };
+        spans.push(call(
+            parent,
+            parent * 1000 + 500 + n,
+            path,
+            8080 + n as i64 % 2,
+            at,
+        ));
+        at += 2 * MS;
+    }
+    let mut server = span(
+        SpanKind::Server,
+        OpType::HttpServer,
+        parent,
+        None,
+        0,
+        at + MS,
+    );
+    server.set("http.response.body.size", 2_000i64);
+    spans.push(server);
+    spans
+}
+
+fn bench(name: &str, queries: u64, calls: u64, requests: u64) {
+    bench_with(name, queries, calls, requests, true);
+}
+
+/// `diagnose` false: the spans only move through and drop (what any stage costs), the baseline.
+fn bench_with(name: &str, queries: u64, calls: u64, requests: u64, diagnose: bool) {
+    let board = Arc::new(Mutex::new(ProblemBoard::default()));
+    let mut diagnoser = Diagnoser::new(
+        DiagnosisConfig::default(),
+        board,
+        Arc::new(Counters::default()),
+    );
+    let trees: Vec<Vec<SpanRecord>> = (1..=requests).map(|p| tree(p, queries, calls)).collect();
+    let spans_per_request = queries + calls + 1;
+    let mut out = Vec::with_capacity(256);
+    let started = Instant::now();
+    for spans in trees {
+        for span in spans {
+            if diagnose {
+                diagnoser.push(span, 0, &mut out);
+            } else {
+                out.push(span);
+            }
+        }
+        black_box(&out);
+        out.clear();
+    }
+    let elapsed = started.elapsed();
+    let per_request_ns = elapsed.as_nanos() as f64 / requests as f64;
+    println!(
+        "| {name} | {spans_per_request} | {:.2} | {:.0} | {:.4} |",
+        per_request_ns / 1000.0,
+        per_request_ns / spans_per_request as f64,
+        per_request_ns / 1e6
+    );
+}
+
+fn main() {
+    println!("| request shape | spans | us per request | ns per span | share of a 1 ms request |");
+    println!("|---|---|---|---|---|");
+    bench_with(
+        "baseline: no calls, moved and dropped only",
+        0,
+        0,
+        1_000_000,
+        false,
+    );
+    bench("no calls (pass-through)", 0, 0, 1_000_000);
+    bench_with(
+        "baseline: 13 spans moved and dropped only",
+        8,
+        4,
+        100_000,
+        false,
+    );
+    bench("8 N+1 queries + 4 HTTP calls", 8, 4, 100_000);
+    bench("100 N+1 queries", 100, 0, 10_000);
+}
