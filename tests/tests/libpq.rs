@@ -225,10 +225,15 @@ fn pgbench_select_only_queries_appear_once_each() {
         .iter()
         .filter(|s| s.str_tag("db.query.text") == Some(text))
         .collect();
+    let others: Vec<(&str, Option<&str>)> = spans
+        .iter()
+        .filter(|s| s.str_tag("db.query.text") != Some(text))
+        .map(|s| (s.operation.as_str(), s.str_tag("db.query.text")))
+        .collect();
     assert_eq!(
         selects.len(),
         processed,
-        "every transaction's query once\nloupe: {}",
+        "every transaction's query once\nloupe: {}\nother spans: {others:?}",
         finished.stderr
     );
     let merged = selects

@@ -96,6 +96,7 @@ struct Pending {
 /// A query the libpq probes saw start and not yet finish.
 struct LibpqOpen {
     ids: SpanIds,
+    actor: Actor,
     /// The same query as the wire saw it, once it finished there, and its connection.
     wire: Option<(postgres::QueryDone, ConnKey)>,
 }
@@ -224,14 +225,35 @@ impl Stitcher {
             match event {
                 LibpqEvent::Started { id, pid, tid } => {
                     let ids = self.client_ids(pid, tid);
-                    self.libpq_open.insert(id, LibpqOpen { ids, wire: None });
+                    let actor = Actor { pid, tid };
+                    self.libpq_open.insert(
+                        id,
+                        LibpqOpen {
+                            ids,
+                            actor,
+                            wire: None,
+                        },
+                    );
                     self.libpq_unwired.insert((pid, tid), id);
                 }
                 LibpqEvent::Done(query) => self.libpq_done(query, out),
                 LibpqEvent::Abandoned { id } => {
-                    self.libpq_open.remove(&id);
                     self.libpq_unwired.retain(|_, open| *open != id);
-                    Counters::add(&self.counters.queries_abandoned, 1);
+                    match self.libpq_open.remove(&id) {
+                        // libpq's end went unseen, the wire saw the whole query: its view is
+                        // the span (a uretprobe attached a moment after the call began).
+                        Some(LibpqOpen {
+                            ids,
+                            actor,
+                            wire: Some((done, key)),
+                        }) => {
+                            let facts = QueryFacts::from_wire(&done);
+                            let statement = self.statements.analyze_text(facts.text);
+                            let ends = self.conns.get(&key).map(|conn| &conn.ends);
+                            out.push(query_span(&facts, &statement, ends, ids, actor));
+                        }
+                        _ => Counters::add(&self.counters.queries_abandoned, 1),
+                    }
                 }
             }
         }

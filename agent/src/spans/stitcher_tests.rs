@@ -387,3 +387,44 @@ fn query_made_while_serving_a_request_is_its_child_with_literals_removed() {
         assert!(!format!("{value:?}").contains("ada@example.com"));
     }
 }
+
+#[test]
+fn a_libpq_query_whose_return_went_unseen_is_still_a_span_when_the_wire_saw_it() {
+    use loupe_common::LibpqFunction;
+
+    use crate::events::LibpqCallRecord;
+
+    let exec = |ts: u64, text: &str| {
+        Event::LibpqCall(LibpqCallRecord {
+            pid: PID,
+            tid: 7,
+            ts_ns: ts,
+            pg_conn: 0xAA,
+            function: LibpqFunction::Exec,
+            text: Some(text.to_owned()),
+            text_truncated: false,
+            name: None,
+        })
+    };
+    let query = pg_msg(b'Q', b"SELECT 1\0");
+    let reply = [
+        pg_msg(b'T', b"\x00\x01n\0"),
+        pg_msg(b'D', b"\x00\x01\x00\x00\x00\x011"),
+        pg_msg(b'C', b"SELECT 1\0"),
+        pg_msg(b'Z', b"I"),
+    ]
+    .concat();
+    let (spans, counters) = run(vec![
+        conn(6, 7, SocketRole::Client, "127.0.0.1:5432"),
+        exec(1_900, "SELECT 1"),
+        owned_data(6, 7, Direction::Egress, 2_000, query),
+        owned_data(6, 7, Direction::Ingress, 3_000, reply),
+        // The next PQexec on the thread: the first one's return was never seen.
+        exec(5_000, "SELECT 2"),
+    ]);
+    assert_eq!(spans.len(), 1, "{spans:#?}");
+    assert_eq!(spans[0].attr_str("db.query.text"), Some("SELECT $1"));
+    assert_eq!(spans[0].attr_str("loupe.db.source"), Some("wire"));
+    assert_eq!((spans[0].start_ns, spans[0].end_ns), (2_000, 3_100));
+    assert_eq!(Counters::get(&counters.queries_abandoned), 0);
+}
