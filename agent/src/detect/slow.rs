@@ -39,25 +39,12 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::spans::{AttrValue, SpanKind};
+    use crate::{detect::patterns::testing::server, spans::AttrValue};
 
     fn span(op: OpType, duration_ms: u64) -> SpanRecord {
-        SpanRecord {
-            trace_id: 1,
-            span_id: 1,
-            parent_span_id: None,
-            kind: SpanKind::Server,
-            op,
-            name: "GET /".into(),
-            start_ns: 1_000,
-            end_ns: 1_000 + duration_ms * 1_000_000,
-            attributes: Vec::new(),
-            error: None,
-            pid: 1,
-            tid: 1,
-            events: Vec::new(),
-            call_key: None,
-        }
+        let mut span = server(0, duration_ms);
+        span.op = op;
+        span
     }
 
     const THRESHOLDS: Thresholds = Thresholds {

@@ -1,5 +1,6 @@
-//! The terminal view, loupe's default: one line per finished request, the outbound calls it made
-//! indented under it as they finish, and every so often a per-route table with percentiles and
+//! The terminal view, loupe's default: one line per finished request (with its patterns and
+//! diagnosis), the outbound calls it made indented under it (they leave the diagnosis stage
+//! with their request), and every so often a per-route table with percentiles and
 //! the loss counters.
 
 use std::{
