@@ -137,8 +137,31 @@ exporters:
 
     /// Every span Jaeger holds for `service` in the last hour.
     pub fn spans(&self, service: &str) -> Vec<Span> {
-        let path = format!("/api/traces?service={service}&limit=2000&lookback=1h");
-        let Ok(body) = http_get(self.query, &path) else {
+        self.traces(&format!(
+            "/api/traces?service={service}&limit=2000&lookback=1h"
+        ))
+    }
+
+    /// The spans of the traces Jaeger's search finds for `service` with tag `key`=`value` (what
+    /// a user types in the UI's Tags box).
+    pub fn search(&self, service: &str, key: &str, value: &str) -> Vec<Span> {
+        let tags = format!("{{\"{key}\":\"{value}\"}}");
+        let encoded: String = tags
+            .bytes()
+            .map(|b| match b {
+                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'.' | b'_' | b'-' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        self.traces(&format!(
+            "/api/traces?service={service}&limit=2000&lookback=1h&tags={encoded}"
+        ))
+    }
+
+    fn traces(&self, path: &str) -> Vec<Span> {
+        let Ok(body) = http_get(self.query, path) else {
             return Vec::new();
         };
         let Ok(response) = serde_json::from_str::<TracesResponse>(&body) else {

@@ -123,6 +123,44 @@ fn each_pattern_is_named_on_its_route_and_nowhere_else() {
     }
     assert_eq!(by_route.len(), ROUTES.len(), "every route seen");
 
+    // Jaeger's own search finds every request with a pattern, and only those.
+    for pattern in [
+        "n_plus_one",
+        "sequential_calls",
+        "repeated_call",
+        "oversized_response",
+        "slow_dependency",
+    ] {
+        let found = jaeger.search(
+            "e2e-diag",
+            &format!("performance.pattern.{pattern}"),
+            "true",
+        );
+        let mut routes: Vec<&str> = found
+            .iter()
+            .filter(|s| s.kind() == "server")
+            .map(|s| s.operation.trim_start_matches("GET "))
+            .collect();
+        routes.sort();
+        let mut expected: Vec<&str> = ROUTES
+            .iter()
+            .filter(|(_, patterns)| patterns.contains(&pattern))
+            .flat_map(|(route, _)| std::iter::repeat_n(*route, CALLS_PER_ROUTE))
+            .collect();
+        expected.sort();
+        assert_eq!(routes, expected, "search for {pattern}");
+    }
+    let slow: Vec<String> = jaeger
+        .search("e2e-diag", "performance.slow", "true")
+        .iter()
+        .filter(|s| s.is_slow())
+        .map(|s| s.operation.clone())
+        .collect();
+    assert!(
+        slow.iter().all(|op| !op.contains("/control/")),
+        "no control is slow: {slow:?}"
+    );
+
     // N+1: ten queries of one statement, named in its event.
     for server in &by_route["/n_plus_one"] {
         let event = &server.events("n_plus_one")[0];

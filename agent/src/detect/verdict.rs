@@ -94,6 +94,11 @@ pub fn diagnose(
             "performance.patterns",
             AttrValue::StrArray(names.iter().map(|p| p.as_str().into()).collect()),
         );
+        // One flag per pattern as well: stores that match tags exactly (Jaeger's search) can
+        // find every request with a given pattern, whatever else it has.
+        for name in &names {
+            parent.set(name.tag(), true);
+        }
         parent
             .events
             .extend(findings.iter().map(|finding| finding.event.clone()));
@@ -225,6 +230,10 @@ mod tests {
         assert_eq!(
             parent.attr("performance.patterns"),
             Some(&AttrValue::StrArray(vec!["slow_dependency".into()]))
+        );
+        assert_eq!(
+            parent.attr("performance.pattern.slow_dependency"),
+            Some(&AttrValue::Bool(true))
         );
         assert_eq!(parent.events.len(), 1);
         assert_eq!(parent.events[0].name, "slow_dependency");

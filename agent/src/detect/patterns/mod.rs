@@ -34,6 +34,17 @@ impl Pattern {
         }
     }
 
+    /// Its flag attribute, `performance.pattern.<name>` = true.
+    pub fn tag(self) -> &'static str {
+        match self {
+            Self::NPlusOne => "performance.pattern.n_plus_one",
+            Self::SequentialCalls => "performance.pattern.sequential_calls",
+            Self::RepeatedCall => "performance.pattern.repeated_call",
+            Self::OversizedResponse => "performance.pattern.oversized_response",
+            Self::SlowDependency => "performance.pattern.slow_dependency",
+        }
+    }
+
     /// The pattern in plain words, for the diagnosis line.
     pub fn words(self) -> &'static str {
         match self {
