@@ -7,12 +7,15 @@ diagnosis tests. Standard library plus psycopg2 (from the venv `cargo xtask setu
 
 Both print `listening on 127.0.0.1:PORT` once they accept connections. Every shop request runs on
 its own thread and makes its calls from that thread, one after another unless the route says
-otherwise. Each database request opens its own connection (autocommit: no BEGIN/COMMIT).
+otherwise. Each database request opens its own connection (autocommit: no BEGIN/COMMIT), with
+psycopg2 (values inlined in the text, simple protocol) unless the route says psycopg 3 (values
+bound separately, extended protocol).
 
 Shop routes (the timings are what a test plants):
     /n_plus_one            10 queries `SELECT ... WHERE id = <i>`, one after another
     /sequential            GET A /sleep?ms=150, then GET B /sleep?ms=150
     /repeated              GET A /rates?cur=EUR three times
+    /repeated_bound        psycopg 3: the same query with the same bound value three times
     /oversized             a 2 MiB response body
     /oversized_rows        SELECT of 2000 rows
     /slow_dependency       100 ms of its own work, then GET A /sleep?ms=400
@@ -20,6 +23,7 @@ Shop routes (the timings are what a test plants):
     /control/db            two different queries
     /control/parallel      GET A /sleep?ms=100 and GET B /sleep?ms=100, overlapping
     /control/fast          one GET A /rates?cur=USD
+    /control/bound         psycopg 3: one query with three different bound values
 
 Downstream routes: /sleep?ms=N (waits, answers 2 bytes), /rates?cur=X (answers at once).
 """
@@ -48,6 +52,16 @@ def query(sqls):
                 rows += len(cur.fetchall())
     finally:
         conn.close()
+    return rows
+
+
+def query_bound(sql, values):
+    import psycopg
+
+    rows = 0
+    with psycopg.connect(CONFIG["dsn"], autocommit=True) as conn:
+        for value in values:
+            rows += len(conn.execute(sql, (value,)).fetchall())
     return rows
 
 
@@ -100,6 +114,10 @@ def shop_route(path):
         for _ in range(3):
             get("a", "/rates?cur=EUR")
         return {"ok": True}
+    if path == "/repeated_bound":
+        return {"rows": query_bound(ORDER, [3, 3, 3])}
+    if path == "/control/bound":
+        return {"rows": query_bound(ORDER, [1, 2, 3])}
     if path == "/oversized":
         return b"x" * (2 << 20)
     if path == "/oversized_rows":
@@ -171,7 +189,8 @@ def main():
     args = parser.parse_args()
     CONFIG.update(role=args.role, dsn=args.dsn, a=args.peer_a, b=args.peer_b)
     if args.role == "shop":
-        import psycopg2  # noqa: F401  (loaded before loupe attaches)
+        import psycopg  # noqa: F401  (loaded before loupe attaches)
+        import psycopg2  # noqa: F401
     server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
     print(f"listening on 127.0.0.1:{server.server_address[1]}", flush=True)
     server.serve_forever()

@@ -18,6 +18,7 @@ const ROUTES: &[(&str, &[&str])] = &[
     ("/n_plus_one", &["n_plus_one"]),
     ("/sequential", &["sequential_calls"]),
     ("/repeated", &["repeated_call"]),
+    ("/repeated_bound", &["repeated_call"]),
     ("/oversized", &["oversized_response"]),
     ("/oversized_rows", &["oversized_response"]),
     ("/slow_dependency", &["slow_dependency"]),
@@ -25,6 +26,7 @@ const ROUTES: &[(&str, &[&str])] = &[
     ("/control/db", &[]),
     ("/control/parallel", &[]),
     ("/control/fast", &[]),
+    ("/control/bound", &[]),
 ];
 const CALLS_PER_ROUTE: usize = 2;
 /// Thresholds the test runs with: the planted 400 ms dependency is slow, the 150 ms and 100 ms
@@ -183,6 +185,17 @@ fn each_pattern_is_named_on_its_route_and_nowhere_else() {
         assert!((140.0..=220.0).contains(&saving), "saving {saving} ms");
         let share = float(server, "performance.bottleneck_share");
         assert!((share - 0.5).abs() <= 0.05, "bottleneck share {share}");
+    }
+
+    // Bound values (psycopg 3, extended protocol): the same value three times is one call
+    // repeated; three different values (/control/bound) are not.
+    for server in &by_route["/repeated_bound"] {
+        let event = &server.events("repeated_call")[0];
+        assert_eq!(event["count"].as_i64(), Some(3));
+        assert_eq!(
+            event["call"].as_str(),
+            Some("SELECT id, total FROM orders WHERE id = $1")
+        );
     }
 
     for server in &by_route["/repeated"] {

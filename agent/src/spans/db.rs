@@ -42,6 +42,8 @@ pub struct QueryFacts<'a> {
     pub failed: bool,
     pub sqlstate: Option<&'a str>,
     pub database: Option<&'a str>,
+    /// The bound parameter values' hash (wire, extended protocol), for spotting repeats.
+    pub values: Option<u64>,
     pub source: QuerySource,
 }
 
@@ -57,6 +59,7 @@ impl<'a> QueryFacts<'a> {
             failed: query.sqlstate.is_some(),
             sqlstate: query.sqlstate.as_deref(),
             database: query.database.as_deref(),
+            values: query.values,
             source: QuerySource::Wire,
         }
     }
@@ -83,6 +86,7 @@ impl<'a> QueryFacts<'a> {
             failed: libpq.failed || wire_sqlstate.is_some(),
             sqlstate: libpq.sqlstate.as_deref().or(wire_sqlstate),
             database: wire.and_then(|w| w.database.as_deref()),
+            values: wire.and_then(|w| w.values),
             source: if wire.is_some() {
                 QuerySource::LibpqAndWire
             } else {
@@ -90,6 +94,19 @@ impl<'a> QueryFacts<'a> {
             },
         }
     }
+}
+
+/// The exact call, for spotting repeats: the text with its literals, plus the bound values when
+/// it has `$n` placeholders. None when values were bound but not seen (libpq alone, a Bind cut
+/// short): `WHERE id = $1` with unknown values is not one call.
+fn exact_call(facts: &QueryFacts<'_>) -> Option<u64> {
+    let text = facts.text?;
+    let database = facts.database.unwrap_or_default();
+    if !text.contains('$') {
+        return Some(call_key(&[text, database]));
+    }
+    let values = facts.values?.to_string();
+    Some(call_key(&[text, database, &values]))
 }
 
 /// A CLIENT span for one query. `ends` is the connection it went over, where known.
@@ -121,11 +138,7 @@ pub fn query_span(
         events: Vec::new(),
         call_key: None,
     };
-    // Text with `$n` placeholders had its values bound separately, unseen: not an exact call.
-    span.call_key = facts
-        .text
-        .filter(|text| !text.contains('$'))
-        .map(|text| call_key(&[text, facts.database.unwrap_or_default()]));
+    span.call_key = exact_call(facts);
     span.set("db.system.name", "postgresql");
     if facts.text.is_some() {
         span.set("db.query.text", statement.normalized.clone());
@@ -169,4 +182,45 @@ pub fn query_span(
         span.error = Some("query failed".to_owned());
     }
     span
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts(text: &'static str, values: Option<u64>) -> QueryFacts<'static> {
+        QueryFacts {
+            text: Some(text),
+            text_truncated: false,
+            statement_name: None,
+            start_ns: 0,
+            end_ns: 1,
+            rows: None,
+            failed: false,
+            sqlstate: None,
+            database: Some("shop"),
+            values,
+            source: QuerySource::Wire,
+        }
+    }
+
+    #[test]
+    fn an_exact_call_is_the_text_with_its_literals_or_its_bound_values() {
+        let inlined = exact_call(&facts("SELECT * FROM t WHERE id = 1", None));
+        assert!(inlined.is_some());
+        assert_ne!(
+            inlined,
+            exact_call(&facts("SELECT * FROM t WHERE id = 2", None))
+        );
+        let bound = "SELECT * FROM t WHERE id = $1";
+        assert_eq!(exact_call(&facts(bound, None)), None, "values unseen");
+        assert_eq!(
+            exact_call(&facts(bound, Some(7))),
+            exact_call(&facts(bound, Some(7)))
+        );
+        assert_ne!(
+            exact_call(&facts(bound, Some(7))),
+            exact_call(&facts(bound, Some(8)))
+        );
+    }
 }

@@ -104,8 +104,8 @@ pub struct SpanRecord {
     /// Span events (patterns found, with their evidence).
     pub events: Vec<SpanEvent>,
     /// The exact call, hashed, for spotting repeats: an HTTP call's method, host, port, path and
-    /// query as sent; a statement's text with its literals. None where the parameters are unknown
-    /// (bound separately). Never exported.
+    /// query as sent; a statement's text with its literals or its bound values. None where bound
+    /// values went unseen. Never exported.
     pub call_key: Option<u64>,
 }
 

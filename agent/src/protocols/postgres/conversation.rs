@@ -29,6 +29,9 @@ pub struct QueryDone {
     pub sqlstate: Option<String>,
     /// The database of the session, when its StartupMessage was seen.
     pub database: Option<String>,
+    /// A hash of the parameter values bound to it (extended protocol, Bind seen whole): equal
+    /// for the same statement run with the same values. Never exported.
+    pub values: Option<u64>,
 }
 
 /// What a chunk started or finished.
@@ -51,6 +54,7 @@ struct Pending {
     seq: u64,
     text: String,
     text_truncated: bool,
+    values: Option<u64>,
     start: Timing,
     simple: bool,
     data_rows: u64,
@@ -75,7 +79,8 @@ pub struct PgConversation {
     opaque: bool,
     database: Option<String>,
     statements: HashMap<String, String>,
-    portals: HashMap<String, String>,
+    /// Portal -> (statement, hash of its bound values).
+    portals: HashMap<String, (String, Option<u64>)>,
     pending: VecDeque<Pending>,
     markers: VecDeque<Marker>,
     next_seq: u64,
@@ -200,6 +205,7 @@ impl PgConversation {
         &mut self,
         text: String,
         text_truncated: bool,
+        values: Option<u64>,
         simple: bool,
         at: Timing,
         out: &mut Vec<PgEvent>,
@@ -213,6 +219,7 @@ impl PgConversation {
             seq,
             text,
             text_truncated,
+            values,
             start: at,
             simple,
             data_rows: 0,
@@ -232,25 +239,26 @@ impl PgConversation {
             },
             b'Q' => {
                 let (text, _) = messages::cstr(&message.body);
-                self.start(text, message.truncated, true, at, out);
+                self.start(text, message.truncated, None, true, at, out);
             }
             b'P' => {
                 let (name, query) = messages::parse(&message.body);
                 remember(&mut self.statements, name, query);
             }
             b'B' => {
-                let (portal, statement) = messages::bind(&message.body);
-                remember(&mut self.portals, portal, statement);
+                let (portal, statement, values) = messages::bind(&message.body);
+                let values = (!message.truncated).then(|| values_key(values));
+                remember(&mut self.portals, portal, (statement, values));
             }
             b'E' => {
                 let (portal, _) = messages::cstr(&message.body);
-                let text = self
-                    .portals
-                    .get(&portal)
-                    .and_then(|statement| self.statements.get(statement))
+                let bound = self.portals.get(&portal);
+                let text = bound
+                    .and_then(|(statement, _)| self.statements.get(statement))
                     .cloned();
+                let values = bound.and_then(|(_, values)| *values);
                 let truncated = text.is_none();
-                self.start(text.unwrap_or_default(), truncated, false, at, out);
+                self.start(text.unwrap_or_default(), truncated, values, false, at, out);
             }
             b'S' => self.markers.push_back(Marker::Sync),
             _ => {}
@@ -326,12 +334,22 @@ impl PgConversation {
                     .or((query.data_rows > 0).then_some(query.data_rows)),
                 sqlstate: query.sqlstate,
                 database: self.database.clone(),
+                values: query.values,
             }));
         }
     }
 }
 
-fn remember(map: &mut HashMap<String, String>, key: String, value: String) {
+/// The identity of a Bind's values (formats included: the same bytes in text and binary are
+/// different values).
+fn values_key(values: &[u8]) -> u64 {
+    use std::hash::Hasher as _;
+    let mut hasher = rustc_hash::FxHasher::default();
+    hasher.write(values);
+    hasher.finish()
+}
+
+fn remember<V>(map: &mut HashMap<String, V>, key: String, value: V) {
     if map.len() >= MAX_NAMED && !map.contains_key(&key) {
         // Clients that never close statements: forget them all rather than grow.
         map.clear();

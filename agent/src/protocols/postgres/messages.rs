@@ -58,11 +58,11 @@ pub fn parse(body: &[u8]) -> (String, String) {
     (name, query)
 }
 
-/// Bind: (portal name, statement name).
-pub fn bind(body: &[u8]) -> (String, String) {
+/// Bind: (portal name, statement name, the rest: parameter formats, values, result formats).
+pub fn bind(body: &[u8]) -> (String, String, &[u8]) {
     let (portal, rest) = cstr(body);
-    let (statement, _) = cstr(rest);
-    (portal, statement)
+    let (statement, values) = cstr(rest);
+    (portal, statement, values)
 }
 
 /// The rows a CommandComplete tag reports ("SELECT 3", "INSERT 0 1", "UPDATE 2"), if any.

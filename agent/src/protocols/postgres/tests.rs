@@ -380,3 +380,61 @@ fn random_bytes_never_panic() {
         c.close(&mut events);
     }
 }
+
+#[test]
+fn bound_values_identify_an_execution_without_being_kept() {
+    let mut events = Vec::new();
+    let mut c = session(&mut events);
+    // Bind of one text parameter: formats (0), 1 value of 2 bytes, result formats (0).
+    let bind = |value: &[u8; 2]| {
+        let mut values = vec![0, 0, 0, 1, 0, 0, 0, 2];
+        values.extend_from_slice(value);
+        values.extend_from_slice(&[0, 0]);
+        msg(b'B', &concat(&[cstr(""), cstr("s1"), values]))
+    };
+    let parse = msg(
+        b'P',
+        &concat(&[
+            cstr("s1"),
+            cstr("SELECT * FROM users WHERE id = $1"),
+            vec![0, 0],
+        ]),
+    );
+    let execute = msg(b'E', &concat(&[cstr(""), vec![0, 0, 0, 0]]));
+    let batch = concat(&[
+        parse,
+        bind(b"42"),
+        execute.clone(),
+        bind(b"42"),
+        execute.clone(),
+        bind(b"43"),
+        execute,
+        msg(b'S', b""),
+    ]);
+    c.push(chunk(Flow::Request, 10, &batch), &mut events);
+    let one = concat(&[msg(b'2', b""), row(), msg(b'C', &cstr("SELECT 1"))]);
+    let reply = concat(&[msg(b'1', b""), one.clone(), one.clone(), one, ready()]);
+    c.push(chunk(Flow::Response, 20, &reply), &mut events);
+    let all = done(&events);
+    assert_eq!(all.len(), 3);
+    assert!(all.iter().all(|q| q.values.is_some()));
+    assert_eq!(all[0].values, all[1].values, "the same value twice");
+    assert_ne!(all[1].values, all[2].values, "another value");
+    assert!(
+        all.iter()
+            .all(|q| q.text == "SELECT * FROM users WHERE id = $1")
+    );
+}
+
+#[test]
+fn a_simple_query_has_no_bound_values() {
+    let mut events = Vec::new();
+    let mut c = session(&mut events);
+    c.push(
+        chunk(Flow::Request, 10, &msg(b'Q', &cstr("SELECT 1"))),
+        &mut events,
+    );
+    let reply = concat(&[row(), msg(b'C', &cstr("SELECT 1")), ready()]);
+    c.push(chunk(Flow::Response, 20, &reply), &mut events);
+    assert_eq!(done(&events)[0].values, None);
+}
