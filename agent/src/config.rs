@@ -99,6 +99,16 @@ pub struct RunArgs {
     #[arg(long, value_name = "ROWS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..), env = "LOUPE_LARGE_RESULT_ROWS")]
     pub large_result_rows: u64,
 
+    /// CPU samples per second of a thread while it runs something past its threshold
+    /// (1..=10000). Nothing is sampled while nothing is slow.
+    #[arg(long, value_name = "HZ", default_value_t = 999, value_parser = clap::value_parser!(u64).range(1..=10_000), env = "LOUPE_PROFILE_HZ")]
+    pub profile_hz: u64,
+
+    /// Also write each slow span's CPU profile here: a flamegraph SVG and the folded stacks,
+    /// named <trace id>-<span id>.
+    #[arg(long, value_name = "DIR", env = "LOUPE_PROFILE_DIR")]
+    pub profile_dir: Option<std::path::PathBuf>,
+
     /// Stop after this long, e.g. 30s or 5m. Default: run until SIGINT or SIGTERM.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, env = "LOUPE_DURATION")]
     pub duration: Option<Duration>,
@@ -213,6 +223,7 @@ pub struct Config {
     pub service_name: Option<String>,
     pub thresholds: Thresholds,
     pub diagnosis: DiagnosisConfig,
+    pub profile: crate::profile::ProfileSettings,
     pub mode: Mode,
     pub duration: Option<Duration>,
     pub capture_bytes: u32,
@@ -292,6 +303,10 @@ impl RunArgs {
                 sequential_min_saving: f64::from(self.sequential_min_saving) / 100.0,
                 large_response_bytes: self.large_response,
                 large_result_rows: self.large_result_rows,
+            },
+            profile: crate::profile::ProfileSettings {
+                hz: self.profile_hz,
+                dir: self.profile_dir,
             },
             mode,
             duration: self.duration,

@@ -23,6 +23,7 @@ pub mod libpq;
 pub mod preflight;
 pub mod probes;
 pub mod process;
+pub mod profile;
 pub mod protocols;
 pub mod spans;
 pub mod sql;
@@ -44,7 +45,8 @@ use crate::{
     events::Batch,
     export::{ExportError, Sink},
     preflight::PreflightError,
-    probes::{ProbeConfig, ProbeError, Upkeep},
+    probes::{ProbeConfig, ProbeError, ThreadSampler, Upkeep},
+    profile::{HotThreads, ProfileCommand, ProfileJob, SampleStore},
     spans::{SpanRecord, Stitcher, clock::monotonic_now_ns, stitcher::StitcherLimits},
     stats::Counters,
 };
@@ -69,6 +71,8 @@ const WAKEUP_BYTES: u64 = 1024 * 1024;
 const BATCH_QUEUE: usize = 256;
 const SPAN_QUEUE: usize = 8192;
 const STITCH_TICK: Duration = Duration::from_millis(250);
+/// Heat/cool orders waiting for the upkeep.
+const COMMAND_QUEUE: usize = 1024;
 
 /// What a run leaves behind.
 pub struct Outcome {
@@ -131,6 +135,20 @@ pub async fn run(config: Config) -> Result<Outcome, RunError> {
 
     let (batch_tx, batch_rx) = mpsc::channel::<Batch>(BATCH_QUEUE);
     let (span_tx, span_rx) = mpsc::channel::<SpanRecord>(SPAN_QUEUE);
+    let (command_tx, command_rx) = mpsc::channel::<ProfileCommand>(COMMAND_QUEUE);
+    let sampler = match ThreadSampler::new(&mut ebpf, config.profile.hz) {
+        Ok(sampler) => Some(sampler),
+        Err(reason) => {
+            eprintln!("loupe: warning: CPU profiles are off: {reason}");
+            None
+        }
+    };
+    let (jobs, symbolizer) = profile::spawn_symbolizer(
+        config.profile.clone(),
+        span_tx.clone(),
+        board.clone(),
+        counters.clone(),
+    )?;
     let reader = tokio::spawn(events::reader::run(
         events,
         batch_tx,
@@ -142,6 +160,10 @@ pub async fn run(config: Config) -> Result<Outcome, RunError> {
         thresholds: config.thresholds,
         diagnoser: Diagnoser::new(config.diagnosis, board.clone(), counters.clone()),
         resources: ResourceSampler::new(&pids),
+        samples: SampleStore::default(),
+        hot: HotThreads::default(),
+        commands: command_tx,
+        jobs,
     };
     let stitch = tokio::spawn(stitch(
         batch_rx,
@@ -160,6 +182,8 @@ pub async fn run(config: Config) -> Result<Outcome, RunError> {
     let upkeep = Upkeep {
         ebpf,
         libraries,
+        sampler,
+        commands: command_rx,
         targets: target_map,
         sockets,
         loss,
@@ -198,6 +222,9 @@ pub async fn run(config: Config) -> Result<Outcome, RunError> {
     let _ = stop_tx.send(true);
     let _ = reader.await;
     let _ = stitch.await;
+    // The stitch stage dropped its job queue: the symbolizer finishes what it has, then lets go
+    // of its span sender, and the exporter's channel closes.
+    let _ = tokio::task::spawn_blocking(move || symbolizer.join()).await;
     let _ = exporter.await;
     if !upkeep_done {
         let _ = upkeep.await;
@@ -218,6 +245,10 @@ struct Verdicts {
     thresholds: Thresholds,
     diagnoser: Diagnoser,
     resources: ResourceSampler,
+    samples: SampleStore,
+    hot: HotThreads,
+    commands: mpsc::Sender<ProfileCommand>,
+    jobs: std::sync::mpsc::SyncSender<ProfileJob>,
 }
 
 impl Verdicts {
@@ -230,6 +261,51 @@ impl Verdicts {
             self.resources.annotate(&mut span, now);
         }
         self.diagnoser.push(span, now, ready);
+    }
+
+    /// Heats the threads running something slow, cools the others, forgets old samples.
+    fn heat(&mut self, stitcher: &Stitcher, now_ns: u64, counters: &Counters) {
+        let mut orders = Vec::new();
+        self.hot.update(
+            &stitcher.slow_threads(now_ns, &self.thresholds),
+            &mut orders,
+        );
+        for order in orders {
+            // 1024 orders for at most 64 hot threads: the queue does not fill.
+            let _ = self.commands.try_send(order);
+        }
+        self.samples.prune(now_ns);
+        counters
+            .cpu_samples_unclaimed
+            .store(self.samples.unclaimed, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Sends a ready span on: through the symbolizer when it is slow and its thread was sampled
+    /// while it ran, else straight to the exporter.
+    fn send(&mut self, span: SpanRecord, tx: &mpsc::Sender<SpanRecord>, counters: &Counters) {
+        let samples = if span.is_slow() {
+            self.samples
+                .claim(span.pid, span.tid, span.start_ns, span.end_ns)
+        } else {
+            Vec::new()
+        };
+        let span = if samples.is_empty() {
+            span
+        } else {
+            match self.jobs.try_send(ProfileJob { span, samples }) {
+                Ok(()) => return,
+                Err(
+                    std::sync::mpsc::TrySendError::Full(job)
+                    | std::sync::mpsc::TrySendError::Disconnected(job),
+                ) => {
+                    Counters::add(&counters.profiles_skipped, 1);
+                    job.span
+                }
+            }
+        };
+        if tx.try_send(span).is_err() {
+            Counters::add(&counters.spans_dropped, 1);
+        }
     }
 }
 
@@ -252,6 +328,10 @@ async fn stitch(
                 Some(batch) => {
                     for record in &batch {
                         match events::decode(record) {
+                            Ok(events::Event::CpuSample(sample)) => {
+                                Counters::add(&counters.cpu_samples, 1);
+                                verdicts.samples.push(sample);
+                            }
                             Ok(event) => stitcher.handle(event, &mut out),
                             Err(err) => {
                                 Counters::add(&counters.decode_errors, 1);
@@ -266,6 +346,7 @@ async fn stitch(
                 let now = monotonic_now_ns();
                 stitcher.tick(now, &mut out);
                 verdicts.diagnoser.tick(now, &mut ready);
+                verdicts.heat(&stitcher, now, &counters);
             }
             _ = sample.tick() => verdicts.resources.sample(monotonic_now_ns()),
         }
@@ -274,9 +355,7 @@ async fn stitch(
         }
         for span in ready.drain(..) {
             Counters::add(&counters.spans_built, 1);
-            if tx.try_send(span).is_err() {
-                Counters::add(&counters.spans_dropped, 1);
-            }
+            verdicts.send(span, &tx, &counters);
         }
     }
     stitcher.finish(&mut out);

@@ -15,11 +15,21 @@ const TOP_IN_REPORT: usize = 20;
 
 /// `loupe report`'s output (its format is a contract: docs/contracts.md).
 fn report(problems: &ProblemBoard) -> String {
-    match problems.render(TOP_IN_REPORT) {
+    let mut text = match problems.render(TOP_IN_REPORT) {
         Some(table) => format!("loupe report: top problems\n{table}"),
         None => "loupe report: no problems found\n".to_owned(),
+    };
+    if let Some(frames) = problems.render_hot_frames(HOT_ROUTES, HOT_FRAMES) {
+        text.push_str(&format!(
+            "loupe report: hottest frames of slow spans\n{frames}"
+        ));
     }
+    text
 }
+
+/// Routes, and frames per route, in the hottest-frames list.
+const HOT_ROUTES: usize = 5;
+const HOT_FRAMES: usize = 3;
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -72,6 +82,10 @@ fn main() -> ExitCode {
                 Mode::Watch => {
                     if let Some(top) = outcome.problems.render(TOP_AT_EXIT) {
                         eprint!("loupe: top problems\n{top}");
+                    }
+                    if let Some(frames) = outcome.problems.render_hot_frames(HOT_ROUTES, HOT_FRAMES)
+                    {
+                        eprint!("loupe: hottest frames of slow spans\n{frames}");
                     }
                 }
             }

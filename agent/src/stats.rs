@@ -28,6 +28,14 @@ pub struct Counters {
     /// Requests whose calls were exported without a verdict: the request never finished within
     /// the hold limit, or too many calls were waiting for their requests.
     pub trees_undiagnosed: AtomicU64,
+    /// Threads being CPU-sampled right now (running something past its threshold).
+    pub hot_threads: AtomicU64,
+    /// CPU samples taken (while a thread was hot).
+    pub cpu_samples: AtomicU64,
+    /// CPU samples no span claimed (taken after its end, or pushed out of the bounded store).
+    pub cpu_samples_unclaimed: AtomicU64,
+    /// Slow spans exported without their profile (symbolizer queue full).
+    pub profiles_skipped: AtomicU64,
 }
 
 impl Counters {
@@ -42,13 +50,14 @@ impl Counters {
     /// The one-line summary printed at exit (its format is a contract: docs/contracts.md).
     pub fn summary_line(&self) -> String {
         format!(
-            "loupe: summary events_read={} events_lost={} decode_errors={} spans_exported={} spans_dropped={} unnested_calls={}",
+            "loupe: summary events_read={} events_lost={} decode_errors={} spans_exported={} spans_dropped={} unnested_calls={} cpu_samples={}",
             Self::get(&self.events_read),
             Self::get(&self.events_lost_kernel),
             Self::get(&self.decode_errors),
             Self::get(&self.spans_exported),
             Self::get(&self.spans_dropped),
             Self::get(&self.unnested_calls),
+            Self::get(&self.cpu_samples),
         )
     }
 }

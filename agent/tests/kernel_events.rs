@@ -229,6 +229,7 @@ fn traffic_of_an_untargeted_process_is_not_seen() {
             Event::Dup { pid, .. } => *pid,
             Event::LibpqCall(c) => c.pid,
             Event::LibpqResult(r) => r.pid,
+            Event::CpuSample(s) => s.pid,
         };
         assert_eq!(pid, me, "only the target's events: {event:?}");
     }

@@ -27,6 +27,8 @@ pub enum EventKind {
     LibpqCall = 6,
     /// A libpq query function or PQgetResult returned: [`crate::LibpqResultEvent`].
     LibpqResult = 7,
+    /// A CPU sample of a hot thread: [`crate::CpuSampleEvent`].
+    CpuSample = 8,
 }
 
 impl TryFrom<u32> for EventKind {
@@ -40,6 +42,7 @@ impl TryFrom<u32> for EventKind {
             5 => Ok(Self::Dup),
             6 => Ok(Self::LibpqCall),
             7 => Ok(Self::LibpqResult),
+            8 => Ok(Self::CpuSample),
             other => Err(other),
         }
     }

@@ -7,11 +7,13 @@
 //! see fails to compile instead of corrupting events.
 #![no_std]
 
+pub mod cpu;
 pub mod event;
 pub mod libpq;
 pub mod maps;
 pub mod names;
 
+pub use cpu::*;
 pub use event::*;
 pub use libpq::*;
 pub use maps::*;

@@ -10,6 +10,10 @@ pub const MAP_SOCKETS: &str = "SOCKETS";
 /// Per-CPU loss counters, indexed by `LossSlot`.
 pub const MAP_LOSS: &str = "LOSS";
 
+/// perf_event program: one CPU sample (user and kernel stacks) of the thread its event is
+/// opened on. Userspace opens a CPU-clock event only on threads running something slow.
+pub const PROGRAM_CPU_SAMPLE: &str = "cpu_sample";
+
 /// Global: payload bytes to capture per syscall (clamped to `MAX_CAPTURE`).
 pub const GLOBAL_CAPTURE_BYTES: &str = "CAPTURE_BYTES";
 /// Global: unread ring buffer bytes above which a submit wakes the reader.

@@ -5,12 +5,14 @@
 //! close forgets the socket, and a fork of a target makes its child a target too. Every program
 //! looks its key up in a map that only holds target processes before doing anything else, so an
 //! untargeted process pays one hash lookup per syscall and nothing more. libpq uprobes, attached
-//! per target process, report each query call and the result it got back.
+//! per target process, report each query call and the result it got back. A perf_event program,
+//! opened only on threads running something slow, samples their stacks.
 #![no_std]
 #![no_main]
 
 mod config;
 mod conn;
+mod cpu;
 mod data;
 mod emit;
 mod fork;
@@ -18,8 +20,8 @@ mod libpq;
 mod maps;
 
 use aya_ebpf::{
-    macros::{tracepoint, uprobe, uretprobe},
-    programs::{ProbeContext, RetProbeContext, TracePointContext},
+    macros::{perf_event, tracepoint, uprobe, uretprobe},
+    programs::{PerfEventContext, ProbeContext, RetProbeContext, TracePointContext},
 };
 
 /// Runs a `try_` body and turns its result into the tracepoint's return value. Errors are already
@@ -123,6 +125,11 @@ pub fn libpq_enter(ctx: ProbeContext) -> u32 {
 #[uretprobe]
 pub fn libpq_return(ctx: RetProbeContext) -> u32 {
     finish(libpq::try_return(&ctx))
+}
+
+#[perf_event]
+pub fn cpu_sample(ctx: PerfEventContext) -> u32 {
+    finish(cpu::try_sample(&ctx))
 }
 
 #[cfg(not(test))]

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use super::patterns::{Finding, Pattern};
+use crate::profile::stacks::Folded;
 
 /// One route's one pattern.
 #[derive(Clone, Debug, PartialEq)]
@@ -25,7 +26,13 @@ pub struct ProblemRow {
 pub struct ProblemBoard {
     rows: HashMap<(String, Pattern), ProblemRow>,
     pub overflow: u64,
+    /// CPU samples of slow spans per route, by innermost frame.
+    frames: HashMap<String, HashMap<String, u64>>,
 }
+
+/// Routes and frames kept in the hot-frame table at most.
+const MAX_PROFILED_ROUTES: usize = 1_000;
+const MAX_FRAMES_PER_ROUTE: usize = 1_000;
 
 impl ProblemBoard {
     pub const MAX_ROWS: usize = 10_000;
@@ -66,6 +73,46 @@ impl ProblemBoard {
             seen.push(finding.pattern);
             self.record_at(route, finding, first);
         }
+    }
+
+    /// Adds the innermost frames of one slow span's CPU profile.
+    pub fn record_profile(&mut self, route: &str, folded: &Folded) {
+        if !self.frames.contains_key(route) && self.frames.len() >= MAX_PROFILED_ROUTES {
+            self.overflow += 1;
+            return;
+        }
+        let frames = self.frames.entry(route.to_owned()).or_default();
+        for (leaf, count) in &folded.leaves {
+            if frames.len() < MAX_FRAMES_PER_ROUTE || frames.contains_key(leaf) {
+                *frames.entry(leaf.clone()).or_default() += count;
+            }
+        }
+    }
+
+    /// The hottest frames of the most sampled routes: `route: 62% frame, 30% frame` lines, or
+    /// None when no slow span was profiled.
+    pub fn render_hot_frames(&self, routes: usize, frames: usize) -> Option<String> {
+        let mut ranked: Vec<(&String, u64)> = self
+            .frames
+            .iter()
+            .map(|(route, counts)| (route, counts.values().sum()))
+            .collect();
+        if ranked.is_empty() {
+            return None;
+        }
+        ranked.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+        let mut text = String::new();
+        for (route, total) in ranked.into_iter().take(routes) {
+            let mut counts: Vec<(&String, &u64)> = self.frames[route].iter().collect();
+            counts.sort_by(|a, b| b.1.cmp(a.1).then_with(|| a.0.cmp(b.0)));
+            let top: Vec<String> = counts
+                .into_iter()
+                .take(frames)
+                .map(|(frame, n)| format!("{:.0}% {frame}", 100.0 * *n as f64 / total as f64))
+                .collect();
+            text.push_str(&format!("{route} ({total} samples): {}\n", top.join(", ")));
+        }
+        Some(text)
     }
 
     /// Rows, costliest first.
@@ -184,5 +231,28 @@ mod tests {
     #[test]
     fn an_empty_board_renders_nothing() {
         assert_eq!(ProblemBoard::default().render(5), None);
+        assert_eq!(ProblemBoard::default().render_hot_frames(5, 3), None);
+    }
+
+    #[test]
+    fn hot_frames_rank_routes_by_samples() {
+        use crate::profile::stacks::{Frame, fold};
+        let burn = [Frame::Named("app!burn".into())];
+        let hash = [Frame::Named("libcrypto.so.3!sha256".into())];
+        let mut board = ProblemBoard::default();
+        board.record_profile(
+            "GET /hash",
+            &fold([
+                (&[][..], &burn[..]),
+                (&[][..], &hash[..]),
+                (&[][..], &hash[..]),
+            ]),
+        );
+        board.record_profile("GET /slow", &fold([(&[][..], &burn[..])]));
+        let text = board.render_hot_frames(5, 2).unwrap();
+        assert_eq!(
+            text,
+            "GET /hash (3 samples): 67% libcrypto.so.3!sha256, 33% app!burn\nGET /slow (1 samples): 100% app!burn\n"
+        );
     }
 }

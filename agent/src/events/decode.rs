@@ -5,9 +5,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use bytes::Bytes;
 use loupe_common::{
-    CloseEvent, ConnEvent, DATA_EVENT_HEADER_LEN, DataEvent, Direction, DupEvent, EventHeader,
-    EventKind, ForkEvent, LIBPQ_CALL_HEADER_LEN, LIBPQ_HAS_RESULT, LibpqCallEvent, LibpqFunction,
-    LibpqResultEvent, SocketRole, libpq_probe,
+    CloseEvent, ConnEvent, CpuSampleEvent, DATA_EVENT_HEADER_LEN, DataEvent, Direction, DupEvent,
+    EventHeader, EventKind, ForkEvent, LIBPQ_CALL_HEADER_LEN, LIBPQ_HAS_RESULT, LibpqCallEvent,
+    LibpqFunction, LibpqResultEvent, SocketRole, libpq_probe,
 };
 
 /// Bytes moved by one syscall on a tracked socket.
@@ -107,6 +107,19 @@ pub enum Event {
     },
     LibpqCall(LibpqCallRecord),
     LibpqResult(LibpqResultRecord),
+    CpuSample(CpuSample),
+}
+
+/// Where a hot thread was when the CPU clock sampled it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CpuSample {
+    pub pid: u32,
+    pub tid: u32,
+    pub ts_ns: u64,
+    /// User instruction pointers, innermost first (empty when the walk failed).
+    pub user: Vec<u64>,
+    /// Kernel instruction pointers, innermost first (empty when sampled in user mode).
+    pub kernel: Vec<u64>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -207,6 +220,20 @@ pub fn decode(record: &Bytes) -> Result<Event, DecodeError> {
                 pg_conn: event.pg_conn,
                 function,
                 result,
+            }))
+        }
+        EventKind::CpuSample => {
+            let event: CpuSampleEvent = read(record)?;
+            let frames = |ips: &[u64], bytes: u32| -> Vec<u64> {
+                let n = (bytes as usize / 8).min(ips.len());
+                ips[..n].iter().copied().filter(|&ip| ip != 0).collect()
+            };
+            Ok(Event::CpuSample(CpuSample {
+                pid: header.pid,
+                tid: header.tid,
+                ts_ns: event.ts_ns,
+                user: frames(&event.user, event.user_bytes),
+                kernel: frames(&event.kernel, event.kernel_bytes),
             }))
         }
     }

@@ -5,7 +5,7 @@ pub mod decode;
 pub mod reader;
 
 pub use decode::{
-    ConnRecord, DataRecord, DecodeError, Event, LibpqCallRecord, LibpqResultRecord, PgResultInfo,
-    decode,
+    ConnRecord, CpuSample, DataRecord, DecodeError, Event, LibpqCallRecord, LibpqResultRecord,
+    PgResultInfo, decode,
 };
 pub use reader::Batch;

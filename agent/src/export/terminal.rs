@@ -145,6 +145,10 @@ impl TerminalView {
             text.push_str("top problems:\n");
             text.push_str(&problems);
         }
+        if let Some(frames) = board.render_hot_frames(TOP_PROBLEMS, 3) {
+            text.push_str("hottest frames of slow spans:\n");
+            text.push_str(&frames);
+        }
         drop(board);
         text.push_str(&format!(
             "events read {}, lost {}, decode errors {}; spans dropped {}, unnested calls {}, undiagnosed requests {}\n",

@@ -4,11 +4,13 @@
 pub mod libraries;
 pub mod loader;
 pub mod loss;
+pub mod perf;
 pub mod upkeep;
 
 pub use libraries::{LibraryNews, LibraryProbes};
 pub use loader::{ProbeConfig, Probes, load_and_attach};
 pub use loss::LossCounters;
+pub use perf::ThreadSampler;
 pub use upkeep::Upkeep;
 
 /// What went wrong while loading or attaching.

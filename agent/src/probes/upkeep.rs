@@ -10,14 +10,18 @@ use aya::{
     maps::{HashMap, MapData, PerCpuArray},
 };
 use loupe_common::{SocketInfo, SocketKey, TargetInfo};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
-use super::{LibraryNews, LibraryProbes, LossCounters};
-use crate::{process::is_live_process, stats::Counters};
+use super::{LibraryNews, LibraryProbes, LossCounters, ThreadSampler};
+use crate::{process::is_live_process, profile::ProfileCommand, stats::Counters};
 
 pub struct Upkeep {
     pub ebpf: Ebpf,
     pub libraries: LibraryProbes,
+    /// CPU sampling of hot threads (None when the kernel refused the program).
+    pub sampler: Option<ThreadSampler>,
+    /// Heat/cool orders from the stitch stage.
+    pub commands: mpsc::Receiver<ProfileCommand>,
     pub targets: HashMap<MapData, u32, TargetInfo>,
     pub sockets: HashMap<MapData, u64, SocketInfo>,
     pub loss: PerCpuArray<MapData, u64>,
@@ -30,9 +34,23 @@ impl Upkeep {
     /// Runs until `stop`; returns early (true) when no target is left alive.
     pub async fn run(mut self, counters: Arc<Counters>, mut stop: watch::Receiver<bool>) -> bool {
         let mut tick = tokio::time::interval(EVERY);
+        let mut commands_open = true;
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
+                command = self.commands.recv(), if commands_open => {
+                    match (command, self.sampler.as_mut()) {
+                        (Some(command), Some(sampler)) => {
+                            sampler.apply(&mut self.ebpf, command);
+                            counters
+                                .hot_threads
+                                .store(sampler.hot() as u64, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        (Some(_), None) => {}
+                        (None, _) => commands_open = false,
+                    }
+                    continue;
+                }
                 _ = stop.changed() => {
                     self.poll_loss(&counters);
                     return false;

@@ -89,6 +89,8 @@ struct Conn {
 struct Pending {
     ids: SpanIds,
     tid: u32,
+    /// When its request started (event time), for spotting it running slow.
+    start_ns: u64,
     /// The libpq query this wire query is (PostgreSQL only): its span is libpq's.
     libpq: Option<u64>,
 }
@@ -97,6 +99,7 @@ struct Pending {
 struct LibpqOpen {
     ids: SpanIds,
     actor: Actor,
+    start_ns: u64,
     /// The same query as the wire saw it, once it finished there, and its connection.
     wire: Option<(postgres::QueryDone, ConnKey)>,
 }
@@ -108,6 +111,7 @@ struct Serving {
     seq: u64,
     trace_id: u128,
     span_id: u64,
+    start_ns: u64,
 }
 
 /// Owns connection and thread state; turns events into finished spans.
@@ -131,6 +135,8 @@ pub struct Stitcher {
     /// Per (pid, tid): the PostgreSQL connection the thread last moved bytes on, for the server
     /// address of a query only libpq could read (TLS).
     pg_conn_of_thread: HashMap<(u32, u32), ConnKey>,
+    /// The time of the event being handled (ns since boot): when what it starts started.
+    clock_ns: u64,
 }
 
 /// At most `PER_SECOND` /proc address look-ups per second of event time.
@@ -169,6 +175,7 @@ impl Stitcher {
             libpq_open: HashMap::default(),
             libpq_unwired: HashMap::default(),
             pg_conn_of_thread: HashMap::default(),
+            clock_ns: 0,
         }
     }
 
@@ -203,7 +210,9 @@ impl Stitcher {
                 }
             }
             Event::Fork { .. } => {}
+            Event::CpuSample(_) => {}
             Event::LibpqCall(call) => {
+                self.clock_ns = call.ts_ns;
                 let mut events = std::mem::take(&mut self.libpq_scratch);
                 self.libpq.on_call(call, &mut events);
                 self.dispatch_libpq(&mut events, out);
@@ -231,6 +240,7 @@ impl Stitcher {
                         LibpqOpen {
                             ids,
                             actor,
+                            start_ns: self.clock_ns,
                             wire: None,
                         },
                     );
@@ -246,6 +256,7 @@ impl Stitcher {
                             ids,
                             actor,
                             wire: Some((done, key)),
+                            ..
                         }) => {
                             let facts = QueryFacts::from_wire(&done);
                             let statement = self.statements.analyze_text(facts.text);
@@ -326,6 +337,45 @@ impl Stitcher {
         }
     }
 
+    /// The threads running something past its threshold at `now_ns`: a server request, an
+    /// outbound HTTP call or a query (their CPU is worth sampling until it ends).
+    pub fn slow_threads(
+        &self,
+        now_ns: u64,
+        thresholds: &crate::config::Thresholds,
+    ) -> std::collections::BTreeSet<(u32, u32)> {
+        let over = |start_ns: u64, limit: std::time::Duration| {
+            now_ns.saturating_sub(start_ns) > limit.as_nanos() as u64
+        };
+        let mut slow = std::collections::BTreeSet::new();
+        for (&thread, requests) in &self.serving {
+            if requests.iter().any(|r| over(r.start_ns, thresholds.http)) {
+                slow.insert(thread);
+            }
+        }
+        for (&(pid, _), conn) in &self.conns {
+            if conn.role != SocketRole::Client || conn.pending.is_empty() {
+                continue;
+            }
+            let limit = match conn.protocol {
+                Protocol::Http(_) => thresholds.external,
+                Protocol::Postgres(_) => thresholds.db,
+                _ => continue,
+            };
+            for pending in conn.pending.values() {
+                if over(pending.start_ns, limit) {
+                    slow.insert((pid, pending.tid));
+                }
+            }
+        }
+        for open in self.libpq_open.values() {
+            if over(open.start_ns, thresholds.db) {
+                slow.insert((open.actor.pid, open.actor.tid));
+            }
+        }
+        slow
+    }
+
     pub fn connections(&self) -> usize {
         self.conns.len()
     }
@@ -403,6 +453,7 @@ impl Stitcher {
                 return;
             }
         }
+        self.clock_ns = data.enter_ns;
         let budget = self.limits.sniff_budget;
         let Some(conn) = self.conns.get_mut(&key) else {
             return;
@@ -492,6 +543,7 @@ impl Stitcher {
                                 let pending = Pending {
                                     ids,
                                     tid,
+                                    start_ns: self.clock_ns,
                                     libpq: Some(id),
                                 };
                                 conn.pending.insert(seq, pending);
@@ -579,6 +631,7 @@ impl Stitcher {
                     seq,
                     trace_id: ids.trace_id,
                     span_id: ids.span_id,
+                    start_ns: self.clock_ns,
                 });
                 ids
             }
@@ -587,6 +640,7 @@ impl Stitcher {
             let pending = Pending {
                 ids,
                 tid,
+                start_ns: self.clock_ns,
                 libpq: None,
             };
             conn.pending.insert(seq, pending);

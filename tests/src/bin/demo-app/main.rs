@@ -3,6 +3,7 @@
 //! per connection, HTTP/1.1 keep-alive, Content-Length responses (chunked on /api/stream).
 //! Routes and timings are listed in docs/contracts.md.
 
+mod crunch;
 mod pg;
 
 use std::{
@@ -239,6 +240,15 @@ fn frontend(
             201,
             format!(r#"{{"id":1001,"bytes":{}}}"#, request.body.len()),
         ),
+        ("GET", "/api/crunch") => {
+            // CPU-bound: `ms=` milliseconds in crunch_numbers and libcrypto's SHA256.
+            let ms = query
+                .strip_prefix("ms=")
+                .and_then(|ms| ms.parse().ok())
+                .unwrap_or(1500);
+            let checksum = crunch::crunch(Duration::from_millis(ms));
+            Response::new(200, format!(r#"{{"checksum":{checksum}}}"#))
+        }
         ("GET", "/api/report") => {
             // Two anti-patterns for loupe to name: one query per order (N+1) instead of one for
             // all, and the same backend call twice (repeated_call).

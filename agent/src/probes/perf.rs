@@ -1,0 +1,91 @@
+//! CPU sampling of hot threads: a CPU-clock perf event opened on one thread (never a whole CPU
+//! or process), with the `cpu_sample` program attached, while that thread runs something slow.
+//! Nothing is open while nothing is slow.
+
+use std::collections::HashMap;
+
+use aya::{
+    Ebpf,
+    programs::{
+        PerfEvent,
+        perf_event::{
+            PerfEventConfig, PerfEventLinkId, PerfEventScope, SamplePolicy, SoftwareEvent,
+        },
+    },
+};
+use loupe_common::names::PROGRAM_CPU_SAMPLE;
+
+use crate::profile::ProfileCommand;
+
+/// Perf events open per hot thread.
+pub struct ThreadSampler {
+    hz: u64,
+    links: HashMap<u32, PerfEventLinkId>,
+    /// Heat commands that failed (thread gone, perf_event_open refused).
+    pub failures: u64,
+}
+
+impl ThreadSampler {
+    /// Loads the sampling program; Err says why CPU profiles are off.
+    pub fn new(ebpf: &mut Ebpf, hz: u64) -> Result<Self, String> {
+        let program: &mut PerfEvent = ebpf
+            .program_mut(PROGRAM_CPU_SAMPLE)
+            .ok_or_else(|| format!("the eBPF object has no program `{PROGRAM_CPU_SAMPLE}`"))?
+            .try_into()
+            .map_err(|err| format!("`{PROGRAM_CPU_SAMPLE}` is not a perf_event program: {err}"))?;
+        program
+            .load()
+            .map_err(|err| format!("the kernel refused `{PROGRAM_CPU_SAMPLE}`: {err}"))?;
+        Ok(Self {
+            hz,
+            links: HashMap::new(),
+            failures: 0,
+        })
+    }
+
+    pub fn apply(&mut self, ebpf: &mut Ebpf, command: ProfileCommand) {
+        let Some(program) = ebpf
+            .program_mut(PROGRAM_CPU_SAMPLE)
+            .and_then(|p| <&mut PerfEvent>::try_from(p).ok())
+        else {
+            return;
+        };
+        match command {
+            ProfileCommand::Heat { tid, .. } => {
+                if self.links.contains_key(&tid) {
+                    return;
+                }
+                // A tid as the pid of perf_event_open samples that one thread.
+                match program.attach(
+                    PerfEventConfig::Software(SoftwareEvent::CpuClock),
+                    PerfEventScope::OneProcess {
+                        pid: tid,
+                        cpu: None,
+                    },
+                    SamplePolicy::Frequency(self.hz),
+                    false,
+                ) {
+                    Ok(link) => {
+                        self.links.insert(tid, link);
+                    }
+                    Err(err) => {
+                        self.failures += 1;
+                        tracing::debug!("cannot sample thread {tid}: {err}");
+                    }
+                }
+            }
+            ProfileCommand::Cool { tid } => {
+                if let Some(link) = self.links.remove(&tid)
+                    && let Err(err) = program.detach(link)
+                {
+                    tracing::debug!("cannot stop sampling thread {tid}: {err}");
+                }
+            }
+        }
+    }
+
+    /// Threads sampled right now.
+    pub fn hot(&self) -> usize {
+        self.links.len()
+    }
+}

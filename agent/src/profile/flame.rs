@@ -1,0 +1,53 @@
+//! With --profile-dir: the folded stacks of a slow span and its flamegraph (inferno), named by
+//! trace and span id.
+
+use std::path::{Path, PathBuf};
+
+use super::stacks::Folded;
+
+/// Writes `<trace>-<span>.folded` and `.svg` into `dir`; returns the SVG's path.
+pub fn write(
+    dir: &Path,
+    trace_id: u128,
+    span_id: u64,
+    title: &str,
+    folded: &Folded,
+) -> std::io::Result<PathBuf> {
+    std::fs::create_dir_all(dir)?;
+    let stem = format!("{trace_id:032x}-{span_id:016x}");
+    let lines: Vec<String> = folded
+        .stacks
+        .iter()
+        .map(|(stack, count)| format!("{stack} {count}"))
+        .collect();
+    std::fs::write(dir.join(format!("{stem}.folded")), lines.join("\n") + "\n")?;
+    let svg = dir.join(format!("{stem}.svg"));
+    let mut options = inferno::flamegraph::Options::default();
+    options.title = title.to_owned();
+    let file = std::io::BufWriter::new(std::fs::File::create(&svg)?);
+    inferno::flamegraph::from_lines(&mut options, lines.iter().map(String::as_str), file)
+        .map_err(std::io::Error::other)?;
+    Ok(svg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::profile::stacks::{Frame, fold};
+
+    #[test]
+    fn a_flamegraph_and_its_folded_file_are_written() {
+        let dir = std::env::temp_dir().join(format!("loupe-flame-{}", std::process::id()));
+        let user = [
+            Frame::Named("app!burn".into()),
+            Frame::Named("app!main".into()),
+        ];
+        let folded = fold([(&[][..], &user[..])]);
+        let svg = write(&dir, 1, 2, "GET /burn", &folded).unwrap();
+        let text = std::fs::read_to_string(&svg).unwrap();
+        assert!(text.contains("<svg") && text.contains("app!burn"), "{text}");
+        let folded_text = std::fs::read_to_string(svg.with_extension("folded")).unwrap();
+        assert_eq!(folded_text, "app!main;app!burn 1\n");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,129 @@
+//! CPU samples waiting for the slow spans they belong to, per thread, oldest first. A span and
+//! its slow children share a thread and overlap in time, so claiming copies and never removes:
+//! samples leave by age or by the bound, and those no span claimed are counted.
+
+use std::collections::VecDeque;
+
+use rustc_hash::FxHashMap as HashMap;
+
+use crate::events::CpuSample;
+
+/// Samples older than this leave (a span slow for longer keeps its last 30 s).
+const KEEP_NS: u64 = 30_000_000_000;
+/// Samples held at once: about 30 MB at most.
+const MAX_SAMPLES: usize = 50_000;
+
+#[derive(Default)]
+pub struct SampleStore {
+    /// Per thread: (sample, claimed by a span).
+    by_thread: HashMap<u32, VecDeque<(CpuSample, bool)>>,
+    held: usize,
+    /// Samples that left unclaimed (taken after their span ended, or pushed out).
+    pub unclaimed: u64,
+}
+
+impl SampleStore {
+    pub fn push(&mut self, sample: CpuSample) {
+        if self.held >= MAX_SAMPLES
+            && let Some(queue) = self.by_thread.values_mut().max_by_key(|q| q.len())
+            && let Some((_, claimed)) = queue.pop_front()
+        {
+            self.held -= 1;
+            self.unclaimed += u64::from(!claimed);
+        }
+        self.by_thread
+            .entry(sample.tid)
+            .or_default()
+            .push_back((sample, false));
+        self.held += 1;
+    }
+
+    /// Copies of the samples of thread `tid` (of `pid`) taken within `[start_ns, end_ns]`.
+    pub fn claim(&mut self, pid: u32, tid: u32, start_ns: u64, end_ns: u64) -> Vec<CpuSample> {
+        let Some(queue) = self.by_thread.get_mut(&tid) else {
+            return Vec::new();
+        };
+        let first = queue.partition_point(|(s, _)| s.ts_ns < start_ns);
+        let mut out = Vec::new();
+        for (sample, claimed) in queue.range_mut(first..) {
+            if sample.ts_ns > end_ns {
+                break;
+            }
+            if sample.pid == pid {
+                *claimed = true;
+                out.push(sample.clone());
+            }
+        }
+        out
+    }
+
+    /// Drops samples older than the keep window.
+    pub fn prune(&mut self, now_ns: u64) {
+        let cutoff = now_ns.saturating_sub(KEEP_NS);
+        let (mut dropped, mut unclaimed) = (0, 0);
+        self.by_thread.retain(|_, queue| {
+            while queue.front().is_some_and(|(s, _)| s.ts_ns < cutoff) {
+                if let Some((_, claimed)) = queue.pop_front() {
+                    dropped += 1;
+                    unclaimed += u64::from(!claimed);
+                }
+            }
+            !queue.is_empty()
+        });
+        self.held -= dropped;
+        self.unclaimed += unclaimed;
+    }
+
+    pub fn held(&self) -> usize {
+        self.held
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(tid: u32, ts_ns: u64) -> CpuSample {
+        CpuSample {
+            pid: 1,
+            tid,
+            ts_ns,
+            user: vec![0x1000],
+            kernel: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_span_claims_its_thread_and_window_and_a_child_can_too() {
+        let mut store = SampleStore::default();
+        for ts in [5, 10, 20, 30, 40] {
+            store.push(sample(7, ts));
+        }
+        store.push(sample(8, 20));
+        let times = |v: Vec<CpuSample>| v.iter().map(|s| s.ts_ns).collect::<Vec<_>>();
+        assert_eq!(times(store.claim(1, 7, 10, 30)), vec![10, 20, 30]);
+        assert_eq!(
+            times(store.claim(1, 7, 15, 25)),
+            vec![20],
+            "the child's share"
+        );
+        assert!(store.claim(1, 9, 0, 100).is_empty());
+        assert!(
+            store.claim(2, 7, 0, 100).is_empty(),
+            "another process's thread"
+        );
+        assert_eq!(store.held(), 6);
+    }
+
+    #[test]
+    fn old_samples_leave_and_the_unclaimed_are_counted() {
+        let mut store = SampleStore::default();
+        store.push(sample(7, 1));
+        store.push(sample(7, 2));
+        store.claim(1, 7, 2, 2);
+        store.push(sample(7, KEEP_NS + 10));
+        store.prune(KEEP_NS + 5);
+        assert_eq!(store.held(), 1);
+        assert_eq!(store.unclaimed, 1, "the sample at 2 was claimed");
+    }
+}

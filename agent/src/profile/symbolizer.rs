@@ -1,0 +1,267 @@
+//! The symbolizer thread: turns the CPU samples of a slow span into its `cpu_profile` event
+//! (and, with --profile-dir, a flamegraph), then hands the span to the exporter. It runs on its
+//! own OS thread because blazesym's Symbolizer is not Send; the stitch stage never waits on it
+//! (a full queue sends the span on without its profile, counted).
+
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    sync::{Arc, Mutex, mpsc as std_mpsc},
+};
+
+use blazesym::{
+    Pid,
+    symbolize::{
+        Input, Symbolized, Symbolizer,
+        source::{Kernel, Process, Source},
+    },
+};
+use tokio::sync::mpsc;
+
+use super::{
+    flame,
+    maps::{Mapping, find, module_offset, parse_exec_mappings},
+    stacks::{Frame, fold, top_lines},
+};
+use crate::{
+    detect::ProblemBoard,
+    events::CpuSample,
+    spans::{SpanEvent, SpanRecord},
+    stats::Counters,
+};
+
+/// How the profiles are made.
+#[derive(Clone, Debug)]
+pub struct ProfileSettings {
+    /// Samples per second of a hot thread.
+    pub hz: u64,
+    /// Where flamegraphs go, if anywhere.
+    pub dir: Option<PathBuf>,
+}
+
+/// A slow span and the samples of its thread within it.
+pub struct ProfileJob {
+    pub span: SpanRecord,
+    pub samples: Vec<CpuSample>,
+}
+
+/// Folded stacks in the event: at most this many lines and bytes.
+const TOP_STACKS: usize = 10;
+const MAX_STACK_BYTES: usize = 4096;
+/// Jobs waiting for the symbolizer.
+const QUEUE: usize = 256;
+
+/// Starts the thread; spans leave through `spans` with their profile attached.
+pub fn spawn_symbolizer(
+    settings: ProfileSettings,
+    spans: mpsc::Sender<SpanRecord>,
+    board: Arc<Mutex<ProblemBoard>>,
+    counters: Arc<Counters>,
+) -> std::io::Result<(
+    std_mpsc::SyncSender<ProfileJob>,
+    std::thread::JoinHandle<()>,
+)> {
+    let (tx, rx) = std_mpsc::sync_channel::<ProfileJob>(QUEUE);
+    let handle = std::thread::Builder::new()
+        .name("loupe-symbolize".into())
+        .spawn(move || {
+            let mut names = Names::new();
+            for job in rx {
+                let span = profile(job, &settings, &mut names, &board);
+                if spans.blocking_send(span).is_err() {
+                    Counters::add(&counters.spans_dropped, 1);
+                }
+            }
+        })?;
+    Ok((tx, handle))
+}
+
+/// Symbolizes, folds and attaches; the span comes back whatever happens.
+fn profile(
+    job: ProfileJob,
+    settings: &ProfileSettings,
+    names: &mut Names,
+    board: &Mutex<ProblemBoard>,
+) -> SpanRecord {
+    let ProfileJob { mut span, samples } = job;
+    if samples.is_empty() {
+        return span;
+    }
+    let resolved: Vec<(Vec<String>, Vec<Frame>)> = samples
+        .iter()
+        .map(|sample| {
+            (
+                names.kernel(&sample.kernel),
+                names.user(sample.pid, &sample.user),
+            )
+        })
+        .collect();
+    let folded = fold(resolved.iter().map(|(k, u)| (&k[..], &u[..])));
+    let seconds = span.duration_ns() as f64 / 1e9;
+    let on_cpu = if seconds > 0.0 {
+        (folded.samples as f64 / settings.hz as f64 / seconds).min(1.0)
+    } else {
+        0.0
+    };
+    let mut attributes = vec![
+        ("samples", (folded.samples as i64).into()),
+        ("on_cpu_share", ((on_cpu * 1000.0).round() / 1000.0).into()),
+        ("hz", (settings.hz as i64).into()),
+        (
+            "stacks",
+            top_lines(&folded, TOP_STACKS, MAX_STACK_BYTES).into(),
+        ),
+        ("truncated_stacks", (folded.truncated as i64).into()),
+    ];
+    if let Some(dir) = &settings.dir {
+        match flame::write(dir, span.trace_id, span.span_id, &span.name, &folded) {
+            Ok(path) => {
+                let path = path.display().to_string();
+                attributes.push(("path", path.clone().into()));
+                span.set("performance.profile.path", path);
+            }
+            Err(err) => tracing::warn!("cannot write a flamegraph into {}: {err}", dir.display()),
+        }
+    }
+    span.events.push(SpanEvent {
+        name: "cpu_profile",
+        time_ns: span.end_ns,
+        attributes,
+    });
+    if let Ok(mut board) = board.lock() {
+        board.record_profile(&span.name, &folded);
+    }
+    span
+}
+
+/// Frame names, cached per process and address: hot loops hit the same few addresses.
+struct Names {
+    symbolizer: Symbolizer,
+    user: HashMap<(u32, u64), Frame>,
+    kernel: HashMap<u64, String>,
+    maps: HashMap<u32, Vec<Mapping>>,
+}
+
+/// Cached names at most (the cache is dropped whole past it).
+const MAX_CACHED: usize = 100_000;
+
+impl Names {
+    fn new() -> Self {
+        Self {
+            symbolizer: Symbolizer::new(),
+            user: HashMap::new(),
+            kernel: HashMap::new(),
+            maps: HashMap::new(),
+        }
+    }
+
+    fn user(&mut self, pid: u32, addrs: &[u64]) -> Vec<Frame> {
+        let missing: Vec<u64> = addrs
+            .iter()
+            .copied()
+            .filter(|addr| !self.user.contains_key(&(pid, *addr)))
+            .collect();
+        if !missing.is_empty() {
+            if self.user.len() > MAX_CACHED {
+                self.user.clear();
+                self.maps.clear();
+            }
+            let maps = self.maps.entry(pid).or_insert_with(|| {
+                std::fs::read_to_string(format!("/proc/{pid}/maps"))
+                    .map(|text| parse_exec_mappings(&text))
+                    .unwrap_or_default()
+            });
+            let mut process = Process::new(Pid::from(pid));
+            process.debug_syms = false;
+            let source = Source::Process(process);
+            let symbolized = self
+                .symbolizer
+                .symbolize(&source, Input::AbsAddr(&missing))
+                .unwrap_or_default();
+            for (i, addr) in missing.iter().enumerate() {
+                let mapping = find(maps, *addr);
+                let frame = match (symbolized.get(i), mapping) {
+                    (_, None) => Frame::Unmapped,
+                    (Some(Symbolized::Sym(sym)), Some(mapping)) => {
+                        let module = sym
+                            .module
+                            .as_deref()
+                            .and_then(|m| m.to_str())
+                            .and_then(|m| m.rsplit('/').next())
+                            .unwrap_or(&mapping.module);
+                        Frame::Named(format!("{module}!{}", sym.name))
+                    }
+                    (_, Some(mapping)) => Frame::Named(module_offset(mapping, *addr)),
+                };
+                self.user.insert((pid, *addr), frame);
+            }
+        }
+        addrs
+            .iter()
+            .map(|addr| {
+                self.user
+                    .get(&(pid, *addr))
+                    .cloned()
+                    .unwrap_or(Frame::Unmapped)
+            })
+            .collect()
+    }
+
+    fn kernel(&mut self, addrs: &[u64]) -> Vec<String> {
+        let missing: Vec<u64> = addrs
+            .iter()
+            .copied()
+            .filter(|addr| !self.kernel.contains_key(addr))
+            .collect();
+        if !missing.is_empty() {
+            if self.kernel.len() > MAX_CACHED {
+                self.kernel.clear();
+            }
+            let kernel = Kernel {
+                vmlinux: blazesym::MaybeDefault::None,
+                debug_syms: false,
+                ..Kernel::default()
+            };
+            let symbolized = self
+                .symbolizer
+                .symbolize(&Source::Kernel(kernel), Input::AbsAddr(&missing))
+                .unwrap_or_default();
+            for (i, addr) in missing.iter().enumerate() {
+                let name = match symbolized.get(i) {
+                    Some(Symbolized::Sym(sym)) => format!("vmlinux!{}", sym.name),
+                    _ => format!("vmlinux+0x{addr:x}"),
+                };
+                self.kernel.insert(*addr, name);
+            }
+        }
+        addrs
+            .iter()
+            .map(|addr| self.kernel.get(addr).cloned().unwrap_or_default())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[inline(never)]
+    fn a_function_with_a_known_name() -> u64 {
+        std::hint::black_box(42)
+    }
+
+    #[test]
+    fn own_functions_are_named_with_their_module() {
+        let mut names = Names::new();
+        let addr = a_function_with_a_known_name as *const () as u64;
+        let frames = names.user(std::process::id(), &[addr, 0x10]);
+        match &frames[0] {
+            Frame::Named(name) => assert!(
+                name.contains("a_function_with_a_known_name") && name.contains('!'),
+                "{name}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(frames[1], Frame::Unmapped, "0x10 is in no mapping");
+    }
+}

@@ -1,0 +1,55 @@
+//! CPU samples of hot threads. Userspace opens a CPU-clock perf event on a thread only while it
+//! runs something past its threshold, so this program runs only for those threads: no PID check,
+//! no map lookup. It copies the user and kernel stacks (innermost first) into one record.
+
+use aya_ebpf::{
+    EbpfContext as _,
+    bindings::BPF_F_USER_STACK,
+    helpers::{bpf_get_current_pid_tgid, generated},
+    programs::PerfEventContext,
+};
+use loupe_common::{
+    CpuSampleEvent, EventHeader, EventKind, LossSlot, MAX_KERNEL_FRAMES, MAX_USER_FRAMES,
+};
+
+use crate::{
+    emit,
+    maps::{EVENTS, count_loss},
+};
+
+pub fn try_sample(ctx: &PerfEventContext) -> Result<(), i64> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let Some(mut entry) = EVENTS.reserve::<CpuSampleEvent>(0) else {
+        count_loss(LossSlot::RingFull);
+        return Err(-1);
+    };
+    let event = entry.as_mut_ptr();
+    // SAFETY: `event` points at a reserved, writable record of size_of::<CpuSampleEvent>();
+    // bpf_get_stack writes at most the size it is given into the array it is given.
+    unsafe {
+        (*event).header = EventHeader {
+            kind: EventKind::CpuSample as u32,
+            pid: (pid_tgid >> 32) as u32,
+            tid: pid_tgid as u32,
+            fd: -1,
+            conn_id: 0,
+        };
+        (*event).ts_ns = emit::now_ns();
+        let user = generated::bpf_get_stack(
+            ctx.as_ptr(),
+            (*event).user.as_mut_ptr().cast(),
+            (MAX_USER_FRAMES * 8) as u32,
+            BPF_F_USER_STACK as u64,
+        );
+        (*event).user_bytes = if user > 0 { user as u32 } else { 0 };
+        let kernel = generated::bpf_get_stack(
+            ctx.as_ptr(),
+            (*event).kernel.as_mut_ptr().cast(),
+            (MAX_KERNEL_FRAMES * 8) as u32,
+            0,
+        );
+        (*event).kernel_bytes = if kernel > 0 { kernel as u32 } else { 0 };
+    }
+    entry.submit(emit::submit_flags());
+    Ok(())
+}
