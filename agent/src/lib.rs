@@ -7,9 +7,12 @@
 //!   --> spans::stitcher (protocols::http1 per connection) --> detect::slow (+ resources)
 //!   --> detect::assembly (a request's calls wait for it; verdict, patterns, problem board)
 //!   --bounded channel, drops counted--> export::{otlp, terminal}
+//!   (a slow span with CPU samples detours through profile::symbolizer, its own thread)
+//! cpu_sample perf events (hot threads only) --RingBuf--> (same path) --> profile::SampleStore
 //! libpq uprobes --RingBuf--> (same path) --> spans::stitcher (libpq::LibpqTracker, merged
 //!   with the wire protocol's view of the same query)
-//! probes::upkeep: loss counters, exited targets, newly loaded libraries, once a second
+//! probes::upkeep: loss counters, exited targets, newly loaded libraries, perf events on hot
+//!   threads
 //! ```
 //!
 //! `run` wires the stages together, waits for a signal or `--duration`, then stops them in flow

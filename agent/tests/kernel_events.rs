@@ -234,3 +234,69 @@ fn traffic_of_an_untargeted_process_is_not_seen() {
         assert_eq!(pid, me, "only the target's events: {event:?}");
     }
 }
+
+/// A loop with a name the samples must land in.
+#[inline(never)]
+fn spin_for_the_sampler(until: Instant) -> u64 {
+    let mut x = 1u64;
+    while Instant::now() < until {
+        for i in 0..10_000u64 {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+        }
+    }
+    x
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn a_hot_thread_is_sampled_and_a_cooled_one_is_not() {
+    use loupe::{probes::ThreadSampler, profile::ProfileCommand};
+
+    let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut probes = attach(256);
+    let mut sampler = ThreadSampler::new(&mut probes.ebpf, 999).expect("perf_event program loads");
+    let me = std::process::id();
+    // SAFETY: gettid has no preconditions.
+    let tid = unsafe { libc::gettid() } as u32;
+    sampler.apply(&mut probes.ebpf, ProfileCommand::Heat { pid: me, tid });
+    assert_eq!(sampler.hot(), 1);
+    spin_for_the_sampler(Instant::now() + Duration::from_millis(300));
+    let samples = |events: &[Event]| -> Vec<loupe::events::CpuSample> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                Event::CpuSample(s) => Some(s.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    let events = collect_until(&mut probes, Duration::from_secs(5), |events| {
+        samples(events).len() >= 100
+    });
+    let hot = samples(&events);
+    // 300 ms at 999 Hz: about 300 samples; a loaded CI machine may run the thread less.
+    assert!(hot.len() >= 100, "{} samples", hot.len());
+    assert!(hot.iter().all(|s| s.pid == me && s.tid == tid));
+    let spin = spin_for_the_sampler as *const () as u64;
+    let in_spin = hot
+        .iter()
+        .filter(|s| {
+            s.user
+                .first()
+                .is_some_and(|&ip| ip >= spin && ip < spin + 4096)
+        })
+        .count();
+    assert!(
+        in_spin * 2 > hot.len(),
+        "most samples are in the spinning function: {in_spin} of {}",
+        hot.len()
+    );
+
+    sampler.apply(&mut probes.ebpf, ProfileCommand::Cool { tid });
+    assert_eq!(sampler.hot(), 0);
+    // Drain what was in flight, then spin cold: nothing more may arrive.
+    let _ = collect_until(&mut probes, Duration::from_millis(200), |_| false);
+    spin_for_the_sampler(Instant::now() + Duration::from_millis(200));
+    let cold = collect_until(&mut probes, Duration::from_millis(300), |_| false);
+    assert_eq!(samples(&cold).len(), 0, "a cooled thread is not sampled");
+}

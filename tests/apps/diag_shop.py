@@ -30,10 +30,11 @@ Downstream routes: /sleep?ms=N (waits, answers 2 bytes), /rates?cur=X (answers a
 
 import argparse
 import http.client
-import json
 import sys
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
+
+from json_handler import JsonHandler
 from urllib.parse import parse_qs, urlsplit
 
 CONFIG = {}
@@ -154,9 +155,7 @@ def downstream_route(path, params):
     return None
 
 
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
+class Handler(JsonHandler):
     def do_GET(self):
         parts = urlsplit(self.path)
         if CONFIG["role"] == "shop":
@@ -166,17 +165,6 @@ class Handler(BaseHTTPRequestHandler):
         if payload is None:
             return self.reply(404, {"error": "not found"})
         self.reply(200, payload)
-
-    def reply(self, status, payload):
-        body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
 
 
 def main():

@@ -18,9 +18,10 @@ drivers as given.
 
 import argparse
 import importlib
-import json
 import sys
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
+
+from json_handler import JsonHandler
 
 DSN = {}
 MODULES = {}
@@ -74,9 +75,7 @@ def with_pg8000(sql, params):
 DRIVERS = {"psycopg2": with_psycopg2, "psycopg": with_psycopg, "pg8000": with_pg8000}
 
 
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
+class Handler(JsonHandler):
     def do_GET(self):
         parts = self.path.strip("/").split("/")
         if len(parts) != 2 or parts[0] not in DRIVERS:
@@ -96,17 +95,6 @@ class Handler(BaseHTTPRequestHandler):
                 self.reply(500, {"driver": driver, "error": type(err).__name__})
         else:
             self.reply(404, {"error": "not found"})
-
-    def reply(self, status, payload):
-        body = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
 
 
 def main():

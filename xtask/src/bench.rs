@@ -77,6 +77,19 @@ pub fn run(duration: Duration) -> anyhow::Result<()> {
     let work_none = wrk(&work_url, 4, seconds)?;
     let (work_loupe, work_cpu, work_rss) =
         with_loupe(frontend.pid(), || wrk(&work_url, 4, seconds))?;
+
+    // CPU profiles: a fixed 100 ms of CPU work per request, one at a time. With the default thresholds nothing
+    // is slow and nothing may be sampled; with --slow-http 10ms the serving thread is hot nearly
+    // all the time and sampled at 999 Hz.
+    let crunch_url = format!("http://{addr}/api/crunch?rounds=200");
+    wrk(&crunch_url, 1, 2)?;
+    let crunch_none = wrk(&crunch_url, 1, seconds)?;
+    let (crunch_cold, _, _, cold_samples) =
+        with_loupe_flags(frontend.pid(), &[], || wrk(&crunch_url, 1, seconds))?;
+    let (crunch_hot, hot_cpu, _, hot_samples) =
+        with_loupe_flags(frontend.pid(), &["--slow-http", "10ms"], || {
+            wrk(&crunch_url, 1, seconds)
+        })?;
     drop(frontend);
     let _ = std::fs::remove_dir_all(&dir);
 
@@ -123,6 +136,23 @@ pub fn run(duration: Duration) -> anyhow::Result<()> {
         work_loupe.p99,
         work_rss as f64 / 1024.0
     );
+    let crunch_ratio = |run: &Run| run.requests_per_sec / crunch_none.requests_per_sec;
+    println!(
+        "| demo /api/crunch?rounds=200, ~100 ms of CPU (wrk -t1 -c1 -d{seconds}s) | nothing | {:.1} | {} | 1.000 | | |",
+        crunch_none.requests_per_sec, crunch_none.p99
+    );
+    println!(
+        "| | loupe, nothing slow ({cold_samples} CPU samples) | {:.1} | {} | {:.3} | | |",
+        crunch_cold.requests_per_sec,
+        crunch_cold.p99,
+        crunch_ratio(&crunch_cold)
+    );
+    println!(
+        "| | loupe, --slow-http 10ms: one thread hot at 999 Hz ({hot_samples} CPU samples) | {:.1} | {} | {:.3} | {hot_cpu:.2} | |",
+        crunch_hot.requests_per_sec,
+        crunch_hot.p99,
+        crunch_ratio(&crunch_hot)
+    );
     let pg_ratio = |run: &PgRun| run.tps / pg_none.tps;
     println!(
         "| pgbench -S -c4 -j2 -T{seconds} (select-only, simple protocol) | nothing | {:.0} tps | | 1.000 | | |",
@@ -159,6 +189,12 @@ pub fn run(duration: Duration) -> anyhow::Result<()> {
         (1.0 - ratio(&nginx_loupe)) * 100.0,
         (ratio(&floor) - ratio(&nginx_loupe)) * 100.0,
         (1.0 - work_ratio) * 100.0
+    );
+    println!(
+        "CPU profiles: nothing slow took {cold_samples} samples and cost {:.1}%; one thread hot at 999 Hz ({:.0} samples/s) cost {:.1}% of the route's throughput",
+        (1.0 - crunch_ratio(&crunch_cold)) * 100.0,
+        hot_samples as f64 / seconds as f64,
+        (1.0 - crunch_ratio(&crunch_hot)) * 100.0
     );
     Ok(())
 }
@@ -241,18 +277,45 @@ fn with_loupe(
     pid: u32,
     measure: impl FnOnce() -> anyhow::Result<Run>,
 ) -> anyhow::Result<(Run, f64, u64)> {
-    let args = vec![
+    let (run, cpu, rss, _) = with_loupe_flags(pid, &[], measure)?;
+    Ok((run, cpu, rss))
+}
+
+/// loupe attached to `pid` with `flags` while `measure` runs: the run, loupe's CPU seconds and
+/// peak RSS (KiB), and the CPU samples it took (from its summary line).
+fn with_loupe_flags(
+    pid: u32,
+    flags: &[&str],
+    measure: impl FnOnce() -> anyhow::Result<Run>,
+) -> anyhow::Result<(Run, f64, u64, u64)> {
+    let mut args = vec![
         "--pid".to_owned(),
         pid.to_string(),
         "--summary-interval".into(),
         "1h".into(),
     ];
+    args.extend(flags.iter().map(|f| (*f).to_owned()));
     let mut loupe = Loupe::start(&args, Stdio::null())?;
     let (cpu_before, _) = loupe.usage();
     let run = measure()?;
     let (cpu_after, rss) = loupe.usage();
     loupe.guard.interrupt(Duration::from_secs(30));
-    Ok((run, cpu_after - cpu_before, rss))
+    let samples = loupe
+        .stderr
+        .lock()
+        .map(|text| summary_value(&text, "cpu_samples"))
+        .unwrap_or(0);
+    Ok((run, cpu_after - cpu_before, rss, samples))
+}
+
+/// `key=<n>` from loupe's summary line.
+fn summary_value(stderr: &str, key: &str) -> u64 {
+    stderr
+        .lines()
+        .filter(|line| line.starts_with("loupe: summary "))
+        .flat_map(|line| line.split_whitespace())
+        .find_map(|pair| pair.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
+        .unwrap_or(0)
 }
 
 fn wrk(url: &str, connections: u32, seconds: u64) -> anyhow::Result<Run> {

@@ -44,6 +44,11 @@ pub fn crunch(total: Duration) -> u64 {
     checksum
 }
 
+/// A fixed amount of work: `n` calls of [`crunch_numbers`].
+pub fn rounds(n: u64) -> u64 {
+    (0..n).fold(0, |checksum, _| crunch_numbers(checksum, 200_000))
+}
+
 /// A loop the optimizer cannot remove, in a function it does not inline.
 #[inline(never)]
 pub fn crunch_numbers(seed: u64, rounds: u64) -> u64 {

@@ -241,12 +241,13 @@ fn frontend(
             format!(r#"{{"id":1001,"bytes":{}}}"#, request.body.len()),
         ),
         ("GET", "/api/crunch") => {
-            // CPU-bound: `ms=` milliseconds in crunch_numbers and libcrypto's SHA256.
-            let ms = query
-                .strip_prefix("ms=")
-                .and_then(|ms| ms.parse().ok())
-                .unwrap_or(1500);
-            let checksum = crunch::crunch(Duration::from_millis(ms));
+            // CPU-bound: `ms=` milliseconds in crunch_numbers and libcrypto's SHA256, or a fixed
+            // amount of work, `rounds=` calls of crunch_numbers (for measuring overhead).
+            let checksum = match query.split_once('=') {
+                Some(("rounds", n)) => crunch::rounds(n.parse().unwrap_or(1)),
+                Some(("ms", ms)) => crunch::crunch(Duration::from_millis(ms.parse().unwrap_or(0))),
+                _ => crunch::crunch(Duration::from_millis(1500)),
+            };
             Response::new(200, format!(r#"{{"checksum":{checksum}}}"#))
         }
         ("GET", "/api/report") => {
