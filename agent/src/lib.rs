@@ -279,6 +279,9 @@ impl Verdicts {
         }
         self.samples.prune(now_ns);
         counters
+            .threads_over_limit
+            .store(self.hot.over_limit, std::sync::atomic::Ordering::Relaxed);
+        counters
             .cpu_samples_unclaimed
             .store(self.samples.unclaimed, std::sync::atomic::Ordering::Relaxed);
     }

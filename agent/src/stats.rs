@@ -36,6 +36,10 @@ pub struct Counters {
     pub cpu_samples_unclaimed: AtomicU64,
     /// Slow spans exported without their profile (symbolizer queue full).
     pub profiles_skipped: AtomicU64,
+    /// Slow threads not sampled because the hot-thread limit was reached.
+    pub threads_over_limit: AtomicU64,
+    /// Slow threads not sampled because perf_event_open refused (e.g. the thread had exited).
+    pub threads_unsampleable: AtomicU64,
 }
 
 impl Counters {

@@ -45,6 +45,9 @@ impl Upkeep {
                             counters
                                 .hot_threads
                                 .store(sampler.hot() as u64, std::sync::atomic::Ordering::Relaxed);
+                            counters
+                                .threads_unsampleable
+                                .store(sampler.failures, std::sync::atomic::Ordering::Relaxed);
                         }
                         (Some(_), None) => {}
                         (None, _) => commands_open = false,
