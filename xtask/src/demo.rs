@@ -35,6 +35,7 @@ const ROUTES: &[&str] = &[
     "/health",
     "/api/checkout/slow",
     "/api/report",
+    "/api/crunch?ms=1200",
 ];
 
 pub fn run(with_jaeger: bool, duration: Duration) -> anyhow::Result<()> {
