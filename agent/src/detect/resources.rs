@@ -21,11 +21,16 @@ const KEEP_NS: u64 = 120_000_000_000;
 const MAX_PIDS: usize = 256;
 /// An open-fd count is reused this long (a process with 100k fds takes ms to list).
 const FD_CACHE_NS: u64 = 1_000_000_000;
+/// A reading at a span's end is reused this long: when every request is slow (an overload),
+/// thousands of spans a second end within a few ms of each other.
+const END_READING_NS: u64 = 10_000_000;
 
 /// Per-process readings over the last two minutes.
 pub struct ResourceSampler {
     history: HashMap<u32, VecDeque<(u64, Usage)>>,
     fds: HashMap<u32, (u64, u64)>,
+    /// The last end-of-span reading per process, with its time.
+    latest: HashMap<u32, (u64, Usage)>,
     ticks_per_second: u64,
     page_size: u64,
 }
@@ -35,6 +40,7 @@ impl ResourceSampler {
         let mut sampler = Self {
             history: HashMap::default(),
             fds: HashMap::default(),
+            latest: HashMap::default(),
             ticks_per_second: procfs::ticks_per_second().max(1),
             page_size: procfs::page_size(),
         };
@@ -67,12 +73,22 @@ impl ResourceSampler {
             None => false,
         });
         self.fds.retain(|pid, _| self.history.contains_key(pid));
+        self.latest.retain(|pid, _| self.history.contains_key(pid));
     }
 
     /// Writes the snapshot on `span` (a slow one, just finished at about `now_ns`).
     pub fn annotate(&mut self, span: &mut SpanRecord, now_ns: u64) {
-        let Some(end) = read_usage(span.pid) else {
-            return;
+        let end = match self.latest.get(&span.pid) {
+            Some(&(at, usage)) if now_ns.saturating_sub(at) < END_READING_NS => usage,
+            _ => {
+                let Some(usage) = read_usage(span.pid) else {
+                    return;
+                };
+                if self.history.contains_key(&span.pid) {
+                    self.latest.insert(span.pid, (now_ns, usage));
+                }
+                usage
+            }
         };
         let readings = self.history.get(&span.pid);
         let before = readings.and_then(|readings| {
