@@ -167,6 +167,7 @@ pub async fn run(config: Config) -> Result<Outcome, RunError> {
         hot: HotThreads::default(),
         commands: command_tx,
         jobs,
+        claimed: Default::default(),
     };
     let stitch = tokio::spawn(stitch(
         batch_rx,
@@ -252,6 +253,9 @@ struct Verdicts {
     hot: HotThreads,
     commands: mpsc::Sender<ProfileCommand>,
     jobs: std::sync::mpsc::SyncSender<ProfileJob>,
+    /// Samples claimed by slow spans as they finished, by span id, until the span leaves the
+    /// diagnosis stage (a slow query waits for its request; its samples must not age out).
+    claimed: rustc_hash::FxHashMap<u64, Vec<events::CpuSample>>,
 }
 
 impl Verdicts {
@@ -262,6 +266,12 @@ impl Verdicts {
         self.resources.watch(span.pid);
         if detect::mark_slow(&mut span, &self.thresholds) {
             self.resources.annotate(&mut span, now);
+            let samples = self
+                .samples
+                .claim(span.pid, span.tid, span.start_ns, span.end_ns);
+            if !samples.is_empty() {
+                self.claimed.insert(span.span_id, samples);
+            }
         }
         self.diagnoser.push(span, now, ready);
     }
@@ -286,31 +296,21 @@ impl Verdicts {
             .store(self.samples.unclaimed, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// Sends a ready span on: through the symbolizer when it is slow and its thread was sampled
-    /// while it ran, else straight to the exporter.
-    fn send(&mut self, span: SpanRecord, tx: &mpsc::Sender<SpanRecord>, counters: &Counters) {
-        let samples = if span.is_slow() {
-            self.samples
-                .claim(span.pid, span.tid, span.start_ns, span.end_ns)
-        } else {
-            Vec::new()
+    /// Routes a ready span: through the symbolizer when its thread was sampled while it ran
+    /// (None: the symbolizer sends it on), else back to the caller for the exporter.
+    fn route(&mut self, span: SpanRecord, counters: &Counters) -> Option<SpanRecord> {
+        let Some(samples) = self.claimed.remove(&span.span_id) else {
+            return Some(span);
         };
-        let span = if samples.is_empty() {
-            span
-        } else {
-            match self.jobs.try_send(ProfileJob { span, samples }) {
-                Ok(()) => return,
-                Err(
-                    std::sync::mpsc::TrySendError::Full(job)
-                    | std::sync::mpsc::TrySendError::Disconnected(job),
-                ) => {
-                    Counters::add(&counters.profiles_skipped, 1);
-                    job.span
-                }
+        match self.jobs.try_send(ProfileJob { span, samples }) {
+            Ok(()) => None,
+            Err(
+                std::sync::mpsc::TrySendError::Full(job)
+                | std::sync::mpsc::TrySendError::Disconnected(job),
+            ) => {
+                Counters::add(&counters.profiles_skipped, 1);
+                Some(job.span)
             }
-        };
-        if tx.try_send(span).is_err() {
-            Counters::add(&counters.spans_dropped, 1);
         }
     }
 }
@@ -361,7 +361,11 @@ async fn stitch(
         }
         for span in ready.drain(..) {
             Counters::add(&counters.spans_built, 1);
-            verdicts.send(span, &tx, &counters);
+            if let Some(span) = verdicts.route(span, &counters)
+                && tx.try_send(span).is_err()
+            {
+                Counters::add(&counters.spans_dropped, 1);
+            }
         }
     }
     stitcher.finish(&mut out);
@@ -372,7 +376,9 @@ async fn stitch(
     for span in ready.drain(..) {
         Counters::add(&counters.spans_built, 1);
         // At shutdown the exporter is draining: waiting here loses nothing and stalls no one.
-        if tx.send(span).await.is_err() {
+        if let Some(span) = verdicts.route(span, &counters)
+            && tx.send(span).await.is_err()
+        {
             Counters::add(&counters.spans_dropped, 1);
         }
     }

@@ -25,8 +25,8 @@ pub struct Counters {
     pub unanswered_requests: AtomicU64,
     /// libpq queries whose end went unseen (a lost return, a process gone mid-query).
     pub queries_abandoned: AtomicU64,
-    /// Requests whose calls were exported without a verdict: the request never finished within
-    /// the hold limit, or too many calls were waiting for their requests.
+    /// Calls exported without their request's verdict: the request never finished within the
+    /// hold limit, or too many calls were waiting for their requests.
     pub trees_undiagnosed: AtomicU64,
     /// Threads being CPU-sampled right now (running something past its threshold).
     pub hot_threads: AtomicU64,

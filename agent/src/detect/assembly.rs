@@ -4,7 +4,7 @@
 //!
 //! Bounded: a tree whose parent never comes (the request was never answered) is released
 //! undiagnosed after [`HOLD_LIMIT_NS`], and past [`MAX_HELD`] spans a new child goes out at once;
-//! both are counted (`trees_undiagnosed`).
+//! both count the calls that left without a verdict (`trees_undiagnosed`).
 
 use std::{
     collections::VecDeque,
@@ -24,7 +24,9 @@ use crate::{
 pub const HOLD_LIMIT_NS: u64 = 120_000_000_000;
 /// Most child spans held at once.
 pub const MAX_HELD: usize = 100_000;
-/// How long a finished request is remembered for a child that finishes after it.
+/// How long a finished request with calls is remembered for a call that finishes after it. (A
+/// request whose every call finished after it is not remembered, to keep the common case of a
+/// request without calls free: such a call waits for the hold limit and is counted.)
 const RECENT_NS: u64 = 10_000_000_000;
 const MAX_RECENT: usize = 65_536;
 
@@ -163,7 +165,7 @@ impl Diagnoser {
     fn release(&mut self, id: u64, out: &mut Vec<SpanRecord>) {
         if let Some(mut held) = self.held.remove(&id) {
             self.held_spans -= held.children.len();
-            Counters::add(&self.counters.trees_undiagnosed, 1);
+            Counters::add(&self.counters.trees_undiagnosed, held.children.len() as u64);
             out.append(&mut held.children);
         }
     }

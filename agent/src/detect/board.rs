@@ -28,6 +28,8 @@ pub struct ProblemBoard {
     pub overflow: u64,
     /// CPU samples of slow spans per route, by innermost frame.
     frames: HashMap<String, HashMap<String, u64>>,
+    /// Profiles of routes not kept (past the route limit).
+    pub frames_overflow: u64,
 }
 
 /// Routes and frames kept in the hot-frame table at most.
@@ -78,7 +80,7 @@ impl ProblemBoard {
     /// Adds the innermost frames of one slow span's CPU profile.
     pub fn record_profile(&mut self, route: &str, folded: &Folded) {
         if !self.frames.contains_key(route) && self.frames.len() >= MAX_PROFILED_ROUTES {
-            self.overflow += 1;
+            self.frames_overflow += 1;
             return;
         }
         let frames = self.frames.entry(route.to_owned()).or_default();

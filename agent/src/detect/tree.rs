@@ -47,9 +47,12 @@ impl<'a> Tree<'a> {
     }
 
     /// The child's time clipped to the request.
+    /// Never `end < start`, even for a child outside the request.
     pub fn clipped(&self, child: &SpanRecord) -> (u64, u64) {
         let (start, end) = self.window();
-        (child.start_ns.max(start), child.end_ns.min(end).max(start))
+        let end = end.max(start);
+        let child_start = child.start_ns.clamp(start, end);
+        (child_start, child.end_ns.clamp(child_start, end))
     }
 
     /// The children that are database queries doing work (no transaction bookkeeping).

@@ -16,7 +16,9 @@ pub enum ProfileCommand {
 #[derive(Debug, Default)]
 pub struct HotThreads {
     hot: BTreeSet<(u32, u32)>,
-    /// Threads that would have been hot past the limit.
+    /// Threads refused at the last update (past the limit), so each is counted once.
+    refused: BTreeSet<(u32, u32)>,
+    /// Threads that would have been hot past the limit (each counted once per refusal spell).
     pub over_limit: u64,
 }
 
@@ -30,14 +32,19 @@ impl HotThreads {
             self.hot.remove(&thread);
             out.push(ProfileCommand::Cool { tid: thread.1 });
         }
+        let mut refused = BTreeSet::new();
         for &(pid, tid) in wanted.difference(&self.hot.clone()) {
             if self.hot.len() >= Self::MAX {
-                self.over_limit += 1;
+                if !self.refused.contains(&(pid, tid)) {
+                    self.over_limit += 1;
+                }
+                refused.insert((pid, tid));
                 continue;
             }
             self.hot.insert((pid, tid));
             out.push(ProfileCommand::Heat { pid, tid });
         }
+        self.refused = refused;
     }
 
     pub fn len(&self) -> usize {
@@ -83,5 +90,11 @@ mod tests {
         hot.update(&wanted, &mut out);
         assert_eq!(hot.len(), HotThreads::MAX);
         assert_eq!(hot.over_limit, 100 - HotThreads::MAX as u64);
+        hot.update(&wanted, &mut out);
+        assert_eq!(
+            hot.over_limit,
+            100 - HotThreads::MAX as u64,
+            "a thread still refused is not counted again"
+        );
     }
 }

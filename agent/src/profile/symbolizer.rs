@@ -87,6 +87,14 @@ fn profile(
     if samples.is_empty() {
         return span;
     }
+    // Resolve every distinct address once per profile, then read the frames off the cache.
+    let mut user: Vec<u64> = samples
+        .iter()
+        .flat_map(|s| s.user.iter().copied())
+        .collect();
+    user.sort_unstable();
+    user.dedup();
+    names.resolve_user(samples[0].pid, &user);
     let resolved: Vec<(Vec<String>, Vec<Frame>)> = samples
         .iter()
         .map(|sample| {
@@ -97,7 +105,15 @@ fn profile(
         })
         .collect();
     let folded = fold(resolved.iter().map(|(k, u)| (&k[..], &u[..])));
-    let seconds = span.duration_ns() as f64 / 1e9;
+    // Sampling starts when the span passes its threshold, not when it starts: the share is of
+    // the time the thread was sampled (first sample to the span's end).
+    let first = samples
+        .iter()
+        .map(|s| s.ts_ns)
+        .min()
+        .unwrap_or(span.start_ns);
+    let sampled_ns = span.end_ns.saturating_sub(first.max(span.start_ns));
+    let seconds = (sampled_ns as f64 / 1e9).max(1.0 / settings.hz as f64);
     let on_cpu = if seconds > 0.0 {
         (folded.samples as f64 / settings.hz as f64 / seconds).min(1.0)
     } else {
@@ -107,6 +123,7 @@ fn profile(
         ("samples", (folded.samples as i64).into()),
         ("on_cpu_share", ((on_cpu * 1000.0).round() / 1000.0).into()),
         ("hz", (settings.hz as i64).into()),
+        ("sampled_ms", ((sampled_ns / 1_000_000) as i64).into()),
         (
             "stacks",
             top_lines(&folded, TOP_STACKS, MAX_STACK_BYTES).into(),
@@ -155,7 +172,9 @@ impl Names {
         }
     }
 
-    fn user(&mut self, pid: u32, addrs: &[u64]) -> Vec<Frame> {
+    /// Resolves the addresses not cached yet (one symbolizer call, maps read at most twice).
+    /// An address in no mapping is not remembered: a library loaded later may map it.
+    fn resolve_user(&mut self, pid: u32, addrs: &[u64]) {
         let missing: Vec<u64> = addrs
             .iter()
             .copied()
@@ -166,19 +185,32 @@ impl Names {
                 self.user.clear();
                 self.maps.clear();
             }
-            let maps = self.maps.entry(pid).or_insert_with(|| {
+            let read = || {
                 std::fs::read_to_string(format!("/proc/{pid}/maps"))
                     .map(|text| parse_exec_mappings(&text))
                     .unwrap_or_default()
-            });
+            };
+            let maps = self.maps.entry(pid).or_insert_with(read);
+            if missing.iter().any(|addr| find(maps, *addr).is_none()) {
+                // A library loaded (or a pid reused) since the maps were read.
+                *maps = read();
+            }
+            // Addresses in no mapping (a walk gone astray) are not worth asking about.
+            let mapped: Vec<u64> = missing
+                .into_iter()
+                .filter(|addr| find(maps, *addr).is_some())
+                .collect();
+            if mapped.is_empty() {
+                return;
+            }
             let mut process = Process::new(Pid::from(pid));
             process.debug_syms = false;
             let source = Source::Process(process);
             let symbolized = self
                 .symbolizer
-                .symbolize(&source, Input::AbsAddr(&missing))
+                .symbolize(&source, Input::AbsAddr(&mapped))
                 .unwrap_or_default();
-            for (i, addr) in missing.iter().enumerate() {
+            for (i, addr) in mapped.iter().enumerate() {
                 let mapping = find(maps, *addr);
                 let frame = match (symbolized.get(i), mapping) {
                     (_, None) => Frame::Unmapped,
@@ -196,6 +228,10 @@ impl Names {
                 self.user.insert((pid, *addr), frame);
             }
         }
+    }
+
+    /// The frames of `addrs`, as resolved (an address in no mapping is Unmapped).
+    fn user(&self, pid: u32, addrs: &[u64]) -> Vec<Frame> {
         addrs
             .iter()
             .map(|addr| {
@@ -254,6 +290,7 @@ mod tests {
     fn own_functions_are_named_with_their_module() {
         let mut names = Names::new();
         let addr = a_function_with_a_known_name as *const () as u64;
+        names.resolve_user(std::process::id(), &[addr, 0x10]);
         let frames = names.user(std::process::id(), &[addr, 0x10]);
         match &frames[0] {
             Frame::Named(name) => assert!(

@@ -100,6 +100,10 @@ impl<'a> QueryFacts<'a> {
 /// it has `$n` placeholders. None when values were bound but not seen (libpq alone, a Bind cut
 /// short): `WHERE id = $1` with unknown values is not one call.
 fn exact_call(facts: &QueryFacts<'_>) -> Option<u64> {
+    if facts.text_truncated {
+        // Two statements that share their first kilobytes are not one call.
+        return None;
+    }
     let text = facts.text?;
     let database = facts.database.unwrap_or_default();
     if !text.contains('$') {
@@ -214,6 +218,9 @@ mod tests {
         );
         let bound = "SELECT * FROM t WHERE id = $1";
         assert_eq!(exact_call(&facts(bound, None)), None, "values unseen");
+        let mut cut = facts("INSERT INTO t VALUES (1, 2, 3", None);
+        cut.text_truncated = true;
+        assert_eq!(exact_call(&cut), None, "a cut text is not an exact call");
         assert_eq!(
             exact_call(&facts(bound, Some(7))),
             exact_call(&facts(bound, Some(7)))

@@ -344,8 +344,12 @@ impl Stitcher {
         now_ns: u64,
         thresholds: &crate::config::Thresholds,
     ) -> std::collections::BTreeSet<(u32, u32)> {
+        // Past ten minutes an operation is more likely lost (a request whose end was never seen)
+        // than running: it is not worth a perf event.
+        const MAX_AGE_NS: u64 = 600_000_000_000;
         let over = |start_ns: u64, limit: std::time::Duration| {
-            now_ns.saturating_sub(start_ns) > limit.as_nanos() as u64
+            let age = now_ns.saturating_sub(start_ns);
+            age > limit.as_nanos() as u64 && age < MAX_AGE_NS
         };
         let mut slow = std::collections::BTreeSet::new();
         for (&thread, requests) in &self.serving {
@@ -453,7 +457,12 @@ impl Stitcher {
                 return;
             }
         }
-        self.clock_ns = data.enter_ns;
+        // A read's entry includes the wait for the bytes (an idle keep-alive): what it starts
+        // starts when they arrived. A write starts when it is made.
+        self.clock_ns = match data.direction {
+            Direction::Ingress => data.exit_ns,
+            Direction::Egress => data.enter_ns,
+        };
         let budget = self.limits.sniff_budget;
         let Some(conn) = self.conns.get_mut(&key) else {
             return;
@@ -550,6 +559,12 @@ impl Stitcher {
                             }
                         }
                         None => self.request_started(key, seq, tid, None),
+                    }
+                }
+                PgEvent::Skipped { seq } => {
+                    // Never to finish: forget it (its libpq twin, if any, reports the failure).
+                    if let Some(conn) = self.conns.get_mut(&key) {
+                        conn.pending.remove(&seq);
                     }
                 }
                 PgEvent::Done(query) => {

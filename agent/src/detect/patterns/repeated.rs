@@ -11,11 +11,14 @@ use crate::{
 };
 
 pub fn detect(tree: &Tree<'_>, findings: &mut Vec<Finding>) {
-    let work: Vec<usize> = tree.queries().map(|(i, _)| i).collect();
+    let mut work = vec![false; tree.children.len()];
+    for (index, _) in tree.queries() {
+        work[index] = true;
+    }
     let mut groups: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
     for (index, child) in tree.children.iter().enumerate() {
         let counted = match child.op {
-            OpType::DbClient => work.contains(&index),
+            OpType::DbClient => work[index],
             _ => child.kind == SpanKind::Client,
         };
         if let (true, Some(key)) = (counted, child.call_key) {

@@ -50,12 +50,7 @@ pub fn detect(tree: &Tree<'_>, config: &DiagnosisConfig, findings: &mut Vec<Find
     }
     // Evidence: calls to different peers that did not overlap.
     let members: Vec<usize> = by_peer.values().flatten().copied().collect();
-    let disjoint = members.iter().any(|&a| {
-        members
-            .iter()
-            .any(|&b| peers[a] != peers[b] && !overlap(span(a), span(b)))
-    });
-    if !disjoint {
+    if !disjoint_pair(&members, &peers, span) {
         return;
     }
     let mut ordered = members.clone();
@@ -95,6 +90,47 @@ pub fn detect(tree: &Tree<'_>, config: &DiagnosisConfig, findings: &mut Vec<Find
         ),
         children: ordered,
     });
+}
+
+/// Whether two calls to different peers ran one after the other, in O(n log n): in start
+/// order, each call is compared with the earliest-ending earlier call of another peer (the two
+/// earliest ends of distinct peers are all that is needed for that).
+fn disjoint_pair(
+    members: &[usize],
+    peers: &[Option<String>],
+    span: impl Fn(usize) -> (u64, u64),
+) -> bool {
+    let mut ordered = members.to_vec();
+    ordered.sort_by_key(|&i| span(i).0);
+    // (end, peer) of the earliest-ending call, and of the earliest-ending one of another peer.
+    let mut best: Option<(u64, &Option<String>)> = None;
+    let mut other: Option<(u64, &Option<String>)> = None;
+    for &i in &ordered {
+        let (start, end) = span(i);
+        let peer = &peers[i];
+        let candidate = match best {
+            Some((_, p)) if p == peer => other,
+            _ => best,
+        };
+        if candidate.is_some_and(|(earlier_end, _)| !overlap((0, earlier_end), (start, end))) {
+            return true;
+        }
+        match best {
+            Some((best_end, best_peer)) if end < best_end => {
+                if best_peer != peer {
+                    other = best;
+                }
+                best = Some((end, peer));
+            }
+            Some((_, best_peer)) => {
+                if best_peer != peer && other.is_none_or(|(other_end, _)| end < other_end) {
+                    other = Some((end, peer));
+                }
+            }
+            None => best = Some((end, peer)),
+        }
+    }
+    false
 }
 
 #[cfg(test)]
@@ -162,6 +198,29 @@ mod tests {
             call("10.0.0.2", 80, "/b", 20, 40),
         ];
         assert!(run(1000, &children).is_empty());
+    }
+
+    #[test]
+    fn the_disjoint_check_finds_a_pair_of_other_peers_only() {
+        let peers = [
+            Some("a".to_owned()),
+            Some("a".to_owned()),
+            Some("b".to_owned()),
+        ];
+        let spans = [(0, 10), (10, 20), (5, 15)];
+        // a1 and a2 are one after another but the same peer; b overlaps both.
+        assert!(!disjoint_pair(&[0, 1, 2], &peers, |i| spans[i]));
+        let spans = [(0, 10), (12, 20), (11, 15)];
+        // b starts after a1 ended.
+        assert!(disjoint_pair(&[0, 1, 2], &peers, |i| spans[i]));
+    }
+
+    #[test]
+    fn many_overlapping_calls_of_many_peers_are_not_sequential() {
+        let n = 50_000;
+        let peers: Vec<Option<String>> = (0..n).map(|i| Some(format!("p{}", i % 7))).collect();
+        let members: Vec<usize> = (0..n).collect();
+        assert!(!disjoint_pair(&members, &peers, |i| (i as u64, 1_000_000)));
     }
 
     #[test]

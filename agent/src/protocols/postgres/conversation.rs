@@ -37,8 +37,15 @@ pub struct QueryDone {
 /// What a chunk started or finished.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PgEvent {
-    Started { seq: u64 },
+    Started {
+        seq: u64,
+    },
     Done(QueryDone),
+    /// The server skipped this execution (an earlier one in its Sync batch failed): it will
+    /// never finish.
+    Skipped {
+        seq: u64,
+    },
 }
 
 /// Counters of what did not parse or pair.
@@ -305,9 +312,16 @@ impl PgConversation {
                 }
                 Some(Marker::Sync) => {
                     // Executions of this batch still unanswered were skipped after an error.
-                    let before = self.pending.len();
-                    self.pending.retain(|p| p.simple || p.finished.is_some());
-                    self.stats.skipped += (before - self.pending.len()) as u64;
+                    let mut skipped = 0;
+                    self.pending.retain(|p| {
+                        let skip = !p.simple && p.finished.is_none();
+                        if skip {
+                            out.push(PgEvent::Skipped { seq: p.seq });
+                            skipped += 1;
+                        }
+                        !skip
+                    });
+                    self.stats.skipped += skipped;
                 }
                 None => {}
             },

@@ -207,6 +207,18 @@ fn executions_after_an_error_in_a_batch_are_skipped_not_reported() {
     assert_eq!(all[0].rows, Some(1));
     assert_eq!(all[1].sqlstate.as_deref(), Some("23505"));
     assert_eq!(c.stats().skipped, 1, "{events:?}");
+    let skipped: Vec<u64> = events
+        .iter()
+        .filter_map(|e| match e {
+            PgEvent::Skipped { seq } => Some(*seq),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        skipped.len(),
+        1,
+        "the skipped execution is reported: {events:?}"
+    );
 }
 
 #[test]
