@@ -260,10 +260,8 @@ struct Verdicts {
 
 impl Verdicts {
     /// Flags slowness, snapshots resources, and hands the span to the diagnoser, which puts in
-    /// `ready` whatever can be exported now.
-    fn take(&mut self, mut span: SpanRecord, ready: &mut Vec<SpanRecord>) {
-        let now = monotonic_now_ns();
-        self.resources.watch(span.pid);
+    /// `ready` whatever can be exported now. `now` is the monotonic clock, read once per batch.
+    fn take(&mut self, mut span: SpanRecord, now: u64, ready: &mut Vec<SpanRecord>) {
         if detect::mark_slow(&mut span, &self.thresholds) {
             self.resources.annotate(&mut span, now);
             let samples = self
@@ -338,7 +336,13 @@ async fn stitch(
                                 Counters::add(&counters.cpu_samples, 1);
                                 verdicts.samples.push(sample);
                             }
-                            Ok(event) => stitcher.handle(event, &mut out),
+                            Ok(event) => {
+                                // A target's child: its resource use is read from now on.
+                                if let events::Event::Fork { child, .. } = &event {
+                                    verdicts.resources.watch(*child);
+                                }
+                                stitcher.handle(event, &mut out);
+                            }
                             Err(err) => {
                                 Counters::add(&counters.decode_errors, 1);
                                 tracing::debug!("dropped a record: {err}");
@@ -356,8 +360,11 @@ async fn stitch(
             }
             _ = sample.tick() => verdicts.resources.sample(monotonic_now_ns()),
         }
-        for span in out.drain(..) {
-            verdicts.take(span, &mut ready);
+        if !out.is_empty() {
+            let now = monotonic_now_ns();
+            for span in out.drain(..) {
+                verdicts.take(span, now, &mut ready);
+            }
         }
         for span in ready.drain(..) {
             Counters::add(&counters.spans_built, 1);
@@ -369,8 +376,9 @@ async fn stitch(
         }
     }
     stitcher.finish(&mut out);
+    let now = monotonic_now_ns();
     for span in out.drain(..) {
-        verdicts.take(span, &mut ready);
+        verdicts.take(span, now, &mut ready);
     }
     verdicts.diagnoser.finish(&mut ready);
     for span in ready.drain(..) {

@@ -50,7 +50,7 @@ impl ResourceSampler {
         sampler
     }
 
-    /// Starts reading `pid` (a target's child seen for the first time).
+    /// Starts reading `pid` (a target at attach, or a child a target forked).
     pub fn watch(&mut self, pid: u32) {
         if self.history.len() < MAX_PIDS && !self.history.contains_key(&pid) {
             self.history.insert(pid, VecDeque::new());

@@ -149,16 +149,20 @@ fn diagnosis_line(
         1 => top.label.clone(),
         n => format!("{n} x {}", top.label),
     };
+    // Patterns named beside the bottleneck, then the others after "also", each once.
+    let mut named: Vec<Pattern> = Vec::new();
     let mut line = match bottleneck {
         Some((top, share)) if share >= own_share => {
-            let mut words: Vec<&str> = findings
-                .iter()
-                .filter(|f| f.children.iter().any(|c| top.children.contains(c)))
-                .map(|f| f.pattern.words())
-                .collect();
-            words.dedup();
+            for finding in findings {
+                if finding.children.iter().any(|c| top.children.contains(c))
+                    && !named.contains(&finding.pattern)
+                {
+                    named.push(finding.pattern);
+                }
+            }
             let mut line = format!("{}% of the request waited on {}", pct(share), what(top));
-            if !words.is_empty() {
+            if !named.is_empty() {
+                let words: Vec<&str> = named.iter().map(|p| p.words()).collect();
                 line.push_str(&format!(" ({})", words.join(", ")));
             }
             line
@@ -174,19 +178,15 @@ fn diagnosis_line(
         }
         None => return None,
     };
-    let others: Vec<String> = findings
-        .iter()
-        .filter(|f| !line.contains(f.pattern.words()))
-        .map(|f| f.pattern.words().to_owned())
-        .collect();
-    let mut seen = Vec::new();
-    for other in others {
-        if !seen.contains(&other) {
-            seen.push(other);
+    let mut others: Vec<&str> = Vec::new();
+    for finding in findings {
+        let words = finding.pattern.words();
+        if !named.contains(&finding.pattern) && !others.contains(&words) {
+            others.push(words);
         }
     }
-    if !seen.is_empty() {
-        line.push_str(&format!("; also {}", seen.join(", ")));
+    if !others.is_empty() {
+        line.push_str(&format!("; also {}", others.join(", ")));
     }
     Some(line)
 }

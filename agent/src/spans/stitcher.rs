@@ -16,9 +16,10 @@ use super::{
     db::{QueryFacts, query_span},
     http::{Actor, Endpoints, SpanIds, client_span, server_span, split_host},
     ids::{new_span_id, new_trace_id, parse_traceparent},
-    model::SpanRecord,
+    model::{OpType, SpanRecord},
 };
 use crate::{
+    detect::slow::threshold_for,
     events::{ConnRecord, DataRecord, Event},
     libpq::{LibpqEvent, LibpqQuery, LibpqTracker},
     process::{SocketAddrs, is_live_process, socket_addrs},
@@ -257,17 +258,26 @@ impl Stitcher {
                             actor,
                             wire: Some((done, key)),
                             ..
-                        }) => {
-                            let facts = QueryFacts::from_wire(&done);
-                            let statement = self.statements.analyze_text(facts.text);
-                            let ends = self.conns.get(&key).map(|conn| &conn.ends);
-                            out.push(query_span(&facts, &statement, ends, ids, actor));
-                        }
+                        }) => out.push(self.wire_query_span(&done, key, ids, actor)),
                         _ => Counters::add(&self.counters.queries_abandoned, 1),
                     }
                 }
             }
         }
+    }
+
+    /// The span of a query only the wire reported whole, on connection `key`.
+    fn wire_query_span(
+        &mut self,
+        query: &postgres::QueryDone,
+        key: ConnKey,
+        ids: SpanIds,
+        actor: Actor,
+    ) -> SpanRecord {
+        let facts = QueryFacts::from_wire(query);
+        let statement = self.statements.analyze_text(facts.text);
+        let ends = self.conns.get(&key).map(|conn| &conn.ends);
+        query_span(&facts, &statement, ends, ids, actor)
     }
 
     fn libpq_done(&mut self, query: LibpqQuery, out: &mut Vec<SpanRecord>) {
@@ -351,9 +361,13 @@ impl Stitcher {
             let age = now_ns.saturating_sub(start_ns);
             age > limit.as_nanos() as u64 && age < MAX_AGE_NS
         };
+        let limit_of = |op: OpType| threshold_for(op, thresholds);
         let mut slow = std::collections::BTreeSet::new();
         for (&thread, requests) in &self.serving {
-            if requests.iter().any(|r| over(r.start_ns, thresholds.http)) {
+            if requests
+                .iter()
+                .any(|r| over(r.start_ns, limit_of(OpType::HttpServer)))
+            {
                 slow.insert(thread);
             }
         }
@@ -362,8 +376,8 @@ impl Stitcher {
                 continue;
             }
             let limit = match conn.protocol {
-                Protocol::Http(_) => thresholds.external,
-                Protocol::Postgres(_) => thresholds.db,
+                Protocol::Http(_) => limit_of(OpType::HttpClient),
+                Protocol::Postgres(_) => limit_of(OpType::DbClient),
                 _ => continue,
             };
             for pending in conn.pending.values() {
@@ -373,7 +387,7 @@ impl Stitcher {
             }
         }
         for open in self.libpq_open.values() {
-            if over(open.start_ns, thresholds.db) {
+            if over(open.start_ns, limit_of(OpType::DbClient)) {
                 slow.insert((open.actor.pid, open.actor.tid));
             }
         }
@@ -581,19 +595,11 @@ impl Stitcher {
                         }
                         continue;
                     }
-                    let facts = QueryFacts::from_wire(&query);
-                    let statement = self.statements.analyze_text(facts.text);
                     let actor = Actor {
                         pid: key.0,
                         tid: pending.tid,
                     };
-                    out.push(query_span(
-                        &facts,
-                        &statement,
-                        Some(&conn.ends),
-                        pending.ids,
-                        actor,
-                    ));
+                    out.push(self.wire_query_span(&query, key, pending.ids, actor));
                 }
             }
         }
