@@ -50,7 +50,9 @@ use crate::{
     preflight::PreflightError,
     probes::{ProbeConfig, ProbeError, ThreadSampler, Upkeep},
     profile::{HotThreads, ProfileCommand, ProfileJob, SampleStore},
-    spans::{SpanRecord, Stitcher, clock::monotonic_now_ns, stitcher::StitcherLimits},
+    spans::{
+        SpanRecord, Stitcher, clock::monotonic_now_ns, parent::Unnested, stitcher::StitcherLimits,
+    },
     stats::Counters,
 };
 
@@ -160,6 +162,7 @@ pub async fn run(config: Config) -> Result<Outcome, RunError> {
         stop_rx.clone(),
     ));
     let verdicts = Verdicts {
+        counters: counters.clone(),
         thresholds: config.thresholds,
         diagnoser: Diagnoser::new(config.diagnosis, board.clone(), counters.clone()),
         resources: ResourceSampler::new(&pids),
@@ -246,6 +249,7 @@ pub async fn run(config: Config) -> Result<Outcome, RunError> {
 
 /// What the stitch stage writes on finished spans before they leave.
 struct Verdicts {
+    counters: Arc<Counters>,
     thresholds: Thresholds,
     diagnoser: Diagnoser,
     resources: ResourceSampler,
@@ -262,6 +266,12 @@ impl Verdicts {
     /// Flags slowness, snapshots resources, and hands the span to the diagnoser, which puts in
     /// `ready` whatever can be exported now. `now` is the monotonic clock, read once per batch.
     fn take(&mut self, mut span: SpanRecord, now: u64, ready: &mut Vec<SpanRecord>) {
+        if span.kind == spans::SpanKind::Client && span.parent_span_id.is_none() {
+            Counters::add(&self.counters.unnested_calls, 1);
+            if span.attr_str("loupe.parent") == Some(Unnested::Ambiguous.as_str()) {
+                Counters::add(&self.counters.ambiguous_calls, 1);
+            }
+        }
         if detect::mark_slow(&mut span, &self.thresholds) {
             self.resources.annotate(&mut span, now);
             let samples = self

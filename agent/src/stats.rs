@@ -17,8 +17,14 @@ pub struct Counters {
     pub spans_exported: AtomicU64,
     /// Spans dropped: export queue full, or the endpoint refused or timed out.
     pub spans_dropped: AtomicU64,
-    /// Outbound calls left without a parent because their thread served several requests at once.
+    /// Outbound calls (HTTP and database) exported without a parent, whatever the reason.
     pub unnested_calls: AtomicU64,
+    /// Of those, the calls that some request in flight may have made, where loupe could not
+    /// tell which (`loupe.parent=ambiguous`).
+    pub ambiguous_calls: AtomicU64,
+    /// Vector reads/writes whose bytes went on past the iovecs the kernel reads (counted by the
+    /// kernel, polled).
+    pub iovecs_cut: AtomicU64,
     /// Connections not tracked because the connection table was full.
     pub connections_dropped: AtomicU64,
     /// HTTP requests that got no response before their connection closed.
@@ -54,13 +60,14 @@ impl Counters {
     /// The one-line summary printed at exit (its format is a contract: docs/contracts.md).
     pub fn summary_line(&self) -> String {
         format!(
-            "loupe: summary events_read={} events_lost={} decode_errors={} spans_exported={} spans_dropped={} unnested_calls={} cpu_samples={}",
+            "loupe: summary events_read={} events_lost={} decode_errors={} spans_exported={} spans_dropped={} unnested_calls={} ambiguous_calls={} cpu_samples={}",
             Self::get(&self.events_read),
             Self::get(&self.events_lost_kernel),
             Self::get(&self.decode_errors),
             Self::get(&self.spans_exported),
             Self::get(&self.spans_dropped),
             Self::get(&self.unnested_calls),
+            Self::get(&self.ambiguous_calls),
             Self::get(&self.cpu_samples),
         )
     }

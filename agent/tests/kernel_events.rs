@@ -300,3 +300,107 @@ fn a_hot_thread_is_sampled_and_a_cooled_one_is_not() {
     let cold = collect_until(&mut probes, Duration::from_millis(300), |_| false);
     assert_eq!(samples(&cold).len(), 0, "a cooled thread is not sampled");
 }
+
+/// One vector syscall of `parts`, the way node-postgres writes a query (writev, one iovec per
+/// message) or a server sends head and body (sendmsg).
+fn iovecs(parts: &[&[u8]]) -> Vec<libc::iovec> {
+    parts
+        .iter()
+        .map(|part| libc::iovec {
+            iov_base: part.as_ptr() as *mut libc::c_void,
+            iov_len: part.len(),
+        })
+        .collect()
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn vector_writes_and_reads_are_captured_across_their_iovecs() {
+    let _guard = SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut probes = attach(256);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (server, _) = listener.accept().unwrap();
+    let (server_fd, client_fd) = (server.as_raw_fd(), client.as_raw_fd());
+
+    // Five messages, five iovecs, one of them empty.
+    let parts: [&[u8]; 6] = [
+        b"P-parse|",
+        b"B-bind|",
+        b"",
+        b"D-describe|",
+        b"E-execute|",
+        b"S|",
+    ];
+    let vec = iovecs(&parts);
+    // SAFETY: the iovecs point at live buffers for the duration of the call.
+    let written = unsafe { libc::writev(client_fd, vec.as_ptr(), vec.len() as i32) };
+    let whole: Vec<u8> = parts.concat();
+    assert_eq!(written as usize, whole.len());
+
+    // Read it back with readv into three buffers, the first too small for the first message.
+    let (mut a, mut b, mut c) = ([0u8; 5], [0u8; 20], [0u8; 64]);
+    let mut into = [
+        libc::iovec {
+            iov_base: a.as_mut_ptr().cast(),
+            iov_len: a.len(),
+        },
+        libc::iovec {
+            iov_base: b.as_mut_ptr().cast(),
+            iov_len: b.len(),
+        },
+        libc::iovec {
+            iov_base: c.as_mut_ptr().cast(),
+            iov_len: c.len(),
+        },
+    ];
+    let mut read = 0usize;
+    while read < whole.len() {
+        // SAFETY: as above; the buffers outlive the call.
+        let n = unsafe { libc::readv(server_fd, into.as_mut_ptr(), into.len() as i32) };
+        assert!(n > 0);
+        read += n as usize;
+        into[0].iov_len = 0;
+    }
+
+    // sendmsg with two iovecs longer than the capture: the capture stops at 256 bytes.
+    let long = vec![b'x'; 300];
+    let head: &[u8] = b"HTTP/1.1 200 OK\r\n\r\n";
+    let mut msg_vec = iovecs(&[head, &long]);
+    // SAFETY: zeroed msghdr is valid; fields set below point at live buffers.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = msg_vec.as_mut_ptr();
+    msg.msg_iovlen = msg_vec.len();
+    // SAFETY: as above.
+    let sent = unsafe { libc::sendmsg(server_fd, &msg, 0) };
+    assert_eq!(sent as usize, head.len() + long.len());
+
+    let events = collect_until(&mut probes, Duration::from_secs(5), |events| {
+        !data_on(events, client_fd, Direction::Egress).is_empty()
+            && !data_on(events, server_fd, Direction::Ingress).is_empty()
+            && !data_on(events, server_fd, Direction::Egress).is_empty()
+    });
+    let out = data_on(&events, client_fd, Direction::Egress);
+    assert_eq!(out.len(), 1);
+    assert_eq!(&out[0].payload[..], &whole[..], "every iovec in order");
+    assert_eq!(out[0].total_len as usize, whole.len());
+
+    let got: Vec<u8> = data_on(&events, server_fd, Direction::Ingress)
+        .iter()
+        .flat_map(|d| d.payload.iter().copied())
+        .collect();
+    assert_eq!(got, whole, "a readv's bytes land in its iovecs in order");
+
+    let reply = data_on(&events, server_fd, Direction::Egress);
+    assert_eq!(reply.len(), 1);
+    assert_eq!(reply[0].total_len as usize, head.len() + long.len());
+    assert_eq!(
+        reply[0].payload.len(),
+        256,
+        "up to the capture, across iovecs"
+    );
+    assert_eq!(&reply[0].payload[..head.len()], head);
+    assert!(reply[0].payload[head.len()..].iter().all(|&b| b == b'x'));
+}

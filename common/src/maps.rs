@@ -58,9 +58,12 @@ pub enum LossSlot {
     SocketsFull = 2,
     /// The targets map was full when a forked child was added.
     TargetsFull = 3,
+    /// A vector read or write (readv, writev, recvmsg, sendmsg) had more iovecs than the exit
+    /// program reads, and bytes that would have fitted the capture were in the ones it left.
+    IovecsCut = 4,
 }
 /// Number of slots in `LOSS`.
-pub const LOSS_SLOTS: u32 = 4;
+pub const LOSS_SLOTS: u32 = 5;
 
 #[cfg(feature = "user")]
 mod pod {

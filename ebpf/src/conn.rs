@@ -10,7 +10,7 @@ use loupe_common::{
 };
 
 use crate::{
-    data::{RET_OFFSET, arg_offset, remember, tracked_socket},
+    data::{Buffer, RET_OFFSET, arg_offset, remember, tracked_socket},
     emit,
     maps::{InFlight, SOCKETS, TARGET_PIDS, count_loss, stash, take_in_flight},
 };
@@ -40,6 +40,7 @@ fn remember_addr(ctx: &TracePointContext) -> Result<(), i64> {
             enter_ns: emit::now_ns(),
             buf: addr,
             buf_len: SOCKADDR_LEN as u64,
+            iovcnt: 0,
             fd: fd as i32,
             direction: Direction::Ingress as u32,
             conn_id: 0,
@@ -162,7 +163,12 @@ const F_DUPFD_CLOEXEC: u64 = 1030;
 
 fn remember_dup(old_fd: i32) -> Result<(), i64> {
     match tracked_socket(old_fd) {
-        Some(socket) => remember(socket, old_fd, 0, 0, Direction::Ingress),
+        Some(socket) => remember(
+            socket,
+            old_fd,
+            Buffer::Flat { buf: 0, len: 0 },
+            Direction::Ingress,
+        ),
         None => Ok(()),
     }
 }

@@ -11,7 +11,7 @@ use loupe_common::{
 
 use crate::{
     config, emit,
-    maps::{InFlight, SOCKETS, count_loss, stash, take_in_flight},
+    maps::{GATHER, InFlight, SOCKETS, count_loss, stash, take_in_flight},
 };
 
 /// Offset of syscall argument `n` in a `sys_enter_*` record (after the common header and
@@ -30,14 +30,20 @@ struct IoVec {
     len: u64,
 }
 
-/// The part of `struct msghdr` before `msg_iovlen`: name, namelen (+pad), iov.
+/// The part of `struct msghdr` up to `msg_iovlen`: name, namelen (+pad), iov, iovlen.
 #[repr(C)]
 #[derive(Clone, Copy)]
 struct MsgHdrHead {
     name: u64,
     namelen: u64,
     iov: u64,
+    iovlen: u64,
 }
+
+/// Iovecs of one syscall the exit program reads, at most: node-postgres writes a query's five
+/// messages as five iovecs, nginx a response head and body as two. Bytes in later iovecs that
+/// would have fitted the capture are counted (`LossSlot::IovecsCut`).
+pub const MAX_IOVECS: u64 = 16;
 
 /// The pid_tgid of the current thread and the connection id, if `fd` is a socket of a target
 /// process. Only target sockets are in SOCKETS, so this one lookup is also the PID filter.
@@ -51,19 +57,30 @@ pub fn tracked_socket(fd: i32) -> Option<(u64, u64)> {
     unsafe { SOCKETS.get(key.as_u64()) }.map(|info| (pid_tgid, info.conn_id))
 }
 
+/// Where a syscall's bytes are: one flat buffer, or an iovec array.
+#[derive(Clone, Copy)]
+pub enum Buffer {
+    Flat { buf: u64, len: u64 },
+    Vector { iov: u64, count: u64 },
+}
+
 pub fn remember(
     (pid_tgid, conn_id): (u64, u64),
     fd: i32,
-    buf: u64,
-    buf_len: u64,
+    buffer: Buffer,
     direction: Direction,
 ) -> Result<(), i64> {
+    let (buf, buf_len, iovcnt) = match buffer {
+        Buffer::Flat { buf, len } => (buf, len, 0),
+        Buffer::Vector { iov, count } => (iov, 0, count),
+    };
     stash(
         pid_tgid,
         InFlight {
             enter_ns: emit::now_ns(),
             buf,
             buf_len,
+            iovcnt,
             fd,
             direction: direction as u32,
             conn_id,
@@ -82,11 +99,16 @@ pub fn try_enter_buf(ctx: &TracePointContext, direction: Direction) -> Result<()
     let buf: u64 = unsafe { ctx.read_at(arg_offset(1)) }.map_err(i64::from)?;
     // SAFETY: as above.
     let count: u64 = unsafe { ctx.read_at(arg_offset(2)) }.map_err(i64::from)?;
-    remember(socket, fd as i32, buf, count, direction)
+    remember(
+        socket,
+        fd as i32,
+        Buffer::Flat { buf, len: count },
+        direction,
+    )
 }
 
-/// readv, writev: (fd, iov, iovcnt). Only the first iovec is captured from; the rest of the
-/// bytes are counted by the return value.
+/// readv, writev: (fd, iov, iovcnt). The exit program reads the iovecs (a read's buffers are
+/// filled by then).
 pub fn try_enter_iov(ctx: &TracePointContext, direction: Direction) -> Result<(), i64> {
     // SAFETY: offsets follow the readv/writev tracepoint format.
     let fd: u64 = unsafe { ctx.read_at(arg_offset(0)) }.map_err(i64::from)?;
@@ -95,12 +117,12 @@ pub fn try_enter_iov(ctx: &TracePointContext, direction: Direction) -> Result<()
     };
     // SAFETY: as above.
     let iov: u64 = unsafe { ctx.read_at(arg_offset(1)) }.map_err(i64::from)?;
-    // SAFETY: `iov` is a user pointer; bpf_probe_read_user faults safely on a bad one.
-    let first: IoVec = unsafe { bpf_probe_read_user(iov as *const IoVec) }.map_err(i64::from)?;
-    remember(socket, fd as i32, first.base, first.len, direction)
+    // SAFETY: as above.
+    let count: u64 = unsafe { ctx.read_at(arg_offset(2)) }.map_err(i64::from)?;
+    remember(socket, fd as i32, Buffer::Vector { iov, count }, direction)
 }
 
-/// recvmsg, sendmsg: (fd, msg, flags). Captures from the message's first iovec.
+/// recvmsg, sendmsg: (fd, msg, flags). The message's iovecs, like readv/writev.
 pub fn try_enter_msg(ctx: &TracePointContext, direction: Direction) -> Result<(), i64> {
     // SAFETY: offsets follow the recvmsg/sendmsg tracepoint format.
     let fd: u64 = unsafe { ctx.read_at(arg_offset(0)) }.map_err(i64::from)?;
@@ -112,10 +134,11 @@ pub fn try_enter_msg(ctx: &TracePointContext, direction: Direction) -> Result<()
     // SAFETY: user pointers read with bpf_probe_read_user, which faults safely.
     let head: MsgHdrHead =
         unsafe { bpf_probe_read_user(msg as *const MsgHdrHead) }.map_err(i64::from)?;
-    // SAFETY: as above.
-    let first: IoVec =
-        unsafe { bpf_probe_read_user(head.iov as *const IoVec) }.map_err(i64::from)?;
-    remember(socket, fd as i32, first.base, first.len, direction)
+    let vector = Buffer::Vector {
+        iov: head.iov,
+        count: head.iovlen,
+    };
+    remember(socket, fd as i32, vector, direction)
 }
 
 /// sendfile: (out_fd, in_fd, offset, count). The bytes come from a file, so nothing is captured:
@@ -126,7 +149,12 @@ pub fn try_enter_sendfile(ctx: &TracePointContext) -> Result<(), i64> {
     let Some(socket) = tracked_socket(fd as i32) else {
         return Ok(());
     };
-    remember(socket, fd as i32, 0, 0, Direction::Egress)
+    remember(
+        socket,
+        fd as i32,
+        Buffer::Flat { buf: 0, len: 0 },
+        Direction::Egress,
+    )
 }
 
 /// The exit of every data syscall: if its enter left an `InFlight`, emit what it moved.
@@ -140,13 +168,23 @@ pub fn try_exit_data(ctx: &TracePointContext) -> Result<(), i64> {
         return Ok(());
     }
     let mut want = ret as u64;
-    if want > in_flight.buf_len {
-        want = in_flight.buf_len;
-    }
     let limit = config::capture_bytes() as u64;
     if want > limit {
         want = limit;
     }
+    // A vector syscall's bytes are gathered first; `want` becomes what was gathered.
+    let gathered = if in_flight.iovcnt > 0 {
+        let Some(scratch) = GATHER.get_ptr_mut(0) else {
+            return Ok(());
+        };
+        want = gather(in_flight.buf, in_flight.iovcnt, want, scratch);
+        Some(scratch as *const u8)
+    } else {
+        if want > in_flight.buf_len {
+            want = in_flight.buf_len;
+        }
+        None
+    };
     let header = EventHeader {
         kind: EventKind::Data as u32,
         pid: (pid_tgid >> 32) as u32,
@@ -163,6 +201,7 @@ pub fn try_exit_data(ctx: &TracePointContext) -> Result<(), i64> {
     let args = DataArgs {
         header,
         in_flight: &in_flight,
+        gathered,
         exit_ns,
         total,
         want: want as u32,
@@ -179,9 +218,61 @@ pub fn try_exit_data(ctx: &TracePointContext) -> Result<(), i64> {
 struct DataArgs<'a> {
     header: EventHeader,
     in_flight: &'a InFlight,
+    /// The gathered bytes of a vector syscall (kernel memory), else None: `in_flight.buf` holds
+    /// them.
+    gathered: Option<*const u8>,
     exit_ns: u64,
     total: u32,
     want: u32,
+}
+
+/// Copies the first `want` bytes (at most `MAX_CAPTURE`) of the iovec array `iov` of `count`
+/// entries into `scratch`, in order; returns how many were copied. An iovec that faults ends
+/// the gathering where it stands; bytes past `MAX_IOVECS` iovecs are counted as lost.
+#[inline(always)]
+fn gather(iov: u64, count: u64, want: u64, scratch: *mut [u8; 2 * MAX_CAPTURE]) -> u64 {
+    let mut off: u64 = 0;
+    let mut i: u64 = 0;
+    while i < MAX_IOVECS {
+        if i >= count || off >= want {
+            return off;
+        }
+        let at = iov + i * size_of::<IoVec>() as u64;
+        // SAFETY: a user pointer read with bpf_probe_read_user, which faults safely.
+        let Ok(vec) = (unsafe { bpf_probe_read_user(at as *const IoVec) }) else {
+            return off;
+        };
+        let mut take = want - off;
+        if take > vec.len {
+            take = vec.len;
+        }
+        // Both bounds stated so the verifier sees the copy inside the 2 * MAX_CAPTURE scratch.
+        let start = (off as usize) & (MAX_CAPTURE - 1);
+        let take = (take as u32) & (2 * MAX_CAPTURE as u32 - 1);
+        if take > MAX_CAPTURE as u32 {
+            return off;
+        }
+        if take > 0 {
+            // SAFETY: `scratch` is this CPU's GATHER value; start < MAX_CAPTURE and take <=
+            // MAX_CAPTURE keep the write inside its 2 * MAX_CAPTURE bytes.
+            let ret = unsafe {
+                generated::bpf_probe_read_user(
+                    (*scratch).as_mut_ptr().add(start).cast(),
+                    take,
+                    vec.base as *const core::ffi::c_void,
+                )
+            };
+            if ret != 0 {
+                return off;
+            }
+        }
+        off += take as u64;
+        i += 1;
+    }
+    if off < want && count > MAX_IOVECS {
+        count_loss(LossSlot::IovecsCut);
+    }
+    off
 }
 
 /// Reserves a `DataEvent<N>` and fills it in place: the record is too large for the 512-byte
@@ -207,11 +298,18 @@ fn emit_data<const N: usize>(args: &DataArgs<'_>) -> Result<(), i64> {
         (*event).total_len = args.total;
         (*event).direction = args.in_flight.direction;
         (*event)._pad = 0;
-        let ret = generated::bpf_probe_read_user(
-            (*event).payload.as_mut_ptr().cast(),
-            len,
-            args.in_flight.buf as *const core::ffi::c_void,
-        );
+        let ret = match args.gathered {
+            Some(scratch) => generated::bpf_probe_read_kernel(
+                (*event).payload.as_mut_ptr().cast(),
+                len,
+                scratch.cast(),
+            ),
+            None => generated::bpf_probe_read_user(
+                (*event).payload.as_mut_ptr().cast(),
+                len,
+                args.in_flight.buf as *const core::ffi::c_void,
+            ),
+        };
         (*event).captured_len = if ret == 0 { len } else { 0 };
     }
     entry.submit(emit::submit_flags());

@@ -4,7 +4,7 @@ use aya_ebpf::{
     macros::map,
     maps::{HashMap, PerCpuArray, RingBuf},
 };
-use loupe_common::{LOSS_SLOTS, SocketInfo, TargetInfo};
+use loupe_common::{LOSS_SLOTS, MAX_CAPTURE, SocketInfo, TargetInfo};
 
 /// Event records. Kernel writes (without a wakeup below `WAKEUP_BYTES` of backlog); userspace's
 /// `events::reader` drains it.
@@ -32,6 +32,13 @@ pub static IN_FLIGHT: HashMap<u64, InFlight> = HashMap::with_max_entries(16384, 
 #[map]
 pub static LIBPQ_CONN: HashMap<u64, u64> = HashMap::with_max_entries(16384, 0);
 
+/// Scratch space where the exit program gathers a vector syscall's iovecs before copying them
+/// into a record: twice the largest capture, so a copy that starts anywhere below
+/// `MAX_CAPTURE` and is at most `MAX_CAPTURE` long stays inside it (what the verifier checks).
+/// Kernel only, one per CPU.
+#[map]
+pub static GATHER: PerCpuArray<[u8; 2 * MAX_CAPTURE]> = PerCpuArray::with_max_entries(1, 0);
+
 /// Per-CPU loss counters, indexed by `LossSlot`. Kernel increments; userspace sums and shows.
 #[map]
 pub static LOSS: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOSS_SLOTS, 0);
@@ -43,11 +50,14 @@ pub static LOSS: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOSS_SLOTS, 0)
 pub struct InFlight {
     /// Syscall entry: ns since boot, bpf_ktime_get_ns.
     pub enter_ns: u64,
-    /// User pointer: the data buffer (first iovec's base for the vector forms), or the sockaddr
-    /// buffer for accept/connect (0 where the caller passed none).
+    /// User pointer: the data buffer, the `struct iovec` array for the vector forms (readv,
+    /// writev, recvmsg, sendmsg: `iovcnt` > 0), or the sockaddr buffer for accept/connect (0
+    /// where the caller passed none).
     pub buf: u64,
-    /// Bytes available at `buf` (the first iovec's length for the vector forms).
+    /// Bytes available at `buf` (flat buffers only).
     pub buf_len: u64,
+    /// Entries of the iovec array at `buf`; 0 for a flat buffer.
+    pub iovcnt: u64,
     pub fd: i32,
     /// A `Direction` id for data syscalls; unused for accept/connect.
     pub direction: u32,

@@ -151,13 +151,15 @@ impl TerminalView {
         }
         drop(board);
         text.push_str(&format!(
-            "events read {}, lost {}, decode errors {}; spans dropped {}, unnested calls {}, undiagnosed requests {}; cpu samples {} (unclaimed {}), hot threads {}, not sampled {}, profiles skipped {}\n",
+            "events read {}, lost {}, decode errors {}; spans dropped {}, unnested calls {} (ambiguous {}), undiagnosed requests {}, vector I/O cut {}; cpu samples {} (unclaimed {}), hot threads {}, not sampled {}, profiles skipped {}\n",
             Counters::get(&counters.events_read),
             Counters::get(&counters.events_lost_kernel),
             Counters::get(&counters.decode_errors),
             Counters::get(&counters.spans_dropped),
             Counters::get(&counters.unnested_calls),
+            Counters::get(&counters.ambiguous_calls),
             Counters::get(&counters.trees_undiagnosed),
+            Counters::get(&counters.iovecs_cut),
             Counters::get(&counters.cpu_samples),
             Counters::get(&counters.cpu_samples_unclaimed),
             Counters::get(&counters.hot_threads),

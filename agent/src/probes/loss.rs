@@ -10,6 +10,8 @@ pub struct LossCounters {
     pub in_flight_full: u64,
     pub sockets_full: u64,
     pub targets_full: u64,
+    /// Vector reads/writes whose bytes went on past the iovecs the kernel reads.
+    pub iovecs_cut: u64,
 }
 
 impl LossCounters {
@@ -26,6 +28,7 @@ impl LossCounters {
             in_flight_full: sums[LossSlot::InFlightFull as usize],
             sockets_full: sums[LossSlot::SocketsFull as usize],
             targets_full: sums[LossSlot::TargetsFull as usize],
+            iovecs_cut: sums[LossSlot::IovecsCut as usize],
         }
     }
 

@@ -74,6 +74,9 @@ impl Upkeep {
         counters
             .events_lost_kernel
             .store(loss.events_lost(), std::sync::atomic::Ordering::Relaxed);
+        counters
+            .iovecs_cut
+            .store(loss.iovecs_cut, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Removes targets that are not live processes; returns those that remain.

@@ -102,6 +102,34 @@ pub fn socket_addrs(pid: u32, fd: i32) -> Option<SocketAddrs> {
     find(process.tcp().ok()?).or_else(|| find(process.tcp6().ok()?))
 }
 
+/// The database of the PostgreSQL session whose client end is `client`, read from the title
+/// its server process shows (`postgres: <user> <database> <host>(<port>) <activity>`), when that
+/// server runs on this host with its default `update_process_title`. One pass over /proc.
+pub fn local_postgres_database(client: SocketAddr) -> Option<String> {
+    let peer = format!("{}({})", client.ip(), client.port());
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let name = entry.file_name();
+            if !name.to_str()?.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            backend_database(&String::from_utf8_lossy(&cmdline), &peer)
+        })
+}
+
+/// The database in a PostgreSQL backend's title, if the title is that of the session with the
+/// client `peer` (`127.0.0.1(54321)`).
+fn backend_database(title: &str, peer: &str) -> Option<String> {
+    let mut words = title
+        .strip_prefix("postgres: ")?
+        .split(|c: char| c.is_whitespace() || c == '\0');
+    let (_user, database, host) = (words.next()?, words.next()?, words.next()?);
+    (host == peer && !database.is_empty()).then(|| database.to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -110,6 +138,24 @@ mod tests {
         net::{TcpListener, TcpStream},
         os::fd::AsRawFd,
     };
+
+    #[test]
+    fn a_backend_title_names_the_database_of_its_client() {
+        let title = "postgres: app shop 127.0.0.1(54321) idle\0\0\0";
+        assert_eq!(
+            backend_database(title, "127.0.0.1(54321)").as_deref(),
+            Some("shop")
+        );
+        assert_eq!(backend_database(title, "127.0.0.1(54322)"), None);
+        assert_eq!(
+            backend_database("postgres: checkpointer ", "127.0.0.1(1)"),
+            None
+        );
+        assert_eq!(
+            backend_database("/usr/bin/python app.py", "127.0.0.1(54321)"),
+            None
+        );
+    }
 
     #[test]
     fn open_connections_of_this_process_are_found_with_roles() {

@@ -52,7 +52,7 @@ impl<'a> QueryFacts<'a> {
         Self {
             text: Some(query.text.as_str()).filter(|t| !t.is_empty()),
             text_truncated: query.text_truncated,
-            statement_name: None,
+            statement_name: query.statement_name.as_deref(),
             start_ns: query.start.enter_ns,
             end_ns: query.end.exit_ns,
             rows: query.rows,
@@ -79,7 +79,10 @@ impl<'a> QueryFacts<'a> {
         Self {
             text,
             text_truncated,
-            statement_name: libpq.statement_name.as_deref(),
+            statement_name: libpq
+                .statement_name
+                .as_deref()
+                .or(wire.and_then(|w| w.statement_name.as_deref())),
             start_ns: libpq.start_ns,
             end_ns: libpq.end_ns,
             rows: wire.and_then(|w| w.rows).or(libpq.rows),
@@ -97,15 +100,20 @@ impl<'a> QueryFacts<'a> {
 }
 
 /// The exact call, for spotting repeats: the text with its literals, plus the bound values when
-/// it has `$n` placeholders. None when values were bound but not seen (libpq alone, a Bind cut
-/// short): `WHERE id = $1` with unknown values is not one call.
-fn exact_call(facts: &QueryFacts<'_>) -> Option<u64> {
+/// it has `$n` placeholders; a statement known by its prepared name, with its bound values.
+/// None when values were bound but not seen (libpq alone, a Bind cut short): `WHERE id = $1`
+/// with unknown values is not one call.
+fn exact_call(facts: &QueryFacts<'_>, statement: &Statement) -> Option<u64> {
     if facts.text_truncated {
         // Two statements that share their first kilobytes are not one call.
         return None;
     }
-    let text = facts.text?;
     let database = facts.database.unwrap_or_default();
+    let Some(text) = facts.text else {
+        let values = facts.values?.to_string();
+        let prepared = Some(statement.fingerprint.as_str()).filter(|f| !f.is_empty())?;
+        return Some(call_key(&[prepared, database, &values]));
+    };
     if !text.contains('$') {
         return Some(call_key(&[text, database]));
     }
@@ -121,9 +129,10 @@ pub fn query_span(
     ids: SpanIds,
     actor: Actor,
 ) -> SpanRecord {
-    let name = match (&statement.operation, &statement.table) {
-        (Some(operation), Some(table)) => format!("{operation} {table}"),
-        (Some(operation), None) => operation.clone(),
+    let name = match (&statement.operation, &statement.table, facts.statement_name) {
+        (Some(operation), Some(table), _) => format!("{operation} {table}"),
+        (Some(operation), None, _) => operation.clone(),
+        (None, _, Some(name)) if facts.text.is_none() => format!("EXECUTE {name}"),
         _ => "postgresql".to_owned(),
     };
     let mut span = SpanRecord {
@@ -142,10 +151,13 @@ pub fn query_span(
         events: Vec::new(),
         call_key: None,
     };
-    span.call_key = exact_call(facts);
+    span.call_key = exact_call(facts, statement);
+    ids.mark(&mut span);
     span.set("db.system.name", "postgresql");
     if facts.text.is_some() {
         span.set("db.query.text", statement.normalized.clone());
+    }
+    if !statement.fingerprint.is_empty() {
         span.set("loupe.db.fingerprint", statement.fingerprint.clone());
     }
     span.set("loupe.db.source", facts.source.as_str());
@@ -206,6 +218,44 @@ mod tests {
             values,
             source: QuerySource::Wire,
         }
+    }
+
+    fn exact_call(facts: &QueryFacts<'_>) -> Option<u64> {
+        let statement = crate::sql::analyze(facts.text.unwrap_or_default());
+        super::exact_call(facts, &statement)
+    }
+
+    #[test]
+    fn a_prepared_statement_is_one_call_with_the_same_bound_values() {
+        let mut named = facts("", Some(7));
+        named.text = None;
+        named.statement_name = Some("stmtcache_0123456789abcdef0123");
+        let statement = Statement::prepared("stmtcache_0123456789abcdef0123", None);
+        let key = super::exact_call(&named, &statement);
+        assert!(key.is_some());
+        named.values = Some(8);
+        assert_ne!(key, super::exact_call(&named, &statement));
+        named.values = None;
+        assert_eq!(super::exact_call(&named, &statement), None, "values unseen");
+        let span = query_span(
+            &named,
+            &statement,
+            None,
+            SpanIds {
+                trace_id: 1,
+                span_id: 2,
+                parent_span_id: None,
+                unnested: None,
+            },
+            Actor { pid: 1, tid: 1 },
+        );
+        assert_eq!(span.name, "EXECUTE stmtcache_0123456789abcdef0123");
+        assert_eq!(
+            span.attr_str("loupe.db.fingerprint"),
+            Some(statement.fingerprint.as_str())
+        );
+        assert_eq!(span.attr("db.query.text"), None);
+        assert_eq!(span.attr("loupe.db.query_truncated"), None);
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 
 use super::{
     model::{OpType, SpanKind, SpanRecord, call_key},
+    parent::Unnested,
     route::{redact_query, route, split_target},
 };
 use crate::protocols::http1::Exchange;
@@ -46,6 +47,17 @@ pub struct SpanIds {
     pub trace_id: u128,
     pub span_id: u64,
     pub parent_span_id: Option<u64>,
+    /// Why a call has no parent (calls only; `loupe.parent` on its span).
+    pub unnested: Option<Unnested>,
+}
+
+impl SpanIds {
+    /// Says on a call's span why it has no parent, where it has none.
+    pub fn mark(&self, span: &mut SpanRecord) {
+        if let Some(why) = self.unnested {
+            span.set("loupe.parent", why.as_str());
+        }
+    }
 }
 
 /// Who did it.
@@ -163,6 +175,7 @@ pub fn client_span(
     actor: Actor,
 ) -> SpanRecord {
     let mut span = base_span(exchange, SpanKind::Client, ids, actor);
+    ids.mark(&mut span);
     let from_host = exchange.request.host.as_deref().map(split_host);
     let host = from_host
         .as_ref()

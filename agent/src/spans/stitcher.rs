@@ -1,10 +1,11 @@
 //! The stitcher: the one owner of per-connection and per-thread state.
 //!
 //! It feeds each tracked connection's bytes to its protocol parser, gives every request span ids
-//! the moment its head is parsed, and nests an outbound call under the server request its thread
-//! is serving at that moment: the request whose head was read and whose response has not started.
-//! Where a thread serves several requests at once (an event loop), it cannot tell which one made
-//! the call, so the call stays a root span and is counted, never nested wrongly.
+//! the moment its head is parsed, and asks `spans::parent` which request an outbound call
+//! belongs to, telling it what it knows: the requests in flight on the call's thread and in its
+//! process, how the process schedules requests onto threads, and (for event loops that run
+//! each event to completion) which request's bytes the thread read last. Where no request is
+//! certain, the call stays a root span, marked and counted: never nested wrongly.
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -17,18 +18,19 @@ use super::{
     http::{Actor, Endpoints, SpanIds, client_span, server_span, split_host},
     ids::{new_span_id, new_trace_id, parse_traceparent},
     model::{OpType, SpanRecord},
+    parent::{self, CallContext, InFlight, Parent, Runtime},
 };
 use crate::{
     detect::slow::threshold_for,
     events::{ConnRecord, DataRecord, Event},
     libpq::{LibpqEvent, LibpqQuery, LibpqTracker},
-    process::{SocketAddrs, is_live_process, socket_addrs},
+    process::{SocketAddrs, is_live_process, local_postgres_database, runtime_of, socket_addrs},
     protocols::{
         Chunk, Flow,
         http1::{self, Conversation, HttpEvent},
         postgres::{self, PgConversation, PgEvent},
     },
-    sql::StatementCache,
+    sql::{Statement, StatementCache},
     stats::Counters,
 };
 
@@ -84,6 +86,10 @@ struct Conn {
     last_ns: u64,
     /// Ids of requests whose head was parsed, by sequence number, until their exchange ends.
     pending: HashMap<u64, Pending>,
+    /// Where an event loop opened this client connection: the thread and the parent decided
+    /// then, for the first request it sends (the write comes in a later event, once the connect
+    /// completes, after other requests may have been read).
+    opened_for: Option<(u32, Parent)>,
 }
 
 #[derive(Clone, Copy)]
@@ -105,21 +111,18 @@ struct LibpqOpen {
     wire: Option<(postgres::QueryDone, ConnKey)>,
 }
 
-/// A server request a thread is serving: head read, response not started.
-#[derive(Clone, Copy)]
-struct Serving {
-    conn_id: u64,
-    seq: u64,
-    trace_id: u128,
-    span_id: u64,
-    start_ns: u64,
-}
-
 /// Owns connection and thread state; turns events into finished spans.
 pub struct Stitcher {
     conns: HashMap<ConnKey, Conn>,
-    /// Server requests in progress per (pid, tid).
-    serving: HashMap<(u32, u32), Vec<Serving>>,
+    /// Server requests in progress per (pid, tid): head read, response not started.
+    serving: HashMap<(u32, u32), Vec<InFlight>>,
+    /// How each process schedules requests onto threads, learnt on its first event.
+    runtimes: HashMap<u32, Runtime>,
+    /// Reads the runtime of a process (/proc; tests put in their own).
+    runtime_probe: fn(u32) -> Runtime,
+    /// Per (pid, tid) of an event-loop process: the server request (connection id, sequence)
+    /// whose bytes the thread read last, while it has read nothing else since and made no call.
+    last_read: HashMap<(u32, u32), (u64, u64)>,
     limits: StitcherLimits,
     counters: Arc<Counters>,
     scratch: Vec<HttpEvent>,
@@ -165,6 +168,9 @@ impl Stitcher {
         Self {
             conns: HashMap::default(),
             serving: HashMap::default(),
+            runtimes: HashMap::default(),
+            runtime_probe: runtime_of,
+            last_read: HashMap::default(),
             limits,
             counters,
             scratch: Vec::new(),
@@ -178,6 +184,28 @@ impl Stitcher {
             pg_conn_of_thread: HashMap::default(),
             clock_ns: 0,
         }
+    }
+
+    /// Reads processes' runtimes with `probe` instead of /proc.
+    pub fn with_runtime_probe(mut self, probe: fn(u32) -> Runtime) -> Self {
+        self.runtime_probe = probe;
+        self
+    }
+
+    /// The runtime of `pid`, read once.
+    fn runtime(&mut self, pid: u32) -> Runtime {
+        if let Some(runtime) = self.runtimes.get(&pid) {
+            return *runtime;
+        }
+        let runtime = (self.runtime_probe)(pid);
+        if runtime != Runtime::Threads {
+            tracing::info!("pid {pid} runs its requests on {}", runtime.as_str());
+        }
+        if self.runtimes.len() >= self.limits.max_connections {
+            self.runtimes.clear();
+        }
+        self.runtimes.insert(pid, runtime);
+        runtime
     }
 
     /// Registers a connection that was already open at attach.
@@ -275,9 +303,23 @@ impl Stitcher {
         actor: Actor,
     ) -> SpanRecord {
         let facts = QueryFacts::from_wire(query);
-        let statement = self.statements.analyze_text(facts.text);
+        let statement = self.statement_of(&facts, Some(key));
         let ends = self.conns.get(&key).map(|conn| &conn.ends);
         query_span(&facts, &statement, ends, ids, actor)
+    }
+
+    /// The statement a query ran: its text normalized, else the name it was prepared under,
+    /// which means one statement on connection `key` (or, for a name that embeds a digest of
+    /// its text, everywhere).
+    fn statement_of(&mut self, facts: &QueryFacts<'_>, key: Option<ConnKey>) -> Statement {
+        match (facts.text, facts.statement_name) {
+            (None, Some(name)) => {
+                let scope = (!postgres::embeds_digest(name))
+                    .then(|| key.map_or_else(String::new, |(pid, id)| format!("{pid}:{id}")));
+                Statement::prepared(name, scope.as_deref())
+            }
+            (text, _) => self.statements.analyze_text(text),
+        }
     }
 
     fn libpq_done(&mut self, query: LibpqQuery, out: &mut Vec<SpanRecord>) {
@@ -296,7 +338,7 @@ impl Stitcher {
             .map(|(_, key)| *key)
             .or_else(|| self.pg_conn_of_thread.get(&thread).copied());
         let facts = QueryFacts::merged(&query, wire.as_ref().map(|(done, _)| done));
-        let statement = self.statements.analyze_text(facts.text);
+        let statement = self.statement_of(&facts, conn_key);
         let ends = conn_key
             .and_then(|key| self.conns.get(&key))
             .map(|conn| &conn.ends);
@@ -413,6 +455,7 @@ impl Stitcher {
             protocol: Protocol::Unknown { sniffed: 0 },
             last_ns: now,
             pending: HashMap::default(),
+            opened_for: None,
         }
     }
 
@@ -431,6 +474,11 @@ impl Stitcher {
         self.close(key, out);
         let mut conn = Self::new_conn(record.role, record.peer, None, record.ts_ns);
         conn.fd = record.fd;
+        if record.role == SocketRole::Client && self.runtime(record.pid) == Runtime::RunToCompletion
+        {
+            self.clock_ns = record.ts_ns;
+            conn.opened_for = Some((record.tid, self.parent_of_call(record.pid, record.tid)));
+        }
         self.insert_conn(key, conn);
     }
 
@@ -493,16 +541,24 @@ impl Stitcher {
                     Protocol::Http(Box::new(Conversation::new(http1::Limits::default())));
             } else if data.direction == Direction::Egress
                 && conn.role != SocketRole::Server
-                && postgres::looks_like_client(&data.payload)
+                && postgres::opens_session(&data.payload)
             {
                 conn.role = SocketRole::Client;
-                // A typed first message means the session was opened before loupe attached.
-                let resumed = matches!(data.payload.first(), Some(b'Q' | b'P'));
-                conn.protocol = Protocol::Postgres(Box::new(if resumed {
-                    PgConversation::resumed()
-                } else {
-                    PgConversation::new()
-                }));
+                conn.protocol = Protocol::Postgres(Box::default());
+            } else if conn.role != SocketRole::Server
+                && postgres::looks_like_session(
+                    &data.payload,
+                    data.total_len as usize,
+                    data.direction == Direction::Egress,
+                )
+            {
+                // A session opened before loupe attached (a warm pool): whatever it says next.
+                conn.role = SocketRole::Client;
+                let database = self.resumed_database(key, data.exit_ns);
+                let Some(conn) = self.conns.get_mut(&key) else {
+                    return;
+                };
+                conn.protocol = Protocol::Postgres(Box::new(PgConversation::resumed(database)));
             } else {
                 *sniffed += 1;
                 if *sniffed >= budget && !http1::looks_like_response(&data.payload) {
@@ -511,6 +567,9 @@ impl Stitcher {
                 return;
             }
         }
+        let Some(conn) = self.conns.get_mut(&key) else {
+            return;
+        };
         let flow = match (conn.role, data.direction) {
             (SocketRole::Client, Direction::Egress) | (SocketRole::Server, Direction::Ingress) => {
                 Flow::Request
@@ -528,8 +587,21 @@ impl Stitcher {
             Protocol::Http(conversation) => {
                 conversation.push(chunk, &mut self.scratch);
                 self.dispatch(key, Some(data.tid), out);
+                if data.direction == Direction::Ingress {
+                    self.note_read(key, data.tid);
+                }
             }
-            Protocol::Postgres(conversation) => {
+            Protocol::Postgres(_) => {
+                if data.direction == Direction::Ingress {
+                    self.note_read(key, data.tid);
+                }
+                let Some(Conn {
+                    protocol: Protocol::Postgres(conversation),
+                    ..
+                }) = self.conns.get_mut(&key)
+                else {
+                    return;
+                };
                 if self.pg_conn_of_thread.len() >= self.limits.max_connections {
                     self.pg_conn_of_thread.clear();
                 }
@@ -539,7 +611,54 @@ impl Stitcher {
                 self.dispatch_pg(key, Some(data.tid), &mut events, out);
                 self.pg_scratch = events;
             }
-            _ => {}
+            _ => {
+                if data.direction == Direction::Ingress {
+                    self.note_read(key, data.tid);
+                }
+            }
+        }
+    }
+
+    /// The database of a PostgreSQL session found already open, when it can be learnt: from the
+    /// title of its server process, where the server runs on this host. Both addresses come
+    /// from the socket (seeded at attach, else one /proc look-up); the look-ups share the budget.
+    fn resumed_database(&mut self, key: ConnKey, now_ns: u64) -> Option<String> {
+        let conn = self.conns.get_mut(&key)?;
+        if conn.ends.local.is_none() && !conn.looked_up && self.lookups.take(now_ns) {
+            conn.looked_up = true;
+            if let Some(addrs) = socket_addrs(key.0, conn.fd) {
+                conn.ends.learn(addrs.peer, addrs.local);
+            }
+        }
+        let local = conn.ends.local?;
+        if !self.lookups.take(now_ns) {
+            return None;
+        }
+        local_postgres_database(local)
+    }
+
+    /// An event-loop thread read bytes on `key`: if they are a request's (a server connection
+    /// with a request in flight), that request is the one its next call belongs to; any other
+    /// read (an upstream's answer) leaves no request certain.
+    fn note_read(&mut self, key: ConnKey, tid: u32) {
+        if self.runtime(key.0) != Runtime::RunToCompletion {
+            return;
+        }
+        let reading = self
+            .conns
+            .get(&key)
+            .filter(|conn| conn.role == SocketRole::Server)
+            .and_then(|conn| conn.pending.keys().max().copied());
+        match reading {
+            Some(seq) => {
+                if self.last_read.len() >= self.limits.max_connections {
+                    self.last_read.clear();
+                }
+                self.last_read.insert((key.0, tid), (key.1, seq));
+            }
+            None => {
+                self.last_read.remove(&(key.0, tid));
+            }
         }
     }
 
@@ -639,21 +758,37 @@ impl Stitcher {
             return;
         };
         let ids = match role {
-            SocketRole::Client => self.client_ids(key.0, tid),
+            SocketRole::Client => {
+                // The first request on a connection an event loop opened belongs to whoever it
+                // was opened for.
+                let opened_for = self
+                    .conns
+                    .get_mut(&key)
+                    .and_then(|conn| conn.opened_for.take())
+                    .filter(|(opener, _)| *opener == tid);
+                match opened_for {
+                    Some((_, parent)) => ids_under(parent),
+                    None => self.client_ids(key.0, tid),
+                }
+            }
             _ => {
                 let remote = traceparent.and_then(parse_traceparent);
                 let ids = SpanIds {
                     trace_id: remote.map_or_else(new_trace_id, |(trace, _)| trace),
                     span_id: new_span_id(),
                     parent_span_id: remote.map(|(_, parent)| parent),
+                    unnested: None,
                 };
-                self.serving.entry((key.0, tid)).or_default().push(Serving {
-                    conn_id: key.1,
-                    seq,
-                    trace_id: ids.trace_id,
-                    span_id: ids.span_id,
-                    start_ns: self.clock_ns,
-                });
+                self.serving
+                    .entry((key.0, tid))
+                    .or_default()
+                    .push(InFlight {
+                        conn_id: key.1,
+                        seq,
+                        trace_id: ids.trace_id,
+                        span_id: ids.span_id,
+                        start_ns: self.clock_ns,
+                    });
                 ids
             }
         };
@@ -668,22 +803,42 @@ impl Stitcher {
         }
     }
 
-    /// Ids for an outbound call `tid` makes now: a child of the one request the thread is
-    /// serving, else a root (counted when the thread serves several).
-    fn client_ids(&self, pid: u32, tid: u32) -> SpanIds {
-        let parent = match self.serving.get(&(pid, tid)).map(Vec::as_slice) {
-            Some([only]) => Some(*only),
-            Some([_, _, ..]) => {
-                Counters::add(&self.counters.unnested_calls, 1);
-                None
-            }
+    /// Ids for an outbound call `tid` of `pid` makes now (at `clock_ns`).
+    fn client_ids(&mut self, pid: u32, tid: u32) -> SpanIds {
+        ids_under(self.parent_of_call(pid, tid))
+    }
+
+    /// Gathers what the parent rule needs about a call `tid` of `pid` makes now, and asks it.
+    /// An event loop's last read is used up by the call it decides.
+    fn parent_of_call(&mut self, pid: u32, tid: u32) -> Parent {
+        let runtime = self.runtime(pid);
+        let now = self.clock_ns;
+        let in_process = match runtime {
+            Runtime::SharedThreads => self
+                .serving
+                .iter()
+                .filter(|((p, _), _)| *p == pid)
+                .flat_map(|(_, requests)| requests)
+                .filter(|request| parent::is_candidate(request, now))
+                .count(),
+            _ => 0,
+        };
+        let last_read = match runtime {
+            Runtime::RunToCompletion => self.last_read.remove(&(pid, tid)),
             _ => None,
         };
-        SpanIds {
-            trace_id: parent.map_or_else(new_trace_id, |p| p.trace_id),
-            span_id: new_span_id(),
-            parent_span_id: parent.map(|p| p.span_id),
-        }
+        let on_thread = self
+            .serving
+            .get(&(pid, tid))
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        parent::decide(&CallContext {
+            runtime,
+            call_ns: now,
+            on_thread,
+            in_process,
+            last_read,
+        })
     }
 
     /// Forgets that `tid` serves request `seq` (or every request) of connection `conn_id`.
@@ -738,6 +893,24 @@ impl Stitcher {
             self.stop_serving(key.0, pending.tid, key.1, Some(exchange.seq));
         }
         out.push(span);
+    }
+}
+
+/// Span ids for a call the parent rule decided on.
+fn ids_under(parent: Parent) -> SpanIds {
+    match parent {
+        Parent::Request(request) => SpanIds {
+            trace_id: request.trace_id,
+            span_id: new_span_id(),
+            parent_span_id: Some(request.span_id),
+            unnested: None,
+        },
+        Parent::Unnested(why) => SpanIds {
+            trace_id: new_trace_id(),
+            span_id: new_span_id(),
+            parent_span_id: None,
+            unnested: Some(why),
+        },
     }
 }
 

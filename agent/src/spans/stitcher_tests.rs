@@ -19,12 +19,16 @@ fn conn_id(fd: i32) -> u64 {
 }
 
 fn conn(fd: i32, tid: u32, role: SocketRole, peer: &str) -> Event {
+    conn_at(fd, tid, role, peer, 1)
+}
+
+fn conn_at(fd: i32, tid: u32, role: SocketRole, peer: &str, at: u64) -> Event {
     Event::Conn(ConnRecord {
         pid: PID,
         tid,
         fd,
         conn_id: conn_id(fd),
-        ts_ns: 1,
+        ts_ns: at,
         role,
         peer: Some(peer.parse().unwrap()),
     })
@@ -45,8 +49,14 @@ fn data(fd: i32, tid: u32, direction: Direction, at: u64, bytes: &'static [u8]) 
 }
 
 fn run(events: Vec<Event>) -> (Vec<SpanRecord>, Arc<Counters>) {
+    run_on(|_| Runtime::Threads, events)
+}
+
+/// `events` in a process of the runtime `probe` says.
+fn run_on(probe: fn(u32) -> Runtime, events: Vec<Event>) -> (Vec<SpanRecord>, Arc<Counters>) {
     let counters = Arc::new(Counters::default());
-    let mut stitcher = Stitcher::new(StitcherLimits::default(), counters.clone());
+    let mut stitcher =
+        Stitcher::new(StitcherLimits::default(), counters.clone()).with_runtime_probe(probe);
     let mut out = Vec::new();
     for event in events {
         stitcher.handle(event, &mut out);
@@ -62,7 +72,7 @@ const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello";
 
 #[test]
 fn outbound_call_nests_under_the_request_its_thread_serves() {
-    let (spans, counters) = run(vec![
+    let (spans, _) = run(vec![
         conn(5, 7, SocketRole::Server, "127.0.0.1:5000"),
         data(5, 7, Direction::Ingress, 1_000, REQUEST),
         conn(6, 7, SocketRole::Client, "127.0.0.1:8081"),
@@ -109,12 +119,12 @@ fn outbound_call_nests_under_the_request_its_thread_serves() {
         client.attr("url.full"),
         Some(&AttrValue::Str("http://127.0.0.1:8081/score?user=?".into()))
     );
-    assert_eq!(Counters::get(&counters.unnested_calls), 0);
+    assert_eq!(client.attr("loupe.parent"), None);
 }
 
 #[test]
-fn call_from_a_thread_serving_two_requests_stays_unnested_and_is_counted() {
-    let (spans, counters) = run(vec![
+fn call_from_a_thread_serving_two_requests_stays_unnested_and_is_marked() {
+    let (spans, _) = run(vec![
         conn(5, 7, SocketRole::Server, "127.0.0.1:5000"),
         conn(9, 7, SocketRole::Server, "127.0.0.1:5001"),
         data(5, 7, Direction::Ingress, 1_000, REQUEST),
@@ -126,12 +136,12 @@ fn call_from_a_thread_serving_two_requests_stays_unnested_and_is_counted() {
     assert_eq!(spans.len(), 1);
     assert_eq!(spans[0].kind, SpanKind::Client);
     assert_eq!(spans[0].parent_span_id, None);
-    assert_eq!(Counters::get(&counters.unnested_calls), 1);
+    assert_eq!(spans[0].attr_str("loupe.parent"), Some("ambiguous"));
 }
 
 #[test]
 fn call_on_another_thread_is_not_nested() {
-    let (spans, counters) = run(vec![
+    let (spans, _) = run(vec![
         conn(5, 7, SocketRole::Server, "127.0.0.1:5000"),
         data(5, 7, Direction::Ingress, 1_000, REQUEST),
         conn(6, 8, SocketRole::Client, "127.0.0.1:8081"),
@@ -140,7 +150,7 @@ fn call_on_another_thread_is_not_nested() {
     ]);
     assert_eq!(spans.len(), 1);
     assert_eq!(spans[0].parent_span_id, None);
-    assert_eq!(Counters::get(&counters.unnested_calls), 0);
+    assert_eq!(spans[0].attr_str("loupe.parent"), Some("none"));
 }
 
 #[test]
@@ -427,4 +437,154 @@ fn a_libpq_query_whose_return_went_unseen_is_still_a_span_when_the_wire_saw_it()
     assert_eq!(spans[0].attr_str("loupe.db.source"), Some("wire"));
     assert_eq!((spans[0].start_ns, spans[0].end_ns), (2_000, 3_100));
     assert_eq!(Counters::get(&counters.queries_abandoned), 0);
+}
+
+const REQUEST_TWO: &[u8] = b"GET /api/other HTTP/1.1\r\nHost: shop:8080\r\n\r\n";
+
+#[test]
+fn a_go_process_never_nests_by_thread() {
+    // One request, one thread: in Go a goroutine of any request may be on this thread.
+    let (spans, _) = run_on(
+        |_| Runtime::SharedThreads,
+        vec![
+            conn(5, 7, SocketRole::Server, "127.0.0.1:5000"),
+            data(5, 7, Direction::Ingress, 1_000, REQUEST),
+            conn(6, 7, SocketRole::Client, "127.0.0.1:8081"),
+            data(6, 7, Direction::Egress, 2_000, CALL),
+            data(6, 7, Direction::Ingress, 3_000, CALL_RESPONSE),
+            data(5, 7, Direction::Egress, 4_000, RESPONSE),
+            // After the request answered, nothing is in flight: the call is the process's own.
+            conn(8, 7, SocketRole::Client, "127.0.0.1:8081"),
+            data(8, 7, Direction::Egress, 5_000, CALL),
+            data(8, 7, Direction::Ingress, 6_000, CALL_RESPONSE),
+        ],
+    );
+    let calls: Vec<&SpanRecord> = spans
+        .iter()
+        .filter(|s| s.kind == SpanKind::Client)
+        .collect();
+    assert_eq!(calls.len(), 2);
+    assert!(calls.iter().all(|c| c.parent_span_id.is_none()));
+    assert_eq!(calls[0].attr_str("loupe.parent"), Some("ambiguous"));
+    assert_eq!(calls[1].attr_str("loupe.parent"), Some("none"));
+}
+
+#[test]
+fn an_event_loop_nests_the_write_that_follows_a_request_read() {
+    // nginx: one worker thread, two clients in flight, an upstream keep-alive connection (open
+    // before attach: its connect went unseen).
+    let (spans, _) = run_on(
+        |_| Runtime::RunToCompletion,
+        vec![
+            conn(5, 7, SocketRole::Server, "127.0.0.1:5000"),
+            conn(9, 7, SocketRole::Server, "127.0.0.1:5001"),
+            data(5, 7, Direction::Ingress, 1_000, REQUEST),
+            data(6, 7, Direction::Egress, 1_200, CALL),
+            data(9, 7, Direction::Ingress, 1_500, REQUEST_TWO),
+            // The upstream answers the first call: a read that is no request's.
+            data(6, 7, Direction::Ingress, 2_000, CALL_RESPONSE),
+            // A write now follows no request's read: ambiguous, never the second request's.
+            data(6, 7, Direction::Egress, 2_500, CALL),
+            data(6, 7, Direction::Ingress, 3_000, CALL_RESPONSE),
+            data(5, 7, Direction::Egress, 3_500, RESPONSE),
+            data(9, 7, Direction::Egress, 4_000, RESPONSE),
+        ],
+    );
+    let server = |path: &str| {
+        spans
+            .iter()
+            .find(|s| s.kind == SpanKind::Server && s.attr_str("url.path") == Some(path))
+            .unwrap()
+    };
+    let calls: Vec<&SpanRecord> = spans
+        .iter()
+        .filter(|s| s.kind == SpanKind::Client)
+        .collect();
+    assert_eq!(calls.len(), 2, "{spans:#?}");
+    assert_eq!(
+        calls[0].parent_span_id,
+        Some(server("/api/checkout").span_id)
+    );
+    assert_eq!(calls[1].parent_span_id, None);
+    assert_eq!(calls[1].attr_str("loupe.parent"), Some("ambiguous"));
+}
+
+#[test]
+fn an_event_loop_connection_belongs_to_the_request_it_was_opened_for() {
+    // A new upstream connection: connect in the handler of the first request, the write once
+    // the connect completes, after the second request was read.
+    let (spans, _) = run_on(
+        |_| Runtime::RunToCompletion,
+        vec![
+            conn(5, 7, SocketRole::Server, "127.0.0.1:5000"),
+            conn(9, 7, SocketRole::Server, "127.0.0.1:5001"),
+            data(5, 7, Direction::Ingress, 1_000, REQUEST),
+            conn_at(6, 7, SocketRole::Client, "127.0.0.1:8081", 1_200),
+            data(9, 7, Direction::Ingress, 1_500, REQUEST_TWO),
+            data(6, 7, Direction::Egress, 2_000, CALL),
+            data(6, 7, Direction::Ingress, 3_000, CALL_RESPONSE),
+            data(5, 7, Direction::Egress, 3_500, RESPONSE),
+            data(9, 7, Direction::Egress, 4_000, RESPONSE),
+        ],
+    );
+    let first = spans
+        .iter()
+        .find(|s| s.kind == SpanKind::Server && s.attr_str("url.path") == Some("/api/checkout"))
+        .unwrap();
+    let call = spans.iter().find(|s| s.kind == SpanKind::Client).unwrap();
+    assert_eq!(call.parent_span_id, Some(first.span_id));
+}
+
+#[test]
+fn a_postgres_session_open_before_attach_is_read_from_bind_execute_sync() {
+    fn msg(kind: u8, body: &[u8]) -> Vec<u8> {
+        let mut out = vec![kind];
+        out.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+        out.extend_from_slice(body);
+        out
+    }
+    let bind = msg(b'B', b"\0__asyncpg_stmt_2__\0\0\0\0\x01\0\0\0\x017\0\0");
+    let execute = msg(b'E', b"\0\0\0\0\0");
+    let batch: &'static [u8] = [bind, execute, msg(b'S', b"")].concat().leak();
+    let reply: &'static [u8] = [
+        msg(b'2', b""),
+        msg(b'D', b"\0\x01\0\0\0\x017"),
+        msg(b'C', b"SELECT 1\0"),
+        msg(b'Z', b"I"),
+    ]
+    .concat()
+    .leak();
+    let counters = Arc::new(Counters::default());
+    let mut stitcher =
+        Stitcher::new(StitcherLimits::default(), counters).with_runtime_probe(|_| Runtime::Threads);
+    let addrs = SocketAddrs {
+        local: "127.0.0.1:40000".parse().unwrap(),
+        peer: "127.0.0.1:5432".parse().unwrap(),
+    };
+    stitcher.seed(PID, conn_id(4), SocketRole::Client, addrs);
+    let mut out = Vec::new();
+    for event in [
+        conn(5, 7, SocketRole::Server, "127.0.0.1:5000"),
+        data(5, 7, Direction::Ingress, 1_000, REQUEST),
+        data(4, 7, Direction::Egress, 2_000, batch),
+        data(4, 7, Direction::Ingress, 3_000, reply),
+        data(5, 7, Direction::Egress, 4_000, RESPONSE),
+    ] {
+        stitcher.handle(event, &mut out);
+    }
+    let query = out
+        .iter()
+        .find(|s| s.op == OpType::DbClient)
+        .expect("a query span");
+    let server = out.iter().find(|s| s.kind == SpanKind::Server).unwrap();
+    assert_eq!(query.name, "EXECUTE __asyncpg_stmt_2__");
+    assert_eq!(query.parent_span_id, Some(server.span_id));
+    assert_eq!(
+        query.attr_str("loupe.db.statement_name"),
+        Some("__asyncpg_stmt_2__")
+    );
+    assert!(query.attr_str("loupe.db.fingerprint").is_some());
+    assert_eq!(query.attr("loupe.db.query_truncated"), None);
+    assert_eq!(query.attr_str("server.address"), Some("127.0.0.1"));
+    assert_eq!(query.attr_int("server.port"), Some(5432));
 }

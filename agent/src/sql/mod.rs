@@ -20,6 +20,24 @@ pub struct Statement {
     pub table: Option<String>,
 }
 
+impl Statement {
+    /// A statement known only by the name it was prepared under (before loupe attached, so its
+    /// Parse went unseen): the name stands for it, and so does the fingerprint, which is the
+    /// same wherever the name means the same statement: `scope` is where it does (one
+    /// connection, for names that are counters), None where the name itself says (a digest).
+    pub fn prepared(name: &str, scope: Option<&str>) -> Self {
+        use std::hash::{Hash as _, Hasher as _};
+        let mut hasher = rustc_hash::FxHasher::default();
+        ("prepared", name, scope).hash(&mut hasher);
+        Self {
+            normalized: String::new(),
+            fingerprint: format!("{:016x}", hasher.finish()),
+            operation: None,
+            table: None,
+        }
+    }
+}
+
 /// Normalizes a statement.
 pub fn analyze(text: &str) -> Statement {
     let operation = first_keyword(text);
@@ -157,6 +175,23 @@ mod tests {
         );
         assert_eq!((a.normalized, a.fingerprint), (b.normalized, b.fingerprint));
         assert_eq!(analyze("SELEC 1 ;").normalized, "SELEC ?");
+    }
+
+    #[test]
+    fn a_prepared_name_is_one_statement_within_its_scope() {
+        let here = Statement::prepared("__asyncpg_stmt_1__", Some("7:1"));
+        assert_eq!(here.fingerprint.len(), 16);
+        assert_eq!(here, Statement::prepared("__asyncpg_stmt_1__", Some("7:1")));
+        assert_ne!(
+            here.fingerprint,
+            Statement::prepared("__asyncpg_stmt_1__", Some("7:2")).fingerprint,
+            "the same counter on another connection is another statement"
+        );
+        assert_ne!(
+            here.fingerprint,
+            Statement::prepared("__asyncpg_stmt_2__", Some("7:1")).fingerprint
+        );
+        assert!(here.operation.is_none() && here.normalized.is_empty());
     }
 
     #[test]

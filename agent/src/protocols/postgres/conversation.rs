@@ -19,6 +19,8 @@ pub struct QueryDone {
     pub text: String,
     /// The text was not captured whole.
     pub text_truncated: bool,
+    /// The prepared statement it executed, when its text is unknown (prepared before attach).
+    pub statement_name: Option<String>,
     /// The chunk that sent it.
     pub start: Timing,
     /// The chunk that completed it.
@@ -61,6 +63,7 @@ struct Pending {
     seq: u64,
     text: String,
     text_truncated: bool,
+    statement_name: Option<String>,
     values: Option<u64>,
     start: Timing,
     simple: bool,
@@ -69,6 +72,15 @@ struct Pending {
     sqlstate: Option<String>,
     /// An extended execution that finished; kept until its turn if an earlier one has not.
     finished: Option<Timing>,
+}
+
+/// What a Query or an Execute starts.
+struct Started {
+    text: String,
+    text_truncated: bool,
+    statement_name: Option<String>,
+    values: Option<u64>,
+    simple: bool,
 }
 
 /// Each ReadyForQuery answers one of these, in order.
@@ -85,7 +97,8 @@ pub struct PgConversation {
     /// TLS or GSS encryption was accepted: nothing more can be read.
     opaque: bool,
     database: Option<String>,
-    statements: HashMap<String, String>,
+    /// Statement name -> (text, whether the Parse was cut short).
+    statements: HashMap<String, (String, bool)>,
     /// Portal -> (statement, hash of its bound values).
     portals: HashMap<String, (String, Option<u64>)>,
     pending: VecDeque<Pending>,
@@ -123,9 +136,11 @@ impl PgConversation {
     }
 
     /// A session loupe did not see open: its first bytes are typed messages already.
-    pub fn resumed() -> Self {
+    /// `database` is what was learnt of it elsewhere.
+    pub fn resumed(database: Option<String>) -> Self {
         let mut conversation = Self::new();
         conversation.frontend = Framer::new(false, frontend_kind);
+        conversation.database = database;
         conversation
     }
 
@@ -208,15 +223,14 @@ impl PgConversation {
         self.markers.clear();
     }
 
-    fn start(
-        &mut self,
-        text: String,
-        text_truncated: bool,
-        values: Option<u64>,
-        simple: bool,
-        at: Timing,
-        out: &mut Vec<PgEvent>,
-    ) {
+    fn start(&mut self, query: Started, at: Timing, out: &mut Vec<PgEvent>) {
+        let Started {
+            text,
+            text_truncated,
+            statement_name,
+            values,
+            simple,
+        } = query;
         let seq = self.next_seq;
         self.next_seq += 1;
         if simple {
@@ -226,6 +240,7 @@ impl PgConversation {
             seq,
             text,
             text_truncated,
+            statement_name,
             values,
             start: at,
             simple,
@@ -246,11 +261,18 @@ impl PgConversation {
             },
             b'Q' => {
                 let (text, _) = messages::cstr(&message.body);
-                self.start(text, message.truncated, None, true, at, out);
+                let query = Started {
+                    text,
+                    text_truncated: message.truncated,
+                    statement_name: None,
+                    values: None,
+                    simple: true,
+                };
+                self.start(query, at, out);
             }
             b'P' => {
                 let (name, query) = messages::parse(&message.body);
-                remember(&mut self.statements, name, query);
+                remember(&mut self.statements, name, (query, message.truncated));
             }
             b'B' => {
                 let (portal, statement, values) = messages::bind(&message.body);
@@ -260,12 +282,23 @@ impl PgConversation {
             b'E' => {
                 let (portal, _) = messages::cstr(&message.body);
                 let bound = self.portals.get(&portal);
-                let text = bound
-                    .and_then(|(statement, _)| self.statements.get(statement))
-                    .cloned();
-                let values = bound.and_then(|(_, values)| *values);
-                let truncated = text.is_none();
-                self.start(text.unwrap_or_default(), truncated, values, false, at, out);
+                let text = bound.and_then(|(statement, _)| self.statements.get(statement));
+                // A statement prepared before attach: its name stands for it.
+                let statement_name = match text {
+                    Some(_) => None,
+                    None => bound
+                        .map(|(statement, _)| statement.clone())
+                        .filter(|name| !name.is_empty()),
+                };
+                let (text, text_truncated) = text.cloned().unwrap_or_default();
+                let query = Started {
+                    text,
+                    text_truncated,
+                    statement_name,
+                    values: bound.and_then(|(_, values)| *values),
+                    simple: false,
+                };
+                self.start(query, at, out);
             }
             b'S' => self.markers.push_back(Marker::Sync),
             _ => {}
@@ -341,6 +374,7 @@ impl PgConversation {
                 seq: query.seq,
                 text: query.text,
                 text_truncated: query.text_truncated,
+                statement_name: query.statement_name,
                 start: query.start,
                 end,
                 rows: query

@@ -94,6 +94,24 @@ pub fn sqlstate(body: &[u8]) -> Option<String> {
     None
 }
 
+/// Whether a prepared statement's name carries a digest of its text (pgx's
+/// `stmtcache_<sha256 hex>`): such a name means the same statement on every connection. Other
+/// names (`__asyncpg_stmt_1__`, `s1`) are counters, meaningful only on their own connection.
+pub fn embeds_digest(name: &str) -> bool {
+    let mut run = 0;
+    for b in name.bytes() {
+        if b.is_ascii_hexdigit() {
+            run += 1;
+            if run >= 16 {
+                return true;
+            }
+        } else {
+            run = 0;
+        }
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,5 +155,15 @@ mod tests {
         assert_eq!(sqlstate(body), Some("42P01".into()));
         assert_eq!(sqlstate(b"SERROR\0"), None);
         assert_eq!(sqlstate(b""), None);
+    }
+
+    #[test]
+    fn a_digest_in_a_name_makes_it_the_same_statement_everywhere() {
+        assert!(embeds_digest(
+            "stmtcache_8c5a3e2b9b8f4f0e1d2c3b4a59687766554433221100ffee"
+        ));
+        assert!(!embeds_digest("__asyncpg_stmt_1a__"));
+        assert!(!embeds_digest("s1"));
+        assert!(!embeds_digest(""));
     }
 }

@@ -227,7 +227,7 @@ fn refused_ssl_is_followed_by_a_readable_session_and_accepted_ssl_by_nothing() {
     let mut c = PgConversation::new();
     let mut ssl = 8u32.to_be_bytes().to_vec();
     ssl.extend_from_slice(&SSL_REQUEST.to_be_bytes());
-    assert!(looks_like_client(&ssl));
+    assert!(opens_session(&ssl));
     c.push(chunk(Flow::Request, 1, &ssl), &mut events);
     c.push(chunk(Flow::Response, 2, b"N"), &mut events);
     c.push(chunk(Flow::Request, 3, &startup("inventory")), &mut events);
@@ -316,8 +316,8 @@ fn a_result_larger_than_the_capture_ends_when_the_client_speaks_again() {
 fn session_opened_before_attach_is_read_from_its_first_query() {
     let mut events = Vec::new();
     let query = msg(b'Q', &cstr("UPDATE stock SET n = n - 1"));
-    assert!(looks_like_client(&query));
-    let mut c = PgConversation::resumed();
+    assert!(looks_like_session(&query, query.len(), true));
+    let mut c = PgConversation::resumed(None);
     c.push(chunk(Flow::Request, 1, &query), &mut events);
     c.push(
         chunk(
@@ -333,9 +333,19 @@ fn session_opened_before_attach_is_read_from_its_first_query() {
 
 #[test]
 fn http_and_tls_do_not_look_like_postgres() {
-    assert!(!looks_like_client(b"GET / HTTP/1.1\r\n"));
-    assert!(!looks_like_client(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc"));
-    assert!(!looks_like_client(b"Q"));
+    for bytes in [
+        &b"GET / HTTP/1.1\r\n"[..],
+        b"HTTP/1.1 200 OK\r\n",
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc",
+        b"*1\r\n$4\r\nPING\r\n",
+        b"SET key value\r\n",
+        b"Q",
+        b"",
+    ] {
+        assert!(!opens_session(bytes), "{bytes:?}");
+        assert!(!looks_like_session(bytes, bytes.len(), true), "{bytes:?}");
+        assert!(!looks_like_session(bytes, bytes.len(), false), "{bytes:?}");
+    }
 }
 
 #[test]
@@ -359,7 +369,7 @@ fn random_bytes_never_panic() {
         let mut c = if next() % 2 == 0 {
             PgConversation::new()
         } else {
-            PgConversation::resumed()
+            PgConversation::resumed(None)
         };
         let mut events = Vec::new();
         for i in 0..(next() % 20) {
@@ -449,4 +459,136 @@ fn a_simple_query_has_no_bound_values() {
     let reply = concat(&[row(), msg(b'C', &cstr("SELECT 1")), ready()]);
     c.push(chunk(Flow::Response, 20, &reply), &mut events);
     assert_eq!(done(&events)[0].values, None);
+}
+
+/// Bind of `statement` with one text value, as a warm pool sends it.
+fn bind_named(statement: &str, value: &[u8]) -> Vec<u8> {
+    let mut values = vec![0, 0, 0, 1];
+    values.extend_from_slice(&(value.len() as u32).to_be_bytes());
+    values.extend_from_slice(value);
+    values.extend_from_slice(&[0, 0]);
+    msg(b'B', &concat(&[cstr(""), cstr(statement), values]))
+}
+
+fn execute_unnamed() -> Vec<u8> {
+    msg(b'E', &concat(&[cstr(""), vec![0, 0, 0, 0]]))
+}
+
+#[test]
+fn a_warm_session_is_recognised_from_whatever_it_sends_next() {
+    // asyncpg and pgx with statements prepared before attach: Bind, Execute, Sync only.
+    let batch = concat(&[
+        bind_named("__asyncpg_stmt_1__", b"7"),
+        execute_unnamed(),
+        msg(b'S', b""),
+    ]);
+    assert!(looks_like_session(&batch, batch.len(), true));
+    // node-postgres: Parse/Bind/Describe/Execute/Sync in one write.
+    let node = concat(&[
+        msg(
+            b'P',
+            &concat(&[cstr(""), cstr("SELECT $1::int"), vec![0, 0]]),
+        ),
+        bind_named("", b"1"),
+        msg(b'D', &concat(&[vec![b'P'], cstr("")])),
+        execute_unnamed(),
+        msg(b'S', b""),
+    ]);
+    assert!(looks_like_session(&node, node.len(), true));
+    // A write cut by the capture: judged on the messages seen.
+    assert!(looks_like_session(&node[..12], node.len(), true));
+    // The server's reply to a query sent before attach.
+    let reply = concat(&[msg(b'2', b""), row(), msg(b'C', &cstr("SELECT 1")), ready()]);
+    assert!(looks_like_session(&reply, reply.len(), false));
+    assert!(
+        !looks_like_session(&reply, reply.len(), true),
+        "a reply is not what a client sends"
+    );
+    // A client's write whose messages do not tile it is something else.
+    let mut ragged = batch.clone();
+    ragged.push(b'x');
+    assert!(!looks_like_session(&ragged, ragged.len(), true));
+    // A start-up message is an opening, not a resumed session.
+    assert!(opens_session(&startup("shop")));
+}
+
+#[test]
+fn a_statement_prepared_before_attach_runs_under_its_name() {
+    let mut events = Vec::new();
+    let mut c = PgConversation::resumed(Some("shop".into()));
+    let batch = concat(&[
+        bind_named("stmtcache_9f86d081884c7d659a2f", b"7"),
+        execute_unnamed(),
+        msg(b'S', b""),
+    ]);
+    c.push(chunk(Flow::Request, 10, &batch), &mut events);
+    let reply = concat(&[msg(b'2', b""), row(), msg(b'C', &cstr("SELECT 1")), ready()]);
+    c.push(chunk(Flow::Response, 20, &reply), &mut events);
+    let all = done(&events);
+    assert_eq!(all.len(), 1);
+    assert_eq!(
+        all[0].statement_name.as_deref(),
+        Some("stmtcache_9f86d081884c7d659a2f")
+    );
+    assert!(all[0].text.is_empty());
+    assert!(!all[0].text_truncated, "unseen is not cut");
+    assert!(all[0].values.is_some());
+    assert_eq!(all[0].database.as_deref(), Some("shop"));
+
+    // Re-prepared on the same session: its text is learnt.
+    let reparse = concat(&[
+        msg(
+            b'P',
+            &concat(&[
+                cstr("stmtcache_9f86d081884c7d659a2f"),
+                cstr("SELECT id FROM orders WHERE user_id = $1"),
+                vec![0, 0],
+            ]),
+        ),
+        bind_named("stmtcache_9f86d081884c7d659a2f", b"8"),
+        execute_unnamed(),
+        msg(b'S', b""),
+    ]);
+    c.push(chunk(Flow::Request, 30, &reparse), &mut events);
+    let reply = concat(&[
+        msg(b'1', b""),
+        msg(b'2', b""),
+        row(),
+        msg(b'C', &cstr("SELECT 1")),
+        ready(),
+    ]);
+    c.push(chunk(Flow::Response, 40, &reply), &mut events);
+    let all = done(&events);
+    assert_eq!(all.len(), 2);
+    assert_eq!(all[1].text, "SELECT id FROM orders WHERE user_id = $1");
+    assert_eq!(all[1].statement_name, None);
+}
+
+#[test]
+fn a_parse_cut_by_the_capture_marks_its_executions_truncated() {
+    let mut events = Vec::new();
+    let mut c = session(&mut events);
+    let long = format!("SELECT {} FROM t", "x, ".repeat(200));
+    let parse = msg(b'P', &concat(&[cstr("s9"), cstr(&long), vec![0, 0]]));
+    // Only the first 64 bytes of the Parse's write were captured; Bind/Execute/Sync follow.
+    let cut = Chunk {
+        flow: Flow::Request,
+        enter_ns: 10,
+        exit_ns: 11,
+        captured: &parse[..64],
+        total_len: parse.len(),
+    };
+    c.push(cut, &mut events);
+    let rest = concat(&[bind_named("s9", b"1"), execute_unnamed(), msg(b'S', b"")]);
+    c.push(chunk(Flow::Request, 12, &rest), &mut events);
+    let reply = concat(&[
+        msg(b'1', b""),
+        msg(b'2', b""),
+        msg(b'C', &cstr("SELECT 0")),
+        ready(),
+    ]);
+    c.push(chunk(Flow::Response, 20, &reply), &mut events);
+    let all = done(&events);
+    assert_eq!(all.len(), 1, "{events:?}");
+    assert!(all[0].text_truncated);
 }
