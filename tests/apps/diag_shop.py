@@ -25,7 +25,8 @@ Shop routes (the timings are what a test plants):
     /control/fast          one GET A /rates?cur=USD
     /control/bound         psycopg 3: one query with three different bound values
 
-Downstream routes: /sleep?ms=N (waits, answers 2 bytes), /rates?cur=X (answers at once).
+Downstream routes: /sleep?ms=N and /sleep/<anything>?ms=N (waits, answers 2 bytes), /rates?cur=X
+(answers at once).
 """
 
 import argparse
@@ -147,7 +148,7 @@ def shop_route(path):
 
 
 def downstream_route(path, params):
-    if path == "/sleep":
+    if path == "/sleep" or path.startswith("/sleep/"):
         time.sleep(int(params.get("ms", ["0"])[0]) / 1000)
         return b"ok"
     if path == "/rates":

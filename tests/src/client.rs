@@ -112,3 +112,20 @@ pub fn get(addr: &str, path: &str) -> Timed {
         .and_then(|mut c| c.get(path))
         .unwrap_or_else(|err| panic!("GET http://{addr}{path}: {err}"))
 }
+
+/// Each of `paths`, one at a time on one keep-alive connection, each answered 200: a test that
+/// makes requests this way knows each query can only belong to the request in flight.
+pub fn get_each<'a>(addr: &str, paths: impl IntoIterator<Item = &'a str>) {
+    let mut client = Client::connect(addr).unwrap_or_else(|err| panic!("connect to {addr}: {err}"));
+    for path in paths {
+        let response = client
+            .get(path)
+            .unwrap_or_else(|err| panic!("GET {path}: {err}"));
+        assert_eq!(
+            response.status,
+            200,
+            "GET {path}: {}",
+            String::from_utf8_lossy(&response.body)
+        );
+    }
+}

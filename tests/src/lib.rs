@@ -3,9 +3,12 @@
 //! condition with a timeout; nothing waits on a fixed sleep alone.
 
 pub mod client;
+pub mod go;
 pub mod jaeger;
+pub mod node;
 pub mod postgres;
 pub mod procs;
+pub mod queries;
 
 use std::{
     path::PathBuf,

@@ -35,7 +35,7 @@ pub struct DemoApp {
 }
 
 /// The address a test app prints first on stdout: `listening on <addr>`.
-fn listening_addr(child: &mut Child, who: &str) -> String {
+pub(crate) fn listening_addr(child: &mut Child, who: &str) -> String {
     let mut line = String::new();
     BufReader::new(child.stdout.take().expect("stdout"))
         .read_line(&mut line)
@@ -121,6 +121,32 @@ impl Drop for PythonShop {
     }
 }
 
+/// The asyncio shop (tests/apps/async_shop.py): FastAPI on uvicorn, an asyncpg pool of 4
+/// connections opened before it says where it listens.
+pub struct AsyncShop {
+    child: Child,
+    pub addr: String,
+}
+
+impl AsyncShop {
+    /// `dsn` as a URL: `postgresql://postgres@127.0.0.1:<port>/shop`.
+    pub fn start(dsn: &str) -> Self {
+        let (child, addr) = start_python("async_shop.py", &["--port", "0", "--dsn", dsn]);
+        Self { child, addr }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for AsyncShop {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Starts `tests/apps/<script>` with the venv's Python; returns it and where it listens.
 fn start_python(script: &str, args: &[&str]) -> (Child, String) {
     let python = crate::cache_dir().join("venv/bin/python");
@@ -185,6 +211,27 @@ impl Drop for DiagShop {
     }
 }
 
+/// One downstream of the diagnosis shop on its own (tests/apps/diag_shop.py downstream): a
+/// thread per connection, `/sleep/<anything>?ms=N` waits N ms and answers.
+pub struct Downstream {
+    child: Child,
+    pub addr: String,
+}
+
+impl Downstream {
+    pub fn start() -> Self {
+        let (child, addr) = start_python("diag_shop.py", &["downstream", "--port", "0"]);
+        Self { child, addr }
+    }
+}
+
+impl Drop for Downstream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// nginx from Debian, unmodified, with a master and one worker, on a free loopback port.
 pub struct Nginx {
     child: Child,
@@ -194,14 +241,31 @@ pub struct Nginx {
 
 impl Nginx {
     pub fn start() -> Self {
+        Self::start_with(
+            "",
+            "location / { return 200 \"ok\\n\"; }\n    location /missing { return 404; }\n    location /down { return 503; }",
+        )
+    }
+
+    /// A reverse proxy to `upstream` (`host:port`) over a keep-alive pool, as production runs
+    /// it: HTTP/1.1 to the upstream, idle connections kept.
+    pub fn proxy(upstream: &str) -> Self {
+        Self::start_with(
+            &format!("upstream backend {{ server {upstream}; keepalive 16; }}"),
+            "location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection \"\"; }",
+        )
+    }
+
+    /// nginx with `http` lines before the server block and `locations` in it.
+    fn start_with(http: &str, locations: &str) -> Self {
         let dir = TempDir::new("nginx");
         std::fs::create_dir_all(dir.0.join("logs")).expect("logs dir");
         let port = free_port();
         let conf = format!(
             "daemon off;\nmaster_process on;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/logs/error.log;\n\
              events {{ worker_connections 256; }}\n\
-             http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
-             server {{\n    listen 127.0.0.1:{port};\n    location / {{ return 200 \"ok\\n\"; }}\n    location /missing {{ return 404; }}\n    location /down {{ return 503; }}\n  }}\n}}\n",
+             http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n  {http}\n\
+             server {{\n    listen 127.0.0.1:{port};\n    {locations}\n  }}\n}}\n",
             d = dir.0.display()
         );
         let conf_path = dir.0.join("nginx.conf");

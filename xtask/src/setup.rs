@@ -25,12 +25,26 @@ const APT_PACKAGES: &[&str] = &[
     "openssl",
 ];
 
-/// The Python PostgreSQL clients the tests drive, pinned.
+/// What the tests' Python apps import, pinned: the PostgreSQL drivers they drive (psycopg2-binary,
+/// psycopg, pg8000, asyncpg), the asyncio web stack (FastAPI on uvicorn), HTTP clients (httpx,
+/// requests) and the Redis client.
 const PYTHON_PACKAGES: &[&str] = &[
     "psycopg2-binary==2.9.13",
     "psycopg==3.3.9",
     "pg8000==1.31.6",
+    "asyncpg==0.32.0",
+    "fastapi==0.163.2",
+    "uvicorn==0.54.0",
+    "httpx==0.28.1",
+    "requests==2.34.2",
+    "redis==8.1.0",
 ];
+/// The step's label: the packages by name.
+const PYTHON_STEP: &str = "Python venv (psycopg2-binary, psycopg, pg8000, asyncpg, fastapi, uvicorn, httpx, requests, redis)";
+
+/// The Node.js shop's one dependency, node-postgres; tests/apps/node_shop/package.json and its
+/// package-lock.json pin the same version.
+const NODE_PG_VERSION: &str = "8.23.1";
 
 /// What set-up leaves behind for later steps.
 pub struct Installed {
@@ -42,6 +56,7 @@ pub fn run() -> anyhow::Result<Installed> {
     nightly()?;
     bpf_linker()?;
     python_venv()?;
+    node_shop()?;
     let jaeger = jaeger()?;
     Ok(Installed { jaeger })
 }
@@ -72,16 +87,10 @@ fn python_venv() -> anyhow::Result<()> {
         .iter()
         .all(|package| frozen.lines().any(|line| line == package))
     {
-        step(
-            "Python venv (psycopg2-binary, psycopg, pg8000)",
-            "already installed",
-        );
+        step(PYTHON_STEP, "already installed");
         return Ok(());
     }
-    step(
-        "Python venv (psycopg2-binary, psycopg, pg8000)",
-        &format!("installing into {}", venv.display()),
-    );
+    step(PYTHON_STEP, &format!("installing into {}", venv.display()));
     if !python.is_file() {
         run_checked(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
     }
@@ -89,6 +98,58 @@ fn python_venv() -> anyhow::Result<()> {
         Command::new(&python)
             .args(["-m", "pip", "install", "-q"])
             .args(PYTHON_PACKAGES),
+    )
+}
+
+/// The Node.js shop's node_modules, outside the clone: tests/apps/node_shop's package.json and
+/// package-lock.json copied to `${cache}/node_shop/`, and `npm ci` there when node-postgres is
+/// missing, of another version, or the lock file changed. Node.js and npm come from Debian when
+/// the machine has none.
+fn node_shop() -> anyhow::Result<()> {
+    if !succeeds(Command::new("npm").arg("--version")) {
+        step("Node.js and npm", "installing nodejs npm");
+        run_checked(Command::new("apt-get").args(["update", "-q"]))?;
+        run_checked(
+            Command::new("apt-get")
+                .args([
+                    "install",
+                    "-y",
+                    "-q",
+                    "--no-install-recommends",
+                    "nodejs",
+                    "npm",
+                ])
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )?;
+    }
+    let label = format!("Node.js shop (pg {NODE_PG_VERSION})");
+    let source = crate::procs::workspace_root().join("tests/apps/node_shop");
+    let dir = cache_dir().join("node_shop");
+    let files = ["package.json", "package-lock.json"];
+    let installed = std::fs::read_to_string(dir.join("node_modules/pg/package.json"))
+        .ok()
+        .and_then(|json| json_string_field(&json, "version"))
+        .is_some_and(|version| version == NODE_PG_VERSION);
+    let unchanged = files.iter().all(|file| {
+        matches!(
+            (std::fs::read(source.join(file)), std::fs::read(dir.join(file))),
+            (Ok(wanted), Ok(cached)) if wanted == cached
+        )
+    });
+    if installed && unchanged {
+        step(&label, "already installed");
+        return Ok(());
+    }
+    step(&label, &format!("installing into {}", dir.display()));
+    std::fs::create_dir_all(&dir)?;
+    for file in files {
+        std::fs::copy(source.join(file), dir.join(file))
+            .with_context(|| format!("copy {} into {}", file, dir.display()))?;
+    }
+    run_checked(
+        Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(&dir),
     )
 }
 
@@ -270,6 +331,23 @@ pub fn require_root(what: &str) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn node_shop_pins_the_pg_version_setup_checks() {
+        let dir = crate::procs::workspace_root().join("tests/apps/node_shop");
+        let manifest = std::fs::read_to_string(dir.join("package.json")).unwrap();
+        assert!(
+            manifest.contains(&format!("\"pg\": \"{}\"", super::NODE_PG_VERSION)),
+            "package.json pins pg {}",
+            super::NODE_PG_VERSION
+        );
+        let lock = std::fs::read_to_string(dir.join("package-lock.json")).unwrap();
+        let pg = lock
+            .split("\"node_modules/pg\": {")
+            .nth(1)
+            .and_then(|entry| super::json_string_field(entry, "version"));
+        assert_eq!(pg.as_deref(), Some(super::NODE_PG_VERSION));
+    }
+
     #[test]
     fn go_download_dir_is_found() {
         let json = "{\n\t\"Path\": \"github.com/x/y\",\n\t\"Dir\": \"/root/go/pkg/mod/github.com/x/y@v1\",\n\t\"Sum\": \"h1:\"\n}";
