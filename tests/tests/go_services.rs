@@ -456,6 +456,11 @@ fn pgx_attached_warm_sees_every_query_with_its_statement() {
     for query in &db {
         let what = describe(query);
         assert_query_basics(query, pg.port, &what);
+        assert_eq!(
+            query.str_tag("db.namespace"),
+            Some("shop"),
+            "the database of a session opened before loupe, from its server's title: {what}"
+        );
         match (
             query.str_tag("db.query.text"),
             query.str_tag("loupe.db.statement_name"),

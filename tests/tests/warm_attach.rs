@@ -162,6 +162,11 @@ fn asyncpg_attached_warm_sees_every_query() {
     for span in &db {
         let id = &span.span_id;
         assert_query_basics(span, pg.port, &context);
+        assert_eq!(
+            span.str_tag("db.namespace"),
+            Some("shop"),
+            "the database of a session opened before loupe, from its server's title: {context}"
+        );
         match (
             span.str_tag("db.query.text"),
             span.str_tag("loupe.db.statement_name"),
