@@ -114,6 +114,12 @@ fn socket_traffic_of_the_target_reaches_userspace_with_payload_and_roles() {
         .expect("connect seen");
     assert_eq!(connected.role, SocketRole::Client);
     assert_eq!(connected.peer, Some(listener.local_addr().unwrap()));
+    assert_eq!(
+        connected.local,
+        Some(client.local_addr().unwrap()),
+        "a connect knows its own end too"
+    );
+    assert_eq!(accepted.local, None);
 
     let written = data_on(&events, client_fd, Direction::Egress);
     assert_eq!(written.len(), 1);
@@ -230,6 +236,7 @@ fn traffic_of_an_untargeted_process_is_not_seen() {
             Event::LibpqCall(c) => c.pid,
             Event::LibpqResult(r) => r.pid,
             Event::CpuSample(s) => s.pid,
+            Event::ConnLocal { pid, .. } => *pid,
         };
         assert_eq!(pid, me, "only the target's events: {event:?}");
     }

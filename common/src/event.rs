@@ -29,6 +29,9 @@ pub enum EventKind {
     LibpqResult = 7,
     /// A CPU sample of a hot thread: [`crate::CpuSampleEvent`].
     CpuSample = 8,
+    /// A connected socket's own address, learnt once its handshake completed after its
+    /// connect returned: [`ConnLocalEvent`].
+    ConnLocal = 9,
 }
 
 impl TryFrom<u32> for EventKind {
@@ -43,6 +46,7 @@ impl TryFrom<u32> for EventKind {
             6 => Ok(Self::LibpqCall),
             7 => Ok(Self::LibpqResult),
             8 => Ok(Self::CpuSample),
+            9 => Ok(Self::ConnLocal),
             other => Err(other),
         }
     }
@@ -152,8 +156,25 @@ pub struct ConnEvent {
     pub addr_len: u32,
     /// The peer's address (`struct sockaddr_*`, family first, network byte order fields).
     pub addr: [u8; SOCKADDR_LEN],
+    /// Bytes of `local` filled: the socket's own address, known for a connect whose handshake
+    /// completed inside it (loopback), 0 otherwise (then a [`ConnLocalEvent`] follows).
+    pub local_len: u32,
+    pub _pad: u32,
+    /// The socket's own address, laid out as `addr`.
+    pub local: [u8; SOCKADDR_LEN],
 }
-const _: () = assert!(size_of::<ConnEvent>() == 72);
+const _: () = assert!(size_of::<ConnEvent>() == 112);
+
+/// A target's connected socket: its own address, from the TCP state change SYN_SENT ->
+/// ESTABLISHED (which can come after connect returned, in another context).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ConnLocalEvent {
+    pub header: EventHeader,
+    /// The socket's own address, laid out as [`ConnEvent::addr`].
+    pub local: [u8; SOCKADDR_LEN],
+}
+const _: () = assert!(size_of::<ConnLocalEvent>() == 56);
 
 /// A tracked socket closed by a target thread.
 #[repr(C)]
@@ -207,4 +228,6 @@ mod pod {
     unsafe impl aya::Pod for super::ForkEvent {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::DupEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ConnLocalEvent {}
 }

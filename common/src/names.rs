@@ -124,6 +124,10 @@ pub const TRACEPOINT_PROGRAMS: &[TracepointProgram] = &[
         ],
     },
     TracepointProgram {
+        program: "sock_state",
+        tracepoints: &[("sock", "inet_sock_set_state")],
+    },
+    TracepointProgram {
         program: "process_fork",
         tracepoints: &[("sched", "sched_process_fork")],
     },

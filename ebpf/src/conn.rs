@@ -5,18 +5,38 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use loupe_common::{
-    CloseEvent, ConnEvent, Direction, DupEvent, EventHeader, EventKind, LossSlot, SOCKADDR_LEN,
-    SocketInfo, SocketKey, SocketRole,
+    CloseEvent, ConnEvent, ConnLocalEvent, Direction, DupEvent, EventHeader, EventKind, LossSlot,
+    SOCKADDR_LEN, SocketInfo, SocketKey, SocketRole,
 };
 
 use crate::{
     data::{Buffer, RET_OFFSET, arg_offset, remember, tracked_socket},
     emit,
-    maps::{InFlight, SOCKETS, TARGET_PIDS, count_loss, stash, take_in_flight},
+    maps::{
+        CONNECT_LOCAL, Connecting, IN_FLIGHT, InFlight, SOCKETS, SYN_SENT, TARGET_PIDS, count_loss,
+        stash, take_in_flight,
+    },
 };
 
 /// -EINPROGRESS: a non-blocking connect that is under way counts as connected.
 const EINPROGRESS: i64 = -115;
+/// `TCP_SYN_SENT` and `IPPROTO_TCP` in `sock/inet_sock_set_state`.
+const TCP_ESTABLISHED: i32 = 1;
+const TCP_SYN_SENT: i32 = 2;
+const IPPROTO_TCP: u16 = 6;
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+/// Field offsets of `sock/inet_sock_set_state` (stable since 4.16; its format file says so).
+mod state_tp {
+    pub const SKADDR: usize = 8;
+    pub const OLDSTATE: usize = 16;
+    pub const NEWSTATE: usize = 20;
+    pub const SPORT: usize = 24;
+    pub const FAMILY: usize = 28;
+    pub const PROTOCOL: usize = 30;
+    pub const SADDR: usize = 32;
+    pub const SADDR_V6: usize = 40;
+}
 
 fn current_target() -> Option<u64> {
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -58,7 +78,14 @@ pub fn try_enter_connect(ctx: &TracePointContext) -> Result<(), i64> {
 
 /// Records an opened socket and tells userspace, with the peer address when the caller gave a
 /// buffer for it.
-fn opened(pid_tgid: u64, fd: i32, role: SocketRole, addr_ptr: u64) -> Result<(), i64> {
+#[inline(always)]
+fn opened(
+    pid_tgid: u64,
+    fd: i32,
+    role: SocketRole,
+    addr_ptr: u64,
+    local: Option<[u8; SOCKADDR_LEN]>,
+) -> Result<(), i64> {
     let pid = (pid_tgid >> 32) as u32;
     let key = SocketKey { pid, fd };
     let conn_id = new_conn_id();
@@ -82,7 +109,14 @@ fn opened(pid_tgid: u64, fd: i32, role: SocketRole, addr_ptr: u64) -> Result<(),
         role: role as u32,
         addr_len: 0,
         addr: [0; SOCKADDR_LEN],
+        local_len: 0,
+        _pad: 0,
+        local: [0; SOCKADDR_LEN],
     };
+    if let Some(local) = local {
+        event.local = local;
+        event.local_len = SOCKADDR_LEN as u32;
+    }
     if addr_ptr != 0 {
         // SAFETY: a user pointer the target passed to the syscall; the helper faults safely.
         let ret = unsafe {
@@ -114,7 +148,7 @@ pub fn try_exit_accept(ctx: &TracePointContext) -> Result<(), i64> {
     if ret < 0 {
         return Ok(());
     }
-    opened(pid_tgid, ret as i32, SocketRole::Server, addr_ptr)
+    opened(pid_tgid, ret as i32, SocketRole::Server, addr_ptr, None)
 }
 
 pub fn try_exit_connect(ctx: &TracePointContext) -> Result<(), i64> {
@@ -123,10 +157,117 @@ pub fn try_exit_connect(ctx: &TracePointContext) -> Result<(), i64> {
     };
     // SAFETY: `ret` is at RET_OFFSET in every sys_exit record.
     let ret: i64 = unsafe { ctx.read_at(RET_OFFSET) }.map_err(i64::from)?;
+    // SAFETY: copied out at once, deleted right after.
+    let local = unsafe { CONNECT_LOCAL.get(pid_tgid) }
+        .copied()
+        .filter(|connecting| connecting.fd == in_flight.fd)
+        .map(|connecting| connecting.local);
+    let _ = CONNECT_LOCAL.remove(pid_tgid);
     if ret != 0 && ret != EINPROGRESS {
         return Ok(());
     }
-    opened(pid_tgid, in_flight.fd, SocketRole::Client, in_flight.buf)
+    opened(
+        pid_tgid,
+        in_flight.fd,
+        SocketRole::Client,
+        in_flight.buf,
+        local,
+    )
+}
+
+/// TCP state changes of targets' connecting sockets. Entering SYN_SENT happens inside connect,
+/// on the connecting thread (before the kernel picks the port): who connects is noted by the
+/// socket's address. Leaving SYN_SENT for ESTABLISHED (in whatever context the handshake
+/// completes) gives the socket's own address: for connect's exit program if the connect is
+/// still running, else to userspace as a `ConnLocalEvent`. A client connection then knows both
+/// of its ends, which the other end, when loupe observes it too, sees as its peer.
+pub fn try_sock_state(ctx: &TracePointContext) -> Result<(), i64> {
+    // SAFETY: offsets follow the tracepoint's format (state_tp).
+    let protocol: u16 = unsafe { ctx.read_at(state_tp::PROTOCOL) }.map_err(i64::from)?;
+    if protocol != IPPROTO_TCP {
+        return Ok(());
+    }
+    // SAFETY: as above.
+    let newstate: i32 = unsafe { ctx.read_at(state_tp::NEWSTATE) }.map_err(i64::from)?;
+    // SAFETY: as above.
+    let skaddr: u64 = unsafe { ctx.read_at(state_tp::SKADDR) }.map_err(i64::from)?;
+    if newstate == TCP_SYN_SENT {
+        let Some(pid_tgid) = current_target() else {
+            return Ok(());
+        };
+        // SAFETY: copied out at once.
+        let Some(fd) = (unsafe { IN_FLIGHT.get(pid_tgid) }).map(|in_flight| in_flight.fd) else {
+            return Ok(());
+        };
+        let connecting = Connecting {
+            pid_tgid,
+            fd,
+            _pad: 0,
+            local: [0; SOCKADDR_LEN],
+        };
+        return SYN_SENT
+            .insert(skaddr, connecting, 0)
+            .map_err(|err| err as i64);
+    }
+    // SAFETY: as above.
+    let oldstate: i32 = unsafe { ctx.read_at(state_tp::OLDSTATE) }.map_err(i64::from)?;
+    if oldstate != TCP_SYN_SENT {
+        return Ok(());
+    }
+    // SAFETY: copied out at once, deleted right after.
+    let Some(mut connecting) = (unsafe { SYN_SENT.get(skaddr) }).copied() else {
+        return Ok(());
+    };
+    let _ = SYN_SENT.remove(skaddr);
+    if newstate != TCP_ESTABLISHED {
+        return Ok(());
+    }
+    // SAFETY: as above.
+    let family: u16 = unsafe { ctx.read_at(state_tp::FAMILY) }.map_err(i64::from)?;
+    // SAFETY: as above; the tracepoint stores the port in host order.
+    let port: u16 = unsafe { ctx.read_at(state_tp::SPORT) }.map_err(i64::from)?;
+    let local = &mut connecting.local;
+    local[0..2].copy_from_slice(&family.to_ne_bytes());
+    local[2..4].copy_from_slice(&port.to_be_bytes());
+    match family {
+        AF_INET => {
+            // SAFETY: as above.
+            let ip: [u8; 4] = unsafe { ctx.read_at(state_tp::SADDR) }.map_err(i64::from)?;
+            local[4..8].copy_from_slice(&ip);
+        }
+        AF_INET6 => {
+            // SAFETY: as above.
+            let ip: [u8; 16] = unsafe { ctx.read_at(state_tp::SADDR_V6) }.map_err(i64::from)?;
+            local[8..24].copy_from_slice(&ip);
+        }
+        _ => return Ok(()),
+    }
+    let pid = (connecting.pid_tgid >> 32) as u32;
+    let key = SocketKey {
+        pid,
+        fd: connecting.fd,
+    };
+    // SAFETY: copied out at once.
+    match unsafe { SOCKETS.get(key.as_u64()) }.map(|info| info.conn_id) {
+        // connect returned already (a non-blocking connect): tell userspace.
+        Some(conn_id) => {
+            let event = ConnLocalEvent {
+                header: EventHeader {
+                    kind: EventKind::ConnLocal as u32,
+                    pid,
+                    tid: connecting.pid_tgid as u32,
+                    fd: connecting.fd,
+                    conn_id,
+                },
+                local: connecting.local,
+            };
+            emit::output(&event)
+        }
+        // Still inside connect (a blocking one, on loopback): its exit carries it.
+        None => CONNECT_LOCAL
+            .insert(connecting.pid_tgid, connecting, 0)
+            .map_err(|err| err as i64),
+    }
 }
 
 pub fn try_enter_close(ctx: &TracePointContext) -> Result<(), i64> {

@@ -113,6 +113,11 @@ pub fn exit_dup(ctx: TracePointContext) -> u32 {
 }
 
 #[tracepoint]
+pub fn sock_state(ctx: TracePointContext) -> u32 {
+    finish(conn::try_sock_state(&ctx))
+}
+
+#[tracepoint]
 pub fn process_fork(ctx: TracePointContext) -> u32 {
     finish(fork::try_process_fork(&ctx))
 }

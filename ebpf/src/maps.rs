@@ -4,7 +4,7 @@ use aya_ebpf::{
     macros::map,
     maps::{HashMap, PerCpuArray, RingBuf},
 };
-use loupe_common::{LOSS_SLOTS, MAX_CAPTURE, SocketInfo, TargetInfo};
+use loupe_common::{LOSS_SLOTS, MAX_CAPTURE, SOCKADDR_LEN, SocketInfo, TargetInfo};
 
 /// Event records. Kernel writes (without a wakeup below `WAKEUP_BYTES` of backlog); userspace's
 /// `events::reader` drains it.
@@ -26,6 +26,29 @@ pub static SOCKETS: HashMap<u64, SocketInfo> = HashMap::with_max_entries(65536, 
 /// the matching exit program reads and deletes. Kernel only.
 #[map]
 pub static IN_FLIGHT: HashMap<u64, InFlight> = HashMap::with_max_entries(16384, 0);
+
+/// Connecting sockets of targets, keyed by the kernel's `struct sock` address: the TCP state
+/// change to SYN_SENT (inside connect, on the connecting thread) writes who connects it, the
+/// change out of SYN_SENT reads and deletes it. Kernel only.
+#[map]
+pub static SYN_SENT: HashMap<u64, Connecting> = HashMap::with_max_entries(16384, 0);
+
+/// A socket's own address whose handshake completed while its connect was still running, keyed
+/// by pid_tgid: the state change writes it, connect's exit program reads and deletes it.
+/// Kernel only.
+#[map]
+pub static CONNECT_LOCAL: HashMap<u64, Connecting> = HashMap::with_max_entries(16384, 0);
+
+/// Who connects a socket, and (once known) its own address.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Connecting {
+    pub pid_tgid: u64,
+    pub fd: i32,
+    pub _pad: u32,
+    /// `struct sockaddr_*` layout, zero until the handshake completed.
+    pub local: [u8; SOCKADDR_LEN],
+}
 
 /// The `PGconn *` a thread passed to PQgetResult, keyed by pid_tgid: the entry probe writes, the
 /// return probe reads and deletes. Kernel only.

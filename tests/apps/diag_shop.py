@@ -25,6 +25,7 @@ Shop routes (the timings are what a test plants):
     /control/fast          one GET A /rates?cur=USD
     /control/bound         psycopg 3: one query with three different bound values
 
+Shop routes may end in /id-<anything> (a request's own id, ignored).
 Downstream routes: /sleep?ms=N and /sleep/<anything>?ms=N (waits, answers 2 bytes), /rates?cur=X
 (answers at once).
 """
@@ -160,7 +161,8 @@ class Handler(JsonHandler):
     def do_GET(self):
         parts = urlsplit(self.path)
         if CONFIG["role"] == "shop":
-            payload = shop_route(parts.path)
+            # A request may carry its own id after its route: /n_plus_one/id-t3r7.
+            payload = shop_route(parts.path.split("/id-")[0])
         else:
             payload = downstream_route(parts.path, parse_qs(parts.query))
         if payload is None:

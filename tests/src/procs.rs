@@ -200,6 +200,11 @@ impl DiagShop {
     pub fn pid(&self) -> u32 {
         self.shop.id()
     }
+
+    /// The downstream services' pids (peer A, peer B).
+    pub fn downstream_pids(&self) -> Vec<u32> {
+        self.downstream.iter().map(Child::id).collect()
+    }
 }
 
 impl Drop for DiagShop {

@@ -204,6 +204,14 @@ fn go_calls_are_never_nested_under_a_wrong_request() {
     });
     let finished = loupe.stop();
     assert!(finished.status.success(), "{}", finished.stderr);
+    assert!(
+        finished.stderr.contains(&format!(
+            "loupe: pid {} is a Go program: goroutines move between threads",
+            shop.pid()
+        )),
+        "the user is told why Go calls are not nested:\n{}",
+        finished.stderr
+    );
 
     let expected_queries: usize = requests.iter().map(|(r, _)| queries_of(r)).sum();
     let expected_calls: usize = requests.iter().map(|(r, _)| calls_of(r)).sum();

@@ -43,6 +43,13 @@ fn nginx_upstream_calls_nest_under_the_request_that_made_them() {
     });
     let finished = loupe.stop();
     assert!(finished.status.success(), "{}", finished.stderr);
+    assert!(
+        finished
+            .stderr
+            .contains("runs each event to completion (nginx)"),
+        "{}",
+        finished.stderr
+    );
 
     let total = CLIENTS * REQUESTS_PER_CLIENT;
     let spans = jaeger.wait_for_spans("nginx", 2 * total, |_| true);

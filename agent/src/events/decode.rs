@@ -5,9 +5,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use bytes::Bytes;
 use loupe_common::{
-    CloseEvent, ConnEvent, CpuSampleEvent, DATA_EVENT_HEADER_LEN, DataEvent, Direction, DupEvent,
-    EventHeader, EventKind, ForkEvent, LIBPQ_CALL_HEADER_LEN, LIBPQ_HAS_RESULT, LibpqCallEvent,
-    LibpqFunction, LibpqResultEvent, SocketRole, libpq_probe,
+    CloseEvent, ConnEvent, ConnLocalEvent, CpuSampleEvent, DATA_EVENT_HEADER_LEN, DataEvent,
+    Direction, DupEvent, EventHeader, EventKind, ForkEvent, LIBPQ_CALL_HEADER_LEN,
+    LIBPQ_HAS_RESULT, LibpqCallEvent, LibpqFunction, LibpqResultEvent, SocketRole, libpq_probe,
 };
 
 /// Bytes moved by one syscall on a tracked socket.
@@ -39,6 +39,8 @@ pub struct ConnRecord {
     pub role: SocketRole,
     /// The peer, when the kernel could read it and it is an IP address.
     pub peer: Option<SocketAddr>,
+    /// The socket's own address: known for a connect.
+    pub local: Option<SocketAddr>,
 }
 
 /// A target thread entered a probed libpq function.
@@ -105,6 +107,12 @@ pub enum Event {
         parent: u32,
         child: u32,
     },
+    /// Connection `conn_id`'s own address, learnt after its connect returned.
+    ConnLocal {
+        pid: u32,
+        conn_id: u64,
+        local: SocketAddr,
+    },
     LibpqCall(LibpqCallRecord),
     LibpqResult(LibpqResultRecord),
     CpuSample(CpuSample),
@@ -134,6 +142,8 @@ pub enum DecodeError {
     Role(u32),
     #[error("unknown libpq function {0}")]
     LibpqFunction(u32),
+    #[error("a connection's own address is not an IP address")]
+    Address,
     #[error("captured length {captured} exceeds the record ({room} bytes) or the total ({total})")]
     Captured {
         captured: usize,
@@ -167,6 +177,9 @@ pub fn decode(record: &Bytes) -> Result<Event, DecodeError> {
             let peer = (event.addr_len > 0)
                 .then(|| parse_sockaddr(&event.addr))
                 .flatten();
+            let local = (event.local_len > 0)
+                .then(|| parse_sockaddr(&event.local))
+                .flatten();
             Ok(Event::Conn(ConnRecord {
                 pid: header.pid,
                 tid: header.tid,
@@ -175,7 +188,17 @@ pub fn decode(record: &Bytes) -> Result<Event, DecodeError> {
                 ts_ns: event.ts_ns,
                 role,
                 peer,
+                local,
             }))
+        }
+        EventKind::ConnLocal => {
+            let event: ConnLocalEvent = read(record)?;
+            let local = parse_sockaddr(&event.local).ok_or(DecodeError::Address)?;
+            Ok(Event::ConnLocal {
+                pid: header.pid,
+                conn_id: header.conn_id,
+                local,
+            })
         }
         EventKind::Close => {
             let event: CloseEvent = read(record)?;
@@ -494,7 +517,13 @@ mod tests {
             role: SocketRole::Server as u32,
             addr_len: 32,
             addr: [0; 32],
+            local_len: 32,
+            _pad: 0,
+            local: [0; 32],
         };
+        event.local[0..2].copy_from_slice(&AF_INET.to_ne_bytes());
+        event.local[2..4].copy_from_slice(&40000u16.to_be_bytes());
+        event.local[4..8].copy_from_slice(&[127, 0, 0, 1]);
         event.addr[0..2].copy_from_slice(&AF_INET.to_ne_bytes());
         event.addr[2..4].copy_from_slice(&8080u16.to_be_bytes());
         event.addr[4..8].copy_from_slice(&[127, 0, 0, 1]);
@@ -502,6 +531,7 @@ mod tests {
             panic!("not conn")
         };
         assert_eq!(conn.peer, Some("127.0.0.1:8080".parse().unwrap()));
+        assert_eq!(conn.local, Some("127.0.0.1:40000".parse().unwrap()));
         assert_eq!(conn.role, SocketRole::Server);
 
         let mut v6 = [0u8; 32];

@@ -35,11 +35,16 @@ pub enum Runtime {
 }
 
 impl Runtime {
-    pub fn as_str(self) -> &'static str {
+    /// What the user is told once about a process whose calls nest other than by thread.
+    pub fn note(self) -> Option<&'static str> {
         match self {
-            Self::Threads => "threads",
-            Self::RunToCompletion => "event loop",
-            Self::SharedThreads => "shared threads",
+            Self::Threads => None,
+            Self::RunToCompletion => Some(
+                "runs each event to completion (nginx): a call nests under the request it read just before",
+            ),
+            Self::SharedThreads => Some(
+                "is a Go program: goroutines move between threads, so its calls are not nested (loupe.parent=ambiguous)",
+            ),
         }
     }
 }

@@ -90,16 +90,30 @@ struct Conn {
     /// then, for the first request it sends (the write comes in a later event, once the connect
     /// completes, after other requests may have been read).
     opened_for: Option<(u32, Parent)>,
+    /// Its accept or connect was seen: requests on it are numbered from its first, so the n-th
+    /// request one end sent is the n-th the other end read.
+    from_start: bool,
 }
 
 #[derive(Clone, Copy)]
 struct Pending {
     ids: SpanIds,
+    /// An HTTP request's method and target, hashed (`http1::line_key`); 0 for queries.
+    line: u64,
     tid: u32,
     /// When its request started (event time), for spotting it running slow.
     start_ns: u64,
     /// The libpq query this wire query is (PostgreSQL only): its span is libpq's.
     libpq: Option<u64>,
+}
+
+/// A server request whose caller loupe observes, read before the caller's write was handled.
+#[derive(Clone, Copy)]
+struct AwaitingCaller {
+    server: ConnKey,
+    seq: u64,
+    line: u64,
+    span_id: u64,
 }
 
 /// A query the libpq probes saw start and not yet finish.
@@ -123,6 +137,13 @@ pub struct Stitcher {
     /// Per (pid, tid) of an event-loop process: the server request (connection id, sequence)
     /// whose bytes the thread read last, while it has read nothing else since and made no call.
     last_read: HashMap<(u32, u32), (u64, u64)>,
+    /// Client connections seen from their connect, by their own address: what the server end
+    /// of the connection (when loupe observes it too) sees as its peer.
+    by_local: HashMap<SocketAddr, ConnKey>,
+    /// Server requests read before the caller's write was handled (the two ends' events race
+    /// through the ring buffer): (caller connection, sequence) -> the request, to be linked
+    /// when the write comes, if it made no call before.
+    awaiting_caller: HashMap<(ConnKey, u64), AwaitingCaller>,
     limits: StitcherLimits,
     counters: Arc<Counters>,
     scratch: Vec<HttpEvent>,
@@ -171,6 +192,8 @@ impl Stitcher {
             runtimes: HashMap::default(),
             runtime_probe: runtime_of,
             last_read: HashMap::default(),
+            by_local: HashMap::default(),
+            awaiting_caller: HashMap::default(),
             limits,
             counters,
             scratch: Vec::new(),
@@ -198,8 +221,8 @@ impl Stitcher {
             return *runtime;
         }
         let runtime = (self.runtime_probe)(pid);
-        if runtime != Runtime::Threads {
-            tracing::info!("pid {pid} runs its requests on {}", runtime.as_str());
+        if let Some(note) = runtime.note() {
+            eprintln!("loupe: pid {pid} {note}");
         }
         if self.runtimes.len() >= self.limits.max_connections {
             self.runtimes.clear();
@@ -239,6 +262,11 @@ impl Stitcher {
                 }
             }
             Event::Fork { .. } => {}
+            Event::ConnLocal {
+                pid,
+                conn_id,
+                local,
+            } => self.learn_local((pid, conn_id), local),
             Event::CpuSample(_) => {}
             Event::LibpqCall(call) => {
                 self.clock_ns = call.ts_ns;
@@ -456,6 +484,7 @@ impl Stitcher {
             last_ns: now,
             pending: HashMap::default(),
             opened_for: None,
+            from_start: false,
         }
     }
 
@@ -468,18 +497,39 @@ impl Stitcher {
         true
     }
 
+    /// A client connection's own address, learnt after its connect: the server end, if loupe
+    /// observes it, finds its caller by it.
+    fn learn_local(&mut self, key: ConnKey, local: SocketAddr) {
+        let Some(conn) = self.conns.get_mut(&key) else {
+            return;
+        };
+        if conn.ends.local.is_none() {
+            conn.ends.local = Some(local);
+        }
+        if conn.from_start {
+            if self.by_local.len() >= self.limits.max_connections {
+                self.by_local.clear();
+            }
+            self.by_local.insert(local, key);
+        }
+    }
+
     fn on_conn(&mut self, record: ConnRecord, out: &mut Vec<SpanRecord>) {
         let key = (record.pid, record.conn_id);
         // Ids are unique; a repeat means the first was never closed: it is over.
         self.close(key, out);
-        let mut conn = Self::new_conn(record.role, record.peer, None, record.ts_ns);
+        let mut conn = Self::new_conn(record.role, record.peer, record.local, record.ts_ns);
         conn.fd = record.fd;
+        conn.from_start = true;
         if record.role == SocketRole::Client && self.runtime(record.pid) == Runtime::RunToCompletion
         {
             self.clock_ns = record.ts_ns;
             conn.opened_for = Some((record.tid, self.parent_of_call(record.pid, record.tid)));
         }
         self.insert_conn(key, conn);
+        if let Some(local) = record.local {
+            self.learn_local(key, local);
+        }
     }
 
     fn close(&mut self, key: ConnKey, out: &mut Vec<SpanRecord>) {
@@ -500,6 +550,11 @@ impl Stitcher {
             _ => {}
         }
         if let Some(conn) = self.conns.remove(&key) {
+            if let Some(local) = conn.ends.local
+                && self.by_local.get(&local) == Some(&key)
+            {
+                self.by_local.remove(&local);
+            }
             Counters::add(
                 &self.counters.unanswered_requests,
                 conn.pending.len() as u64,
@@ -684,6 +739,7 @@ impl Stitcher {
                             if let Some(conn) = self.conns.get_mut(&key) {
                                 let pending = Pending {
                                     ids,
+                                    line: 0,
                                     tid,
                                     start_ns: self.clock_ns,
                                     libpq: Some(id),
@@ -691,7 +747,7 @@ impl Stitcher {
                                 conn.pending.insert(seq, pending);
                             }
                         }
-                        None => self.request_started(key, seq, tid, None),
+                        None => self.request_started(key, seq, tid, None, 0),
                     }
                 }
                 PgEvent::Skipped { seq } => {
@@ -731,10 +787,13 @@ impl Stitcher {
         for event in &events {
             match event {
                 HttpEvent::RequestStarted {
-                    seq, traceparent, ..
+                    seq,
+                    traceparent,
+                    line,
+                    ..
                 } => {
                     let tid = tid.unwrap_or(0);
-                    self.request_started(key, *seq, tid, traceparent.as_deref());
+                    self.request_started(key, *seq, tid, traceparent.as_deref(), *line);
                 }
                 HttpEvent::ResponseStarted { seq, .. } => {
                     let Some(conn) = self.conns.get(&key) else {
@@ -753,7 +812,14 @@ impl Stitcher {
         self.scratch.clear();
     }
 
-    fn request_started(&mut self, key: ConnKey, seq: u64, tid: u32, traceparent: Option<&str>) {
+    fn request_started(
+        &mut self,
+        key: ConnKey,
+        seq: u64,
+        tid: u32,
+        traceparent: Option<&str>,
+        line: u64,
+    ) {
         let Some(role) = self.conns.get(&key).map(|conn| conn.role) else {
             return;
         };
@@ -772,13 +838,20 @@ impl Stitcher {
                 }
             }
             _ => {
-                let remote = traceparent.and_then(parse_traceparent);
+                // A caller's traceparent wins; else the caller's span, when loupe observes both
+                // ends of the connection.
+                let remote = traceparent
+                    .and_then(parse_traceparent)
+                    .or_else(|| self.caller_of(key, seq, line));
                 let ids = SpanIds {
                     trace_id: remote.map_or_else(new_trace_id, |(trace, _)| trace),
                     span_id: new_span_id(),
                     parent_span_id: remote.map(|(_, parent)| parent),
                     unnested: None,
                 };
+                if remote.is_none() {
+                    self.await_caller(key, seq, line, ids.span_id);
+                }
                 self.serving
                     .entry((key.0, tid))
                     .or_default()
@@ -795,11 +868,80 @@ impl Stitcher {
         if let Some(conn) = self.conns.get_mut(&key) {
             let pending = Pending {
                 ids,
+                line,
                 tid,
                 start_ns: self.clock_ns,
                 libpq: None,
             };
             conn.pending.insert(seq, pending);
+        }
+        if role == SocketRole::Client {
+            self.caller_arrived(key, seq, line, ids);
+        }
+    }
+
+    /// The client connection of an observed process that is the other end of server
+    /// connection `key`, when both were seen from their start (so their requests are numbered
+    /// alike).
+    fn caller_conn(&self, key: ConnKey) -> Option<ConnKey> {
+        let server = self.conns.get(&key)?;
+        if !server.from_start {
+            return None;
+        }
+        let caller = *self.by_local.get(&server.ends.peer?)?;
+        (caller != key && self.conns.get(&caller)?.from_start).then_some(caller)
+    }
+
+    /// The caller's (trace, span) for request `seq` of server connection `key`: the request of
+    /// the same number on the other end, with the same request line, still unanswered there.
+    fn caller_of(&self, key: ConnKey, seq: u64, line: u64) -> Option<(u128, u64)> {
+        let caller = self.caller_conn(key)?;
+        let sent = self.conns.get(&caller)?.pending.get(&seq)?;
+        (sent.line == line).then_some((sent.ids.trace_id, sent.ids.span_id))
+    }
+
+    /// Request `seq` of server connection `key` was read before its caller's write was
+    /// handled: it waits to be linked (until it makes a call).
+    fn await_caller(&mut self, key: ConnKey, seq: u64, line: u64, span_id: u64) {
+        let Some(caller) = self.caller_conn(key) else {
+            return;
+        };
+        if self.awaiting_caller.len() >= self.limits.max_connections {
+            self.awaiting_caller.clear();
+        }
+        let awaiting = AwaitingCaller {
+            server: key,
+            seq,
+            line,
+            span_id,
+        };
+        self.awaiting_caller.insert((caller, seq), awaiting);
+    }
+
+    /// A client request started on `key`: if the other end already read it (and has made no
+    /// call since), that request joins this one's trace as its child.
+    fn caller_arrived(&mut self, key: ConnKey, seq: u64, line: u64, ids: SpanIds) {
+        let Some(awaiting) = self.awaiting_caller.remove(&(key, seq)) else {
+            return;
+        };
+        if awaiting.line != line {
+            return;
+        }
+        let Some(request) = self
+            .conns
+            .get_mut(&awaiting.server)
+            .and_then(|conn| conn.pending.get_mut(&awaiting.seq))
+            .filter(|request| request.ids.span_id == awaiting.span_id)
+        else {
+            return;
+        };
+        request.ids.trace_id = ids.trace_id;
+        request.ids.parent_span_id = Some(ids.span_id);
+        let thread = (awaiting.server.0, request.tid);
+        if let Some(serving) = self.serving.get_mut(&thread) {
+            for entry in serving.iter_mut().filter(|e| e.span_id == awaiting.span_id) {
+                entry.trace_id = ids.trace_id;
+            }
         }
     }
 
@@ -832,13 +974,21 @@ impl Stitcher {
             .get(&(pid, tid))
             .map(Vec::as_slice)
             .unwrap_or_default();
-        parent::decide(&CallContext {
+        let parent = parent::decide(&CallContext {
             runtime,
             call_ns: now,
             on_thread,
             in_process,
             last_read,
-        })
+        });
+        if let Parent::Request(request) = parent
+            && !self.awaiting_caller.is_empty()
+        {
+            // Its first call fixed its trace: it can no longer join its caller's.
+            self.awaiting_caller
+                .retain(|_, awaiting| awaiting.span_id != request.span_id);
+        }
+        parent
     }
 
     /// Forgets that `tid` serves request `seq` (or every request) of connection `conn_id`.

@@ -31,6 +31,7 @@ fn conn_at(fd: i32, tid: u32, role: SocketRole, peer: &str, at: u64) -> Event {
         ts_ns: at,
         role,
         peer: Some(peer.parse().unwrap()),
+        local: None,
     })
 }
 
@@ -587,4 +588,94 @@ fn a_postgres_session_open_before_attach_is_read_from_bind_execute_sync() {
     assert_eq!(query.attr("loupe.db.query_truncated"), None);
     assert_eq!(query.attr_str("server.address"), Some("127.0.0.1"));
     assert_eq!(query.attr_int("server.port"), Some(5432));
+}
+
+/// Another process's events, for tests of two observed ends of one connection.
+fn conn_of(pid: u32, fd: i32, role: SocketRole, peer: &str, local: Option<&str>) -> Event {
+    Event::Conn(ConnRecord {
+        pid,
+        tid: pid,
+        fd,
+        conn_id: conn_id(fd),
+        ts_ns: 1,
+        role,
+        peer: Some(peer.parse().unwrap()),
+        local: local.map(|l| l.parse().unwrap()),
+    })
+}
+
+fn data_of(pid: u32, fd: i32, direction: Direction, at: u64, bytes: &'static [u8]) -> Event {
+    let Event::Data(mut record) = data(fd, pid, direction, at, bytes) else {
+        unreachable!()
+    };
+    record.pid = pid;
+    Event::Data(record)
+}
+
+const CALLEE: u32 = 200;
+
+/// A caller (PID, thread 7) serving REQUEST calls a callee (CALLEE) over a connection loupe saw
+/// open on both ends; `callee_first` puts the callee's read before the caller's write, as the
+/// two ends' events can race through the ring buffer.
+fn two_ends(callee_first: bool, call_seen_by_callee: &'static [u8]) -> Vec<SpanRecord> {
+    let caller_write = data(6, 7, Direction::Egress, 2_000, CALL);
+    let callee_read = data_of(CALLEE, 9, Direction::Ingress, 2_050, call_seen_by_callee);
+    let mut events = vec![
+        conn(5, 7, SocketRole::Server, "127.0.0.1:5000"),
+        data(5, 7, Direction::Ingress, 1_000, REQUEST),
+        conn_of(
+            PID,
+            6,
+            SocketRole::Client,
+            "127.0.0.1:8081",
+            Some("127.0.0.1:40001"),
+        ),
+        conn_of(CALLEE, 9, SocketRole::Server, "127.0.0.1:40001", None),
+    ];
+    if callee_first {
+        events.extend([callee_read, caller_write]);
+    } else {
+        events.extend([caller_write, callee_read]);
+    }
+    events.extend([
+        data_of(CALLEE, 9, Direction::Egress, 2_500, CALL_RESPONSE),
+        data(6, 7, Direction::Ingress, 3_000, CALL_RESPONSE),
+        data(5, 7, Direction::Egress, 4_000, RESPONSE),
+    ]);
+    run(events).0
+}
+
+#[test]
+fn the_callee_of_an_observed_caller_joins_its_trace() {
+    for callee_first in [false, true] {
+        let spans = two_ends(callee_first, CALL);
+        let find = |pid: u32, kind: SpanKind| {
+            spans
+                .iter()
+                .find(|s| s.pid == pid && s.kind == kind)
+                .unwrap_or_else(|| panic!("{spans:#?}"))
+        };
+        let (request, call, callee) = (
+            find(PID, SpanKind::Server),
+            find(PID, SpanKind::Client),
+            find(CALLEE, SpanKind::Server),
+        );
+        assert_eq!(call.parent_span_id, Some(request.span_id));
+        assert_eq!(callee.parent_span_id, Some(call.span_id), "{callee_first}");
+        assert_eq!(callee.trace_id, request.trace_id);
+    }
+}
+
+#[test]
+fn a_callee_whose_request_line_differs_is_not_linked() {
+    // The same connection and position, another request: something was lost on one end.
+    const OTHER: &[u8] = b"GET /other HTTP/1.1\r\nHost: 127.0.0.1:8081\r\n\r\n";
+    for callee_first in [false, true] {
+        let spans = two_ends(callee_first, OTHER);
+        let callee = spans
+            .iter()
+            .find(|s| s.pid == CALLEE && s.kind == SpanKind::Server)
+            .unwrap();
+        assert_eq!(callee.parent_span_id, None);
+    }
 }

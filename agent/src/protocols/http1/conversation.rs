@@ -157,6 +157,7 @@ impl Conversation {
                         seq,
                         first,
                         traceparent: head.traceparent.clone(),
+                        line: super::line_key(&head.method, &head.target),
                     });
                     self.pending.push_back(PendingRequest {
                         seq,

@@ -69,6 +69,9 @@ pub enum HttpEvent {
         first: Timing,
         /// The caller's W3C trace context, if the request carried one.
         traceparent: Option<String>,
+        /// Method and target, hashed: the same on both ends of a connection for the same
+        /// request, for pairing a caller's request with the callee's.
+        line: u64,
     },
     /// The response head for request `seq` was parsed.
     ResponseStarted {
@@ -91,6 +94,14 @@ const METHODS: [&[u8]; 9] = [
     b"CONNECT ",
     b"TRACE ",
 ];
+
+/// The identity of a request line (method and target as sent).
+pub fn line_key(method: &str, target: &str) -> u64 {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut hasher = rustc_hash::FxHasher::default();
+    (method, target).hash(&mut hasher);
+    hasher.finish()
+}
 
 /// Whether `bytes` start like an HTTP/1 request line.
 pub fn looks_like_request(bytes: &[u8]) -> bool {

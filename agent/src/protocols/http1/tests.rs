@@ -67,7 +67,7 @@ fn curl_get_pairs_with_its_response() {
         ],
     );
     assert!(
-        matches!(&events[0], HttpEvent::RequestStarted { seq: 0, first, traceparent: None }
+        matches!(&events[0], HttpEvent::RequestStarted { seq: 0, first, traceparent: None, .. }
         if first.exit_ns == 11)
     );
     assert!(matches!(
