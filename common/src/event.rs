@@ -131,11 +131,13 @@ pub struct DataEvent<const N: usize> {
     /// A [`Direction`] id.
     pub direction: u32,
     pub _pad: u32,
+    /// The id of the goroutine that made the syscall (Go programs of a known version), else 0.
+    pub goid: u64,
     /// The first `captured_len` bytes moved; the rest of the array is undefined.
     pub payload: [u8; N],
 }
 /// Bytes of a [`DataEvent`] before its payload.
-pub const DATA_EVENT_HEADER_LEN: usize = 56;
+pub const DATA_EVENT_HEADER_LEN: usize = 64;
 const _: () = assert!(size_of::<DataEvent<0>>() == DATA_EVENT_HEADER_LEN);
 const _: () = assert!(size_of::<DataEvent<256>>() == DATA_EVENT_HEADER_LEN + 256);
 

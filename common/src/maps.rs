@@ -6,7 +6,10 @@
 pub struct TargetInfo {
     /// The pid the user named that this process belongs to (itself, or an ancestor for children).
     pub root_pid: u32,
-    pub _pad: u32,
+    /// For a Go program of a known version: the offset of `goid` in its `runtime.g`, so the
+    /// data programs read the running goroutine's id (g is in r14 at every syscall Go makes).
+    /// 0: not Go, or a version loupe has no offset for.
+    pub goid_offset: u32,
 }
 const _: () = assert!(size_of::<TargetInfo>() == 8);
 
@@ -39,7 +42,9 @@ impl SocketKey {
 pub struct SocketInfo {
     /// A `SocketRole` id.
     pub role: u32,
-    pub _pad: u32,
+    /// The owning process's `TargetInfo::goid_offset`, so the data programs need no second
+    /// lookup.
+    pub goid_offset: u32,
     /// The connection this fd refers to (see `EventHeader::conn_id`).
     pub conn_id: u64,
 }

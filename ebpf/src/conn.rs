@@ -10,7 +10,7 @@ use loupe_common::{
 };
 
 use crate::{
-    data::{Buffer, RET_OFFSET, arg_offset, remember, tracked_socket},
+    data::{Buffer, RET_OFFSET, Tracked, arg_offset, remember, tracked_socket},
     emit,
     maps::{
         CONNECT_LOCAL, Connecting, IN_FLIGHT, InFlight, SOCKETS, SYN_SENT, TARGET_PIDS, count_loss,
@@ -64,6 +64,7 @@ fn remember_addr(ctx: &TracePointContext) -> Result<(), i64> {
             fd: fd as i32,
             direction: Direction::Ingress as u32,
             conn_id: 0,
+            goid: 0,
         },
     )
 }
@@ -89,9 +90,11 @@ fn opened(
     let pid = (pid_tgid >> 32) as u32;
     let key = SocketKey { pid, fd };
     let conn_id = new_conn_id();
+    // SAFETY: copied out at once.
+    let goid_offset = unsafe { TARGET_PIDS.get(pid) }.map_or(0, |target| target.goid_offset);
     let info = SocketInfo {
         role: role as u32,
-        _pad: 0,
+        goid_offset,
         conn_id,
     };
     if SOCKETS.insert(key.as_u64(), info, 0).is_err() {
@@ -274,7 +277,10 @@ pub fn try_enter_close(ctx: &TracePointContext) -> Result<(), i64> {
     // SAFETY: fd is arg 0 of close.
     let fd: u64 = unsafe { ctx.read_at(arg_offset(0)) }.map_err(i64::from)?;
     // Only tracked sockets are in SOCKETS, so this one lookup is also the target filter.
-    let Some((pid_tgid, conn_id)) = tracked_socket(fd as i32) else {
+    let Some(Tracked {
+        pid_tgid, conn_id, ..
+    }) = tracked_socket(fd as i32)
+    else {
         return Ok(());
     };
     let pid = (pid_tgid >> 32) as u32;

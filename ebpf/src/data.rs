@@ -2,7 +2,7 @@
 //! the first bytes moved into a `DataEvent` of the smallest size class that holds them.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user, generated},
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel, bpf_probe_read_user, generated},
     programs::TracePointContext,
 };
 use loupe_common::{
@@ -45,16 +45,58 @@ struct MsgHdrHead {
 /// would have fitted the capture are counted (`LossSlot::IovecsCut`).
 pub const MAX_IOVECS: u64 = 16;
 
-/// The pid_tgid of the current thread and the connection id, if `fd` is a socket of a target
-/// process. Only target sockets are in SOCKETS, so this one lookup is also the PID filter.
-pub fn tracked_socket(fd: i32) -> Option<(u64, u64)> {
+/// A socket of a target process, as the current thread uses it.
+#[derive(Clone, Copy)]
+pub struct Tracked {
+    pub pid_tgid: u64,
+    pub conn_id: u64,
+    /// `SocketInfo::goid_offset`: non-zero in Go programs of a known version.
+    pub goid_offset: u32,
+}
+
+/// The current thread and the socket's connection, if `fd` is a socket of a target process.
+/// Only target sockets are in SOCKETS, so this one lookup is also the PID filter.
+pub fn tracked_socket(fd: i32) -> Option<Tracked> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let key = SocketKey {
         pid: (pid_tgid >> 32) as u32,
         fd,
     };
     // SAFETY: the value is copied out at once, never held across helper calls.
-    unsafe { SOCKETS.get(key.as_u64()) }.map(|info| (pid_tgid, info.conn_id))
+    unsafe { SOCKETS.get(key.as_u64()) }.map(|info| Tracked {
+        pid_tgid,
+        conn_id: info.conn_id,
+        goid_offset: info.goid_offset,
+    })
+}
+
+/// Offset of `r14` in the user registers the kernel saved at syscall entry (`struct pt_regs`,
+/// x86-64: r15, r14, ...).
+const PT_REGS_R14: u64 = 8;
+
+/// The id of the goroutine making this syscall: Go keeps the running `g` in r14 (ABIInternal,
+/// and its syscall stubs leave r14 alone), and `goid` at `offset` in it. 0 where it cannot be
+/// read.
+fn current_goid(offset: u32) -> u64 {
+    if offset == 0 {
+        return 0;
+    }
+    // SAFETY: helpers on the current task; the pointer they return is only read through
+    // bpf_probe_read_kernel, which faults safely.
+    let regs = unsafe { generated::bpf_task_pt_regs(generated::bpf_get_current_task_btf()) };
+    if regs == 0 {
+        return 0;
+    }
+    // SAFETY: a kernel address read with bpf_probe_read_kernel.
+    let Ok(g) = (unsafe { bpf_probe_read_kernel((regs as u64 + PT_REGS_R14) as *const u64) })
+    else {
+        return 0;
+    };
+    if g == 0 {
+        return 0;
+    }
+    // SAFETY: a user address read with bpf_probe_read_user.
+    unsafe { bpf_probe_read_user((g + offset as u64) as *const u64) }.unwrap_or(0)
 }
 
 /// Where a syscall's bytes are: one flat buffer, or an iovec array.
@@ -64,16 +106,16 @@ pub enum Buffer {
     Vector { iov: u64, count: u64 },
 }
 
-pub fn remember(
-    (pid_tgid, conn_id): (u64, u64),
-    fd: i32,
-    buffer: Buffer,
-    direction: Direction,
-) -> Result<(), i64> {
+pub fn remember(socket: Tracked, fd: i32, buffer: Buffer, direction: Direction) -> Result<(), i64> {
     let (buf, buf_len, iovcnt) = match buffer {
         Buffer::Flat { buf, len } => (buf, len, 0),
         Buffer::Vector { iov, count } => (iov, 0, count),
     };
+    let Tracked {
+        pid_tgid,
+        conn_id,
+        goid_offset,
+    } = socket;
     stash(
         pid_tgid,
         InFlight {
@@ -84,6 +126,7 @@ pub fn remember(
             fd,
             direction: direction as u32,
             conn_id,
+            goid: current_goid(goid_offset),
         },
     )
 }
@@ -298,6 +341,7 @@ fn emit_data<const N: usize>(args: &DataArgs<'_>) -> Result<(), i64> {
         (*event).total_len = args.total;
         (*event).direction = args.in_flight.direction;
         (*event)._pad = 0;
+        (*event).goid = args.in_flight.goid;
         let ret = match args.gathered {
             Some(scratch) => generated::bpf_probe_read_kernel(
                 (*event).payload.as_mut_ptr().cast(),

@@ -13,9 +13,11 @@ use crate::{
 pub fn try_process_fork(ctx: &TracePointContext) -> Result<(), i64> {
     let parent = (bpf_get_current_pid_tgid() >> 32) as u32;
     // SAFETY: copied out at once.
-    let Some(info) = (unsafe { TARGET_PIDS.get(parent) }).copied() else {
+    let Some(mut info) = (unsafe { TARGET_PIDS.get(parent) }).copied() else {
         return Ok(());
     };
+    // A child runs what it execs next: userspace tells what that is, not the parent's offset.
+    info.goid_offset = 0;
     let offset = config::fork_child_pid_offset() as usize;
     // SAFETY: the offset comes from the tracepoint's own format file.
     let child: i32 = unsafe { ctx.read_at(offset) }.map_err(i64::from)?;

@@ -4,8 +4,10 @@
 //! every outbound HTTP call it makes, so each span is checked against the request that made it.
 //!
 //! Go moves goroutines between OS threads: the thread that made a call says nothing about which
-//! request made it. loupe must never nest a call under a wrong request; a call whose request is
-//! not certain stays un-nested, tagged `loupe.parent`, and counted in the summary.
+//! request made it. loupe reads the goroutine of every syscall instead, so a query the handler
+//! runs nests under its request; a call made from another goroutine (net/http's Transport
+//! writes requests from its own) stays un-nested, tagged `loupe.parent`, and counted. Never a
+//! call under a wrong request.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -206,10 +208,10 @@ fn go_calls_are_never_nested_under_a_wrong_request() {
     assert!(finished.status.success(), "{}", finished.stderr);
     assert!(
         finished.stderr.contains(&format!(
-            "loupe: pid {} is a Go program: goroutines move between threads",
+            "loupe: pid {} is a Go program: its calls nest under the request their goroutine serves",
             shop.pid()
         )),
-        "the user is told why Go calls are not nested:\n{}",
+        "the user is told how Go calls nest:\n{}",
         finished.stderr
     );
 
@@ -398,6 +400,48 @@ fn go_calls_are_never_nested_under_a_wrong_request() {
         "every downstream call is one span:\n  {}",
         show(&call_problems)
     );
+    // Queries run on the handler's goroutine: every one nests under its request.
+    let mut unnested_queries = Vec::new();
+    for server in &servers {
+        let route = server
+            .str_tag("url.path")
+            .and_then(route_and_id)
+            .map_or("", |(route, _)| route);
+        let nested = db_children
+            .get(server.span_id.as_str())
+            .copied()
+            .unwrap_or(0);
+        if nested != queries_of(route) {
+            unnested_queries.push(format!(
+                "{}: {nested} of {} queries nested",
+                server.str_tag("url.path").unwrap_or(""),
+                queries_of(route)
+            ));
+        }
+    }
+    assert!(
+        unnested_queries.is_empty(),
+        "{} requests without all their queries:\n  {}",
+        unnested_queries.len(),
+        show(&unnested_queries)
+    );
+    // Under load too, N+1 is named on its route and nowhere else.
+    let mut misdiagnosed = Vec::new();
+    for server in &servers {
+        let path = server.str_tag("url.path").unwrap_or("");
+        let want: &[&str] = match route_and_id(path) {
+            Some(("n_plus_one", _)) => &["n_plus_one"],
+            _ => &[],
+        };
+        if server.patterns() != want {
+            misdiagnosed.push(format!("{path}: {:?}", server.patterns()));
+        }
+    }
+    assert!(
+        misdiagnosed.is_empty(),
+        "patterns off their route:\n  {}",
+        show(&misdiagnosed)
+    );
     assert_eq!(db_spans, expected_queries, "every query is one span");
 }
 
@@ -537,13 +581,15 @@ fn pgx_attached_warm_sees_every_query_with_its_statement() {
     );
     assert_ne!(item_fingerprints, n_plus_one_fingerprints);
 
-    // ---- Nesting-dependent: parents and the N+1 finding. -----------------------------------
-    // loupe does not take a Go thread for a key, so even one request at a time may leave every
-    // query un-nested (`loupe.parent` = ambiguous). What must hold either way: no query is under
-    // a wrong request, every parentless one says why and is counted, and /item never carries
-    // n_plus_one. The N+1 finding is required only on the /n_plus_one requests whose six queries
-    // were all nested under them (without its queries a request cannot be diagnosed).
+    // ---- Parents and the N+1 finding. ------------------------------------------------------
+    // The handler's goroutine runs every query: each one nests under the request that ran it,
+    // so N+1 is found on every /n_plus_one request and never on /item.
     let unnested: Vec<&&Span> = db.iter().filter(|q| q.parent.is_none()).collect();
+    assert!(
+        unnested.is_empty(),
+        "every query nests under its request: {:?}",
+        unnested.iter().map(|q| describe(q)).collect::<Vec<_>>()
+    );
     for query in &db {
         match query.parent.as_deref() {
             Some(parent) => assert_eq!(
@@ -580,18 +626,13 @@ fn pgx_attached_warm_sees_every_query_with_its_statement() {
             .iter()
             .filter(|q| q.parent.as_deref() == Some(server.span_id.as_str()))
             .count();
-        if nested == 6 {
-            assert!(
-                patterns.iter().any(|p| p == "n_plus_one"),
-                "{path}: six queries of one statement nested, but patterns {patterns:?}"
-            );
-            diagnosed += 1;
-        }
+        assert_eq!(nested, 6, "{path}: its six queries nested under it");
+        assert_eq!(
+            patterns,
+            ["n_plus_one"],
+            "{path}: six queries of one statement, one after another"
+        );
+        diagnosed += 1;
     }
-    eprintln!(
-        "go-shop warm: {} of {} queries un-nested; n_plus_one required on {diagnosed} of \
-         {N_PLUS_ONES} /n_plus_one requests (those with all six queries nested)",
-        unnested.len(),
-        db.len()
-    );
+    assert_eq!(diagnosed, N_PLUS_ONES);
 }

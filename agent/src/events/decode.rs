@@ -24,6 +24,8 @@ pub struct DataRecord {
     pub exit_ns: u64,
     pub total_len: u32,
     pub direction: Direction,
+    /// The goroutine that made the syscall (Go programs of a known version), else 0.
+    pub goid: u64,
     /// The captured prefix of what moved (`len() <= total_len`).
     pub payload: Bytes,
 }
@@ -321,6 +323,7 @@ fn decode_data(record: &Bytes, header: EventHeader) -> Result<Event, DecodeError
         exit_ns: event.exit_ns,
         total_len: event.total_len,
         direction,
+        goid: event.goid,
         payload: record.slice(DATA_EVENT_HEADER_LEN..DATA_EVENT_HEADER_LEN + captured),
     }))
 }
@@ -377,6 +380,7 @@ mod tests {
             captured_len: captured,
             direction: Direction::Egress as u32,
             _pad: 0,
+            goid: 42,
             payload: [0; 256],
         };
         event.payload[..payload.len()].copy_from_slice(payload);

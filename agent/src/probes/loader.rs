@@ -73,10 +73,20 @@ pub fn load_and_attach(config: &ProbeConfig, targets: &[Target]) -> Result<Probe
     let mut target_map: HashMap<MapData, u32, TargetInfo> =
         HashMap::try_from(take_map(&mut ebpf, MAP_TARGET_PIDS)?)
             .map_err(map_err(MAP_TARGET_PIDS))?;
+    let goid_offsets: std::collections::HashMap<u32, u32> = targets
+        .iter()
+        .filter_map(|target| {
+            Some((
+                target.pid,
+                crate::process::runtime::goid_offset(target.pid)?,
+            ))
+        })
+        .collect();
+    let goid_offset = |pid: u32| goid_offsets.get(&pid).copied().unwrap_or(0);
     for target in targets {
         let info = TargetInfo {
             root_pid: target.root_pid,
-            _pad: 0,
+            goid_offset: goid_offset(target.pid),
         };
         target_map
             .insert(target.pid, info, 0)
@@ -100,7 +110,7 @@ pub fn load_and_attach(config: &ProbeConfig, targets: &[Target]) -> Result<Probe
             };
             let info = SocketInfo {
                 role: socket.role as u32,
-                _pad: 0,
+                goid_offset: goid_offset(target.pid),
                 conn_id: socket.conn_id(),
             };
             sockets

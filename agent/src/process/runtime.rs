@@ -2,7 +2,10 @@
 //! (`spans::parent`) trusts a thread as the key only where a request stays on one.
 //!
 //! - A Go binary (its ELF has `.go.buildinfo` or `.gopclntab`, which stripping keeps) runs
-//!   goroutines on whatever thread is free: [`Runtime::SharedThreads`].
+//!   goroutines on whatever thread is free. Where its Go version (in `.go.buildinfo`) is one
+//!   whose `runtime.g` layout loupe knows, the kernel reads the running goroutine's id at each
+//!   syscall and the goroutine is the key: [`Runtime::Goroutines`]. Otherwise
+//!   [`Runtime::SharedThreads`].
 //! - nginx runs each event to completion on its worker's one thread:
 //!   [`Runtime::RunToCompletion`].
 //! - Everything else: [`Runtime::Threads`].
@@ -18,6 +21,65 @@ pub use crate::spans::parent::Runtime;
 const GO_SECTIONS: &[&str] = &[".go.buildinfo", ".gopclntab"];
 /// Executables known to run each event to completion.
 const RUN_TO_COMPLETION: &[&str] = &["nginx"];
+
+/// The offset of `goid` in `runtime.g` on x86-64, by Go version (major 1, minor): after
+/// `stack`, `stackguard0/1`, `_panic`, `_defer`, `m`, `sched` (a `gobuf` of 7 words until 1.25
+/// dropped `ret`), `syscallsp`, `syscallpc`, `syscallbp` (from 1.23), `stktopsp`, `param`,
+/// `atomicstatus` and `stackLock`. Versions outside the table get no goroutine keys.
+const GOID_OFFSETS: &[(u32, u32)] = &[
+    (21, 152),
+    (22, 152),
+    (23, 160),
+    (24, 160),
+    (25, 152),
+    (26, 152),
+];
+
+/// The offset of `goid` in the `runtime.g` of `pid`'s executable, when it is an x86-64 Go
+/// program of a version in [`GOID_OFFSETS`].
+pub fn goid_offset(pid: u32) -> Option<u32> {
+    let mut file = File::open(format!("/proc/{pid}/exe")).ok()?;
+    let version = go_version(&mut file)?;
+    goid_offset_of(&version)
+}
+
+fn goid_offset_of(version: &str) -> Option<u32> {
+    let minor: u32 = version
+        .strip_prefix("go1.")?
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()?;
+    GOID_OFFSETS
+        .iter()
+        .find(|(known, _)| *known == minor)
+        .map(|(_, offset)| *offset)
+}
+
+/// The Go version an x86-64 executable was built with (`go1.26.8`), from its `.go.buildinfo`:
+/// the magic `\xff Go buildinf:`, pointer size, flags (0x2: the strings are inline, Go 1.18+),
+/// then at offset 32 the version as a varint-prefixed string.
+pub fn go_version(file: &mut (impl Read + Seek)) -> Option<String> {
+    const EM_X86_64: u16 = 62;
+    let sections = sections(file)?;
+    if sections.machine != EM_X86_64 {
+        return None;
+    }
+    let info = sections.list.iter().find(|s| s.name == ".go.buildinfo")?;
+    let mut head = [0u8; 32 + 1 + 64];
+    file.seek(SeekFrom::Start(info.offset)).ok()?;
+    let n = file.read(&mut head).ok()?;
+    let head = &head[..n];
+    if head.get(..14)? != b"\xff Go buildinf:" || head.get(15)? & 0x2 == 0 {
+        return None;
+    }
+    let len = usize::from(*head.get(32)?);
+    if len >= 0x80 {
+        return None;
+    }
+    let version = head.get(33..33 + len)?;
+    Some(String::from_utf8_lossy(version).into_owned())
+}
 
 /// The runtime of `pid`; [`Runtime::Threads`] when its executable cannot be read.
 pub fn runtime_of(pid: u32) -> Runtime {
@@ -35,22 +97,34 @@ pub fn runtime_of(pid: u32) -> Runtime {
     // Through /proc/PID/exe, so a binary in another mount namespace or since deleted is read.
     let go = File::open(format!("/proc/{pid}/exe"))
         .is_ok_and(|mut file| elf_has_section(&mut file, GO_SECTIONS));
-    if go {
-        Runtime::SharedThreads
-    } else {
-        Runtime::Threads
+    match (go, goid_offset(pid)) {
+        (true, Some(_)) => Runtime::Goroutines,
+        (true, None) => Runtime::SharedThreads,
+        _ => Runtime::Threads,
     }
 }
 
 /// Whether a little-endian ELF64 file has a section with one of `names`. Reads only the
 /// headers and the section-name table; anything malformed answers false.
 pub fn elf_has_section(file: &mut (impl Read + Seek), names: &[&str]) -> bool {
-    section_names(file).is_some_and(|found| found.iter().any(|n| names.contains(&n.as_str())))
+    sections(file).is_some_and(|found| found.list.iter().any(|s| names.contains(&s.name.as_str())))
 }
 
-/// The section names of a little-endian ELF64 file, or None where it is not one (or is
-/// malformed, or outside sane bounds).
-fn section_names(file: &mut (impl Read + Seek)) -> Option<Vec<String>> {
+/// What loupe reads of an ELF file: its machine and its sections.
+struct Sections {
+    machine: u16,
+    list: Vec<Section>,
+}
+
+struct Section {
+    name: String,
+    /// Where its bytes are in the file.
+    offset: u64,
+}
+
+/// The sections of a little-endian ELF64 file, or None where it is not one (or is malformed,
+/// or outside sane bounds).
+fn sections(file: &mut (impl Read + Seek)) -> Option<Sections> {
     const SHDR_LEN: usize = 64;
     let mut header = [0u8; 64];
     file.read_exact(&mut header).ok()?;
@@ -81,16 +155,22 @@ fn section_names(file: &mut (impl Read + Seek)) -> Option<Vec<String>> {
     let mut strings = vec![0u8; str_size as usize];
     file.seek(SeekFrom::Start(str_offset)).ok()?;
     file.read_exact(&mut strings).ok()?;
-    let names = table
+    let list = table
         .chunks_exact(SHDR_LEN)
         .filter_map(|section| {
             let start = u32_at(section, 0) as usize;
             let rest = strings.get(start..)?;
             let end = rest.iter().position(|&b| b == 0)?;
-            Some(String::from_utf8_lossy(&rest[..end]).into_owned())
+            Some(Section {
+                name: String::from_utf8_lossy(&rest[..end]).into_owned(),
+                offset: u64_at(section, 0x18),
+            })
         })
         .collect();
-    Some(names)
+    Some(Sections {
+        machine: u16_at(&header, 0x12),
+        list,
+    })
 }
 
 #[cfg(test)]
@@ -155,6 +235,44 @@ mod tests {
         let mut wild = elf(&[".gopclntab"]);
         wild[0x3c..0x3e].copy_from_slice(&60_000u16.to_le_bytes());
         assert!(!elf_has_section(&mut Cursor::new(wild), GO_SECTIONS));
+    }
+
+    #[test]
+    fn the_goid_offset_follows_the_go_version() {
+        assert_eq!(goid_offset_of("go1.22.12"), Some(152));
+        assert_eq!(goid_offset_of("go1.23.4"), Some(160));
+        assert_eq!(goid_offset_of("go1.24.0"), Some(160));
+        assert_eq!(goid_offset_of("go1.26.8"), Some(152));
+        assert_eq!(goid_offset_of("go1.26rc1"), Some(152));
+        assert_eq!(goid_offset_of("go1.20.5"), None, "before the table");
+        assert_eq!(goid_offset_of("go1.27.0"), None, "after it: no guess");
+        assert_eq!(goid_offset_of("devel +abc"), None);
+    }
+
+    #[test]
+    fn a_go_version_is_read_from_build_info() {
+        let mut file = elf(&[".text", ".go.buildinfo"]);
+        file[0x12..0x14].copy_from_slice(&62u16.to_le_bytes());
+        // Point .go.buildinfo (the third section header) at a blob appended to the file.
+        let shoff = u64::from_le_bytes(file[0x28..0x30].try_into().unwrap()) as usize;
+        let at = file.len() as u64;
+        let header = shoff + 3 * 64;
+        file[header + 0x18..header + 0x20].copy_from_slice(&at.to_le_bytes());
+        let mut info = b"\xff Go buildinf:\x08\x02".to_vec();
+        info.resize(32, 0);
+        info.push(8);
+        info.extend_from_slice(b"go1.26.8");
+        file.extend_from_slice(&info);
+        assert_eq!(
+            go_version(&mut Cursor::new(file.clone())).as_deref(),
+            Some("go1.26.8")
+        );
+        file[0x12..0x14].copy_from_slice(&183u16.to_le_bytes());
+        assert_eq!(
+            go_version(&mut Cursor::new(file)),
+            None,
+            "arm64: g is not in r14"
+        );
     }
 
     #[test]

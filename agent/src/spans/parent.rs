@@ -30,8 +30,13 @@ pub enum Runtime {
     /// An event loop that runs each event to completion (nginx): what it writes right after
     /// reading a request is that request's.
     RunToCompletion,
-    /// Threads shared by a runtime scheduler (Go's goroutines): a thread is no key.
+    /// Threads shared by a runtime scheduler (Go's goroutines) loupe cannot see into: a
+    /// thread is no key.
     SharedThreads,
+    /// A Go program whose goroutine ids loupe reads at each syscall: the goroutine is the key
+    /// (net/http serves a connection's requests on one goroutine and runs the handler there).
+    /// A call whose goroutine went unread is decided as [`Runtime::SharedThreads`].
+    Goroutines,
 }
 
 impl Runtime {
@@ -45,6 +50,9 @@ impl Runtime {
             Self::SharedThreads => Some(
                 "is a Go program: goroutines move between threads, so its calls are not nested (loupe.parent=ambiguous)",
             ),
+            Self::Goroutines => {
+                Some("is a Go program: its calls nest under the request their goroutine serves")
+            }
         }
     }
 }
@@ -52,6 +60,8 @@ impl Runtime {
 /// A request in flight: head read, response not started.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct InFlight {
+    /// The thread that read its head (for CPU sampling: the key may be a goroutine).
+    pub tid: u32,
     pub conn_id: u64,
     pub seq: u64,
     pub trace_id: u128,
@@ -84,7 +94,8 @@ pub struct CallContext<'a> {
     pub runtime: Runtime,
     /// When the call started (ns since boot).
     pub call_ns: u64,
-    /// Requests in flight on the call's thread.
+    /// Requests in flight on the call's key: its thread, or its goroutine
+    /// ([`Runtime::Goroutines`]).
     pub on_thread: &'a [InFlight],
     /// Requests in flight anywhere in the process (consulted for [`Runtime::SharedThreads`]).
     pub in_process: usize,
@@ -111,7 +122,7 @@ pub fn decide(call: &CallContext<'_>) -> Parent {
         .on_thread
         .iter()
         .filter(|request| is_candidate(request, call.call_ns));
-    if call.runtime == Runtime::SharedThreads {
+    if matches!(call.runtime, Runtime::SharedThreads | Runtime::Goroutines) {
         return Parent::Unnested(if call.in_process == 0 {
             Unnested::None
         } else {
@@ -142,6 +153,7 @@ mod tests {
 
     fn request(conn_id: u64, start_ms: u64) -> InFlight {
         InFlight {
+            tid: 1,
             conn_id,
             seq: 0,
             trace_id: u128::from(conn_id),

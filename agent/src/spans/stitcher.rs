@@ -95,12 +95,34 @@ struct Conn {
     from_start: bool,
 }
 
+/// Who moved some bytes: the thread, and the key requests and calls are matched on (the
+/// thread, or in a Go program whose goroutines loupe reads, the goroutine).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Doer {
+    tid: u32,
+    exec: u64,
+}
+
+/// Marks an [`Doer::exec`] that is a goroutine id, not a thread id.
+const GOROUTINE: u64 = 1 << 63;
+
+impl Doer {
+    fn thread(tid: u32) -> Self {
+        Self {
+            tid,
+            exec: u64::from(tid),
+        }
+    }
+}
+
 #[derive(Clone, Copy)]
 struct Pending {
     ids: SpanIds,
     /// An HTTP request's method and target, hashed (`http1::line_key`); 0 for queries.
     line: u64,
     tid: u32,
+    /// The key its thread or goroutine is known by (`Doer::exec`).
+    exec: u64,
     /// When its request started (event time), for spotting it running slow.
     start_ns: u64,
     /// The libpq query this wire query is (PostgreSQL only): its span is libpq's.
@@ -129,7 +151,7 @@ struct LibpqOpen {
 pub struct Stitcher {
     conns: HashMap<ConnKey, Conn>,
     /// Server requests in progress per (pid, tid): head read, response not started.
-    serving: HashMap<(u32, u32), Vec<InFlight>>,
+    serving: HashMap<(u32, u64), Vec<InFlight>>,
     /// How each process schedules requests onto threads, learnt on its first event.
     runtimes: HashMap<u32, Runtime>,
     /// Reads the runtime of a process (/proc; tests put in their own).
@@ -290,7 +312,7 @@ impl Stitcher {
         for event in events.drain(..) {
             match event {
                 LibpqEvent::Started { id, pid, tid } => {
-                    let ids = self.client_ids(pid, tid);
+                    let ids = self.client_ids(pid, u64::from(tid));
                     let actor = Actor { pid, tid };
                     self.libpq_open.insert(
                         id,
@@ -358,7 +380,7 @@ impl Stitcher {
         let open = self.libpq_open.remove(&query.id);
         let ids = match &open {
             Some(open) => open.ids,
-            None => self.client_ids(query.pid, query.tid),
+            None => self.client_ids(query.pid, u64::from(query.tid)),
         };
         let wire = open.and_then(|open| open.wire);
         let conn_key = wire
@@ -433,12 +455,11 @@ impl Stitcher {
         };
         let limit_of = |op: OpType| threshold_for(op, thresholds);
         let mut slow = std::collections::BTreeSet::new();
-        for (&thread, requests) in &self.serving {
-            if requests
-                .iter()
-                .any(|r| over(r.start_ns, limit_of(OpType::HttpServer)))
-            {
-                slow.insert(thread);
+        for (&(pid, _), requests) in &self.serving {
+            for request in requests {
+                if over(request.start_ns, limit_of(OpType::HttpServer)) {
+                    slow.insert((pid, request.tid));
+                }
             }
         }
         for (&(pid, _), conn) in &self.conns {
@@ -524,7 +545,8 @@ impl Stitcher {
         if record.role == SocketRole::Client && self.runtime(record.pid) == Runtime::RunToCompletion
         {
             self.clock_ns = record.ts_ns;
-            conn.opened_for = Some((record.tid, self.parent_of_call(record.pid, record.tid)));
+            let parent = self.parent_of_call(record.pid, u64::from(record.tid));
+            conn.opened_for = Some((record.tid, parent));
         }
         self.insert_conn(key, conn);
         if let Some(local) = record.local {
@@ -560,7 +582,7 @@ impl Stitcher {
                 conn.pending.len() as u64,
             );
             for pending in conn.pending.values() {
-                self.stop_serving(key.0, pending.tid, key.1, None);
+                self.stop_serving(key.0, pending.exec, key.1, None);
             }
         }
     }
@@ -581,6 +603,7 @@ impl Stitcher {
             Direction::Egress => data.enter_ns,
         };
         let budget = self.limits.sniff_budget;
+        let doer = self.doer_of(&data);
         let Some(conn) = self.conns.get_mut(&key) else {
             return;
         };
@@ -641,7 +664,7 @@ impl Stitcher {
         match &mut conn.protocol {
             Protocol::Http(conversation) => {
                 conversation.push(chunk, &mut self.scratch);
-                self.dispatch(key, Some(data.tid), out);
+                self.dispatch(key, Some(doer), out);
                 if data.direction == Direction::Ingress {
                     self.note_read(key, data.tid);
                 }
@@ -663,7 +686,7 @@ impl Stitcher {
                 self.pg_conn_of_thread.insert((data.pid, data.tid), key);
                 let mut events = std::mem::take(&mut self.pg_scratch);
                 conversation.push(chunk, &mut events);
-                self.dispatch_pg(key, Some(data.tid), &mut events, out);
+                self.dispatch_pg(key, Some(doer), &mut events, out);
                 self.pg_scratch = events;
             }
             _ => {
@@ -722,17 +745,17 @@ impl Stitcher {
     fn dispatch_pg(
         &mut self,
         key: ConnKey,
-        tid: Option<u32>,
+        doer: Option<Doer>,
         events: &mut Vec<PgEvent>,
         out: &mut Vec<SpanRecord>,
     ) {
         for event in events.drain(..) {
             match event {
                 PgEvent::Started { seq } => {
-                    let tid = tid.unwrap_or(0);
+                    let doer = doer.unwrap_or(Doer::thread(0));
                     let libpq = self
                         .libpq_unwired
-                        .remove(&(key.0, tid))
+                        .remove(&(key.0, doer.tid))
                         .and_then(|id| Some((id, self.libpq_open.get(&id)?.ids)));
                     match libpq {
                         Some((id, ids)) => {
@@ -740,14 +763,15 @@ impl Stitcher {
                                 let pending = Pending {
                                     ids,
                                     line: 0,
-                                    tid,
+                                    tid: doer.tid,
+                                    exec: doer.exec,
                                     start_ns: self.clock_ns,
                                     libpq: Some(id),
                                 };
                                 conn.pending.insert(seq, pending);
                             }
                         }
-                        None => self.request_started(key, seq, tid, None, 0),
+                        None => self.request_started(key, seq, doer, None, 0),
                     }
                 }
                 PgEvent::Skipped { seq } => {
@@ -780,9 +804,9 @@ impl Stitcher {
         }
     }
 
-    /// Acts on the HTTP events the last parser call left in `scratch`. `tid` is the thread that
-    /// moved the bytes (None for close and idle flushes).
-    fn dispatch(&mut self, key: ConnKey, tid: Option<u32>, out: &mut Vec<SpanRecord>) {
+    /// Acts on the HTTP events the last parser call left in `scratch`. `doer` moved the bytes
+    /// (None for close and idle flushes).
+    fn dispatch(&mut self, key: ConnKey, doer: Option<Doer>, out: &mut Vec<SpanRecord>) {
         let events = std::mem::take(&mut self.scratch);
         for event in &events {
             match event {
@@ -792,8 +816,8 @@ impl Stitcher {
                     line,
                     ..
                 } => {
-                    let tid = tid.unwrap_or(0);
-                    self.request_started(key, *seq, tid, traceparent.as_deref(), *line);
+                    let doer = doer.unwrap_or(Doer::thread(0));
+                    self.request_started(key, *seq, doer, traceparent.as_deref(), *line);
                 }
                 HttpEvent::ResponseStarted { seq, .. } => {
                     let Some(conn) = self.conns.get(&key) else {
@@ -802,7 +826,7 @@ impl Stitcher {
                     if conn.role == SocketRole::Server
                         && let Some(pending) = conn.pending.get(seq).copied()
                     {
-                        self.stop_serving(key.0, pending.tid, key.1, Some(*seq));
+                        self.stop_serving(key.0, pending.exec, key.1, Some(*seq));
                     }
                 }
                 HttpEvent::Exchange(exchange) => self.exchange_done(key, exchange, out),
@@ -816,7 +840,7 @@ impl Stitcher {
         &mut self,
         key: ConnKey,
         seq: u64,
-        tid: u32,
+        doer: Doer,
         traceparent: Option<&str>,
         line: u64,
     ) {
@@ -831,10 +855,10 @@ impl Stitcher {
                     .conns
                     .get_mut(&key)
                     .and_then(|conn| conn.opened_for.take())
-                    .filter(|(opener, _)| *opener == tid);
+                    .filter(|(opener, _)| *opener == doer.tid);
                 match opened_for {
                     Some((_, parent)) => ids_under(parent),
-                    None => self.client_ids(key.0, tid),
+                    None => self.client_ids(key.0, doer.exec),
                 }
             }
             _ => {
@@ -853,9 +877,10 @@ impl Stitcher {
                     self.await_caller(key, seq, line, ids.span_id);
                 }
                 self.serving
-                    .entry((key.0, tid))
+                    .entry((key.0, doer.exec))
                     .or_default()
                     .push(InFlight {
+                        tid: doer.tid,
                         conn_id: key.1,
                         seq,
                         trace_id: ids.trace_id,
@@ -869,7 +894,8 @@ impl Stitcher {
             let pending = Pending {
                 ids,
                 line,
-                tid,
+                tid: doer.tid,
+                exec: doer.exec,
                 start_ns: self.clock_ns,
                 libpq: None,
             };
@@ -937,7 +963,7 @@ impl Stitcher {
         };
         request.ids.trace_id = ids.trace_id;
         request.ids.parent_span_id = Some(ids.span_id);
-        let thread = (awaiting.server.0, request.tid);
+        let thread = (awaiting.server.0, request.exec);
         if let Some(serving) = self.serving.get_mut(&thread) {
             for entry in serving.iter_mut().filter(|e| e.span_id == awaiting.span_id) {
                 entry.trace_id = ids.trace_id;
@@ -945,15 +971,33 @@ impl Stitcher {
         }
     }
 
-    /// Ids for an outbound call `tid` of `pid` makes now (at `clock_ns`).
-    fn client_ids(&mut self, pid: u32, tid: u32) -> SpanIds {
-        ids_under(self.parent_of_call(pid, tid))
+    /// Ids for an outbound call the thread or goroutine `exec` of `pid` makes now (at
+    /// `clock_ns`).
+    fn client_ids(&mut self, pid: u32, exec: u64) -> SpanIds {
+        ids_under(self.parent_of_call(pid, exec))
+    }
+
+    /// Who moved a record's bytes: in a Go program whose goroutines loupe reads, the goroutine.
+    fn doer_of(&mut self, data: &DataRecord) -> Doer {
+        if data.goid != 0 && self.runtime(data.pid) == Runtime::Goroutines {
+            return Doer {
+                tid: data.tid,
+                exec: GOROUTINE | data.goid,
+            };
+        }
+        Doer::thread(data.tid)
     }
 
     /// Gathers what the parent rule needs about a call `tid` of `pid` makes now, and asks it.
     /// An event loop's last read is used up by the call it decides.
-    fn parent_of_call(&mut self, pid: u32, tid: u32) -> Parent {
-        let runtime = self.runtime(pid);
+    fn parent_of_call(&mut self, pid: u32, exec: u64) -> Parent {
+        // A goroutine is a key as a thread is elsewhere; a call whose goroutine went unread
+        // says nothing.
+        let runtime = match self.runtime(pid) {
+            Runtime::Goroutines if exec & GOROUTINE != 0 => Runtime::Threads,
+            Runtime::Goroutines => Runtime::SharedThreads,
+            runtime => runtime,
+        };
         let now = self.clock_ns;
         let in_process = match runtime {
             Runtime::SharedThreads => self
@@ -966,12 +1010,12 @@ impl Stitcher {
             _ => 0,
         };
         let last_read = match runtime {
-            Runtime::RunToCompletion => self.last_read.remove(&(pid, tid)),
+            Runtime::RunToCompletion => self.last_read.remove(&(pid, exec as u32)),
             _ => None,
         };
         let on_thread = self
             .serving
-            .get(&(pid, tid))
+            .get(&(pid, exec))
             .map(Vec::as_slice)
             .unwrap_or_default();
         let parent = parent::decide(&CallContext {
@@ -992,11 +1036,11 @@ impl Stitcher {
     }
 
     /// Forgets that `tid` serves request `seq` (or every request) of connection `conn_id`.
-    fn stop_serving(&mut self, pid: u32, tid: u32, conn_id: u64, seq: Option<u64>) {
-        if let Some(list) = self.serving.get_mut(&(pid, tid)) {
+    fn stop_serving(&mut self, pid: u32, exec: u64, conn_id: u64, seq: Option<u64>) {
+        if let Some(list) = self.serving.get_mut(&(pid, exec)) {
             list.retain(|s| !(s.conn_id == conn_id && seq.is_none_or(|seq| s.seq == seq)));
             if list.is_empty() {
-                self.serving.remove(&(pid, tid));
+                self.serving.remove(&(pid, exec));
             }
         }
     }
@@ -1040,7 +1084,7 @@ impl Stitcher {
             _ => server_span(exchange, &conn.ends, pending.ids, actor),
         };
         if role == SocketRole::Server {
-            self.stop_serving(key.0, pending.tid, key.1, Some(exchange.seq));
+            self.stop_serving(key.0, pending.exec, key.1, Some(exchange.seq));
         }
         out.push(span);
     }

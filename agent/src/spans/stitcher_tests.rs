@@ -45,6 +45,7 @@ fn data(fd: i32, tid: u32, direction: Direction, at: u64, bytes: &'static [u8]) 
         exit_ns: at + 100,
         total_len: bytes.len() as u32,
         direction,
+        goid: 0,
         payload: Bytes::from_static(bytes),
     })
 }
@@ -336,6 +337,7 @@ fn owned_data(fd: i32, tid: u32, direction: Direction, at: u64, bytes: Vec<u8>) 
         exit_ns: at + 100,
         total_len: bytes.len() as u32,
         direction,
+        goid: 0,
         payload: Bytes::from(bytes),
     })
 }
@@ -678,4 +680,63 @@ fn a_callee_whose_request_line_differs_is_not_linked() {
             .unwrap();
         assert_eq!(callee.parent_span_id, None);
     }
+}
+
+/// `event` as goroutine `goid` made it.
+fn on_goroutine(goid: u64, event: Event) -> Event {
+    let Event::Data(mut record) = event else {
+        return event;
+    };
+    record.goid = goid;
+    Event::Data(record)
+}
+
+#[test]
+fn in_a_go_program_the_goroutine_is_the_key() {
+    // Two requests read by goroutines 11 and 12 on thread 7; goroutine 11 runs on thread 8 when
+    // it calls out, goroutine 12 on thread 7; goroutine 13 (a transport's writer) calls on 7.
+    let (spans, _) = run_on(
+        |_| Runtime::Goroutines,
+        vec![
+            conn(5, 7, SocketRole::Server, "127.0.0.1:5000"),
+            conn(9, 7, SocketRole::Server, "127.0.0.1:5001"),
+            on_goroutine(11, data(5, 7, Direction::Ingress, 1_000, REQUEST)),
+            on_goroutine(12, data(9, 7, Direction::Ingress, 1_100, REQUEST_TWO)),
+            conn(6, 8, SocketRole::Client, "127.0.0.1:8081"),
+            on_goroutine(11, data(6, 8, Direction::Egress, 2_000, CALL)),
+            on_goroutine(11, data(6, 8, Direction::Ingress, 2_500, CALL_RESPONSE)),
+            conn(4, 7, SocketRole::Client, "127.0.0.1:8081"),
+            on_goroutine(13, data(4, 7, Direction::Egress, 2_600, CALL)),
+            on_goroutine(13, data(4, 7, Direction::Ingress, 2_700, CALL_RESPONSE)),
+            // A syscall whose goroutine went unread: nothing is certain.
+            conn(3, 7, SocketRole::Client, "127.0.0.1:8081"),
+            data(3, 7, Direction::Egress, 2_800, CALL),
+            data(3, 7, Direction::Ingress, 2_900, CALL_RESPONSE),
+            on_goroutine(11, data(5, 7, Direction::Egress, 3_000, RESPONSE)),
+            on_goroutine(12, data(9, 7, Direction::Egress, 3_100, RESPONSE)),
+        ],
+    );
+    let server = spans
+        .iter()
+        .find(|s| s.kind == SpanKind::Server && s.attr_str("url.path") == Some("/api/checkout"))
+        .unwrap();
+    let calls: Vec<&SpanRecord> = spans
+        .iter()
+        .filter(|s| s.kind == SpanKind::Client)
+        .collect();
+    assert_eq!(calls.len(), 3, "{spans:#?}");
+    assert_eq!(
+        calls[0].parent_span_id,
+        Some(server.span_id),
+        "goroutine 11's call"
+    );
+    assert_eq!(calls[0].tid, 8, "its thread is still the thread");
+    assert_eq!(calls[1].parent_span_id, None);
+    assert_eq!(
+        calls[1].attr_str("loupe.parent"),
+        Some("none"),
+        "goroutine 13 serves nothing"
+    );
+    assert_eq!(calls[2].parent_span_id, None);
+    assert_eq!(calls[2].attr_str("loupe.parent"), Some("ambiguous"));
 }
