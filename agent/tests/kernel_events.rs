@@ -236,7 +236,7 @@ fn traffic_of_an_untargeted_process_is_not_seen() {
             Event::LibpqCall(c) => c.pid,
             Event::LibpqResult(r) => r.pid,
             Event::CpuSample(s) => s.pid,
-            Event::ConnLocal { pid, .. } => *pid,
+            Event::ConnLocal { pid, .. } | Event::GoCall { pid, .. } => *pid,
         };
         assert_eq!(pid, me, "only the target's events: {event:?}");
     }

@@ -32,6 +32,8 @@ pub enum EventKind {
     /// A connected socket's own address, learnt once its handshake completed after its
     /// connect returned: [`ConnLocalEvent`].
     ConnLocal = 9,
+    /// A probed Go function was entered: [`crate::GoCallEvent`].
+    GoCall = 10,
 }
 
 impl TryFrom<u32> for EventKind {
@@ -47,6 +49,7 @@ impl TryFrom<u32> for EventKind {
             7 => Ok(Self::LibpqResult),
             8 => Ok(Self::CpuSample),
             9 => Ok(Self::ConnLocal),
+            10 => Ok(Self::GoCall),
             other => Err(other),
         }
     }

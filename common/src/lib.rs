@@ -9,11 +9,13 @@
 
 pub mod cpu;
 pub mod event;
+pub mod golang;
 pub mod libpq;
 pub mod maps;
 pub mod names;
 
 pub use cpu::*;
 pub use event::*;
+pub use golang::*;
 pub use libpq::*;
 pub use maps::*;

@@ -137,5 +137,7 @@ pub const TRACEPOINT_PROGRAMS: &[TracepointProgram] = &[
 pub const PROGRAM_LIBPQ_ENTER: &str = "libpq_enter";
 /// Uretprobe program on the libpq functions that return a `PGresult`.
 pub const PROGRAM_LIBPQ_RETURN: &str = "libpq_return";
+/// Uprobe program on the probed Go functions (the attach cookie says which).
+pub const PROGRAM_GO_ENTER: &str = "go_enter";
 /// Global: statement text bytes to read per libpq call (clamped to `LIBPQ_MAX_TEXT`).
 pub const GLOBAL_QUERY_BYTES: &str = "QUERY_BYTES";

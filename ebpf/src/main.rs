@@ -16,6 +16,7 @@ mod cpu;
 mod data;
 mod emit;
 mod fork;
+mod golang;
 mod libpq;
 mod maps;
 
@@ -130,6 +131,11 @@ pub fn libpq_enter(ctx: ProbeContext) -> u32 {
 #[uretprobe]
 pub fn libpq_return(ctx: RetProbeContext) -> u32 {
     finish(libpq::try_return(&ctx))
+}
+
+#[uprobe]
+pub fn go_enter(ctx: ProbeContext) -> u32 {
+    finish(golang::try_enter(&ctx))
 }
 
 #[perf_event]

@@ -6,8 +6,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use bytes::Bytes;
 use loupe_common::{
     CloseEvent, ConnEvent, ConnLocalEvent, CpuSampleEvent, DATA_EVENT_HEADER_LEN, DataEvent,
-    Direction, DupEvent, EventHeader, EventKind, ForkEvent, LIBPQ_CALL_HEADER_LEN,
-    LIBPQ_HAS_RESULT, LibpqCallEvent, LibpqFunction, LibpqResultEvent, SocketRole, libpq_probe,
+    Direction, DupEvent, EventHeader, EventKind, ForkEvent, GoCallEvent, GoFunction,
+    LIBPQ_CALL_HEADER_LEN, LIBPQ_HAS_RESULT, LibpqCallEvent, LibpqFunction, LibpqResultEvent,
+    SocketRole, libpq_probe,
 };
 
 /// Bytes moved by one syscall on a tracked socket.
@@ -109,6 +110,13 @@ pub enum Event {
         parent: u32,
         child: u32,
     },
+    /// A probed Go function was entered by goroutine `goid` with receiver `object`.
+    GoCall {
+        pid: u32,
+        goid: u64,
+        function: GoFunction,
+        object: u64,
+    },
     /// Connection `conn_id`'s own address, learnt after its connect returned.
     ConnLocal {
         pid: u32,
@@ -146,6 +154,8 @@ pub enum DecodeError {
     LibpqFunction(u32),
     #[error("a connection's own address is not an IP address")]
     Address,
+    #[error("unknown Go function {0}")]
+    GoFunction(u32),
     #[error("captured length {captured} exceeds the record ({room} bytes) or the total ({total})")]
     Captured {
         captured: usize,
@@ -192,6 +202,16 @@ pub fn decode(record: &Bytes) -> Result<Event, DecodeError> {
                 peer,
                 local,
             }))
+        }
+        EventKind::GoCall => {
+            let event: GoCallEvent = read(record)?;
+            let function = GoFunction::try_from(event.function).map_err(DecodeError::GoFunction)?;
+            Ok(Event::GoCall {
+                pid: header.pid,
+                goid: event.goid,
+                function,
+                object: event.object,
+            })
         }
         EventKind::ConnLocal => {
             let event: ConnLocalEvent = read(record)?;

@@ -1,4 +1,5 @@
-//! Uprobes on the libraries target processes map: today libpq (the seam for OpenSSL is another
+//! Uprobes on the libraries target processes map: libpq, and in Go programs whose goroutines
+//! loupe reads, the executable's net/http Transport (the seam for OpenSSL is another
 //! [`LibrarySpec`]). Attached per process, so an untargeted process that uses the same file pays
 //! nothing; rescanned while loupe runs, so a library loaded later (dlopen, a lazily imported
 //! driver) is probed too.
@@ -17,12 +18,12 @@ use aya::{
     },
 };
 use loupe_common::{
-    LIBPQ_PROBES,
-    names::{PROGRAM_LIBPQ_ENTER, PROGRAM_LIBPQ_RETURN},
+    GO_PROBES, LIBPQ_PROBES,
+    names::{PROGRAM_GO_ENTER, PROGRAM_LIBPQ_ENTER, PROGRAM_LIBPQ_RETURN},
 };
 
 use super::ProbeError;
-use crate::process::{MappedLibrary, mapped_libraries};
+use crate::process::{MappedLibrary, mapped_libraries, runtime::goid_offset};
 
 /// One probed function: where the entry and (optionally) return probes go and their cookie.
 struct FunctionProbe {
@@ -31,12 +32,20 @@ struct FunctionProbe {
     with_return: bool,
 }
 
+/// Where a probed library is found in a process.
+enum Source {
+    /// Shared objects whose file name starts with this, in /proc/PID/maps.
+    Mapped(&'static str),
+    /// The executable itself, when it is a Go program whose goroutine ids loupe reads.
+    GoExecutable,
+}
+
 /// A library loupe knows how to probe.
 struct LibrarySpec {
-    /// File name prefix in /proc/PID/maps.
-    prefix: &'static str,
+    source: Source,
     enter_program: &'static str,
-    return_program: &'static str,
+    /// The return probe's program, for functions `with_return`.
+    return_program: Option<&'static str>,
     functions: fn() -> Vec<FunctionProbe>,
 }
 
@@ -51,12 +60,55 @@ fn libpq_functions() -> Vec<FunctionProbe> {
         .collect()
 }
 
-const LIBRARIES: &[LibrarySpec] = &[LibrarySpec {
-    prefix: "libpq",
-    enter_program: PROGRAM_LIBPQ_ENTER,
-    return_program: PROGRAM_LIBPQ_RETURN,
-    functions: libpq_functions,
-}];
+fn go_functions() -> Vec<FunctionProbe> {
+    GO_PROBES
+        .iter()
+        .map(|(symbol, function)| FunctionProbe {
+            symbol,
+            cookie: *function as u64,
+            with_return: false,
+        })
+        .collect()
+}
+
+const LIBRARIES: &[LibrarySpec] = &[
+    LibrarySpec {
+        source: Source::Mapped("libpq"),
+        enter_program: PROGRAM_LIBPQ_ENTER,
+        return_program: Some(PROGRAM_LIBPQ_RETURN),
+        functions: libpq_functions,
+    },
+    LibrarySpec {
+        source: Source::GoExecutable,
+        enter_program: PROGRAM_GO_ENTER,
+        return_program: None,
+        functions: go_functions,
+    },
+];
+
+/// The files of `spec` that `pid` runs. `checked_exe` remembers the processes whose executable
+/// was already looked at (it does not change without an exec, which makes a new target).
+fn find(spec: &LibrarySpec, pid: u32, checked_exe: &mut Vec<u32>) -> Vec<MappedLibrary> {
+    match spec.source {
+        Source::Mapped(prefix) => mapped_libraries(pid, prefix),
+        Source::GoExecutable => {
+            if checked_exe.contains(&pid) {
+                return Vec::new();
+            }
+            checked_exe.push(pid);
+            if goid_offset(pid).is_none() {
+                return Vec::new();
+            }
+            let Ok(path) = std::fs::read_link(format!("/proc/{pid}/exe")) else {
+                return Vec::new();
+            };
+            vec![MappedLibrary {
+                path: path.to_string_lossy().into_owned(),
+                host_path: PathBuf::from(format!("/proc/{pid}/exe")),
+            }]
+        }
+    }
+}
 
 /// A library file probed in one process.
 struct Attached {
@@ -85,8 +137,10 @@ pub struct LibraryProbes {
     attached: HashMap<u32, Vec<Attached>>,
     /// Files that could not be probed in a process: not retried.
     failed: HashMap<u32, Vec<String>>,
-    /// Whether the programs are loaded into the kernel (they are loaded on first use).
-    loaded: bool,
+    /// The programs loaded into the kernel (each on first use).
+    loaded: Vec<&'static str>,
+    /// Processes whose executable was looked at for Go.
+    checked_exe: Vec<u32>,
 }
 
 impl LibraryProbes {
@@ -116,10 +170,11 @@ impl LibraryProbes {
             self.detach_process(ebpf, pid);
         }
         self.failed.retain(|pid, _| pids.contains(pid));
+        self.checked_exe.retain(|pid| pids.contains(pid));
         let mut news = Vec::new();
         for &pid in pids {
             for spec in LIBRARIES {
-                for library in mapped_libraries(pid, spec.prefix) {
+                for library in find(spec, pid, &mut self.checked_exe) {
                     let known = self
                         .attached
                         .get(&pid)
@@ -201,28 +256,29 @@ fn attach_functions(
     pid: u32,
     spec: &LibrarySpec,
     path: &Path,
-    loaded: &mut bool,
+    loaded: &mut Vec<&'static str>,
 ) -> Result<Vec<(&'static str, UProbeLinkId)>, String> {
     let scope = UProbeScope::OneProcess(NonZeroU32::new(pid).ok_or("pid 0")?);
-    if !*loaded {
-        for name in [spec.enter_program, spec.return_program] {
-            uprobe(ebpf, name)
-                .and_then(|program| {
-                    program.load().map_err(|source| ProbeError::Verify {
-                        name,
-                        source: Box::new(source),
-                    })
-                })
-                .map_err(|err| error_chain(&err))?;
+    for name in std::iter::once(spec.enter_program).chain(spec.return_program) {
+        if loaded.contains(&name) {
+            continue;
         }
-        *loaded = true;
+        uprobe(ebpf, name)
+            .and_then(|program| {
+                program.load().map_err(|source| ProbeError::Verify {
+                    name,
+                    source: Box::new(source),
+                })
+            })
+            .map_err(|err| error_chain(&err))?;
+        loaded.push(name);
     }
     let mut links = Vec::new();
     let mut result = Ok(());
     for function in (spec.functions)() {
         let mut programs = vec![spec.enter_program];
         if function.with_return {
-            programs.push(spec.return_program);
+            programs.extend(spec.return_program);
         }
         for name in programs {
             let attached = uprobe(ebpf, name)

@@ -11,7 +11,7 @@ use std::{net::SocketAddr, sync::Arc};
 
 use rustc_hash::FxHashMap as HashMap;
 
-use loupe_common::{Direction, SocketRole};
+use loupe_common::{Direction, GoFunction, SocketRole};
 
 use super::{
     db::{QueryFacts, query_span},
@@ -166,6 +166,11 @@ pub struct Stitcher {
     /// through the ring buffer): (caller connection, sequence) -> the request, to be linked
     /// when the write comes, if it made no call before.
     awaiting_caller: HashMap<(ConnKey, u64), AwaitingCaller>,
+    /// Go: the goroutine that handed each request to a Transport connection, by (pid,
+    /// `*Request`).
+    go_callers: HashMap<(u32, u64), u64>,
+    /// Go: the goroutine a Transport connection's writer is writing for now, by (pid, writer).
+    go_writing_for: HashMap<(u32, u64), u64>,
     limits: StitcherLimits,
     counters: Arc<Counters>,
     scratch: Vec<HttpEvent>,
@@ -216,6 +221,8 @@ impl Stitcher {
             last_read: HashMap::default(),
             by_local: HashMap::default(),
             awaiting_caller: HashMap::default(),
+            go_callers: HashMap::default(),
+            go_writing_for: HashMap::default(),
             limits,
             counters,
             scratch: Vec::new(),
@@ -289,6 +296,12 @@ impl Stitcher {
                 conn_id,
                 local,
             } => self.learn_local((pid, conn_id), local),
+            Event::GoCall {
+                pid,
+                goid,
+                function,
+                object,
+            } => self.go_call(pid, goid, function, object),
             Event::CpuSample(_) => {}
             Event::LibpqCall(call) => {
                 self.clock_ns = call.ts_ns;
@@ -977,15 +990,44 @@ impl Stitcher {
         ids_under(self.parent_of_call(pid, exec))
     }
 
-    /// Who moved a record's bytes: in a Go program whose goroutines loupe reads, the goroutine.
+    /// Who moved a record's bytes: in a Go program whose goroutines loupe reads, the goroutine;
+    /// for a Transport connection's writer, the goroutine whose request it is writing (net/http
+    /// hands each request to the connection's own writing goroutine).
     fn doer_of(&mut self, data: &DataRecord) -> Doer {
-        if data.goid != 0 && self.runtime(data.pid) == Runtime::Goroutines {
-            return Doer {
-                tid: data.tid,
-                exec: GOROUTINE | data.goid,
-            };
+        if data.goid == 0 || self.runtime(data.pid) != Runtime::Goroutines {
+            return Doer::thread(data.tid);
         }
-        Doer::thread(data.tid)
+        let caller = self.go_writing_for.get(&(data.pid, data.goid)).copied();
+        Doer {
+            tid: data.tid,
+            exec: GOROUTINE | caller.unwrap_or(data.goid),
+        }
+    }
+
+    /// A Go Transport probe fired: a goroutine handed `request` to a connection, or a
+    /// connection's writer started writing it.
+    fn go_call(&mut self, pid: u32, goid: u64, function: GoFunction, request: u64) {
+        let limit = self.limits.max_connections;
+        match function {
+            GoFunction::PersistConnRoundTrip => {
+                if self.go_callers.len() >= limit {
+                    self.go_callers.clear();
+                }
+                self.go_callers.insert((pid, request), goid);
+            }
+            GoFunction::RequestWrite => match self.go_callers.remove(&(pid, request)) {
+                Some(caller) => {
+                    if self.go_writing_for.len() >= limit {
+                        self.go_writing_for.clear();
+                    }
+                    self.go_writing_for.insert((pid, goid), caller);
+                }
+                // Not a request a Transport call handed over: the writer is itself.
+                None => {
+                    self.go_writing_for.remove(&(pid, goid));
+                }
+            },
+        }
     }
 
     /// Gathers what the parent rule needs about a call `tid` of `pid` makes now, and asks it.

@@ -740,3 +740,40 @@ fn in_a_go_program_the_goroutine_is_the_key() {
     assert_eq!(calls[2].parent_span_id, None);
     assert_eq!(calls[2].attr_str("loupe.parent"), Some("ambiguous"));
 }
+
+#[test]
+fn a_go_transport_write_is_keyed_by_the_goroutine_that_made_the_call() {
+    let go_call = |goid: u64, function: GoFunction| Event::GoCall {
+        pid: PID,
+        goid,
+        function,
+        object: 0xa0a0,
+    };
+    let (spans, _) = run_on(
+        |_| Runtime::Goroutines,
+        vec![
+            conn(5, 7, SocketRole::Server, "127.0.0.1:5000"),
+            on_goroutine(11, data(5, 7, Direction::Ingress, 1_000, REQUEST)),
+            // Goroutine 11 hands its request to a connection; goroutine 50 (the connection's
+            // writer, on another thread) writes it.
+            go_call(11, GoFunction::PersistConnRoundTrip),
+            go_call(50, GoFunction::RequestWrite),
+            conn(6, 8, SocketRole::Client, "127.0.0.1:8081"),
+            on_goroutine(50, data(6, 8, Direction::Egress, 2_000, CALL)),
+            on_goroutine(51, data(6, 9, Direction::Ingress, 2_500, CALL_RESPONSE)),
+            // A request the writer writes that no Transport call handed over: its own.
+            go_call(50, GoFunction::RequestWrite),
+            on_goroutine(50, data(6, 8, Direction::Egress, 2_600, CALL)),
+            on_goroutine(51, data(6, 9, Direction::Ingress, 2_700, CALL_RESPONSE)),
+            on_goroutine(11, data(5, 7, Direction::Egress, 3_000, RESPONSE)),
+        ],
+    );
+    let server = spans.iter().find(|s| s.kind == SpanKind::Server).unwrap();
+    let calls: Vec<&SpanRecord> = spans
+        .iter()
+        .filter(|s| s.kind == SpanKind::Client)
+        .collect();
+    assert_eq!(calls.len(), 2, "{spans:#?}");
+    assert_eq!(calls[0].parent_span_id, Some(server.span_id));
+    assert_eq!(calls[1].parent_span_id, None);
+}
