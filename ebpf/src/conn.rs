@@ -64,7 +64,7 @@ fn remember_addr(ctx: &TracePointContext) -> Result<(), i64> {
             fd: fd as i32,
             direction: Direction::Ingress as u32,
             conn_id: 0,
-            goid: 0,
+            goid_offset: 0,
         },
     )
 }

@@ -126,7 +126,7 @@ pub fn remember(socket: Tracked, fd: i32, buffer: Buffer, direction: Direction) 
             fd,
             direction: direction as u32,
             conn_id,
-            goid: current_goid(goid_offset),
+            goid_offset: u64::from(goid_offset),
         },
     )
 }
@@ -236,6 +236,8 @@ pub fn try_exit_data(ctx: &TracePointContext) -> Result<(), i64> {
         conn_id: in_flight.conn_id,
     };
     let exit_ns = emit::now_ns();
+    // Only for syscalls that moved bytes: Go's netpoller retries reads that would block often.
+    let goid = current_goid(in_flight.goid_offset as u32);
     let total = if ret > u32::MAX as i64 {
         u32::MAX
     } else {
@@ -244,6 +246,7 @@ pub fn try_exit_data(ctx: &TracePointContext) -> Result<(), i64> {
     let args = DataArgs {
         header,
         in_flight: &in_flight,
+        goid,
         gathered,
         exit_ns,
         total,
@@ -261,6 +264,7 @@ pub fn try_exit_data(ctx: &TracePointContext) -> Result<(), i64> {
 struct DataArgs<'a> {
     header: EventHeader,
     in_flight: &'a InFlight,
+    goid: u64,
     /// The gathered bytes of a vector syscall (kernel memory), else None: `in_flight.buf` holds
     /// them.
     gathered: Option<*const u8>,
@@ -341,7 +345,7 @@ fn emit_data<const N: usize>(args: &DataArgs<'_>) -> Result<(), i64> {
         (*event).total_len = args.total;
         (*event).direction = args.in_flight.direction;
         (*event)._pad = 0;
-        (*event).goid = args.in_flight.goid;
+        (*event).goid = args.goid;
         let ret = match args.gathered {
             Some(scratch) => generated::bpf_probe_read_kernel(
                 (*event).payload.as_mut_ptr().cast(),

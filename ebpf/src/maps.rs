@@ -86,8 +86,9 @@ pub struct InFlight {
     pub direction: u32,
     /// The connection of `fd` (data and dup syscalls); 0 for accept/connect.
     pub conn_id: u64,
-    /// The running goroutine's id (data syscalls of Go programs), else 0.
-    pub goid: u64,
+    /// `SocketInfo::goid_offset` of the socket (data syscalls): the exit program reads the
+    /// running goroutine's id with it, once the syscall moved bytes.
+    pub goid_offset: u64,
 }
 
 /// Leaves `in_flight` for the exit program of the syscall this thread is entering; a full map
