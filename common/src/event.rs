@@ -136,11 +136,13 @@ pub struct DataEvent<const N: usize> {
     pub _pad: u32,
     /// The id of the goroutine that made the syscall (Go programs of a known version), else 0.
     pub goid: u64,
+    /// The id of the goroutine that started that one, else 0.
+    pub parent_goid: u64,
     /// The first `captured_len` bytes moved; the rest of the array is undefined.
     pub payload: [u8; N],
 }
 /// Bytes of a [`DataEvent`] before its payload.
-pub const DATA_EVENT_HEADER_LEN: usize = 64;
+pub const DATA_EVENT_HEADER_LEN: usize = 72;
 const _: () = assert!(size_of::<DataEvent<0>>() == DATA_EVENT_HEADER_LEN);
 const _: () = assert!(size_of::<DataEvent<256>>() == DATA_EVENT_HEADER_LEN + 256);
 

@@ -14,6 +14,10 @@ pub enum GoFunction {
     /// `net/http.(*Request).write`: a goroutine writes a request (the receiver) to a
     /// connection.
     RequestWrite = 2,
+    /// `runtime.newproc`: a goroutine (on its own stack, before the switch to the scheduler's)
+    /// starts another; the record's `object` is the goid the new goroutine will get (the next
+    /// in its P's cache), 0 where the cache is empty and the id is not known yet.
+    NewProc = 3,
 }
 
 impl TryFrom<u32> for GoFunction {
@@ -22,6 +26,7 @@ impl TryFrom<u32> for GoFunction {
         match raw {
             1 => Ok(Self::PersistConnRoundTrip),
             2 => Ok(Self::RequestWrite),
+            3 => Ok(Self::NewProc),
             other => Err(other),
         }
     }
@@ -34,7 +39,29 @@ pub const GO_PROBES: &[(&str, GoFunction)] = &[
         GoFunction::PersistConnRoundTrip,
     ),
     ("net/http.(*Request).write", GoFunction::RequestWrite),
+    ("runtime.newproc", GoFunction::NewProc),
 ];
+
+/// Where a Go version keeps what the probes read (x86-64 byte offsets, from the DWARF of that
+/// version's own builds): in `runtime.g` the goroutine's id, its parent's id and its `m`; in
+/// `runtime.m` its `p`; in `runtime.p` the next goid of its cache (the cache's end follows it).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GoLayout {
+    pub g_goid: u32,
+    pub g_parent_goid: u32,
+    pub g_m: u32,
+    pub m_p: u32,
+    pub p_goidcache: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<GoLayout>() == 24);
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: repr(C) integers with explicit padding; every bit pattern is valid.
+    unsafe impl aya::Pod for super::GoLayout {}
+}
 
 /// A probed Go function was entered.
 #[repr(C)]
@@ -48,8 +75,10 @@ pub struct GoCallEvent {
     pub _pad: u32,
     /// The goroutine that entered it (its goid).
     pub goid: u64,
+    /// The goroutine that started that one.
+    pub parent_goid: u64,
     /// The `*Request` handed over or written, as an address (an identity: userspace never
-    /// dereferences it).
+    /// dereferences it); for `NewProc`, the new goroutine's id.
     pub object: u64,
 }
-const _: () = assert!(size_of::<GoCallEvent>() == 56);
+const _: () = assert!(size_of::<GoCallEvent>() == 64);

@@ -6,10 +6,17 @@
 pub struct TargetInfo {
     /// The pid the user named that this process belongs to (itself, or an ancestor for children).
     pub root_pid: u32,
-    /// For a Go program of a known version: the offset of `goid` in its `runtime.g`, so the
-    /// data programs read the running goroutine's id (g is in r14 at every syscall Go makes).
-    /// 0: not Go, or a version loupe has no offset for.
+    /// For a Go program of a known version: where its `runtime.g` keeps `goid` (low 16 bits)
+    /// and `parentGoid` (high 16 bits), so the data programs read the running goroutine's ids
+    /// (g is in r14 at every syscall Go makes). 0: not Go, or a version loupe has no layout for.
     pub goid_offset: u32,
+}
+
+impl TargetInfo {
+    /// `goid_offset` from the two offsets.
+    pub const fn pack_go_offsets(goid: u32, parent_goid: u32) -> u32 {
+        (goid & 0xffff) | (parent_goid << 16)
+    }
 }
 const _: () = assert!(size_of::<TargetInfo>() == 8);
 

@@ -9,6 +9,8 @@ pub const MAP_TARGET_PIDS: &str = "TARGET_PIDS";
 pub const MAP_SOCKETS: &str = "SOCKETS";
 /// Per-CPU loss counters, indexed by `LossSlot`.
 pub const MAP_LOSS: &str = "LOSS";
+/// Go programs' runtime layouts, by pid.
+pub const MAP_GO_LAYOUTS: &str = "GO_LAYOUTS";
 
 /// perf_event program: one CPU sample (user and kernel stacks) of the thread its event is
 /// opened on. Userspace opens a CPU-clock event only on threads running something slow.

@@ -74,29 +74,36 @@ pub fn tracked_socket(fd: i32) -> Option<Tracked> {
 /// x86-64: r15, r14, ...).
 const PT_REGS_R14: u64 = 8;
 
-/// The id of the goroutine making this syscall: Go keeps the running `g` in r14 (ABIInternal,
-/// and its syscall stubs leave r14 alone), and `goid` at `offset` in it. 0 where it cannot be
-/// read.
-fn current_goid(offset: u32) -> u64 {
-    if offset == 0 {
-        return 0;
+/// The ids of the goroutine making this syscall and of its parent: Go keeps the running `g` in
+/// r14 (ABIInternal, and its syscall stubs leave r14 alone), `goid` and `parentGoid` at the
+/// offsets packed in `offsets` (`TargetInfo::goid_offset`). Zeros where they cannot be read.
+fn current_goids(offsets: u32) -> (u64, u64) {
+    let (goid_at, parent_at) = (offsets & 0xffff, offsets >> 16);
+    if goid_at == 0 {
+        return (0, 0);
     }
     // SAFETY: helpers on the current task; the pointer they return is only read through
     // bpf_probe_read_kernel, which faults safely.
     let regs = unsafe { generated::bpf_task_pt_regs(generated::bpf_get_current_task_btf()) };
     if regs == 0 {
-        return 0;
+        return (0, 0);
     }
     // SAFETY: a kernel address read with bpf_probe_read_kernel.
     let Ok(g) = (unsafe { bpf_probe_read_kernel((regs as u64 + PT_REGS_R14) as *const u64) })
     else {
-        return 0;
+        return (0, 0);
     };
     if g == 0 {
-        return 0;
+        return (0, 0);
     }
-    // SAFETY: a user address read with bpf_probe_read_user.
-    unsafe { bpf_probe_read_user((g + offset as u64) as *const u64) }.unwrap_or(0)
+    // SAFETY: user addresses read with bpf_probe_read_user.
+    let goid = unsafe { bpf_probe_read_user((g + u64::from(goid_at)) as *const u64) }.unwrap_or(0);
+    let parent = match parent_at {
+        0 => 0,
+        // SAFETY: as above.
+        _ => unsafe { bpf_probe_read_user((g + u64::from(parent_at)) as *const u64) }.unwrap_or(0),
+    };
+    (goid, parent)
 }
 
 /// Where a syscall's bytes are: one flat buffer, or an iovec array.
@@ -237,7 +244,7 @@ pub fn try_exit_data(ctx: &TracePointContext) -> Result<(), i64> {
     };
     let exit_ns = emit::now_ns();
     // Only for syscalls that moved bytes: Go's netpoller retries reads that would block often.
-    let goid = current_goid(in_flight.goid_offset as u32);
+    let (goid, parent_goid) = current_goids(in_flight.goid_offset as u32);
     let total = if ret > u32::MAX as i64 {
         u32::MAX
     } else {
@@ -247,6 +254,7 @@ pub fn try_exit_data(ctx: &TracePointContext) -> Result<(), i64> {
         header,
         in_flight: &in_flight,
         goid,
+        parent_goid,
         gathered,
         exit_ns,
         total,
@@ -265,6 +273,7 @@ struct DataArgs<'a> {
     header: EventHeader,
     in_flight: &'a InFlight,
     goid: u64,
+    parent_goid: u64,
     /// The gathered bytes of a vector syscall (kernel memory), else None: `in_flight.buf` holds
     /// them.
     gathered: Option<*const u8>,
@@ -346,6 +355,7 @@ fn emit_data<const N: usize>(args: &DataArgs<'_>) -> Result<(), i64> {
         (*event).direction = args.in_flight.direction;
         (*event)._pad = 0;
         (*event).goid = args.goid;
+        (*event).parent_goid = args.parent_goid;
         let ret = match args.gathered {
             Some(scratch) => generated::bpf_probe_read_kernel(
                 (*event).payload.as_mut_ptr().cast(),

@@ -9,7 +9,16 @@ use aya_ebpf::{
 };
 use loupe_common::{EventHeader, EventKind, GoCallEvent, GoFunction};
 
-use crate::{emit, maps::TARGET_PIDS};
+use crate::{emit, maps::GO_LAYOUTS};
+
+/// The u64 at `base + offset` in the target's memory.
+///
+/// # Safety
+/// None beyond the helper's: a bad address faults safely and comes back as an error.
+unsafe fn read(base: u64, offset: u32) -> Result<u64, i64> {
+    // SAFETY: see above.
+    unsafe { bpf_probe_read_user((base + u64::from(offset)) as *const u64) }.map_err(i64::from)
+}
 
 /// Entry to a probed Go function (ABIInternal: arguments in RAX, RBX, ...; the running g in
 /// R14).
@@ -19,24 +28,35 @@ pub fn try_enter(ctx: &ProbeContext) -> Result<(), i64> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let pid = (pid_tgid >> 32) as u32;
     // SAFETY: copied out at once.
-    let Some(offset) = (unsafe { TARGET_PIDS.get(pid) }).map(|target| target.goid_offset) else {
+    let Some(layout) = (unsafe { GO_LAYOUTS.get(pid) }).copied() else {
         return Ok(());
     };
-    if offset == 0 {
-        return Ok(());
-    }
     // SAFETY: `regs` is the probed thread's saved user registers, which the program may read.
     let (rax, rbx, g) = unsafe { ((*ctx.regs).rax, (*ctx.regs).rbx, (*ctx.regs).r14) };
+    // SAFETY: user addresses read with bpf_probe_read_user, which faults safely.
+    let goid = unsafe { read(g, layout.g_goid) }?;
+    // SAFETY: as above.
+    let parent_goid = unsafe { read(g, layout.g_parent_goid) }.unwrap_or(0);
     let request = if function == GoFunction::PersistConnRoundTrip as u32 {
         // The *transportRequest's first field is its *Request.
-        // SAFETY: a user address read with bpf_probe_read_user, which faults safely.
-        unsafe { bpf_probe_read_user(rbx as *const u64) }.map_err(i64::from)?
+        // SAFETY: as above.
+        unsafe { read(rbx, 0) }?
+    } else if function == GoFunction::NewProc as u32 {
+        // The goid the new goroutine gets: the next of its P's cache (g.m.p.goidcache), when
+        // the cache is not used up (then newproc1 takes a new batch: unknown here).
+        // SAFETY: as above.
+        let p = unsafe { read(read(g, layout.g_m)?, layout.m_p) }?;
+        // SAFETY: as above.
+        let (next, end) = unsafe {
+            (
+                read(p, layout.p_goidcache)?,
+                read(p, layout.p_goidcache + 8)?,
+            )
+        };
+        if next < end { next } else { 0 }
     } else {
         rax
     };
-    // SAFETY: a user address read with bpf_probe_read_user, which faults safely.
-    let goid =
-        unsafe { bpf_probe_read_user((g + u64::from(offset)) as *const u64) }.map_err(i64::from)?;
     emit::output(&GoCallEvent {
         header: EventHeader {
             kind: EventKind::GoCall as u32,
@@ -49,6 +69,7 @@ pub fn try_enter(ctx: &ProbeContext) -> Result<(), i64> {
         function,
         _pad: 0,
         goid,
+        parent_goid,
         object: request,
     })
 }

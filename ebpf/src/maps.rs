@@ -4,7 +4,7 @@ use aya_ebpf::{
     macros::map,
     maps::{HashMap, PerCpuArray, RingBuf},
 };
-use loupe_common::{LOSS_SLOTS, MAX_CAPTURE, SOCKADDR_LEN, SocketInfo, TargetInfo};
+use loupe_common::{GoLayout, LOSS_SLOTS, MAX_CAPTURE, SOCKADDR_LEN, SocketInfo, TargetInfo};
 
 /// Event records. Kernel writes (without a wakeup below `WAKEUP_BYTES` of backlog); userspace's
 /// `events::reader` drains it.
@@ -62,6 +62,11 @@ pub static LIBPQ_CONN: HashMap<u64, u64> = HashMap::with_max_entries(16384, 0);
 #[map]
 pub static GATHER: PerCpuArray<[u8; 2 * MAX_CAPTURE]> = PerCpuArray::with_max_entries(1, 0);
 
+/// Go programs' runtime layouts, keyed by tgid. Userspace writes them at attach for Go targets;
+/// the Go uprobes read them.
+#[map]
+pub static GO_LAYOUTS: HashMap<u32, GoLayout> = HashMap::with_max_entries(4096, 0);
+
 /// Per-CPU loss counters, indexed by `LossSlot`. Kernel increments; userspace sums and shows.
 #[map]
 pub static LOSS: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOSS_SLOTS, 0);
@@ -87,7 +92,7 @@ pub struct InFlight {
     /// The connection of `fd` (data and dup syscalls); 0 for accept/connect.
     pub conn_id: u64,
     /// `SocketInfo::goid_offset` of the socket (data syscalls): the exit program reads the
-    /// running goroutine's id with it, once the syscall moved bytes.
+    /// running goroutine's ids with it, once the syscall moved bytes.
     pub goid_offset: u64,
 }
 

@@ -27,6 +27,8 @@ pub struct DataRecord {
     pub direction: Direction,
     /// The goroutine that made the syscall (Go programs of a known version), else 0.
     pub goid: u64,
+    /// The goroutine that started that one, else 0.
+    pub parent_goid: u64,
     /// The captured prefix of what moved (`len() <= total_len`).
     pub payload: Bytes,
 }
@@ -114,6 +116,7 @@ pub enum Event {
     GoCall {
         pid: u32,
         goid: u64,
+        parent_goid: u64,
         function: GoFunction,
         object: u64,
     },
@@ -209,6 +212,7 @@ pub fn decode(record: &Bytes) -> Result<Event, DecodeError> {
             Ok(Event::GoCall {
                 pid: header.pid,
                 goid: event.goid,
+                parent_goid: event.parent_goid,
                 function,
                 object: event.object,
             })
@@ -344,6 +348,7 @@ fn decode_data(record: &Bytes, header: EventHeader) -> Result<Event, DecodeError
         total_len: event.total_len,
         direction,
         goid: event.goid,
+        parent_goid: event.parent_goid,
         payload: record.slice(DATA_EVENT_HEADER_LEN..DATA_EVENT_HEADER_LEN + captured),
     }))
 }
@@ -401,6 +406,7 @@ mod tests {
             direction: Direction::Egress as u32,
             _pad: 0,
             goid: 42,
+            parent_goid: 41,
             payload: [0; 256],
         };
         event.payload[..payload.len()].copy_from_slice(payload);

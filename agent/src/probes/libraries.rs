@@ -23,7 +23,7 @@ use loupe_common::{
 };
 
 use super::ProbeError;
-use crate::process::{MappedLibrary, mapped_libraries, runtime::goid_offset};
+use crate::process::{MappedLibrary, mapped_libraries, runtime::go_layout};
 
 /// One probed function: where the entry and (optionally) return probes go and their cookie.
 struct FunctionProbe {
@@ -96,7 +96,7 @@ fn find(spec: &LibrarySpec, pid: u32, checked_exe: &mut Vec<u32>) -> Vec<MappedL
                 return Vec::new();
             }
             checked_exe.push(pid);
-            if goid_offset(pid).is_none() {
+            if go_layout(pid).is_none() {
                 return Vec::new();
             }
             let Ok(path) = std::fs::read_link(format!("/proc/{pid}/exe")) else {

@@ -7,15 +7,15 @@ use aya::{
     programs::TracePoint,
 };
 use loupe_common::{
-    SocketInfo, SocketKey, TargetInfo,
+    GoLayout, SocketInfo, SocketKey, TargetInfo,
     names::{
-        GLOBAL_CAPTURE_BYTES, GLOBAL_QUERY_BYTES, GLOBAL_WAKEUP_BYTES, MAP_EVENTS, MAP_LOSS,
-        MAP_SOCKETS, MAP_TARGET_PIDS, TRACEPOINT_PROGRAMS,
+        GLOBAL_CAPTURE_BYTES, GLOBAL_QUERY_BYTES, GLOBAL_WAKEUP_BYTES, MAP_EVENTS, MAP_GO_LAYOUTS,
+        MAP_LOSS, MAP_SOCKETS, MAP_TARGET_PIDS, TRACEPOINT_PROGRAMS,
     },
 };
 
 use super::ProbeError;
-use crate::process::{ExistingSocket, Target, existing_sockets};
+use crate::process::{ExistingSocket, Target, existing_sockets, runtime::go_layout};
 
 /// The compiled kernel programs, built by build.rs.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/loupe"));
@@ -73,16 +73,28 @@ pub fn load_and_attach(config: &ProbeConfig, targets: &[Target]) -> Result<Probe
     let mut target_map: HashMap<MapData, u32, TargetInfo> =
         HashMap::try_from(take_map(&mut ebpf, MAP_TARGET_PIDS)?)
             .map_err(map_err(MAP_TARGET_PIDS))?;
-    let goid_offsets: std::collections::HashMap<u32, u32> = targets
+    // Go targets of a known version: their layout for the Go uprobes, and the goid offsets
+    // in their TargetInfo for the data programs. The map stays in `ebpf`: the uprobes that read
+    // it are loaded later, and need its fd.
+    let go_layouts: std::collections::HashMap<u32, GoLayout> = targets
         .iter()
-        .filter_map(|target| {
-            Some((
-                target.pid,
-                crate::process::runtime::goid_offset(target.pid)?,
-            ))
-        })
+        .filter_map(|target| Some((target.pid, go_layout(target.pid)?)))
         .collect();
-    let goid_offset = |pid: u32| goid_offsets.get(&pid).copied().unwrap_or(0);
+    let mut layout_map: HashMap<&mut MapData, u32, GoLayout> = HashMap::try_from(
+        ebpf.map_mut(MAP_GO_LAYOUTS)
+            .ok_or(ProbeError::MissingMap(MAP_GO_LAYOUTS))?,
+    )
+    .map_err(map_err(MAP_GO_LAYOUTS))?;
+    for (pid, layout) in &go_layouts {
+        layout_map
+            .insert(pid, layout, 0)
+            .map_err(map_err(MAP_GO_LAYOUTS))?;
+    }
+    let goid_offset = |pid: u32| {
+        go_layouts.get(&pid).map_or(0, |layout| {
+            TargetInfo::pack_go_offsets(layout.g_goid, layout.g_parent_goid)
+        })
+    };
     for target in targets {
         let info = TargetInfo {
             root_pid: target.root_pid,

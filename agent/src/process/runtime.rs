@@ -3,7 +3,7 @@
 //!
 //! - A Go binary (its ELF has `.go.buildinfo` or `.gopclntab`, which stripping keeps) runs
 //!   goroutines on whatever thread is free. Where its Go version (in `.go.buildinfo`) is one
-//!   whose `runtime.g` layout loupe knows, the kernel reads the running goroutine's id at each
+//!   whose runtime layout loupe knows, the kernel reads the running goroutine's id at each
 //!   syscall and the goroutine is the key: [`Runtime::Goroutines`]. Otherwise
 //!   [`Runtime::SharedThreads`].
 //! - nginx runs each event to completion on its worker's one thread:
@@ -15,6 +15,8 @@ use std::{
     io::{Read, Seek, SeekFrom},
 };
 
+use loupe_common::GoLayout;
+
 pub use crate::spans::parent::Runtime;
 
 /// Section names only Go's toolchain writes.
@@ -22,38 +24,49 @@ const GO_SECTIONS: &[&str] = &[".go.buildinfo", ".gopclntab"];
 /// Executables known to run each event to completion.
 const RUN_TO_COMPLETION: &[&str] = &["nginx"];
 
-/// The offset of `goid` in `runtime.g` on x86-64, by Go version (major 1, minor): after
-/// `stack`, `stackguard0/1`, `_panic`, `_defer`, `m`, `sched` (a `gobuf` of 7 words until 1.25
-/// dropped `ret`), `syscallsp`, `syscallpc`, `syscallbp` (from 1.23), `stktopsp`, `param`,
-/// `atomicstatus` and `stackLock`. Versions outside the table get no goroutine keys.
-const GOID_OFFSETS: &[(u32, u32)] = &[
-    (21, 152),
-    (22, 152),
-    (23, 160),
-    (24, 160),
-    (25, 152),
-    (26, 152),
+/// What the Go probes read, by Go version (major 1, minor), on x86-64: the byte offsets in
+/// `runtime.g` of `goid`, `parentGoid` and `m`, in `runtime.m` of `p`, in `runtime.p` of
+/// `goidcache`, each read from the DWARF of a build by that version's own toolchain. Versions
+/// outside the table get no goroutine keys: loupe does not guess a layout.
+const GO_LAYOUTS: &[(u32, GoLayout)] = &[
+    (21, layout(152, 272, 208, 384)),
+    (22, layout(152, 272, 208, 384)),
+    (23, layout(160, 280, 208, 376)),
+    (24, layout(160, 280, 208, 376)),
+    (25, layout(152, 272, 200, 376)),
+    (26, layout(152, 280, 208, 384)),
 ];
 
-/// The offset of `goid` in the `runtime.g` of `pid`'s executable, when it is an x86-64 Go
-/// program of a version in [`GOID_OFFSETS`].
-pub fn goid_offset(pid: u32) -> Option<u32> {
-    let mut file = File::open(format!("/proc/{pid}/exe")).ok()?;
-    let version = go_version(&mut file)?;
-    goid_offset_of(&version)
+const fn layout(g_goid: u32, g_parent_goid: u32, m_p: u32, p_goidcache: u32) -> GoLayout {
+    GoLayout {
+        g_goid,
+        g_parent_goid,
+        g_m: 48,
+        m_p,
+        p_goidcache,
+        _pad: 0,
+    }
 }
 
-fn goid_offset_of(version: &str) -> Option<u32> {
+/// The runtime layout of `pid`'s executable, when it is an x86-64 Go program of a version in
+/// [`GO_LAYOUTS`].
+pub fn go_layout(pid: u32) -> Option<GoLayout> {
+    let mut file = File::open(format!("/proc/{pid}/exe")).ok()?;
+    let version = go_version(&mut file)?;
+    layout_of(&version)
+}
+
+fn layout_of(version: &str) -> Option<GoLayout> {
     let minor: u32 = version
         .strip_prefix("go1.")?
         .split(|c: char| !c.is_ascii_digit())
         .next()?
         .parse()
         .ok()?;
-    GOID_OFFSETS
+    GO_LAYOUTS
         .iter()
         .find(|(known, _)| *known == minor)
-        .map(|(_, offset)| *offset)
+        .map(|(_, layout)| *layout)
 }
 
 /// The Go version an x86-64 executable was built with (`go1.26.8`), from its `.go.buildinfo`:
@@ -97,7 +110,7 @@ pub fn runtime_of(pid: u32) -> Runtime {
     // Through /proc/PID/exe, so a binary in another mount namespace or since deleted is read.
     let go = File::open(format!("/proc/{pid}/exe"))
         .is_ok_and(|mut file| elf_has_section(&mut file, GO_SECTIONS));
-    match (go, goid_offset(pid)) {
+    match (go, go_layout(pid)) {
         (true, Some(_)) => Runtime::Goroutines,
         (true, None) => Runtime::SharedThreads,
         _ => Runtime::Threads,
@@ -238,15 +251,17 @@ mod tests {
     }
 
     #[test]
-    fn the_goid_offset_follows_the_go_version() {
-        assert_eq!(goid_offset_of("go1.22.12"), Some(152));
-        assert_eq!(goid_offset_of("go1.23.4"), Some(160));
-        assert_eq!(goid_offset_of("go1.24.0"), Some(160));
-        assert_eq!(goid_offset_of("go1.26.8"), Some(152));
-        assert_eq!(goid_offset_of("go1.26rc1"), Some(152));
-        assert_eq!(goid_offset_of("go1.20.5"), None, "before the table");
-        assert_eq!(goid_offset_of("go1.27.0"), None, "after it: no guess");
-        assert_eq!(goid_offset_of("devel +abc"), None);
+    fn the_layout_follows_the_go_version() {
+        let goid = |version: &str| layout_of(version).map(|l| l.g_goid);
+        assert_eq!(goid("go1.22.12"), Some(152));
+        assert_eq!(goid("go1.23.4"), Some(160));
+        assert_eq!(goid("go1.24.0"), Some(160));
+        assert_eq!(goid("go1.26.8"), Some(152));
+        assert_eq!(goid("go1.26rc1"), Some(152));
+        assert_eq!(layout_of("go1.25.1").map(|l| l.m_p), Some(200));
+        assert_eq!(goid("go1.20.5"), None, "before the table");
+        assert_eq!(goid("go1.27.0"), None, "after it: no guess");
+        assert_eq!(goid("devel +abc"), None);
     }
 
     #[test]

@@ -129,6 +129,9 @@ struct Pending {
     libpq: Option<u64>,
 }
 
+/// A request and the key (`Doer::exec`) of the thread or goroutine serving it.
+type ServedRequest = (u64, InFlight);
+
 /// A server request whose caller loupe observes, read before the caller's write was handled.
 #[derive(Clone, Copy)]
 struct AwaitingCaller {
@@ -171,6 +174,12 @@ pub struct Stitcher {
     go_callers: HashMap<(u32, u64), u64>,
     /// Go: the goroutine a Transport connection's writer is writing for now, by (pid, writer).
     go_writing_for: HashMap<(u32, u64), u64>,
+    /// Go: goroutines announced by `runtime.newproc`, by (pid, the goid they get): who started
+    /// them and the request it served then (its key and the request), if one.
+    go_spawned: HashMap<(u32, u64), (u64, Option<ServedRequest>)>,
+    /// Go: goroutines a request's goroutine started while serving it, by (pid, goid): the
+    /// request (its goroutine's key and the request). One level: a goroutine they start is not.
+    go_bound: HashMap<(u32, u64), ServedRequest>,
     limits: StitcherLimits,
     counters: Arc<Counters>,
     scratch: Vec<HttpEvent>,
@@ -223,6 +232,8 @@ impl Stitcher {
             awaiting_caller: HashMap::default(),
             go_callers: HashMap::default(),
             go_writing_for: HashMap::default(),
+            go_spawned: HashMap::default(),
+            go_bound: HashMap::default(),
             limits,
             counters,
             scratch: Vec::new(),
@@ -299,9 +310,15 @@ impl Stitcher {
             Event::GoCall {
                 pid,
                 goid,
+                parent_goid,
                 function,
                 object,
-            } => self.go_call(pid, goid, function, object),
+            } => {
+                // A goroutine that does its I/O through others (a Transport call) is first seen
+                // here.
+                self.bind_child(pid, goid, parent_goid);
+                self.go_call(pid, goid, function, object);
+            }
             Event::CpuSample(_) => {}
             Event::LibpqCall(call) => {
                 self.clock_ns = call.ts_ns;
@@ -997,6 +1014,7 @@ impl Stitcher {
         if data.goid == 0 || self.runtime(data.pid) != Runtime::Goroutines {
             return Doer::thread(data.tid);
         }
+        self.bind_child(data.pid, data.goid, data.parent_goid);
         let caller = self.go_writing_for.get(&(data.pid, data.goid)).copied();
         Doer {
             tid: data.tid,
@@ -1004,11 +1022,66 @@ impl Stitcher {
         }
     }
 
-    /// A Go Transport probe fired: a goroutine handed `request` to a connection, or a
-    /// connection's writer started writing it.
+    /// The first sight of goroutine `goid` whose parent is `parent`: if `runtime.newproc`
+    /// announced it from that parent while the parent served a request (directly, not as a
+    /// child itself), it belongs to that request.
+    fn bind_child(&mut self, pid: u32, goid: u64, parent: u64) {
+        let Some((spawner, request)) = self.go_spawned.remove(&(pid, goid)) else {
+            return;
+        };
+        if spawner != parent || parent == 0 {
+            // The announced id went to another goroutine (the spawner moved to another P
+            // between newproc's entry and the id's assignment): nothing is known.
+            return;
+        }
+        if let Some(request) = request {
+            if self.go_bound.len() >= self.limits.max_connections {
+                self.go_bound.clear();
+            }
+            self.go_bound.insert((pid, goid), request);
+        }
+    }
+
+    /// The request goroutine `goid` serves now: the only one in flight on it.
+    fn served_by(&self, pid: u32, goid: u64) -> Option<ServedRequest> {
+        let exec = GOROUTINE | goid;
+        let now = self.clock_ns;
+        let mut in_flight = self
+            .serving
+            .get(&(pid, exec))?
+            .iter()
+            .filter(|request| parent::is_candidate(request, now));
+        match (in_flight.next(), in_flight.next()) {
+            (Some(only), None) => Some((exec, *only)),
+            _ => None,
+        }
+    }
+
+    /// The request a goroutine was started for, while it is still in flight.
+    fn bound_request(&self, pid: u32, exec: u64) -> Option<InFlight> {
+        let (owner, request) = self.go_bound.get(&(pid, exec & !GOROUTINE))?;
+        self.serving
+            .get(&(pid, *owner))?
+            .iter()
+            .find(|r| r.span_id == request.span_id)
+            .copied()
+    }
+
+    /// A Go probe fired: a goroutine handed `request` to a connection, a connection's writer
+    /// started writing it, or a goroutine started another (`request` is then its goid).
     fn go_call(&mut self, pid: u32, goid: u64, function: GoFunction, request: u64) {
         let limit = self.limits.max_connections;
         match function {
+            GoFunction::NewProc => {
+                if request == 0 {
+                    return;
+                }
+                if self.go_spawned.len() >= limit {
+                    self.go_spawned.clear();
+                }
+                let served = self.served_by(pid, goid);
+                self.go_spawned.insert((pid, request), (goid, served));
+            }
             GoFunction::PersistConnRoundTrip => {
                 if self.go_callers.len() >= limit {
                     self.go_callers.clear();
@@ -1055,11 +1128,19 @@ impl Stitcher {
             Runtime::RunToCompletion => self.last_read.remove(&(pid, exec as u32)),
             _ => None,
         };
-        let on_thread = self
+        let bound: Option<[InFlight; 1]>;
+        let mut on_thread = self
             .serving
             .get(&(pid, exec))
             .map(Vec::as_slice)
             .unwrap_or_default();
+        if on_thread.is_empty() && exec & GOROUTINE != 0 {
+            // A goroutine its request's goroutine started: that request, while in flight.
+            bound = self.bound_request(pid, exec).map(|request| [request]);
+            if let Some(request) = &bound {
+                on_thread = request;
+            }
+        }
         let parent = parent::decide(&CallContext {
             runtime,
             call_ns: now,

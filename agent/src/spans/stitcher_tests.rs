@@ -46,6 +46,7 @@ fn data(fd: i32, tid: u32, direction: Direction, at: u64, bytes: &'static [u8]) 
         total_len: bytes.len() as u32,
         direction,
         goid: 0,
+        parent_goid: 0,
         payload: Bytes::from_static(bytes),
     })
 }
@@ -338,6 +339,7 @@ fn owned_data(fd: i32, tid: u32, direction: Direction, at: u64, bytes: Vec<u8>) 
         total_len: bytes.len() as u32,
         direction,
         goid: 0,
+        parent_goid: 0,
         payload: Bytes::from(bytes),
     })
 }
@@ -746,6 +748,7 @@ fn a_go_transport_write_is_keyed_by_the_goroutine_that_made_the_call() {
     let go_call = |goid: u64, function: GoFunction| Event::GoCall {
         pid: PID,
         goid,
+        parent_goid: 1,
         function,
         object: 0xa0a0,
     };
@@ -776,4 +779,67 @@ fn a_go_transport_write_is_keyed_by_the_goroutine_that_made_the_call() {
     assert_eq!(calls.len(), 2, "{spans:#?}");
     assert_eq!(calls[0].parent_span_id, Some(server.span_id));
     assert_eq!(calls[1].parent_span_id, None);
+}
+
+/// `event` as goroutine `goid`, started by `parent`, made it.
+fn on_child(goid: u64, parent: u64, event: Event) -> Event {
+    let Event::Data(mut record) = on_goroutine(goid, event) else {
+        unreachable!()
+    };
+    record.parent_goid = parent;
+    Event::Data(record)
+}
+
+#[test]
+fn a_goroutine_a_handler_starts_belongs_to_its_request_while_it_is_in_flight() {
+    let spawn = |parent: u64, child: u64| Event::GoCall {
+        pid: PID,
+        goid: parent,
+        parent_goid: 1,
+        function: GoFunction::NewProc,
+        object: child,
+    };
+    let (spans, _) = run_on(
+        |_| Runtime::Goroutines,
+        vec![
+            conn(5, 7, SocketRole::Server, "127.0.0.1:5000"),
+            on_goroutine(11, data(5, 7, Direction::Ingress, 1_000, REQUEST)),
+            // The handler (11) starts 20; 20 starts 30 (a second level: not bound); an id
+            // announced for 21 goes to a goroutine another one (99) started: not bound.
+            spawn(11, 20),
+            spawn(11, 21),
+            conn(6, 8, SocketRole::Client, "127.0.0.1:8081"),
+            on_child(20, 11, data(6, 8, Direction::Egress, 2_000, CALL)),
+            on_child(20, 11, data(6, 8, Direction::Ingress, 2_100, CALL_RESPONSE)),
+            spawn(20, 30),
+            conn(4, 8, SocketRole::Client, "127.0.0.1:8081"),
+            on_child(30, 20, data(4, 8, Direction::Egress, 2_200, CALL)),
+            on_child(30, 20, data(4, 8, Direction::Ingress, 2_300, CALL_RESPONSE)),
+            conn(3, 8, SocketRole::Client, "127.0.0.1:8081"),
+            on_child(21, 99, data(3, 8, Direction::Egress, 2_400, CALL)),
+            on_child(21, 99, data(3, 8, Direction::Ingress, 2_500, CALL_RESPONSE)),
+            on_goroutine(11, data(5, 7, Direction::Egress, 3_000, RESPONSE)),
+            // After the request answered, its child's call belongs to nothing.
+            conn(2, 8, SocketRole::Client, "127.0.0.1:8081"),
+            on_child(20, 11, data(2, 8, Direction::Egress, 4_000, CALL)),
+            on_child(20, 11, data(2, 8, Direction::Ingress, 4_100, CALL_RESPONSE)),
+        ],
+    );
+    let server = spans.iter().find(|s| s.kind == SpanKind::Server).unwrap();
+    let calls: Vec<&SpanRecord> = spans
+        .iter()
+        .filter(|s| s.kind == SpanKind::Client)
+        .collect();
+    assert_eq!(calls.len(), 4, "{spans:#?}");
+    assert_eq!(
+        calls[0].parent_span_id,
+        Some(server.span_id),
+        "the handler's child"
+    );
+    assert_eq!(calls[1].parent_span_id, None, "a grandchild is not bound");
+    assert_eq!(
+        calls[2].parent_span_id, None,
+        "an id that went to another goroutine"
+    );
+    assert_eq!(calls[3].parent_span_id, None, "after its request answered");
 }
