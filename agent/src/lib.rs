@@ -135,7 +135,13 @@ pub async fn run(config: Config) -> Result<Outcome, RunError> {
 
     let mut stitcher = Stitcher::new(StitcherLimits::default(), counters.clone());
     for (pid, socket) in existing {
-        stitcher.seed(pid, socket.conn_id(), socket.role, socket.addrs);
+        stitcher.seed(
+            pid,
+            socket.conn_id(),
+            socket.role,
+            socket.addrs,
+            monotonic_now_ns(),
+        );
     }
 
     let (batch_tx, batch_rx) = mpsc::channel::<Batch>(BATCH_QUEUE);

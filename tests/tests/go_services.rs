@@ -28,7 +28,7 @@ const BY_USER_SQL: &str = "SELECT id, total FROM orders WHERE user_id = $1";
 /// What a route of the shop does: queries it runs, downstream calls it makes.
 fn queries_of(route: &str) -> usize {
     match route {
-        "item" | "mixed" | "fanout" => 1,
+        "item" | "mixed" | "fanout" | "sequential" => 1,
         "n_plus_one" => 6,
         _ => 0,
     }
@@ -36,7 +36,7 @@ fn queries_of(route: &str) -> usize {
 
 fn calls_of(route: &str) -> usize {
     match route {
-        "call" | "mixed" => 1,
+        "call" | "mixed" | "sequential" => 1,
         "fanout" => 2,
         _ => 0,
     }
@@ -131,7 +131,15 @@ fn warm(shop: &GoShop, threads: usize, rounds: usize) {
             scope.spawn(move || {
                 let mut client = Client::connect(&shop.addr).expect("connect to the shop");
                 for n in 0..rounds {
-                    for route in ["health", "item", "n_plus_one", "call", "mixed", "fanout"] {
+                    for route in [
+                        "health",
+                        "item",
+                        "n_plus_one",
+                        "call",
+                        "mixed",
+                        "fanout",
+                        "sequential",
+                    ] {
                         let path = if route == "health" {
                             "/health".to_owned()
                         } else {
@@ -159,9 +167,16 @@ fn summary_value(finished: &Finished, key: &str) -> Option<u64> {
 
 #[test]
 fn go_calls_are_never_nested_under_a_wrong_request() {
-    const THREADS: usize = 16;
-    const PER_THREAD: usize = 25;
-    const ROUTES: &[&str] = &["item", "n_plus_one", "call", "mixed", "fanout"];
+    const THREADS: usize = 32;
+    const PER_THREAD: usize = 15;
+    const ROUTES: &[&str] = &[
+        "item",
+        "n_plus_one",
+        "call",
+        "mixed",
+        "fanout",
+        "sequential",
+    ];
     require_root();
     let (_pg, jaeger, _downstream, shop) = start_services(&[]);
     warm(&shop, THREADS, 2);
@@ -455,19 +470,57 @@ fn go_calls_are_never_nested_under_a_wrong_request() {
         unnested_http.len(),
         show(&unnested_http)
     );
-    // Under load too, N+1 is named on its route and nowhere else; /mixed (a query, then a
-    // call) may be named sequential when its query ran long enough to matter.
+    // Under load too, N+1 and sequential calls are named on their routes and nowhere else;
+    // /mixed (a query, then a call) may be named sequential when its query ran long enough to
+    // matter; /fanout's calls overlap: never sequential.
     let mut misdiagnosed = Vec::new();
     for server in &servers {
         let path = server.str_tag("url.path").unwrap_or("");
         let patterns = server.patterns();
         let fits = match route_and_id(path) {
             Some(("n_plus_one", _)) => patterns == ["n_plus_one"],
+            Some(("sequential", _)) => {
+                // Named when calling the two peers concurrently would save 30% of the request
+                // (loupe's default): not when the request mostly waited for a free pool
+                // connection between them.
+                let durations: Vec<u64> = clients
+                    .iter()
+                    .filter(|c| c.parent.as_deref() == Some(server.span_id.as_str()))
+                    .map(|c| c.duration_us)
+                    .collect();
+                let saving = durations.iter().sum::<u64>() - durations.iter().max().unwrap_or(&0);
+                if durations.len() == 2
+                    && saving * 10 >= server.duration_us * 3 + server.duration_us / 10
+                {
+                    patterns == ["sequential_calls"]
+                } else {
+                    patterns.is_empty() || patterns == ["sequential_calls"]
+                }
+            }
             Some(("mixed", _)) => patterns.is_empty() || patterns == ["sequential_calls"],
             _ => patterns.is_empty(),
         };
         if !fits {
-            misdiagnosed.push(format!("{path}: {:?}", server.patterns()));
+            let calls: Vec<String> = clients
+                .iter()
+                .filter(|c| c.parent.as_deref() == Some(server.span_id.as_str()))
+                .map(|c| {
+                    format!(
+                        "{} {}us at +{}us {:?}:{:?}",
+                        c.operation,
+                        c.duration_us,
+                        c.start_us - server.start_us,
+                        c.str_tag("server.address"),
+                        c.int_tag("server.port")
+                    )
+                })
+                .collect();
+            misdiagnosed.push(format!(
+                "{path} ({}us): {:?}; calls {calls:?}; {:?}",
+                server.duration_us,
+                server.patterns(),
+                server.str_tag("performance.diagnosis")
+            ));
         }
     }
     assert!(

@@ -271,13 +271,23 @@ impl Stitcher {
         runtime
     }
 
-    /// Registers a connection that was already open at attach.
-    pub fn seed(&mut self, pid: u32, conn_id: u64, role: SocketRole, addrs: SocketAddrs) {
+    /// Registers a connection that was already open at attach (`now_ns`: ns since boot, when it
+    /// was found; its idle time counts from then).
+    pub fn seed(
+        &mut self,
+        pid: u32,
+        conn_id: u64,
+        role: SocketRole,
+        addrs: SocketAddrs,
+        now_ns: u64,
+    ) {
         if let Some(conn) = self.conns.get_mut(&(pid, conn_id)) {
             conn.fds += 1;
             return;
         }
-        let conn = Self::new_conn(role, Some(addrs.peer), Some(addrs.local), 0);
+        // Not 0: the first upkeep would take a connection idle since boot for a stale one and
+        // forget it, addresses and all.
+        let conn = Self::new_conn(role, Some(addrs.peer), Some(addrs.local), now_ns);
         self.insert_conn((pid, conn_id), conn);
     }
 

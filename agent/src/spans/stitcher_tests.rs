@@ -566,8 +566,11 @@ fn a_postgres_session_open_before_attach_is_read_from_bind_execute_sync() {
         local: "127.0.0.1:40000".parse().unwrap(),
         peer: "127.0.0.1:5432".parse().unwrap(),
     };
-    stitcher.seed(PID, conn_id(4), SocketRole::Client, addrs);
+    stitcher.seed(PID, conn_id(4), SocketRole::Client, addrs, 600_000_000_000);
     let mut out = Vec::new();
+    // The upkeep runs before the first event (at attach, long after boot): the connection
+    // found open is not stale.
+    stitcher.tick(600_250_000_000, &mut out);
     for event in [
         conn(5, 7, SocketRole::Server, "127.0.0.1:5000"),
         data(5, 7, Direction::Ingress, 1_000, REQUEST),

@@ -26,6 +26,8 @@
 //	GET /mixed/<id>      one query, then GET downstream /sleep/<id>?ms=20, 200
 //	GET /fanout/<id>     GET downstream /sleep/<id>-a?ms=30 and /sleep/<id>-b?ms=30 from two
 //	                     goroutines while the handler runs one query; waits for all three, 200
+//	GET /sequential/<id> GET downstream /sleep/<id>?ms=30, then SELECT pg_sleep(0.03): two peers
+//	                     one after another, each half of the request, 200
 //
 // Downstream: GET /sleep/<anything>?ms=N sleeps N ms, 200 with a small body.
 package main
@@ -136,6 +138,7 @@ func newShop(dsn, downstream string) http.Handler {
 	mux.HandleFunc("GET /call/{id}", s.call)
 	mux.HandleFunc("GET /mixed/{id}", s.mixed)
 	mux.HandleFunc("GET /fanout/{id}", s.fanout)
+	mux.HandleFunc("GET /sequential/{id}", s.sequential)
 	return mux
 }
 
@@ -299,6 +302,19 @@ func (s *shop) fanout(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	fmt.Fprintf(w, "fanout %s\n", id)
+}
+
+func (s *shop) sequential(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	if err := s.get(r.Context(), "/sleep/"+id+"?ms=30"); err != nil {
+		fail(w, http.StatusBadGateway, "downstream", err)
+		return
+	}
+	if _, err := s.pool.Exec(r.Context(), "SELECT pg_sleep(0.03)"); err != nil {
+		fail(w, http.StatusInternalServerError, "query", err)
+		return
+	}
+	fmt.Fprintf(w, "sequential %s\n", id)
 }
 
 func newDownstream() http.Handler {
