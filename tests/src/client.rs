@@ -34,6 +34,20 @@ impl Client {
         self.request("GET", path, b"")
     }
 
+    /// GET `path`, which must answer 200: the test fails with the body otherwise.
+    pub fn get_ok(&mut self, path: &str) -> Timed {
+        let response = self
+            .get(path)
+            .unwrap_or_else(|err| panic!("GET {path}: {err}"));
+        assert_eq!(
+            response.status,
+            200,
+            "GET {path}: {}",
+            String::from_utf8_lossy(&response.body)
+        );
+        response
+    }
+
     pub fn request(&mut self, method: &str, path: &str, body: &[u8]) -> std::io::Result<Timed> {
         let mut request = format!(
             "{method} {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: loupe-tests\r\n",
@@ -118,14 +132,6 @@ pub fn get(addr: &str, path: &str) -> Timed {
 pub fn get_each<'a>(addr: &str, paths: impl IntoIterator<Item = &'a str>) {
     let mut client = Client::connect(addr).unwrap_or_else(|err| panic!("connect to {addr}: {err}"));
     for path in paths {
-        let response = client
-            .get(path)
-            .unwrap_or_else(|err| panic!("GET {path}: {err}"));
-        assert_eq!(
-            response.status,
-            200,
-            "GET {path}: {}",
-            String::from_utf8_lossy(&response.body)
-        );
+        client.get_ok(path);
     }
 }

@@ -39,6 +39,9 @@ pub fn jaeger_binary() -> PathBuf {
 }
 
 impl Jaeger {
+    /// Starts Jaeger on free loopback ports. A port found free can be taken before Jaeger binds
+    /// it (by another test process's connections): then Jaeger exits at once, and it is
+    /// started again on other ports, up to three times.
     pub fn start() -> Self {
         let binary = jaeger_binary();
         assert!(
@@ -46,6 +49,18 @@ impl Jaeger {
             "no Jaeger at {}: run `cargo xtask setup` (or `cargo xtask test`)",
             binary.display()
         );
+        let mut last = String::new();
+        for _ in 0..3 {
+            match Self::try_start(&binary) {
+                Ok(jaeger) => return jaeger,
+                Err(log) => last = log,
+            }
+        }
+        panic!("jaeger exited at start three times; the last time:\n{last}");
+    }
+
+    /// One start; Err(its log) when it exits before its query API answers.
+    fn try_start(binary: &std::path::Path) -> Result<Self, String> {
         let dir = TempDir::new("jaeger");
         let (otlp_grpc, otlp_http, query, query_grpc) =
             (free_port(), free_port(), free_port(), free_port());
@@ -95,7 +110,7 @@ exporters:
         let config_path = dir.0.join("jaeger.yaml");
         std::fs::write(&config_path, config).expect("write jaeger config");
         let log = std::fs::File::create(dir.0.join("jaeger.log")).expect("jaeger log");
-        let child = Command::new(&binary)
+        let child = Command::new(binary)
             .arg("--config")
             .arg(&config_path)
             .stdout(Stdio::null())
@@ -111,16 +126,18 @@ exporters:
         };
         let up = wait_until(Duration::from_secs(60), || {
             if let Ok(Some(status)) = jaeger.child.try_wait() {
-                panic!("jaeger exited with {status}:\n{}", jaeger.log());
+                return Some(Err(format!(
+                    "jaeger exited with {status}:\n{}",
+                    jaeger.log()
+                )));
             }
-            http_get(jaeger.query, "/api/services").ok().map(|_| ())
+            http_get(jaeger.query, "/api/services").ok().map(|_| Ok(()))
         });
-        assert!(
-            up.is_some(),
-            "jaeger query API never answered:\n{}",
-            jaeger.log()
-        );
-        jaeger
+        match up {
+            Some(Ok(())) => Ok(jaeger),
+            Some(Err(exited)) => Err(exited),
+            None => panic!("jaeger query API never answered:\n{}", jaeger.log()),
+        }
     }
 
     pub fn grpc_endpoint(&self) -> String {

@@ -19,6 +19,21 @@ pub fn servers_by_path(spans: &[Span]) -> HashMap<&str, &Span> {
         .collect()
 }
 
+/// Checks that every one of `paths` has its SERVER span in `servers` (from
+/// [`servers_by_path`]); `context` goes into the failure message.
+pub fn assert_served<'a>(
+    servers: &HashMap<&str, &Span>,
+    paths: impl IntoIterator<Item = &'a str>,
+    context: &str,
+) {
+    for path in paths {
+        assert!(
+            servers.contains_key(path),
+            "one server span for GET {path}\n{context}"
+        );
+    }
+}
+
 /// The query spans nested (CHILD_OF) under `server`.
 pub fn queries_under<'a>(spans: &'a [Span], server: &Span) -> Vec<&'a Span> {
     spans

@@ -117,6 +117,16 @@ fn start_services(shop_env: &[(&str, &str)]) -> (Postgres, Jaeger, GoDownstream,
 /// holds them all at once), then every route `rounds` times from `threads` concurrent clients,
 /// so keep-alive connections to the downstream are open too. What loupe then sees is a warm
 /// service: Bind/Execute of cached statements, no Parse, no connection start-up.
+/// The shop's routes that take an id, each with queries and calls of its own.
+const ROUTES: &[&str] = &[
+    "item",
+    "n_plus_one",
+    "call",
+    "mixed",
+    "fanout",
+    "sequential",
+];
+
 fn warm(shop: &GoShop, threads: usize, rounds: usize) {
     assert_eq!(get(&shop.addr, "/health").status, 200, "GET /health");
     let warmed = get(&shop.addr, "/warm");
@@ -131,22 +141,13 @@ fn warm(shop: &GoShop, threads: usize, rounds: usize) {
             scope.spawn(move || {
                 let mut client = Client::connect(&shop.addr).expect("connect to the shop");
                 for n in 0..rounds {
-                    for route in [
-                        "health",
-                        "item",
-                        "n_plus_one",
-                        "call",
-                        "mixed",
-                        "fanout",
-                        "sequential",
-                    ] {
+                    for route in std::iter::once("health").chain(ROUTES.iter().copied()) {
                         let path = if route == "health" {
                             "/health".to_owned()
                         } else {
                             format!("/{route}/warm{t}x{n}")
                         };
-                        let response = client.get(&path).expect("warm-up request");
-                        assert_eq!(response.status, 200, "warm-up GET {path}");
+                        client.get_ok(&path);
                     }
                 }
             });
@@ -169,14 +170,6 @@ fn summary_value(finished: &Finished, key: &str) -> Option<u64> {
 fn go_calls_are_never_nested_under_a_wrong_request() {
     const THREADS: usize = 32;
     const PER_THREAD: usize = 15;
-    const ROUTES: &[&str] = &[
-        "item",
-        "n_plus_one",
-        "call",
-        "mixed",
-        "fanout",
-        "sequential",
-    ];
     require_root();
     let (_pg, jaeger, _downstream, shop) = start_services(&[]);
     warm(&shop, THREADS, 2);
@@ -199,15 +192,7 @@ fn go_calls_are_never_nested_under_a_wrong_request() {
                             let route = ROUTES[(t + n) % ROUTES.len()];
                             let id = format!("t{t}r{n}");
                             let path = format!("/{route}/{id}");
-                            let response = client
-                                .get(&path)
-                                .unwrap_or_else(|err| panic!("GET {path}: {err}"));
-                            assert_eq!(
-                                response.status,
-                                200,
-                                "GET {path}: {}",
-                                String::from_utf8_lossy(&response.body)
-                            );
+                            client.get_ok(&path);
                             (route, id)
                         })
                         .collect::<Vec<_>>()

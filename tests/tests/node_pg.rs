@@ -13,7 +13,10 @@ use loupe_tests::{
     node::NodeShop,
     postgres::Postgres,
     procs::{Loupe, otlp_args},
-    queries::{assert_query_basics, dump, is_db, nested_counts, queries_under, servers_by_path},
+    queries::{
+        assert_query_basics, assert_served, dump, is_db, nested_counts, queries_under,
+        servers_by_path,
+    },
     require_root,
 };
 
@@ -86,12 +89,7 @@ fn node_postgres_queries_are_spans_nested_one_request_at_a_time() {
         dump(&spans),
         finished.stderr
     );
-    for Request { path, .. } in &requests {
-        assert!(
-            servers.contains_key(path.as_str()),
-            "one server span for GET {path}\n{context}"
-        );
-    }
+    assert_served(&servers, requests.iter().map(|r| r.path.as_str()), &context);
 
     let db: Vec<_> = spans.iter().filter(|s| is_db(s)).collect();
     assert_eq!(

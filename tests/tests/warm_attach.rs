@@ -12,7 +12,10 @@ use loupe_tests::{
     jaeger::Jaeger,
     postgres::Postgres,
     procs::{AsyncShop, Loupe, otlp_args},
-    queries::{assert_query_basics, dump, is_db, nested_counts, queries_under, servers_by_path},
+    queries::{
+        assert_query_basics, assert_served, dump, is_db, nested_counts, queries_under,
+        servers_by_path,
+    },
     require_root,
 };
 
@@ -146,12 +149,11 @@ fn asyncpg_attached_warm_sees_every_query() {
         dump(&spans),
         finished.stderr
     );
-    for (path, _, _) in &requests {
-        assert!(
-            servers.contains_key(path.as_str()),
-            "one server span for GET {path}\n{context}"
-        );
-    }
+    assert_served(
+        &servers,
+        requests.iter().map(|(path, _, _)| path.as_str()),
+        &context,
+    );
 
     let db: Vec<_> = spans.iter().filter(|s| is_db(s)).collect();
     assert_eq!(

@@ -446,6 +446,21 @@ fn a_libpq_query_whose_return_went_unseen_is_still_a_span_when_the_wire_saw_it()
 
 const REQUEST_TWO: &[u8] = b"GET /api/other HTTP/1.1\r\nHost: shop:8080\r\n\r\n";
 
+fn client_spans(spans: &[SpanRecord]) -> Vec<&SpanRecord> {
+    spans
+        .iter()
+        .filter(|s| s.kind == SpanKind::Client)
+        .collect()
+}
+
+/// The SERVER span of the request for `path`.
+fn server_at<'a>(spans: &'a [SpanRecord], path: &str) -> &'a SpanRecord {
+    spans
+        .iter()
+        .find(|s| s.kind == SpanKind::Server && s.attr_str("url.path") == Some(path))
+        .unwrap_or_else(|| panic!("no server span for {path}: {spans:#?}"))
+}
+
 #[test]
 fn a_go_process_never_nests_by_thread() {
     // One request, one thread: in Go a goroutine of any request may be on this thread.
@@ -464,10 +479,7 @@ fn a_go_process_never_nests_by_thread() {
             data(8, 7, Direction::Ingress, 6_000, CALL_RESPONSE),
         ],
     );
-    let calls: Vec<&SpanRecord> = spans
-        .iter()
-        .filter(|s| s.kind == SpanKind::Client)
-        .collect();
+    let calls = client_spans(&spans);
     assert_eq!(calls.len(), 2);
     assert!(calls.iter().all(|c| c.parent_span_id.is_none()));
     assert_eq!(calls[0].attr_str("loupe.parent"), Some("ambiguous"));
@@ -495,20 +507,11 @@ fn an_event_loop_nests_the_write_that_follows_a_request_read() {
             data(9, 7, Direction::Egress, 4_000, RESPONSE),
         ],
     );
-    let server = |path: &str| {
-        spans
-            .iter()
-            .find(|s| s.kind == SpanKind::Server && s.attr_str("url.path") == Some(path))
-            .unwrap()
-    };
-    let calls: Vec<&SpanRecord> = spans
-        .iter()
-        .filter(|s| s.kind == SpanKind::Client)
-        .collect();
+    let calls = client_spans(&spans);
     assert_eq!(calls.len(), 2, "{spans:#?}");
     assert_eq!(
         calls[0].parent_span_id,
-        Some(server("/api/checkout").span_id)
+        Some(server_at(&spans, "/api/checkout").span_id)
     );
     assert_eq!(calls[1].parent_span_id, None);
     assert_eq!(calls[1].attr_str("loupe.parent"), Some("ambiguous"));
@@ -532,12 +535,8 @@ fn an_event_loop_connection_belongs_to_the_request_it_was_opened_for() {
             data(9, 7, Direction::Egress, 4_000, RESPONSE),
         ],
     );
-    let first = spans
-        .iter()
-        .find(|s| s.kind == SpanKind::Server && s.attr_str("url.path") == Some("/api/checkout"))
-        .unwrap();
-    let call = spans.iter().find(|s| s.kind == SpanKind::Client).unwrap();
-    assert_eq!(call.parent_span_id, Some(first.span_id));
+    let first = server_at(&spans, "/api/checkout");
+    assert_eq!(client_spans(&spans)[0].parent_span_id, Some(first.span_id));
 }
 
 #[test]
@@ -721,14 +720,8 @@ fn in_a_go_program_the_goroutine_is_the_key() {
             on_goroutine(12, data(9, 7, Direction::Egress, 3_100, RESPONSE)),
         ],
     );
-    let server = spans
-        .iter()
-        .find(|s| s.kind == SpanKind::Server && s.attr_str("url.path") == Some("/api/checkout"))
-        .unwrap();
-    let calls: Vec<&SpanRecord> = spans
-        .iter()
-        .filter(|s| s.kind == SpanKind::Client)
-        .collect();
+    let server = server_at(&spans, "/api/checkout");
+    let calls = client_spans(&spans);
     assert_eq!(calls.len(), 3, "{spans:#?}");
     assert_eq!(
         calls[0].parent_span_id,
@@ -775,10 +768,7 @@ fn a_go_transport_write_is_keyed_by_the_goroutine_that_made_the_call() {
         ],
     );
     let server = spans.iter().find(|s| s.kind == SpanKind::Server).unwrap();
-    let calls: Vec<&SpanRecord> = spans
-        .iter()
-        .filter(|s| s.kind == SpanKind::Client)
-        .collect();
+    let calls = client_spans(&spans);
     assert_eq!(calls.len(), 2, "{spans:#?}");
     assert_eq!(calls[0].parent_span_id, Some(server.span_id));
     assert_eq!(calls[1].parent_span_id, None);
@@ -829,10 +819,7 @@ fn a_goroutine_a_handler_starts_belongs_to_its_request_while_it_is_in_flight() {
         ],
     );
     let server = spans.iter().find(|s| s.kind == SpanKind::Server).unwrap();
-    let calls: Vec<&SpanRecord> = spans
-        .iter()
-        .filter(|s| s.kind == SpanKind::Client)
-        .collect();
+    let calls = client_spans(&spans);
     assert_eq!(calls.len(), 4, "{spans:#?}");
     assert_eq!(
         calls[0].parent_span_id,
