@@ -169,6 +169,8 @@ pub struct Stitcher {
     /// through the ring buffer): (caller connection, sequence) -> the request, to be linked
     /// when the write comes, if it made no call before.
     awaiting_caller: HashMap<(ConnKey, u64), AwaitingCaller>,
+    /// The same requests by their span id: a call one of them makes ends its wait.
+    awaiting_by_span: HashMap<u64, (ConnKey, u64)>,
     /// Go: the goroutine that handed each request to a Transport connection, by (pid,
     /// `*Request`).
     go_callers: HashMap<(u32, u64), u64>,
@@ -230,6 +232,7 @@ impl Stitcher {
             last_read: HashMap::default(),
             by_local: HashMap::default(),
             awaiting_caller: HashMap::default(),
+            awaiting_by_span: HashMap::default(),
             go_callers: HashMap::default(),
             go_writing_for: HashMap::default(),
             go_spawned: HashMap::default(),
@@ -974,6 +977,7 @@ impl Stitcher {
         };
         if self.awaiting_caller.len() >= self.limits.max_connections {
             self.awaiting_caller.clear();
+            self.awaiting_by_span.clear();
         }
         let awaiting = AwaitingCaller {
             server: key,
@@ -982,6 +986,7 @@ impl Stitcher {
             span_id,
         };
         self.awaiting_caller.insert((caller, seq), awaiting);
+        self.awaiting_by_span.insert(span_id, (caller, seq));
     }
 
     /// A client request started on `key`: if the other end already read it (and has made no
@@ -990,6 +995,7 @@ impl Stitcher {
         let Some(awaiting) = self.awaiting_caller.remove(&(key, seq)) else {
             return;
         };
+        self.awaiting_by_span.remove(&awaiting.span_id);
         if awaiting.line != line {
             return;
         }
@@ -1159,11 +1165,10 @@ impl Stitcher {
             last_read,
         });
         if let Parent::Request(request) = parent
-            && !self.awaiting_caller.is_empty()
+            && let Some(key) = self.awaiting_by_span.remove(&request.span_id)
         {
             // Its first call fixed its trace: it can no longer join its caller's.
-            self.awaiting_caller
-                .retain(|_, awaiting| awaiting.span_id != request.span_id);
+            self.awaiting_caller.remove(&key);
         }
         parent
     }

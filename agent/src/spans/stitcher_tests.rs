@@ -833,3 +833,44 @@ fn a_goroutine_a_handler_starts_belongs_to_its_request_while_it_is_in_flight() {
     );
     assert_eq!(calls[3].parent_span_id, None, "after its request answered");
 }
+
+#[test]
+fn a_callee_that_called_out_before_its_caller_was_seen_keeps_its_own_trace() {
+    // The callee read the request and made a call of its own before the caller's write was
+    // handled: its child already carries its trace, so it is not moved into the caller's.
+    let spans = run(vec![
+        conn(5, 7, SocketRole::Server, "127.0.0.1:5000"),
+        data(5, 7, Direction::Ingress, 1_000, REQUEST),
+        conn_of(
+            PID,
+            6,
+            SocketRole::Client,
+            "127.0.0.1:8081",
+            Some("127.0.0.1:40001"),
+        ),
+        conn_of(CALLEE, 9, SocketRole::Server, "127.0.0.1:40001", None),
+        data_of(CALLEE, 9, Direction::Ingress, 2_050, CALL),
+        conn_of(CALLEE, 11, SocketRole::Client, "127.0.0.1:9999", None),
+        data_of(CALLEE, 11, Direction::Egress, 2_300, CALL),
+        data(6, 7, Direction::Egress, 2_000, CALL),
+        data_of(CALLEE, 11, Direction::Ingress, 2_400, CALL_RESPONSE),
+        data_of(CALLEE, 9, Direction::Egress, 2_500, CALL_RESPONSE),
+        data(6, 7, Direction::Ingress, 3_000, CALL_RESPONSE),
+        data(5, 7, Direction::Egress, 4_000, RESPONSE),
+    ])
+    .0;
+    let callee = spans
+        .iter()
+        .find(|s| s.pid == CALLEE && s.kind == SpanKind::Server)
+        .unwrap();
+    let its_call = spans
+        .iter()
+        .find(|s| s.pid == CALLEE && s.kind == SpanKind::Client)
+        .unwrap();
+    assert_eq!(callee.parent_span_id, None);
+    assert_eq!(its_call.parent_span_id, Some(callee.span_id));
+    assert_eq!(
+        its_call.trace_id, callee.trace_id,
+        "one trace for the callee's tree"
+    );
+}
