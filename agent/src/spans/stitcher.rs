@@ -646,7 +646,8 @@ impl Stitcher {
             Direction::Egress => data.enter_ns,
         };
         let budget = self.limits.sniff_budget;
-        let doer = self.doer_of(&data);
+        let runtime = self.runtime(data.pid);
+        let doer = self.doer_of(&data, runtime);
         let Some(conn) = self.conns.get_mut(&key) else {
             return;
         };
@@ -709,12 +710,12 @@ impl Stitcher {
                 conversation.push(chunk, &mut self.scratch);
                 self.dispatch(key, Some(doer), out);
                 if data.direction == Direction::Ingress {
-                    self.note_read(key, data.tid);
+                    self.note_read(key, data.tid, runtime);
                 }
             }
             Protocol::Postgres(_) => {
                 if data.direction == Direction::Ingress {
-                    self.note_read(key, data.tid);
+                    self.note_read(key, data.tid, runtime);
                 }
                 let Some(Conn {
                     protocol: Protocol::Postgres(conversation),
@@ -734,7 +735,7 @@ impl Stitcher {
             }
             _ => {
                 if data.direction == Direction::Ingress {
-                    self.note_read(key, data.tid);
+                    self.note_read(key, data.tid, runtime);
                 }
             }
         }
@@ -761,8 +762,8 @@ impl Stitcher {
     /// An event-loop thread read bytes on `key`: if they are a request's (a server connection
     /// with a request in flight), that request is the one its next call belongs to; any other
     /// read (an upstream's answer) leaves no request certain.
-    fn note_read(&mut self, key: ConnKey, tid: u32) {
-        if self.runtime(key.0) != Runtime::RunToCompletion {
+    fn note_read(&mut self, key: ConnKey, tid: u32, runtime: Runtime) {
+        if runtime != Runtime::RunToCompletion {
             return;
         }
         let reading = self
@@ -1026,8 +1027,8 @@ impl Stitcher {
     /// Who moved a record's bytes: in a Go program whose goroutines loupe reads, the goroutine;
     /// for a Transport connection's writer, the goroutine whose request it is writing (net/http
     /// hands each request to the connection's own writing goroutine).
-    fn doer_of(&mut self, data: &DataRecord) -> Doer {
-        if data.goid == 0 || self.runtime(data.pid) != Runtime::Goroutines {
+    fn doer_of(&mut self, data: &DataRecord, runtime: Runtime) -> Doer {
+        if data.goid == 0 || runtime != Runtime::Goroutines {
             return Doer::thread(data.tid);
         }
         self.bind_child(data.pid, data.goid, data.parent_goid);
