@@ -13,6 +13,11 @@ use crate::{TempDir, free_port, wait_until};
 
 const BIN: &str = "/usr/lib/postgresql/15/bin";
 
+/// The orders shop's two statements as the test apps send them, and as loupe exports them
+/// (normalized, `$1` placeholders).
+pub const ORDER_BY_ID: &str = "SELECT id, total FROM orders WHERE id = $1";
+pub const ORDERS_OF_USER: &str = "SELECT id, total FROM orders WHERE user_id = $1";
+
 pub struct Postgres {
     child: Child,
     dir: TempDir,
@@ -146,7 +151,8 @@ impl Postgres {
         )
     }
 
-    /// A `shop` database with an `orders` table: user 7 has three orders, user 8 one.
+    /// A `shop` database with an `orders` table: user 7 has three orders, user 8 one. The test
+    /// apps query it with [`ORDER_BY_ID`] and [`ORDERS_OF_USER`].
     pub fn create_orders_shop(&self) {
         self.run_sql("postgres", "CREATE DATABASE shop");
         self.run_sql(

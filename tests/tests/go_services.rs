@@ -15,15 +15,13 @@ use loupe_tests::{
     client::{Client, get, get_each},
     go::{GoDownstream, GoShop, pgx_dsn},
     jaeger::{Jaeger, Span},
-    postgres::Postgres,
+    postgres::{ORDER_BY_ID, ORDERS_OF_USER, Postgres},
     procs::{Finished, Loupe, otlp_args},
     queries::assert_query_basics,
     require_root,
 };
 
 const SERVICE: &str = "go-shop";
-const ITEM_SQL: &str = "SELECT id, total FROM orders WHERE id = $1";
-const BY_USER_SQL: &str = "SELECT id, total FROM orders WHERE user_id = $1";
 
 /// What a route of the shop does: queries it runs, downstream calls it makes.
 fn queries_of(route: &str) -> usize {
@@ -589,7 +587,7 @@ fn pgx_attached_warm_sees_every_query_with_its_statement() {
             query.str_tag("loupe.db.statement_name"),
         ) {
             (Some(text), _) => assert!(
-                text == ITEM_SQL || text == BY_USER_SQL,
+                text == ORDER_BY_ID || text == ORDERS_OF_USER,
                 "normalized text: {what}"
             ),
             (None, Some(name)) => {

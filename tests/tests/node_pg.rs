@@ -11,7 +11,7 @@ use loupe_tests::{
     client::get_each,
     jaeger::Jaeger,
     node::NodeShop,
-    postgres::Postgres,
+    postgres::{ORDER_BY_ID, ORDERS_OF_USER, Postgres},
     procs::{Loupe, otlp_args},
     queries::{
         assert_query_basics, assert_served, dump, is_db, nested_counts, queries_under,
@@ -21,8 +21,6 @@ use loupe_tests::{
 };
 
 const SERVICE: &str = "e2e-node-pg";
-const BY_ID: &str = "SELECT id, total FROM orders WHERE id = $1";
-const BY_USER: &str = "SELECT id, total FROM orders WHERE user_id = $1";
 
 /// One request the test makes: its path, the queries it runs (all of one statement), and the
 /// patterns its server span must carry, exactly.
@@ -66,10 +64,10 @@ fn node_postgres_queries_are_spans_nested_one_request_at_a_time() {
 
     // Each request's id is its own.
     let requests: Vec<Request> = [
-        batch("item", 1..=10, 1, BY_ID, &[]),
-        batch("named", 11..=15, 1, BY_ID, &[]),
-        batch("n_plus_one", 16..=19, 6, BY_USER, &["n_plus_one"]),
-        batch("repeated", 20..=22, 2, BY_ID, &["repeated_call"]),
+        batch("item", 1..=10, 1, ORDER_BY_ID, &[]),
+        batch("named", 11..=15, 1, ORDER_BY_ID, &[]),
+        batch("n_plus_one", 16..=19, 6, ORDERS_OF_USER, &["n_plus_one"]),
+        batch("repeated", 20..=22, 2, ORDER_BY_ID, &["repeated_call"]),
     ]
     .concat();
     // One at a time on one keep-alive connection: each query can only belong to one request.
@@ -105,7 +103,7 @@ fn node_postgres_queries_are_spans_nested_one_request_at_a_time() {
             .str_tag("db.query.text")
             .unwrap_or_else(|| panic!("{id} has no db.query.text\n{context}"));
         assert!(
-            text == BY_ID || text == BY_USER,
+            text == ORDER_BY_ID || text == ORDERS_OF_USER,
             "{id}: `{text}`\n{context}"
         );
         let fingerprint = assert_query_basics(span, pg.port, &context);
@@ -115,7 +113,10 @@ fn node_postgres_queries_are_spans_nested_one_request_at_a_time() {
             "{id}: one statement, one fingerprint, named or not\n{context}"
         );
     }
-    assert_ne!(fingerprints.get(BY_ID), fingerprints.get(BY_USER));
+    assert_ne!(
+        fingerprints.get(ORDER_BY_ID),
+        fingerprints.get(ORDERS_OF_USER)
+    );
 
     for Request {
         path,

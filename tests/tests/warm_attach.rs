@@ -10,7 +10,7 @@ use std::collections::{HashMap, HashSet};
 use loupe_tests::{
     client::{Client, get_each},
     jaeger::Jaeger,
-    postgres::Postgres,
+    postgres::{ORDER_BY_ID, ORDERS_OF_USER, Postgres},
     procs::{AsyncShop, Loupe, otlp_args},
     queries::{
         assert_query_basics, assert_served, dump, is_db, nested_counts, queries_under,
@@ -20,8 +20,6 @@ use loupe_tests::{
 };
 
 const SERVICE: &str = "e2e-asyncpg-warm";
-const BY_ID: &str = "SELECT id, total FROM orders WHERE id = $1";
-const BY_USER: &str = "SELECT id, total FROM orders WHERE user_id = $1";
 const POOL_SIZE: usize = 4;
 
 /// What the server logged preparing (log_min_duration_statement=0 logs each Parse as
@@ -62,7 +60,7 @@ fn prepared(log: &str) -> Prepared {
 
 fn warmed(pg: &Postgres) -> bool {
     let log = prepared(&pg.log());
-    [BY_ID, BY_USER]
+    [ORDER_BY_ID, ORDERS_OF_USER]
         .iter()
         .all(|text| log.backends.get(*text).map_or(0, HashSet::len) >= POOL_SIZE)
 }
@@ -120,8 +118,8 @@ fn asyncpg_attached_warm_sees_every_query() {
     ));
     // Path, queries the request runs, their statement; each request's id is its own.
     let mut requests: Vec<(String, usize, &str)> = Vec::new();
-    requests.extend((1..=10).map(|id| (format!("/item/{id}"), 1, BY_ID)));
-    requests.extend((21..=24).map(|id| (format!("/n_plus_one/{id}"), 6, BY_USER)));
+    requests.extend((1..=10).map(|id| (format!("/item/{id}"), 1, ORDER_BY_ID)));
+    requests.extend((21..=24).map(|id| (format!("/n_plus_one/{id}"), 6, ORDERS_OF_USER)));
     // One at a time on one keep-alive connection, on the shop's one loop thread: each query can
     // only belong to the request in flight.
     get_each(
@@ -175,7 +173,7 @@ fn asyncpg_attached_warm_sees_every_query() {
         ) {
             (Some(text), _) => {
                 assert!(
-                    text == BY_ID || text == BY_USER,
+                    text == ORDER_BY_ID || text == ORDERS_OF_USER,
                     "{id}: `{text}`\n{context}"
                 );
                 assert_eq!(span.operation, "SELECT orders", "{id}\n{context}");
