@@ -135,3 +135,36 @@ pub fn get_each<'a>(addr: &str, paths: impl IntoIterator<Item = &'a str>) {
         client.get_ok(path);
     }
 }
+
+/// `clients` keep-alive connections to `addr` at once, each sending `per_client` requests: the
+/// n-th request of client c is `request(c, n)`, a path (which must answer 200) and what the test
+/// keeps of it. Returns what was kept, every client's in order.
+pub fn concurrently<T: Send>(
+    addr: &str,
+    clients: usize,
+    per_client: usize,
+    request: impl Fn(usize, usize) -> (String, T) + Sync,
+) -> Vec<T> {
+    let request = &request;
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..clients)
+            .map(|c| {
+                scope.spawn(move || {
+                    let mut client = Client::connect(addr)
+                        .unwrap_or_else(|err| panic!("connect to {addr}: {err}"));
+                    (0..per_client)
+                        .map(|n| {
+                            let (path, kept) = request(c, n);
+                            client.get_ok(&path);
+                            kept
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|handle| handle.join().expect("client thread"))
+            .collect()
+    })
+}

@@ -4,7 +4,7 @@
 //! un-nested, say so (`loupe.parent`) and be counted, and never sit under a wrong request.
 
 use loupe_tests::{
-    client::Client,
+    client::concurrently,
     jaeger::{Jaeger, Span},
     node::NodeShop,
     postgres::Postgres,
@@ -28,27 +28,10 @@ fn queries_of(route: &str) -> usize {
 /// Drives `routes` from `CLIENTS` keep-alive clients at once, each request with an id of its own;
 /// returns the paths sent.
 fn drive(addr: &str, routes: &[&'static str]) -> Vec<String> {
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..CLIENTS)
-            .map(|c| {
-                scope.spawn(move || {
-                    let mut client = Client::connect(addr).expect("connect");
-                    (0..PER_CLIENT)
-                        .map(|n| {
-                            // Numeric ids: the shops take the id as a number.
-                            let path =
-                                format!("/{}/{}", routes[(c + n) % routes.len()], c * 100 + n);
-                            client.get_ok(&path);
-                            path
-                        })
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().expect("client thread"))
-            .collect()
+    concurrently(addr, CLIENTS, PER_CLIENT, |c, n| {
+        // Numeric ids: the shops take the id as a number.
+        let path = format!("/{}/{}", routes[(c + n) % routes.len()], c * 100 + n);
+        (path.clone(), path)
     })
 }
 

@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use loupe_tests::{
-    client::{Client, get, get_each},
+    client::{Client, concurrently, get, get_each},
     go::{GoDownstream, GoShop, pgx_dsn},
     jaeger::{Jaeger, Span},
     postgres::{ORDER_BY_ID, ORDERS_OF_USER, Postgres},
@@ -179,28 +179,10 @@ fn go_calls_are_never_nested_under_a_wrong_request() {
         &[],
     ));
     // Each thread its own keep-alive connection; each request a unique id in its path.
-    let requests: Vec<(&str, String)> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..THREADS)
-            .map(|t| {
-                let addr = &shop.addr;
-                scope.spawn(move || {
-                    let mut client = Client::connect(addr).expect("connect to the shop");
-                    (0..PER_THREAD)
-                        .map(|n| {
-                            let route = ROUTES[(t + n) % ROUTES.len()];
-                            let id = format!("t{t}r{n}");
-                            let path = format!("/{route}/{id}");
-                            client.get_ok(&path);
-                            (route, id)
-                        })
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().expect("client thread"))
-            .collect()
+    let requests: Vec<(&str, String)> = concurrently(&shop.addr, THREADS, PER_THREAD, |t, n| {
+        let route = ROUTES[(t + n) % ROUTES.len()];
+        let id = format!("t{t}r{n}");
+        (format!("/{route}/{id}"), (route, id))
     });
     let finished = loupe.stop();
     assert!(finished.status.success(), "{}", finished.stderr);

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use loupe_tests::{
-    client::Client,
+    client::concurrently,
     jaeger::{Jaeger, Span},
     procs::{Downstream, Loupe, Nginx, args},
     require_root,
@@ -28,19 +28,12 @@ fn nginx_upstream_calls_nest_under_the_request_that_made_them() {
         &jaeger.grpc_endpoint(),
     ]));
 
-    std::thread::scope(|scope| {
-        for client in 0..CLIENTS {
-            let addr = nginx.addr.clone();
-            scope.spawn(move || {
-                let mut connection = Client::connect(&addr).expect("connect to nginx");
-                for request in 0..REQUESTS_PER_CLIENT {
-                    let path = format!("/sleep/c{client}r{request}?ms=5");
-                    let response = connection.get(&path).expect("proxied request");
-                    assert_eq!(response.status, 200, "{path}");
-                }
-            });
-        }
-    });
+    concurrently(
+        &nginx.addr,
+        CLIENTS,
+        REQUESTS_PER_CLIENT,
+        |client, request| (format!("/sleep/c{client}r{request}?ms=5"), ()),
+    );
     let finished = loupe.stop();
     assert!(finished.status.success(), "{}", finished.stderr);
     assert!(

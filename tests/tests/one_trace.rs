@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 
 use loupe_tests::{
-    client::Client,
+    client::concurrently,
     jaeger::{Jaeger, Span},
     postgres::Postgres,
     procs::{DiagShop, Loupe, Nginx, args},
@@ -39,31 +39,14 @@ fn a_request_is_one_trace_through_nginx_the_app_and_its_downstream() {
     }
     let loupe = Loupe::attach(&flags);
 
-    let mut expected = Vec::new();
-    std::thread::scope(|scope| {
-        let mut handles = Vec::new();
-        for client in 0..CLIENTS {
-            let addr = nginx.addr.clone();
-            handles.push(scope.spawn(move || {
-                let mut connection = Client::connect(&addr).expect("connect to nginx");
-                let mut sent = Vec::new();
-                for n in 0..REQUESTS_PER_CLIENT {
-                    let route = if n % 2 == 0 {
-                        "/n_plus_one"
-                    } else {
-                        "/control/fast"
-                    };
-                    let path = format!("{route}/id-c{client}r{n}");
-                    let response = connection.get(&path).expect("through nginx");
-                    assert_eq!(response.status, 200, "{path}");
-                    sent.push((route, path));
-                }
-                sent
-            }));
-        }
-        for handle in handles {
-            expected.extend(handle.join().expect("client thread"));
-        }
+    let expected = concurrently(&nginx.addr, CLIENTS, REQUESTS_PER_CLIENT, |client, n| {
+        let route = if n % 2 == 0 {
+            "/n_plus_one"
+        } else {
+            "/control/fast"
+        };
+        let path = format!("{route}/id-c{client}r{n}");
+        (path.clone(), (route, path))
     });
     let finished = loupe.stop();
     assert!(finished.status.success(), "{}", finished.stderr);
