@@ -123,6 +123,7 @@ pub async fn run(config: Config) -> Result<Outcome, RunError> {
         targets: target_map,
         sockets,
         loss,
+        python,
         attached,
         existing,
     } = probes;
@@ -200,6 +201,7 @@ pub async fn run(config: Config) -> Result<Outcome, RunError> {
         targets: target_map,
         sockets,
         loss,
+        python,
     };
     let mut upkeep = tokio::spawn(upkeep.run(counters.clone(), stop_rx.clone()));
 

@@ -134,9 +134,11 @@ pub struct DataEvent<const N: usize> {
     /// A [`Direction`] id.
     pub direction: u32,
     pub _pad: u32,
-    /// The id of the goroutine that made the syscall (Go programs of a known version), else 0.
+    /// What made the syscall in the program's own scheduler, else 0: in a Go program of a known
+    /// version the goroutine's id; in a Python thread loupe found in its interpreter, the
+    /// address of the contextvars Context it ran in (in asyncio, the running task's).
     pub goid: u64,
-    /// The id of the goroutine that started that one, else 0.
+    /// The id of the goroutine that started that one (Go), else 0.
     pub parent_goid: u64,
     /// The first `captured_len` bytes moved; the rest of the array is undefined.
     pub payload: [u8; N],

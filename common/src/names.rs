@@ -11,6 +11,8 @@ pub const MAP_SOCKETS: &str = "SOCKETS";
 pub const MAP_LOSS: &str = "LOSS";
 /// Go programs' runtime layouts, by pid.
 pub const MAP_GO_LAYOUTS: &str = "GO_LAYOUTS";
+/// Python threads: where each keeps its current contextvars Context, by pid_tgid.
+pub const MAP_PY_CONTEXTS: &str = "PY_CONTEXTS";
 
 /// perf_event program: one CPU sample (user and kernel stacks) of the thread its event is
 /// opened on. Userspace opens a CPU-clock event only on threads running something slow.

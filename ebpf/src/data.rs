@@ -11,7 +11,7 @@ use loupe_common::{
 
 use crate::{
     config, emit,
-    maps::{GATHER, InFlight, SOCKETS, count_loss, stash, take_in_flight},
+    maps::{GATHER, InFlight, PY_CONTEXTS, SOCKETS, count_loss, stash, take_in_flight},
 };
 
 /// Offset of syscall argument `n` in a `sys_enter_*` record (after the common header and
@@ -104,6 +104,18 @@ fn current_goids(offsets: u32) -> (u64, u64) {
         _ => unsafe { bpf_probe_read_user((g + u64::from(parent_at)) as *const u64) }.unwrap_or(0),
     };
     (goid, parent)
+}
+
+/// The address of the contextvars Context a Python thread runs in now (in asyncio, the running
+/// task's), read where userspace said the thread state keeps it; 0 for other threads or where it
+/// cannot be read.
+fn current_context(pid_tgid: u64) -> u64 {
+    // SAFETY: copied out at once.
+    let Some(field) = (unsafe { PY_CONTEXTS.get(pid_tgid) }).copied() else {
+        return 0;
+    };
+    // SAFETY: a user address read with bpf_probe_read_user, which faults safely.
+    unsafe { bpf_probe_read_user(field as *const u64) }.unwrap_or(0)
 }
 
 /// Where a syscall's bytes are: one flat buffer, or an iovec array.
@@ -244,7 +256,10 @@ pub fn try_exit_data(ctx: &TracePointContext) -> Result<(), i64> {
     };
     let exit_ns = emit::now_ns();
     // Only for syscalls that moved bytes: Go's netpoller retries reads that would block often.
-    let (goid, parent_goid) = current_goids(in_flight.goid_offset as u32);
+    let (goid, parent_goid) = match in_flight.goid_offset {
+        0 => (current_context(pid_tgid), 0),
+        offsets => current_goids(offsets as u32),
+    };
     let total = if ret > u32::MAX as i64 {
         u32::MAX
     } else {

@@ -67,6 +67,13 @@ pub static GATHER: PerCpuArray<[u8; 2 * MAX_CAPTURE]> = PerCpuArray::with_max_en
 #[map]
 pub static GO_LAYOUTS: HashMap<u32, GoLayout> = HashMap::with_max_entries(4096, 0);
 
+/// Python threads of targets, keyed by pid_tgid: the address of the thread state's `context`
+/// field (the running asyncio task's contextvars Context). Userspace writes them from the
+/// interpreter's thread list (upkeep) and removes them with their process; the data exit program
+/// reads the pointer there.
+#[map]
+pub static PY_CONTEXTS: HashMap<u64, u64> = HashMap::with_max_entries(16384, 0);
+
 /// Per-CPU loss counters, indexed by `LossSlot`. Kernel increments; userspace sums and shows.
 #[map]
 pub static LOSS: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOSS_SLOTS, 0);

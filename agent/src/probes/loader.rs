@@ -10,11 +10,11 @@ use loupe_common::{
     GoLayout, SocketInfo, SocketKey, TargetInfo,
     names::{
         GLOBAL_CAPTURE_BYTES, GLOBAL_QUERY_BYTES, GLOBAL_WAKEUP_BYTES, MAP_EVENTS, MAP_GO_LAYOUTS,
-        MAP_LOSS, MAP_SOCKETS, MAP_TARGET_PIDS, TRACEPOINT_PROGRAMS,
+        MAP_LOSS, MAP_PY_CONTEXTS, MAP_SOCKETS, MAP_TARGET_PIDS, TRACEPOINT_PROGRAMS,
     },
 };
 
-use super::ProbeError;
+use super::{ProbeError, PythonThreads};
 use crate::process::{ExistingSocket, Target, existing_sockets, runtime::go_layout};
 
 /// The compiled kernel programs, built by build.rs.
@@ -42,6 +42,8 @@ pub struct Probes {
     pub targets: HashMap<MapData, u32, TargetInfo>,
     pub sockets: HashMap<MapData, u64, SocketInfo>,
     pub loss: PerCpuArray<MapData, u64>,
+    /// The Python targets' threads, as the kernel reads their Contexts.
+    pub python: PythonThreads,
     /// Number of tracepoint attachments made.
     pub attached: usize,
     /// Sockets found open at attach, per target pid.
@@ -109,6 +111,12 @@ pub fn load_and_attach(config: &ProbeConfig, targets: &[Target]) -> Result<Probe
     let events =
         RingBuf::try_from(take_map(&mut ebpf, MAP_EVENTS)?).map_err(map_err(MAP_EVENTS))?;
     let loss = PerCpuArray::try_from(take_map(&mut ebpf, MAP_LOSS)?).map_err(map_err(MAP_LOSS))?;
+    let mut python = PythonThreads::new(
+        HashMap::try_from(take_map(&mut ebpf, MAP_PY_CONTEXTS)?)
+            .map_err(map_err(MAP_PY_CONTEXTS))?,
+    );
+    // Before the first syscall is traced: a warm loop's calls are keyed from the start.
+    python.refresh(&targets.iter().map(|target| target.pid).collect::<Vec<_>>());
 
     let attached = attach_all(&mut ebpf)?;
 
@@ -137,6 +145,7 @@ pub fn load_and_attach(config: &ProbeConfig, targets: &[Target]) -> Result<Probe
         targets: target_map,
         sockets,
         loss,
+        python,
         attached,
         existing,
     })

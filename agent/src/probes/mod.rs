@@ -5,12 +5,14 @@ pub mod libraries;
 pub mod loader;
 pub mod loss;
 pub mod perf;
+pub mod python;
 pub mod upkeep;
 
 pub use libraries::{LibraryNews, LibraryProbes};
 pub use loader::{ProbeConfig, Probes, load_and_attach};
 pub use loss::LossCounters;
 pub use perf::ThreadSampler;
+pub use python::PythonThreads;
 pub use upkeep::Upkeep;
 
 /// What went wrong while loading or attaching.

@@ -12,7 +12,7 @@ use aya::{
 use loupe_common::{SocketInfo, SocketKey, TargetInfo};
 use tokio::sync::{mpsc, watch};
 
-use super::{LibraryNews, LibraryProbes, LossCounters, ThreadSampler};
+use super::{LibraryNews, LibraryProbes, LossCounters, PythonThreads, ThreadSampler};
 use crate::{process::is_live_process, profile::ProfileCommand, stats::Counters};
 
 pub struct Upkeep {
@@ -25,6 +25,7 @@ pub struct Upkeep {
     pub targets: HashMap<MapData, u32, TargetInfo>,
     pub sockets: HashMap<MapData, u64, SocketInfo>,
     pub loss: PerCpuArray<MapData, u64>,
+    pub python: PythonThreads,
 }
 
 /// Often enough that a library loaded or a process exec'd is probed within a fraction of a second.
@@ -64,6 +65,7 @@ impl Upkeep {
             if live.is_empty() {
                 return true;
             }
+            self.python.refresh(&live);
             let news = self.libraries.scan(&mut self.ebpf, &live);
             report(&news);
         }

@@ -2,6 +2,7 @@
 //! called, and which sockets they already had open when loupe attached.
 
 pub mod libraries;
+pub mod python;
 pub mod runtime;
 pub mod sockets;
 pub mod targets;

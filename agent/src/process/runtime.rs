@@ -8,6 +8,8 @@
 //!   [`Runtime::SharedThreads`].
 //! - nginx runs each event to completion on its worker's one thread:
 //!   [`Runtime::RunToCompletion`].
+//! - CPython 3.11-3.13 (its executable or libpython exports `_PyRuntime`): the kernel reads each
+//!   thread's current contextvars Context (`process::python`): [`Runtime::Tasks`].
 //! - Everything else: [`Runtime::Threads`].
 
 use std::{
@@ -113,6 +115,7 @@ pub fn runtime_of(pid: u32) -> Runtime {
     match (go, go_layout(pid)) {
         (true, Some(_)) => Runtime::Goroutines,
         (true, None) => Runtime::SharedThreads,
+        _ if super::python::interpreter(pid).is_some() => Runtime::Tasks,
         _ => Runtime::Threads,
     }
 }

@@ -12,7 +12,12 @@
 //!   goroutines between threads), the thread says nothing: a call made while any request of the
 //!   process is in flight is ambiguous;
 //! - an event loop that runs each event to completion (nginx) nests a call under the request
-//!   whose bytes the thread read last, when it read nothing else since; otherwise as threads.
+//!   whose bytes the thread read last, when it read nothing else since; otherwise as threads;
+//! - a Python thread whose contextvars Context loupe reads (asyncio runs each request in its own
+//!   task, each task in its own Context) keys calls by Context, late: a call made while several
+//!   requests were in flight on its thread waits for each of them to answer ([`LateCall`]) and
+//!   belongs to the only one whose response was written from the call's Context. A candidate
+//!   that never answers, or answers from a Context loupe could not read, leaves it ambiguous.
 //!
 //! Every call left without a parent says why (`loupe.parent` on its span) and is counted.
 
@@ -37,6 +42,10 @@ pub enum Runtime {
     /// (net/http serves a connection's requests on one goroutine and runs the handler there).
     /// A call whose goroutine went unread is decided as [`Runtime::SharedThreads`].
     Goroutines,
+    /// A Python program whose threads' current contextvars Context loupe reads at each syscall:
+    /// on an asyncio loop each request runs in its own task and Context, so a call nests under
+    /// the request whose response was written from the call's Context ([`LateCall`]).
+    Tasks,
 }
 
 impl Runtime {
@@ -53,6 +62,9 @@ impl Runtime {
             Self::Goroutines => {
                 Some("is a Go program: its calls nest under the request their goroutine serves")
             }
+            Self::Tasks => Some(
+                "is a Python program: its calls nest under the request whose response their asyncio task wrote",
+            ),
         }
     }
 }
@@ -142,6 +154,70 @@ pub fn decide(call: &CallContext<'_>) -> Parent {
         (None, _) => Parent::Unnested(Unnested::None),
         (Some(only), None) => Parent::Request(*only),
         (Some(_), Some(_)) => Parent::Unnested(Unnested::Ambiguous),
+    }
+}
+
+/// How long a call waits for the requests that may have made it to answer. A candidate that has
+/// not answered by then leaves the call ambiguous (a request that slow is rarely the only one).
+pub const LATE_LIMIT_NS: u64 = 10_000_000_000;
+
+/// A call a Python thread made in Context `unit` while several of its requests were in flight:
+/// it is decided once each of them answered (or left unanswered), by the Contexts their
+/// responses were written from.
+#[derive(Clone, Debug)]
+pub struct LateCall {
+    unit: u64,
+    candidates: Vec<InFlight>,
+    /// Span ids of the candidates yet to answer.
+    waiting: Vec<u64>,
+    /// The candidates that answered from `unit`.
+    matched: Vec<InFlight>,
+    /// Candidates that left without answering, or answered from a Context loupe could not read.
+    unknown: usize,
+}
+
+impl LateCall {
+    pub fn new(unit: u64, candidates: Vec<InFlight>) -> Self {
+        Self {
+            unit,
+            waiting: candidates.iter().map(|request| request.span_id).collect(),
+            candidates,
+            matched: Vec::new(),
+            unknown: 0,
+        }
+    }
+
+    /// The requests that may have made the call (their span ids).
+    pub fn candidates(&self) -> impl Iterator<Item = u64> + '_ {
+        self.candidates.iter().map(|request| request.span_id)
+    }
+
+    /// Candidate `span_id` started its response from Context `unit` (0: not read), or left
+    /// without one (None). Returns true once no candidate is waited for.
+    pub fn answered(&mut self, span_id: u64, unit: Option<u64>) -> bool {
+        if let Some(at) = self.waiting.iter().position(|id| *id == span_id) {
+            self.waiting.swap_remove(at);
+            match unit {
+                Some(unit) if unit != 0 && unit == self.unit => {
+                    if let Some(request) = self.candidates.iter().find(|r| r.span_id == span_id) {
+                        self.matched.push(*request);
+                    }
+                }
+                Some(unit) if unit != 0 => {}
+                _ => self.unknown += 1,
+            }
+        }
+        self.waiting.is_empty()
+    }
+
+    /// The decision: the only candidate that answered from the call's Context, when every
+    /// other one answered from another; otherwise ambiguous. Candidates still waited for count
+    /// as unknown (the wait ran out).
+    pub fn decide(&self) -> Parent {
+        match (self.matched.as_slice(), self.unknown + self.waiting.len()) {
+            ([only], 0) => Parent::Request(*only),
+            _ => Parent::Unnested(Unnested::Ambiguous),
+        }
     }
 }
 
@@ -269,5 +345,52 @@ mod tests {
         let mut stale = call(Runtime::RunToCompletion, late, &serving);
         stale.last_read = Some((2, 0));
         assert_eq!(decide(&stale), Parent::Unnested(Unnested::None));
+    }
+
+    fn late(unit: u64, candidates: &[InFlight]) -> LateCall {
+        LateCall::new(unit, candidates.to_vec())
+    }
+
+    #[test]
+    fn a_late_call_belongs_to_the_only_request_that_answered_from_its_context() {
+        let serving = [request(1, 10), request(2, 12), request(3, 14)];
+        let mut call = late(0xc0, &serving);
+        assert!(!call.answered(2, Some(0xc0)));
+        assert!(!call.answered(1, Some(0xa0)));
+        assert!(!call.answered(99, Some(0xc0)), "not a candidate: ignored");
+        assert!(call.answered(3, Some(0xb0)));
+        assert_eq!(call.decide(), Parent::Request(serving[1]));
+    }
+
+    #[test]
+    fn a_late_call_no_or_two_requests_claim_is_ambiguous() {
+        let serving = [request(1, 10), request(2, 12)];
+        let mut none = late(0xc0, &serving);
+        none.answered(1, Some(0xa0));
+        none.answered(2, Some(0xb0));
+        assert_eq!(none.decide(), Parent::Unnested(Unnested::Ambiguous));
+        // Two requests answered from one Context (a server serving several in one task): no
+        // guess.
+        let mut shared = late(0xc0, &serving);
+        shared.answered(1, Some(0xc0));
+        shared.answered(2, Some(0xc0));
+        assert_eq!(shared.decide(), Parent::Unnested(Unnested::Ambiguous));
+    }
+
+    #[test]
+    fn a_candidate_that_never_answers_or_answers_unread_leaves_a_late_call_ambiguous() {
+        let serving = [request(1, 10), request(2, 12)];
+        let mut gone = late(0xc0, &serving);
+        gone.answered(1, Some(0xc0));
+        assert!(gone.answered(2, None));
+        assert_eq!(gone.decide(), Parent::Unnested(Unnested::Ambiguous));
+        let mut unread = late(0xc0, &serving);
+        unread.answered(1, Some(0xc0));
+        unread.answered(2, Some(0));
+        assert_eq!(unread.decide(), Parent::Unnested(Unnested::Ambiguous));
+        // The wait ran out before request 2 answered.
+        let mut waiting = late(0xc0, &serving);
+        waiting.answered(1, Some(0xc0));
+        assert_eq!(waiting.decide(), Parent::Unnested(Unnested::Ambiguous));
     }
 }

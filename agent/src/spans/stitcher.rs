@@ -6,6 +6,11 @@
 //! process, how the process schedules requests onto threads, and (for event loops that run
 //! each event to completion) which request's bytes the thread read last. Where no request is
 //! certain, the call stays a root span, marked and counted: never nested wrongly.
+//!
+//! On a Python thread whose Context loupe reads, a call made while several requests are in
+//! flight is decided late ([`parent::LateCall`]): its span, and the spans of the requests that
+//! may have made it, wait in the stitcher until each of those requests started its response,
+//! so that a request leaves with its calls (the diagnosis stage sees them together).
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -18,7 +23,7 @@ use super::{
     http::{Actor, Endpoints, SpanIds, client_span, server_span, split_host},
     ids::{new_span_id, new_trace_id, parse_traceparent},
     model::{OpType, SpanRecord},
-    parent::{self, CallContext, InFlight, Parent, Runtime},
+    parent::{self, CallContext, InFlight, LateCall, Parent, Runtime},
 };
 use crate::{
     detect::slow::threshold_for,
@@ -101,6 +106,8 @@ struct Conn {
 struct Doer {
     tid: u32,
     exec: u64,
+    /// The Context a Python thread ran in ([`Runtime::Tasks`]), else 0.
+    unit: u64,
 }
 
 /// Marks an [`Doer::exec`] that is a goroutine id, not a thread id.
@@ -111,6 +118,7 @@ impl Doer {
         Self {
             tid,
             exec: u64::from(tid),
+            unit: 0,
         }
     }
 }
@@ -139,6 +147,21 @@ struct AwaitingCaller {
     seq: u64,
     line: u64,
     span_id: u64,
+}
+
+/// A call decided late ([`Runtime::Tasks`]): what it waits for, and where its ids or its span
+/// are meanwhile.
+struct Late {
+    call: LateCall,
+    pid: u32,
+    /// Its connection and sequence number there, while its exchange runs.
+    key: ConnKey,
+    seq: u64,
+    since_ns: u64,
+    /// Its trace id until it is decided (kept if it stays a root).
+    trace_id: u128,
+    /// Its span, once its exchange ended before the decision.
+    span: Option<SpanRecord>,
 }
 
 /// A query the libpq probes saw start and not yet finish.
@@ -200,6 +223,12 @@ pub struct Stitcher {
     pg_conn_of_thread: HashMap<(u32, u32), ConnKey>,
     /// The time of the event being handled (ns since boot): when what it starts started.
     clock_ns: u64,
+    /// Calls decided late, by their span id.
+    late: HashMap<u64, Late>,
+    /// Per request (span id): the late calls it may have made, still undecided.
+    late_by_request: HashMap<u64, Vec<u64>>,
+    /// Server spans finished while a late call they may have made was undecided, by span id.
+    held_servers: HashMap<u64, SpanRecord>,
 }
 
 /// At most `PER_SECOND` /proc address look-ups per second of event time.
@@ -249,6 +278,9 @@ impl Stitcher {
             libpq_unwired: HashMap::default(),
             pg_conn_of_thread: HashMap::default(),
             clock_ns: 0,
+            late: HashMap::default(),
+            late_by_request: HashMap::default(),
+            held_servers: HashMap::default(),
         }
     }
 
@@ -472,6 +504,15 @@ impl Stitcher {
         }
         self.dispatch_libpq(&mut events, out);
         self.libpq_scratch = events;
+        let overdue: Vec<u64> = self
+            .late
+            .iter()
+            .filter(|(_, late)| now_ns.saturating_sub(late.since_ns) > parent::LATE_LIMIT_NS)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in overdue {
+            self.settle(id, out);
+        }
     }
 
     /// Finishes everything (at shutdown): each connection is closed as if by the target.
@@ -480,6 +521,11 @@ impl Stitcher {
         for key in keys {
             self.close(key, out);
         }
+        let undecided: Vec<u64> = self.late.keys().copied().collect();
+        for id in undecided {
+            self.settle(id, out);
+        }
+        out.extend(self.held_servers.drain().map(|(_, span)| span));
     }
 
     /// The threads running something past its threshold at `now_ns`: a server request, an
@@ -626,6 +672,11 @@ impl Stitcher {
             );
             for pending in conn.pending.values() {
                 self.stop_serving(key.0, pending.exec, key.1, None);
+            }
+            if conn.role == SocketRole::Server {
+                for pending in conn.pending.values() {
+                    self.answered(pending.ids.span_id, None, out);
+                }
             }
         }
     }
@@ -842,7 +893,8 @@ impl Stitcher {
                         pid: key.0,
                         tid: pending.tid,
                     };
-                    out.push(self.wire_query_span(&query, key, pending.ids, actor));
+                    let span = self.wire_query_span(&query, key, pending.ids, actor);
+                    self.finished(span, out);
                 }
             }
         }
@@ -871,6 +923,8 @@ impl Stitcher {
                         && let Some(pending) = conn.pending.get(seq).copied()
                     {
                         self.stop_serving(key.0, pending.exec, key.1, Some(*seq));
+                        let unit = doer.map_or(0, |doer| doer.unit);
+                        self.answered(pending.ids.span_id, Some(unit), out);
                     }
                 }
                 HttpEvent::Exchange(exchange) => self.exchange_done(key, exchange, out),
@@ -902,7 +956,10 @@ impl Stitcher {
                     .filter(|(opener, _)| *opener == doer.tid);
                 match opened_for {
                     Some((_, parent)) => ids_under(parent),
-                    None => self.client_ids(key.0, doer.exec),
+                    None => match self.late_call(key, seq, doer) {
+                        Some(ids) => ids,
+                        None => self.client_ids(key.0, doer.exec),
+                    },
                 }
             }
             _ => {
@@ -967,7 +1024,9 @@ impl Stitcher {
     fn caller_of(&self, key: ConnKey, seq: u64, line: u64) -> Option<(u128, u64)> {
         let caller = self.caller_conn(key)?;
         let sent = self.conns.get(&caller)?.pending.get(&seq)?;
-        (sent.line == line).then_some((sent.ids.trace_id, sent.ids.span_id))
+        // A call decided late has no trace yet: its callee stays a trace of its own.
+        (sent.line == line && !self.late.contains_key(&sent.ids.span_id))
+            .then_some((sent.ids.trace_id, sent.ids.span_id))
     }
 
     /// Request `seq` of server connection `key` was read before its caller's write was
@@ -997,7 +1056,7 @@ impl Stitcher {
             return;
         };
         self.awaiting_by_span.remove(&awaiting.span_id);
-        if awaiting.line != line {
+        if awaiting.line != line || self.late.contains_key(&ids.span_id) {
             return;
         }
         let Some(request) = self
@@ -1028,6 +1087,12 @@ impl Stitcher {
     /// for a Transport connection's writer, the goroutine whose request it is writing (net/http
     /// hands each request to the connection's own writing goroutine).
     fn doer_of(&mut self, data: &DataRecord, runtime: Runtime) -> Doer {
+        if runtime == Runtime::Tasks {
+            return Doer {
+                unit: data.goid,
+                ..Doer::thread(data.tid)
+            };
+        }
         if data.goid == 0 || runtime != Runtime::Goroutines {
             return Doer::thread(data.tid);
         }
@@ -1036,6 +1101,7 @@ impl Stitcher {
         Doer {
             tid: data.tid,
             exec: GOROUTINE | caller.unwrap_or(data.goid),
+            unit: 0,
         }
     }
 
@@ -1225,7 +1291,150 @@ impl Stitcher {
         if role == SocketRole::Server {
             self.stop_serving(key.0, pending.exec, key.1, Some(exchange.seq));
         }
-        out.push(span);
+        self.finished(span, out);
+    }
+
+    /// A span is finished: out it goes, unless it is a late call still undecided, or a request
+    /// one of those may belong to (then it waits for them).
+    fn finished(&mut self, span: SpanRecord, out: &mut Vec<SpanRecord>) {
+        if let Some(late) = self.late.get_mut(&span.span_id) {
+            late.span = Some(span);
+        } else if self.late_by_request.contains_key(&span.span_id) {
+            self.held_servers.insert(span.span_id, span);
+        } else {
+            out.push(span);
+        }
+    }
+
+    /// Ids for a call `doer` starts now as request `seq` of `key`, if it is decided late: a
+    /// Python thread whose Context was read, with several requests in flight on it.
+    fn late_call(&mut self, key: ConnKey, seq: u64, doer: Doer) -> Option<SpanIds> {
+        if doer.unit == 0 || self.runtime(key.0) != Runtime::Tasks {
+            return None;
+        }
+        let now = self.clock_ns;
+        let candidates: Vec<InFlight> = self
+            .serving
+            .get(&(key.0, doer.exec))?
+            .iter()
+            .filter(|request| parent::is_candidate(request, now))
+            .copied()
+            .collect();
+        if candidates.len() < 2 || self.late.len() >= self.limits.max_connections {
+            // One candidate is the thread rule's; past the bound it decides (ambiguous) at once.
+            return None;
+        }
+        let ids = SpanIds {
+            trace_id: new_trace_id(),
+            span_id: new_span_id(),
+            parent_span_id: None,
+            unnested: None,
+        };
+        for request in &candidates {
+            self.late_by_request
+                .entry(request.span_id)
+                .or_default()
+                .push(ids.span_id);
+        }
+        let late = Late {
+            call: LateCall::new(doer.unit, candidates),
+            pid: key.0,
+            key,
+            seq,
+            since_ns: now,
+            trace_id: ids.trace_id,
+            span: None,
+        };
+        self.late.insert(ids.span_id, late);
+        Some(ids)
+    }
+
+    /// Request `span_id` started its response from Context `unit` (0: not read), or left
+    /// without one (None): the late calls it may have made learn it; those that wait for
+    /// nothing more are decided.
+    fn answered(&mut self, span_id: u64, unit: Option<u64>, out: &mut Vec<SpanRecord>) {
+        let Some(calls) = self.late_by_request.get(&span_id).cloned() else {
+            return;
+        };
+        for call in calls {
+            let done = self
+                .late
+                .get_mut(&call)
+                .is_some_and(|late| late.call.answered(span_id, unit));
+            if done {
+                self.settle(call, out);
+            }
+        }
+    }
+
+    /// Decides late call `call_span` with what is known now; its span goes out (or its ids are
+    /// set for when its exchange ends), then any request span that waited only for it.
+    fn settle(&mut self, call_span: u64, out: &mut Vec<SpanRecord>) {
+        let Some(late) = self.late.remove(&call_span) else {
+            return;
+        };
+        let ids = match late.call.decide() {
+            Parent::Request(request) => {
+                if let Some(key) = self.awaiting_by_span.remove(&request.span_id) {
+                    self.awaiting_caller.remove(&key);
+                }
+                SpanIds {
+                    trace_id: self.trace_of(late.pid, &request),
+                    span_id: call_span,
+                    parent_span_id: Some(request.span_id),
+                    unnested: None,
+                }
+            }
+            Parent::Unnested(why) => SpanIds {
+                trace_id: late.trace_id,
+                span_id: call_span,
+                parent_span_id: None,
+                unnested: Some(why),
+            },
+        };
+        match late.span {
+            Some(mut span) => {
+                span.trace_id = ids.trace_id;
+                span.parent_span_id = ids.parent_span_id;
+                ids.mark(&mut span);
+                out.push(span);
+            }
+            None => {
+                if let Some(pending) = self
+                    .conns
+                    .get_mut(&late.key)
+                    .and_then(|conn| conn.pending.get_mut(&late.seq))
+                    .filter(|pending| pending.ids.span_id == call_span)
+                {
+                    pending.ids = ids;
+                }
+            }
+        }
+        for request in late.call.candidates() {
+            let Some(calls) = self.late_by_request.get_mut(&request) else {
+                continue;
+            };
+            calls.retain(|id| *id != call_span);
+            if calls.is_empty() {
+                self.late_by_request.remove(&request);
+                if let Some(span) = self.held_servers.remove(&request) {
+                    out.push(span);
+                }
+            }
+        }
+    }
+
+    /// The trace request `request` of `pid` is in now (its caller may have been linked since
+    /// it was read).
+    fn trace_of(&self, pid: u32, request: &InFlight) -> u128 {
+        if let Some(span) = self.held_servers.get(&request.span_id) {
+            return span.trace_id;
+        }
+        self.conns
+            .get(&(pid, request.conn_id))
+            .and_then(|conn| conn.pending.get(&request.seq))
+            .filter(|pending| pending.ids.span_id == request.span_id)
+            .map_or(request.trace_id, |pending| pending.ids.trace_id)
     }
 }
 

@@ -874,3 +874,103 @@ fn a_callee_that_called_out_before_its_caller_was_seen_keeps_its_own_trace() {
         "one trace for the callee's tree"
     );
 }
+
+/// `event` as a Python thread made it while running in Context `unit`.
+fn in_context(unit: u64, event: Event) -> Event {
+    on_goroutine(unit, event)
+}
+
+#[test]
+fn an_asyncio_call_waits_for_the_request_that_answers_from_its_context() {
+    // Three requests on the loop thread 7: read in the connections' Contexts (0xa..), each run
+    // by a task of its own (0xc1, 0xc2, 0xc3). Task 0xc2 calls out; the requests answer in
+    // another order than they came.
+    let (spans, counters) = run_on(
+        |_| Runtime::Tasks,
+        vec![
+            conn(5, 7, SocketRole::Server, "127.0.0.1:5000"),
+            conn(9, 7, SocketRole::Server, "127.0.0.1:5001"),
+            conn(10, 7, SocketRole::Server, "127.0.0.1:5002"),
+            in_context(0xa1, data(5, 7, Direction::Ingress, 1_000, REQUEST)),
+            in_context(0xa2, data(9, 7, Direction::Ingress, 1_100, REQUEST_TWO)),
+            in_context(0xa3, data(10, 7, Direction::Ingress, 1_200, REQUEST)),
+            conn(6, 7, SocketRole::Client, "127.0.0.1:8081"),
+            in_context(0xc2, data(6, 7, Direction::Egress, 2_000, CALL)),
+            in_context(0xb6, data(6, 7, Direction::Ingress, 2_500, CALL_RESPONSE)),
+            in_context(0xc1, data(5, 7, Direction::Egress, 3_000, RESPONSE)),
+            in_context(0xc2, data(9, 7, Direction::Egress, 3_100, RESPONSE)),
+            in_context(0xc3, data(10, 7, Direction::Egress, 3_200, RESPONSE)),
+        ],
+    );
+    let server = server_at(&spans, "/api/other");
+    let calls = client_spans(&spans);
+    assert_eq!(calls.len(), 1, "{spans:#?}");
+    assert_eq!(calls[0].parent_span_id, Some(server.span_id), "{spans:#?}");
+    assert_eq!(calls[0].trace_id, server.trace_id);
+    assert_eq!(calls[0].attr_str("loupe.parent"), None);
+    // The request it belongs to left after its call (held until the call was decided), and
+    // nothing is counted un-nested.
+    let at = |id: u64| spans.iter().position(|s| s.span_id == id).unwrap();
+    assert!(at(calls[0].span_id) < at(server.span_id), "{spans:#?}");
+    assert_eq!(spans.len(), 4);
+    assert_eq!(Counters::get(&counters.unnested_calls), 0);
+}
+
+#[test]
+fn an_asyncio_call_no_request_answers_for_is_ambiguous() {
+    // A background task (0xbb) queries while two requests are in flight; both answer from
+    // their own tasks. And a request closed unanswered leaves the second call undecidable.
+    let (spans, _) = run_on(
+        |_| Runtime::Tasks,
+        vec![
+            conn(5, 7, SocketRole::Server, "127.0.0.1:5000"),
+            conn(9, 7, SocketRole::Server, "127.0.0.1:5001"),
+            in_context(0xa1, data(5, 7, Direction::Ingress, 1_000, REQUEST)),
+            in_context(0xa2, data(9, 7, Direction::Ingress, 1_100, REQUEST_TWO)),
+            conn(6, 7, SocketRole::Client, "127.0.0.1:8081"),
+            in_context(0xbb, data(6, 7, Direction::Egress, 2_000, CALL)),
+            in_context(0xb6, data(6, 7, Direction::Ingress, 2_500, CALL_RESPONSE)),
+            in_context(0xc1, data(5, 7, Direction::Egress, 3_000, RESPONSE)),
+            in_context(0xc2, data(9, 7, Direction::Egress, 3_100, RESPONSE)),
+            in_context(0xa1, data(5, 7, Direction::Ingress, 4_000, REQUEST)),
+            in_context(0xa2, data(9, 7, Direction::Ingress, 4_100, REQUEST_TWO)),
+            conn(4, 7, SocketRole::Client, "127.0.0.1:8081"),
+            in_context(0xc4, data(4, 7, Direction::Egress, 5_000, CALL)),
+            in_context(0xb4, data(4, 7, Direction::Ingress, 5_500, CALL_RESPONSE)),
+            Event::Close {
+                pid: PID,
+                tid: 7,
+                fd: 5,
+                conn_id: conn_id(5),
+                ts_ns: 5_800,
+            },
+            in_context(0xc4, data(9, 7, Direction::Egress, 6_000, RESPONSE)),
+        ],
+    );
+    let calls = client_spans(&spans);
+    assert_eq!(calls.len(), 2, "{spans:#?}");
+    for call in calls {
+        assert_eq!(call.parent_span_id, None, "{spans:#?}");
+        assert_eq!(call.attr_str("loupe.parent"), Some("ambiguous"));
+    }
+    let servers = spans.iter().filter(|s| s.kind == SpanKind::Server).count();
+    assert_eq!(servers, 3, "every answered request leaves: {spans:#?}");
+}
+
+#[test]
+fn an_asyncio_call_with_one_request_in_flight_nests_at_once() {
+    // One candidate: the thread rule decides it when it starts (a callee can join its trace).
+    let (spans, _) = run_on(
+        |_| Runtime::Tasks,
+        vec![
+            conn(5, 7, SocketRole::Server, "127.0.0.1:5000"),
+            in_context(0xa1, data(5, 7, Direction::Ingress, 1_000, REQUEST)),
+            conn(6, 7, SocketRole::Client, "127.0.0.1:8081"),
+            in_context(0xc1, data(6, 7, Direction::Egress, 2_000, CALL)),
+            in_context(0xb6, data(6, 7, Direction::Ingress, 2_500, CALL_RESPONSE)),
+            in_context(0xc1, data(5, 7, Direction::Egress, 3_000, RESPONSE)),
+        ],
+    );
+    let server = server_at(&spans, "/api/checkout");
+    assert_eq!(client_spans(&spans)[0].parent_span_id, Some(server.span_id));
+}
