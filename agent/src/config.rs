@@ -126,6 +126,11 @@ pub struct RunArgs {
     /// Terminal view: how often to print the per-route table, e.g. 10s.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration, env = "LOUPE_SUMMARY_INTERVAL")]
     pub summary_interval: Duration,
+
+    /// Key calls by thread only: do not read Go goroutines or Python asyncio tasks (what that
+    /// costs is in BENCHMARKS.md). Their calls then stay un-nested under concurrency.
+    #[arg(long, env = "LOUPE_NO_RUNTIME_ADAPTERS")]
+    pub no_runtime_adapters: bool,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -229,6 +234,7 @@ pub struct Config {
     pub capture_bytes: u32,
     pub max_query_bytes: u32,
     pub summary_interval: Duration,
+    pub runtime_adapters: bool,
 }
 
 /// Configuration that cannot work, said in one line.
@@ -313,6 +319,7 @@ impl RunArgs {
             capture_bytes: self.capture_bytes,
             max_query_bytes: self.max_query_bytes,
             summary_interval: self.summary_interval,
+            runtime_adapters: !self.no_runtime_adapters,
         })
     }
 }

@@ -110,6 +110,7 @@ pub async fn run(config: Config) -> Result<Outcome, RunError> {
         }
     };
 
+    process::runtime::set_adapters(config.runtime_adapters);
     let targets = process::expand_targets(&config.pids);
     let probe_config = ProbeConfig {
         capture_bytes: config.capture_bytes,

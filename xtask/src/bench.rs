@@ -1,7 +1,10 @@
 //! Overhead, measured from one run: nginx (keep-alive, small response, wrk) with nothing
 //! attached, with a floor probe (bpftrace on the same syscall tracepoints, empty PID-filtered
 //! programs), and with loupe; the demo app's ~1 ms route with nothing and with loupe; pgbench
-//! select-only the same three ways (its floor adds the libpq uprobes and uretprobes).
+//! select-only the same three ways (its floor adds the libpq uprobes and uretprobes); a Go
+//! net/http + pgx service and FastAPI on uvicorn + asyncpg at saturation, with nothing, with
+//! loupe without its runtime adapters (`--no-runtime-adapters`: no goroutine or asyncio-task
+//! reads) and with loupe.
 
 use std::{
     io::{BufRead as _, BufReader},
@@ -103,6 +106,7 @@ pub fn run(duration: Duration) -> anyhow::Result<()> {
     let pg_none = pgbench(&url, seconds, Probe::Nothing)?;
     let pg_floor = pgbench(&url, seconds, Probe::Floor)?;
     let pg_loupe = pgbench(&url, seconds, Probe::Loupe)?;
+    let adapters = adapter_runs(&postgres, seconds)?;
     drop(postgres);
 
     let ratio = |run: &Run| run.requests_per_sec / none.requests_per_sec;
@@ -176,6 +180,9 @@ pub fn run(duration: Duration) -> anyhow::Result<()> {
         (1.0 - pg_ratio(&pg_loupe)) * 100.0,
         (pg_ratio(&pg_floor) - pg_ratio(&pg_loupe)) * 100.0
     );
+    for run in &adapters {
+        run.print();
+    }
     let per_query = |tps: f64| 1e6 / tps;
     println!(
         "pgbench per query (machine time, 2 cores): nothing {:.1} us, floor +{:.1} us (5 uprobe hits and the syscall hooks), loupe +{:.1} us",
@@ -190,6 +197,9 @@ pub fn run(duration: Duration) -> anyhow::Result<()> {
         (ratio(&floor) - ratio(&nginx_loupe)) * 100.0,
         (1.0 - work_ratio) * 100.0
     );
+    for run in &adapters {
+        run.summary();
+    }
     println!(
         "CPU profiles: nothing slow took {cold_samples} samples and cost {:.1}%; one thread hot at 999 Hz ({:.0} samples/s) cost {:.1}% of the route's throughput",
         (1.0 - crunch_ratio(&crunch_cold)) * 100.0,
@@ -200,6 +210,111 @@ pub fn run(duration: Duration) -> anyhow::Result<()> {
 }
 
 const PGBENCH: &str = "/usr/lib/postgresql/15/bin/pgbench";
+
+/// A service at saturation three ways: nothing, loupe without runtime adapters, loupe.
+struct AdapterRun {
+    target: String,
+    none: Run,
+    without: Run,
+    with: Run,
+    /// loupe's CPU seconds without and with the adapters.
+    cpu: (f64, f64),
+}
+
+impl AdapterRun {
+    fn measure(
+        target: String,
+        pid: u32,
+        url: &str,
+        connections: u32,
+        seconds: u64,
+    ) -> anyhow::Result<Self> {
+        wrk(url, connections, 2)?; // warm-up: pools full, statements prepared
+        let none = wrk(url, connections, seconds)?;
+        let (without, cpu_without, _, _) =
+            with_loupe_flags(pid, &["--no-runtime-adapters"], || {
+                wrk(url, connections, seconds)
+            })?;
+        let (with, cpu_with, _) = with_loupe(pid, || wrk(url, connections, seconds))?;
+        Ok(Self {
+            target,
+            none,
+            without,
+            with,
+            cpu: (cpu_without, cpu_with),
+        })
+    }
+
+    fn ratio(&self, run: &Run) -> f64 {
+        run.requests_per_sec / self.none.requests_per_sec
+    }
+
+    fn print(&self) {
+        println!(
+            "| {} | nothing | {:.0} | {} | 1.000 | | |",
+            self.target, self.none.requests_per_sec, self.none.p99
+        );
+        println!(
+            "| | loupe --no-runtime-adapters | {:.0} | {} | {:.3} | {:.2} | |",
+            self.without.requests_per_sec,
+            self.without.p99,
+            self.ratio(&self.without),
+            self.cpu.0
+        );
+        println!(
+            "| | loupe | {:.0} | {} | {:.3} | {:.2} | |",
+            self.with.requests_per_sec,
+            self.with.p99,
+            self.ratio(&self.with),
+            self.cpu.1
+        );
+    }
+
+    fn summary(&self) {
+        println!(
+            "{}: loupe without adapters costs {:.1}%, with them {:.1}% (the adapter: {:.1} points)",
+            self.target,
+            (1.0 - self.ratio(&self.without)) * 100.0,
+            (1.0 - self.ratio(&self.with)) * 100.0,
+            (self.ratio(&self.without) - self.ratio(&self.with)) * 100.0
+        );
+    }
+}
+
+/// The Go shop (net/http, pgx, a downstream call) and the asyncio shop (FastAPI, uvicorn,
+/// asyncpg) at saturation, against `postgres`.
+fn adapter_runs(
+    postgres: &loupe_tests::postgres::Postgres,
+    seconds: u64,
+) -> anyhow::Result<Vec<AdapterRun>> {
+    postgres.create_orders_shop();
+    let downstream = loupe_tests::go::GoDownstream::start();
+    let go = loupe_tests::go::GoShop::start(
+        &loupe_tests::go::pgx_dsn(postgres.port, "shop"),
+        &downstream.url(),
+    );
+    let go_run = AdapterRun::measure(
+        format!("Go net/http + pgx, /mixed: a query and a call (wrk -t1 -c32 -d{seconds}s)"),
+        go.pid(),
+        &format!("http://{}/mixed/bench", go.addr),
+        32,
+        seconds,
+    )?;
+    drop(go);
+    drop(downstream);
+    let asyncio = loupe_tests::procs::AsyncShop::start(&format!(
+        "postgresql://postgres@127.0.0.1:{}/shop",
+        postgres.port
+    ));
+    let asyncio_run = AdapterRun::measure(
+        format!("FastAPI on uvicorn + asyncpg, /item: a query (wrk -t1 -c16 -d{seconds}s)"),
+        asyncio.pid(),
+        &format!("http://{}/item/1", asyncio.addr),
+        16,
+        seconds,
+    )?;
+    Ok(vec![go_run, asyncio_run])
+}
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Probe {

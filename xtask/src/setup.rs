@@ -23,6 +23,8 @@ const APT_PACKAGES: &[&str] = &[
     "postgresql-15",
     "libpq5",
     "openssl",
+    // Debian's own interpreter (static, stripped): the asyncio tests run on it too.
+    "python3.11",
 ];
 
 /// What the tests' Python apps import, pinned: the PostgreSQL drivers they drive (psycopg2-binary,

@@ -41,6 +41,9 @@ impl PythonThreads {
     /// Looks at every live target: a new Python one is walked, a known one again when its
     /// thread count changed (or its layout is not confirmed yet); exited ones are forgotten.
     pub fn refresh(&mut self, live: &[u32]) {
+        if !crate::process::runtime::adapters() {
+            return;
+        }
         let gone: Vec<u32> = self
             .processes
             .keys()

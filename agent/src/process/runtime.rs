@@ -15,6 +15,7 @@
 use std::{
     fs::File,
     io::{Read, Seek, SeekFrom},
+    sync::atomic::{AtomicBool, Ordering},
 };
 
 use loupe_common::GoLayout;
@@ -50,9 +51,26 @@ const fn layout(g_goid: u32, g_parent_goid: u32, m_p: u32, p_goidcache: u32) -> 
     }
 }
 
+/// Whether loupe reads runtimes' own units of work (goroutines, asyncio tasks): set once at start
+/// (`--no-runtime-adapters` clears it), read by everything that would read them, so the kernel
+/// side and the parent rule always agree.
+static ADAPTERS: AtomicBool = AtomicBool::new(true);
+
+/// Turns the runtime adapters on or off (at start, before anything attaches).
+pub fn set_adapters(on: bool) {
+    ADAPTERS.store(on, Ordering::Relaxed);
+}
+
+pub fn adapters() -> bool {
+    ADAPTERS.load(Ordering::Relaxed)
+}
+
 /// The runtime layout of `pid`'s executable, when it is an x86-64 Go program of a version in
-/// [`GO_LAYOUTS`].
+/// [`GO_LAYOUTS`] (and the adapters are on).
 pub fn go_layout(pid: u32) -> Option<GoLayout> {
+    if !adapters() {
+        return None;
+    }
     let mut file = File::open(format!("/proc/{pid}/exe")).ok()?;
     let version = go_version(&mut file)?;
     layout_of(&version)
@@ -115,7 +133,7 @@ pub fn runtime_of(pid: u32) -> Runtime {
     match (go, go_layout(pid)) {
         (true, Some(_)) => Runtime::Goroutines,
         (true, None) => Runtime::SharedThreads,
-        _ if super::python::interpreter(pid).is_some() => Runtime::Tasks,
+        _ if adapters() && super::python::interpreter(pid).is_some() => Runtime::Tasks,
         _ => Runtime::Threads,
     }
 }
