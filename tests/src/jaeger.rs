@@ -210,6 +210,13 @@ exporters:
         .unwrap_or_else(|| self.spans(service))
     }
 
+    /// Every span of `service`, once at least `servers` SERVER spans and `total` spans in all
+    /// are in Jaeger (or after the waits time out: what there is).
+    pub fn wait_for_requests(&self, service: &str, servers: usize, total: usize) -> Vec<Span> {
+        self.wait_for_spans(service, servers, |s| s.kind() == "server");
+        self.wait_for_spans(service, total, |_| true)
+    }
+
     pub fn services(&self) -> Vec<String> {
         http_get(self.query, "/api/services")
             .ok()

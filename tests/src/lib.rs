@@ -2,6 +2,7 @@
 //! loopback by the test that needs it and stopped when it is dropped. Everything waits on a
 //! condition with a timeout; nothing waits on a fixed sleep alone.
 
+pub mod calls;
 pub mod client;
 pub mod go;
 pub mod jaeger;

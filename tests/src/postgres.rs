@@ -3,13 +3,14 @@
 //! statement's duration logged so tests can compare loupe's timing with the server's own.
 
 use std::{
+    collections::{HashMap, HashSet},
     os::unix::{fs::PermissionsExt as _, process::CommandExt as _},
     path::PathBuf,
     process::{Child, Command, Stdio},
     time::Duration,
 };
 
-use crate::{TempDir, free_port, wait_until};
+use crate::{TempDir, free_port, jaeger::Span, wait_until};
 
 const BIN: &str = "/usr/lib/postgresql/15/bin";
 
@@ -17,6 +18,61 @@ const BIN: &str = "/usr/lib/postgresql/15/bin";
 /// (normalized, `$1` placeholders).
 pub const ORDER_BY_ID: &str = "SELECT id, total FROM orders WHERE id = $1";
 pub const ORDERS_OF_USER: &str = "SELECT id, total FROM orders WHERE user_id = $1";
+
+/// What the server logged preparing (log_min_duration_statement=0 logs each Parse as
+/// `... [<backend pid>] LOG:  duration: <ms> ms  parse <name>: <text>`): per statement text,
+/// the backends (connections) that prepared it, and each statement name's text.
+pub struct Prepared {
+    pub backends: HashMap<String, HashSet<u32>>,
+    pub names: HashMap<String, String>,
+}
+
+impl Prepared {
+    fn from_log(log: &str) -> Self {
+        let mut found = Self {
+            backends: HashMap::new(),
+            names: HashMap::new(),
+        };
+        for line in log.lines() {
+            let Some((_, parse)) = line.split_once(" ms  parse ") else {
+                continue;
+            };
+            let Some((name, text)) = parse.split_once(": ") else {
+                continue;
+            };
+            let pid = line
+                .split_once('[')
+                .and_then(|(_, rest)| rest.split_once(']'))
+                .and_then(|(pid, _)| pid.parse().ok());
+            if let Some(pid) = pid {
+                found
+                    .backends
+                    .entry(text.to_owned())
+                    .or_default()
+                    .insert(pid);
+                found.names.insert(name.to_owned(), text.to_owned());
+            }
+        }
+        found
+    }
+
+    /// Whether each of `texts` was prepared on at least `connections` connections.
+    pub fn on_each(&self, texts: &[&str], connections: usize) -> bool {
+        texts
+            .iter()
+            .all(|text| self.backends.get(*text).map_or(0, HashSet::len) >= connections)
+    }
+
+    /// The statement a query span ran: its text, or the text its name was prepared with.
+    pub fn statement_of<'s>(&'s self, query: &'s Span) -> Option<&'s str> {
+        query.str_tag("db.query.text").or_else(|| {
+            query
+                .str_tag("loupe.db.statement_name")
+                .and_then(|name| self.names.get(name))
+                .map(String::as_str)
+        })
+    }
+}
 
 pub struct Postgres {
     child: Child,
@@ -184,6 +240,32 @@ impl Postgres {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// The statements the server's log says were prepared so far.
+    pub fn prepared(&self) -> Prepared {
+        Prepared::from_log(&self.log())
+    }
+
+    /// Runs `round(0)`, `round(1)`, ... (each some requests to a pooled client of this server)
+    /// until each of `texts` is prepared on at least `connections` connections, as the server's
+    /// log says; fails after ten rounds.
+    pub fn prepare_on_each(
+        &self,
+        texts: &[&str],
+        connections: usize,
+        mut round: impl FnMut(usize),
+    ) {
+        for n in 0..10 {
+            round(n);
+            if self.prepared().on_each(texts, connections) {
+                return;
+            }
+        }
+        panic!(
+            "ten rounds did not get {connections} connections to prepare each of {texts:?}: {:?}",
+            self.prepared().backends
+        );
     }
 
     fn log_path(&self) -> PathBuf {

@@ -122,16 +122,29 @@ impl Drop for PythonShop {
 }
 
 /// The asyncio shop (tests/apps/async_shop.py): FastAPI on uvicorn, an asyncpg pool of 4
-/// connections opened before it says where it listens.
+/// connections opened before it says where it listens, and with a downstream an
+/// httpx.AsyncClient to it.
 pub struct AsyncShop {
     child: Child,
     pub addr: String,
 }
 
 impl AsyncShop {
-    /// `dsn` as a URL: `postgresql://postgres@127.0.0.1:<port>/shop`.
+    /// `dsn` as a URL: `postgresql://postgres@127.0.0.1:<port>/shop`. No downstream: the routes
+    /// that call one answer 404.
     pub fn start(dsn: &str) -> Self {
-        let (child, addr) = start_python("async_shop.py", &["--port", "0", "--dsn", dsn]);
+        Self::start_with(&["--dsn", dsn])
+    }
+
+    /// With the routes that call `downstream` (`http://<addr>`, e.g. [`Downstream::url`]).
+    pub fn start_with_downstream(dsn: &str, downstream: &str) -> Self {
+        Self::start_with(&["--dsn", dsn, "--downstream", downstream])
+    }
+
+    fn start_with(flags: &[&str]) -> Self {
+        let mut args = vec!["--port", "0"];
+        args.extend_from_slice(flags);
+        let (child, addr) = start_python("async_shop.py", &args);
         Self { child, addr }
     }
 
@@ -228,9 +241,74 @@ impl Downstream {
         let (child, addr) = start_python("diag_shop.py", &["downstream", "--port", "0"]);
         Self { child, addr }
     }
+
+    /// `http://<addr>`, what a shop's `--downstream` takes.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
 }
 
 impl Drop for Downstream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The CPython interpreters the asyncio tests run on: Debian's (static, stripped), always, then
+/// every pyenv 3.12 and 3.13 build the machine has. (major.minor, path)
+pub fn pythons() -> Vec<(String, std::path::PathBuf)> {
+    let debian = std::path::PathBuf::from("/usr/bin/python3.11");
+    assert!(
+        debian.is_file(),
+        "no {}: run `cargo xtask setup`",
+        debian.display()
+    );
+    let mut found = vec![("3.11".to_owned(), debian)];
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+    let versions = std::path::Path::new(&home).join(".pyenv/versions");
+    let mut builds: Vec<_> = std::fs::read_dir(versions)
+        .map(|dir| dir.flatten().map(|entry| entry.path()).collect())
+        .unwrap_or_default();
+    builds.sort();
+    for minor in ["3.12", "3.13"] {
+        for build in &builds {
+            let name = build.file_name().unwrap_or_default().to_string_lossy();
+            let python = build.join(format!("bin/python{minor}"));
+            if name.starts_with(&format!("{minor}.")) && python.is_file() {
+                found.push((minor.to_owned(), python));
+            }
+        }
+    }
+    found
+}
+
+/// The standard-library asyncio service (tests/apps/stdlib_async.py) on interpreter `python`:
+/// a task per client connection, a pool of keep-alive connections to `downstream` (host:port).
+pub struct StdlibAsync {
+    child: Child,
+    pub addr: String,
+}
+
+impl StdlibAsync {
+    pub fn start(python: &std::path::Path, downstream: &str) -> Self {
+        let script = crate::workspace_root().join("tests/apps/stdlib_async.py");
+        let mut child = Command::new(python)
+            .arg(script)
+            .args(["--port", "0", "--downstream", downstream])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|err| panic!("start stdlib_async.py on {}: {err}", python.display()));
+        let addr = listening_addr(&mut child, "stdlib_async.py");
+        Self { child, addr }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for StdlibAsync {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -317,6 +395,23 @@ pub struct Finished {
 }
 
 impl Finished {
+    /// The `loupe: summary ...` line as printed, for a test's report.
+    pub fn summary_line(&self) -> &str {
+        self.stderr
+            .lines()
+            .find(|l| l.starts_with("loupe: summary"))
+            .unwrap_or("(no summary line)")
+    }
+
+    /// Asserts that loupe told the user `line` (on stderr).
+    pub fn assert_told(&self, line: &str) {
+        assert!(
+            self.stderr.contains(line),
+            "the user is told `{line}`:\n{}",
+            self.stderr
+        );
+    }
+
     /// The `loupe: summary key=value ...` line as a map.
     pub fn summary(&self) -> HashMap<String, u64> {
         let line = self

@@ -1,29 +1,26 @@
 //! Event loops under concurrency: Node (node:http + node-postgres) and Python asyncio (FastAPI on
-//! uvicorn + asyncpg) serve many requests on one thread, and loupe cannot see their tasks yet.
-//! With several requests in flight on the loop, a query's request is not certain: it must stay
-//! un-nested, say so (`loupe.parent`) and be counted, and never sit under a wrong request.
+//! uvicorn + asyncpg) serve many requests on one thread. Neither may ever put a query under a
+//! wrong request, and every query left un-nested says why (`loupe.parent`) and is counted.
+//!
+//! loupe cannot see Node's callbacks: with several requests in flight on the loop, a query's
+//! request is not certain, so some queries stay un-nested. asyncio runs each request in a task
+//! of its own contextvars Context, which loupe reads at every syscall: a query nests under the
+//! request whose response was written from its Context, so nearly all of them nest
+//! (tests/tests/asyncio_services.rs tests that service whole, with its HTTP calls).
 
 use loupe_tests::{
+    calls::{Audit, Routes, assert_mostly_nested},
     client::concurrently,
     jaeger::{Jaeger, Span},
     node::NodeShop,
     postgres::Postgres,
     procs::{AsyncShop, Finished, Loupe, otlp_args},
-    queries::{is_db, servers_by_path},
+    queries::is_db,
     require_root,
 };
 
 const CLIENTS: usize = 8;
 const PER_CLIENT: usize = 12;
-
-/// The queries a route runs.
-fn queries_of(route: &str) -> usize {
-    match route {
-        "item" | "named" => 1,
-        "n_plus_one" => 6,
-        _ => 0,
-    }
-}
 
 /// Drives `routes` from `CLIENTS` keep-alive clients at once, each request with an id of its own;
 /// returns the paths sent.
@@ -35,75 +32,70 @@ fn drive(addr: &str, routes: &[&'static str]) -> Vec<String> {
     })
 }
 
-/// No query under a wrong request, every parentless one marked and counted.
-fn check(spans: &[Span], sent: &[String], finished: &Finished, who: &str) {
-    let servers = servers_by_path(spans);
-    for path in sent {
-        assert!(
-            servers.contains_key(path.as_str()),
-            "{who}: no server span for {path}"
-        );
-    }
-    let by_id: std::collections::HashMap<&str, &Span> =
-        spans.iter().map(|s| (s.span_id.as_str(), s)).collect();
-    let queries: Vec<&Span> = spans.iter().filter(|s| is_db(s)).collect();
-    let expected: usize = sent
-        .iter()
-        .map(|p| queries_of(p.split('/').nth(1).unwrap_or("")))
-        .sum();
-    assert_eq!(queries.len(), expected, "{who}: every query is one span");
-    let mut under: std::collections::HashMap<&str, usize> = Default::default();
-    let mut parentless = 0;
-    for query in &queries {
-        match query.parent.as_deref() {
-            None => {
-                parentless += 1;
-                assert!(
-                    matches!(query.str_tag("loupe.parent"), Some("ambiguous" | "none")),
-                    "{who}: a parentless query says why: {:?}",
-                    query.tags
-                );
-            }
-            Some(parent) => {
-                let server = by_id
-                    .get(parent)
-                    .unwrap_or_else(|| panic!("{who}: parent {parent} not in Jaeger"));
-                let path = server.str_tag("url.path").unwrap_or_default();
-                let route = path.split('/').nth(1).unwrap_or("");
-                let count = under.entry(server.span_id.as_str()).or_default();
-                *count += 1;
-                assert!(
-                    *count <= queries_of(route),
-                    "{who}: query #{count} under {path}, which runs {}",
-                    queries_of(route)
-                );
-                let text = query.str_tag("db.query.text").unwrap_or_default();
-                let by_user = text.contains("user_id");
-                assert_eq!(
-                    by_user,
-                    route == "n_plus_one",
-                    "{who}: `{text}` under {path}: another route's query"
-                );
-            }
+/// The shops' routes: the queries each runs; a query under a request must be its route's
+/// statement.
+struct ShopRoutes;
+
+impl Routes for ShopRoutes {
+    fn queries_of(&self, route: &str) -> usize {
+        match route {
+            "item" | "named" => 1,
+            "n_plus_one" => 6,
+            _ => 0,
         }
     }
-    let summary = finished.summary();
-    eprintln!(
-        "{who}: {} queries, {parentless} un-nested ({} ambiguous in the summary), no wrong parent",
-        queries.len(),
-        summary["ambiguous_calls"]
-    );
-    assert_eq!(
-        summary["unnested_calls"], parentless as u64,
-        "{who}: every un-nested query is counted"
-    );
-    assert!(
-        parentless > 0,
-        "{who}: with {CLIENTS} clients at once some queries had more than one candidate"
-    );
+
+    /// /n_plus_one runs the orders of a user (`user_id`), the other routes an order by id.
+    fn query_fits(&self, route: &str, query: &Span) -> bool {
+        let text = query.str_tag("db.query.text").unwrap_or_default();
+        text.contains("user_id") == (route == "n_plus_one")
+    }
 }
 
-fn run(who: &str, pid: u32, addr: &str, routes: &[&'static str], jaeger: &Jaeger) {
+/// How a shop's queries nest under its requests.
+#[derive(Clone, Copy)]
+enum Nesting {
+    /// loupe cannot tell the loop's requests apart (Node): with several in flight, some queries
+    /// stay un-nested.
+    Ambiguous,
+    /// loupe reads each asyncio task's Context: nearly every query nests.
+    Tasks,
+}
+
+/// No query under a wrong request, every parentless one marked and counted; then as `nesting`
+/// says.
+fn check(spans: &[Span], sent: &[String], finished: &Finished, who: &str, nesting: Nesting) {
+    let audit = Audit::of(spans, &ShopRoutes);
+    audit.assert_right_parents(sent, who);
+    let expected: usize = sent
+        .iter()
+        .map(|p| ShopRoutes.queries_of(p.split('/').nth(1).unwrap_or("")))
+        .sum();
+    let (nested, queries) = audit.nested_of(is_db);
+    assert_eq!(queries, expected, "{who}: every query is one span");
+    eprintln!(
+        "{who}: {queries} queries, {nested} nested, {} un-nested ({} ambiguous in the summary), no wrong parent",
+        queries - nested,
+        finished.summary()["ambiguous_calls"]
+    );
+    audit.assert_parentless_counted(finished, who);
+    match nesting {
+        Nesting::Ambiguous => assert!(
+            nested < queries,
+            "{who}: with {CLIENTS} clients at once some queries had more than one candidate"
+        ),
+        Nesting::Tasks => assert_mostly_nested(who, "queries", nested, queries),
+    }
+}
+
+fn run(
+    who: &str,
+    pid: u32,
+    addr: &str,
+    routes: &[&'static str],
+    jaeger: &Jaeger,
+    nesting: Nesting,
+) {
     let loupe = Loupe::attach(&otlp_args(pid, &jaeger.grpc_endpoint(), who, &[]));
     let sent = drive(addr, routes);
     let finished = loupe.stop();
@@ -111,10 +103,10 @@ fn run(who: &str, pid: u32, addr: &str, routes: &[&'static str], jaeger: &Jaeger
     let wanted = sent.len()
         + sent
             .iter()
-            .map(|p| queries_of(p.split('/').nth(1).unwrap_or("")))
+            .map(|p| ShopRoutes.queries_of(p.split('/').nth(1).unwrap_or("")))
             .sum::<usize>();
     let spans = jaeger.wait_for_spans(who, wanted, |_| true);
-    check(&spans, &sent, &finished, who);
+    check(&spans, &sent, &finished, who, nesting);
 }
 
 #[test]
@@ -130,6 +122,7 @@ fn node_and_asyncio_never_nest_a_query_under_a_wrong_request() {
         &node.addr,
         &["item", "named", "n_plus_one"],
         &jaeger,
+        Nesting::Ambiguous,
     );
     let asyncio = AsyncShop::start(&format!("postgresql://postgres@127.0.0.1:{}/shop", pg.port));
     run(
@@ -138,5 +131,6 @@ fn node_and_asyncio_never_nest_a_query_under_a_wrong_request() {
         &asyncio.addr,
         &["item", "n_plus_one"],
         &jaeger,
+        Nesting::Tasks,
     );
 }

@@ -9,97 +9,48 @@
 //! from the connection's own goroutine: its uprobes say for whom). Never a call under a wrong
 //! request; a call loupe cannot place stays un-nested, tagged `loupe.parent`, and counted.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 
 use loupe_tests::{
+    calls::{Audit, Routes, Sent, call_id, describe, is_http_call, route_and_id, show},
     client::{Client, concurrently, get, get_each},
     go::{GoDownstream, GoShop, pgx_dsn},
     jaeger::{Jaeger, Span},
     postgres::{ORDER_BY_ID, ORDERS_OF_USER, Postgres},
-    procs::{Finished, Loupe, otlp_args},
-    queries::assert_query_basics,
+    procs::{Loupe, otlp_args},
+    queries::{assert_query_basics, is_db},
     require_root,
 };
 
 const SERVICE: &str = "go-shop";
 
-/// What a route of the shop does: queries it runs, downstream calls it makes.
-fn queries_of(route: &str) -> usize {
-    match route {
-        "item" | "mixed" | "fanout" | "sequential" => 1,
-        "n_plus_one" => 6,
-        _ => 0,
+/// What a route of the shop does: queries it runs, downstream calls it makes, and which calls
+/// are a request's own (a call carries its request's id, /fanout's two `<id>-a` and `<id>-b`).
+struct GoRoutes;
+
+impl Routes for GoRoutes {
+    fn queries_of(&self, route: &str) -> usize {
+        match route {
+            "item" | "mixed" | "fanout" | "sequential" => 1,
+            "n_plus_one" => 6,
+            _ => 0,
+        }
     }
-}
 
-fn calls_of(route: &str) -> usize {
-    match route {
-        "call" | "mixed" | "sequential" => 1,
-        "fanout" => 2,
-        _ => 0,
+    fn calls_of(&self, route: &str) -> usize {
+        match route {
+            "call" | "mixed" | "sequential" => 1,
+            "fanout" => 2,
+            _ => 0,
+        }
     }
-}
 
-/// `/item/t3r7` -> (`item`, `t3r7`).
-fn route_and_id(path: &str) -> Option<(&str, &str)> {
-    let (route, id) = path.strip_prefix('/')?.split_once('/')?;
-    Some((route, id))
-}
-
-fn is_db(span: &Span) -> bool {
-    span.str_tag("db.system.name") == Some("postgresql")
-}
-
-fn is_http_call(span: &Span) -> bool {
-    span.kind() == "client" && !is_db(span)
-}
-
-/// An HTTP call's path: `url.path`, else the path part of `url.full`.
-fn call_path(span: &Span) -> Option<String> {
-    if let Some(path) = span.str_tag("url.path") {
-        return Some(path.to_owned());
+    fn same_request(&self, call_id: &str, request_id: &str) -> bool {
+        call_id == request_id
+            || call_id
+                .strip_prefix(request_id)
+                .is_some_and(|rest| rest == "-a" || rest == "-b")
     }
-    let full = span.str_tag("url.full")?;
-    let rest = full.split_once("://").map_or(full, |(_, rest)| rest);
-    let path = &rest[rest.find('/')?..];
-    Some(path.split('?').next().unwrap_or(path).to_owned())
-}
-
-/// The request id an HTTP call carries: `/sleep/<id>` (fanout's `<id>-a`, `<id>-b` included).
-fn call_id(span: &Span) -> Option<String> {
-    call_path(span)?.strip_prefix("/sleep/").map(str::to_owned)
-}
-
-/// Whether a downstream call with `call_id` belongs to the request with `request_id`.
-fn same_request(call_id: &str, request_id: &str) -> bool {
-    call_id == request_id
-        || call_id
-            .strip_prefix(request_id)
-            .is_some_and(|rest| rest == "-a" || rest == "-b")
-}
-
-/// One line about a span for a failure message.
-fn describe(span: &Span) -> String {
-    let keys = [
-        "url.path",
-        "url.full",
-        "db.query.text",
-        "loupe.db.statement_name",
-        "loupe.parent",
-        "network.peer.port",
-        "server.port",
-    ];
-    let tags: Vec<String> = keys
-        .iter()
-        .filter_map(|k| span.tag(k).map(|v| format!("{k}={v}")))
-        .collect();
-    format!(
-        "{} [{}] start={}us dur={}us",
-        span.operation,
-        tags.join(" "),
-        span.start_us,
-        span.duration_us
-    )
 }
 
 fn start_services(shop_env: &[(&str, &str)]) -> (Postgres, Jaeger, GoDownstream, GoShop) {
@@ -153,17 +104,6 @@ fn warm(shop: &GoShop, threads: usize, rounds: usize) {
     });
 }
 
-/// Every span of the service, once at least `servers` SERVER spans and `total` spans in all
-/// are in Jaeger (or after the wait times out: what there is).
-fn read_spans(jaeger: &Jaeger, servers: usize, total: usize) -> Vec<Span> {
-    jaeger.wait_for_spans(SERVICE, servers, |s| s.kind() == "server");
-    jaeger.wait_for_spans(SERVICE, total, |_| true)
-}
-
-fn summary_value(finished: &Finished, key: &str) -> Option<u64> {
-    finished.summary().get(key).copied()
-}
-
 #[test]
 fn go_calls_are_never_nested_under_a_wrong_request() {
     const THREADS: usize = 32;
@@ -186,216 +126,31 @@ fn go_calls_are_never_nested_under_a_wrong_request() {
     });
     let finished = loupe.stop();
     assert!(finished.status.success(), "{}", finished.stderr);
-    assert!(
-        finished.stderr.contains(&format!(
-            "loupe: pid {} is a Go program: its calls nest under the request their goroutine serves",
-            shop.pid()
-        )),
-        "the user is told how Go calls nest:\n{}",
-        finished.stderr
-    );
+    finished.assert_told(&format!(
+        "loupe: pid {} is a Go program: its calls nest under the request their goroutine serves",
+        shop.pid()
+    ));
 
-    let expected_queries: usize = requests.iter().map(|(r, _)| queries_of(r)).sum();
-    let expected_calls: usize = requests.iter().map(|(r, _)| calls_of(r)).sum();
-    let spans = read_spans(
-        &jaeger,
-        requests.len(),
-        requests.len() + expected_queries + expected_calls,
-    );
-    let by_span_id: HashMap<&str, &Span> = spans.iter().map(|s| (s.span_id.as_str(), s)).collect();
-    let servers: Vec<&Span> = spans.iter().filter(|s| s.kind() == "server").collect();
-    let clients: Vec<&Span> = spans.iter().filter(|s| s.kind() == "client").collect();
-
-    // Every request is exactly one SERVER span with its path.
-    let mut servers_by_path: BTreeMap<&str, Vec<&Span>> = BTreeMap::new();
-    for server in &servers {
-        servers_by_path
-            .entry(server.str_tag("url.path").unwrap_or(""))
-            .or_default()
-            .push(server);
-    }
-    let mut server_problems = Vec::new();
-    for (route, id) in &requests {
-        let path = format!("/{route}/{id}");
-        let seen = servers_by_path.get(path.as_str()).map_or(0, Vec::len);
-        if seen != 1 {
-            server_problems.push(format!("{path}: {seen} server spans"));
-        }
-    }
-    let expected_paths: Vec<String> = requests
-        .iter()
-        .map(|(route, id)| format!("/{route}/{id}"))
-        .collect();
-    for (path, spans) in &servers_by_path {
-        if !expected_paths.iter().any(|p| p == path) {
-            server_problems.push(format!("unexpected server span(s) {path}: {}", spans.len()));
-        }
-    }
-
-    // Every nested call must be under the request that made it.
-    let mut wrong = Vec::new();
-    let mut db_children: HashMap<&str, usize> = HashMap::new();
-    let mut parentless = Vec::new();
-    let mut untagged = Vec::new();
-    let mut ambiguous = 0;
-    for call in &clients {
-        let Some(parent_id) = call.parent.as_deref() else {
-            match call.str_tag("loupe.parent") {
-                Some("ambiguous") => ambiguous += 1,
-                Some("none") => {}
-                _ => untagged.push(describe(call)),
-            }
-            parentless.push(*call);
-            continue;
-        };
-        let Some(parent) = by_span_id.get(parent_id) else {
-            wrong.push(format!(
-                "{}: parent {parent_id} is not in Jaeger",
-                describe(call)
-            ));
-            continue;
-        };
-        let parent_path = parent.str_tag("url.path").unwrap_or("");
-        if parent.kind() != "server" {
-            wrong.push(format!(
-                "{}: parent is a {} span ({})",
-                describe(call),
-                parent.kind(),
-                describe(parent)
-            ));
-            continue;
-        }
-        let Some((route, request_id)) = route_and_id(parent_path) else {
-            wrong.push(format!("{}: parent path {parent_path}", describe(call)));
-            continue;
-        };
-        if is_db(call) {
-            let count = db_children.entry(parent.span_id.as_str()).or_default();
-            *count += 1;
-            if queries_of(route) == 0 {
-                wrong.push(format!(
-                    "{}: a query under {parent_path}, a route without queries",
-                    describe(call)
-                ));
-            } else if *count > queries_of(route) {
-                wrong.push(format!(
-                    "{}: query #{count} under {parent_path}, which runs {}",
-                    describe(call),
-                    queries_of(route)
-                ));
-            }
-        } else {
-            let id = call_id(call);
-            if !id.as_deref().is_some_and(|id| same_request(id, request_id)) {
-                wrong.push(format!(
-                    "{}: under {parent_path} (call id {id:?}, request id {request_id})",
-                    describe(call)
-                ));
-            }
-        }
-    }
-
-    // Every downstream call is one span; every query is one span.
-    let mut calls_by_id: BTreeMap<String, usize> = BTreeMap::new();
-    for call in clients.iter().filter(|s| is_http_call(s)) {
-        *calls_by_id
-            .entry(call_id(call).unwrap_or_else(|| describe(call)))
-            .or_default() += 1;
-    }
-    let mut call_problems = Vec::new();
-    for (route, id) in &requests {
-        if calls_of(route) == 1 && calls_by_id.get(id.as_str()) != Some(&1) {
-            call_problems.push(format!(
-                "/{route}/{id}: {} downstream call spans /sleep/{id}",
-                calls_by_id.get(id.as_str()).copied().unwrap_or(0)
-            ));
-        }
-    }
-    let db_spans = clients.iter().filter(|s| is_db(s)).count();
-    let http_calls = clients.iter().filter(|s| is_http_call(s)).count();
-    let nested = clients.len() - parentless.len();
-    let summary = finished.summary();
-    let unnested_calls = summary.get("unnested_calls").copied();
-    let ambiguous_calls = summary.get("ambiguous_calls").copied();
-
-    eprintln!(
-        "go-shop: {} requests ({} server spans), {http_calls}/{expected_calls} downstream call spans, \
-         {db_spans}/{expected_queries} query spans; {nested} calls nested, {} parentless \
-         ({ambiguous} tagged ambiguous, {} untagged); {} wrong parents\n\
-         loupe summary: unnested_calls={unnested_calls:?} ambiguous_calls={ambiguous_calls:?}\n{}",
-        requests.len(),
-        servers.len(),
-        parentless.len(),
-        untagged.len(),
-        wrong.len(),
-        finished
-            .stderr
-            .lines()
-            .find(|l| l.starts_with("loupe: summary"))
-            .unwrap_or("(no summary line)")
-    );
-    let show = |what: &[String]| {
-        what.iter()
-            .take(25)
-            .cloned()
-            .collect::<Vec<_>>()
-            .join("\n  ")
-    };
-
-    assert!(
-        wrong.is_empty(),
-        "{} calls nested under a wrong request (of {nested} nested); the first:\n  {}",
-        wrong.len(),
-        show(&wrong)
-    );
-    assert!(
-        server_problems.is_empty(),
-        "every request is one server span:\n  {}",
-        show(&server_problems)
-    );
-    assert!(
-        untagged.is_empty(),
-        "{} parentless calls without `loupe.parent`; the first:\n  {}",
-        untagged.len(),
-        show(&untagged)
-    );
-    assert_eq!(
-        unnested_calls,
-        Some(parentless.len() as u64),
-        "the summary's unnested_calls counts every parentless call Jaeger holds\n{}",
-        finished.stderr
-    );
-    let ambiguous_calls = ambiguous_calls.unwrap_or_else(|| {
-        panic!(
-            "no ambiguous_calls in the summary line:\n{}",
-            finished.stderr
-        )
-    });
-    assert!(
-        ambiguous_calls >= ambiguous as u64,
-        "ambiguous_calls={ambiguous_calls}, but {ambiguous} spans are tagged ambiguous"
-    );
-    assert!(
-        call_problems.is_empty(),
-        "every downstream call is one span:\n  {}",
-        show(&call_problems)
-    );
+    let sent = Sent::of(&requests, &GoRoutes);
+    let spans = sent.spans(&jaeger, SERVICE);
+    // Every nested call must be under the request that made it; every downstream call is one
+    // span.
+    let audit = Audit::of(&spans, &GoRoutes);
+    let (servers, clients, parentless) = (&audit.servers, &audit.clients, &audit.parentless);
+    audit.assert_sound(&sent, &GoRoutes, &finished, SERVICE);
     // Queries run on the handler's goroutine: every one nests under its request.
     let mut unnested_queries = Vec::new();
-    for server in &servers {
+    for server in servers {
         let route = server
             .str_tag("url.path")
             .and_then(route_and_id)
             .map_or("", |(route, _)| route);
-        let nested = db_children
-            .get(server.span_id.as_str())
-            .copied()
-            .unwrap_or(0);
-        if nested != queries_of(route) {
+        let nested = audit.queries_under(server);
+        if nested != GoRoutes.queries_of(route) {
             unnested_queries.push(format!(
                 "{}: {nested} of {} queries nested",
                 server.str_tag("url.path").unwrap_or(""),
-                queries_of(route)
+                GoRoutes.queries_of(route)
             ));
         }
     }
@@ -439,7 +194,7 @@ fn go_calls_are_never_nested_under_a_wrong_request() {
     // /mixed (a query, then a call) may be named sequential when its query ran long enough to
     // matter; /fanout's calls overlap: never sequential.
     let mut misdiagnosed = Vec::new();
-    for server in &servers {
+    for server in servers {
         let path = server.str_tag("url.path").unwrap_or("");
         let patterns = server.patterns();
         let fits = match route_and_id(path) {
@@ -448,9 +203,9 @@ fn go_calls_are_never_nested_under_a_wrong_request() {
                 // Named when calling the two peers concurrently would save 30% of the request
                 // (loupe's default): not when the request mostly waited for a free pool
                 // connection between them.
-                let durations: Vec<u64> = clients
+                let durations: Vec<u64> = audit
+                    .children(server)
                     .iter()
-                    .filter(|c| c.parent.as_deref() == Some(server.span_id.as_str()))
                     .map(|c| c.duration_us)
                     .collect();
                 let saving = durations.iter().sum::<u64>() - durations.iter().max().unwrap_or(&0);
@@ -466,26 +221,7 @@ fn go_calls_are_never_nested_under_a_wrong_request() {
             _ => patterns.is_empty(),
         };
         if !fits {
-            let calls: Vec<String> = clients
-                .iter()
-                .filter(|c| c.parent.as_deref() == Some(server.span_id.as_str()))
-                .map(|c| {
-                    format!(
-                        "{} {}us at +{}us {:?}:{:?}",
-                        c.operation,
-                        c.duration_us,
-                        c.start_us - server.start_us,
-                        c.str_tag("server.address"),
-                        c.int_tag("server.port")
-                    )
-                })
-                .collect();
-            misdiagnosed.push(format!(
-                "{path} ({}us): {:?}; calls {calls:?}; {:?}",
-                server.duration_us,
-                server.patterns(),
-                server.str_tag("performance.diagnosis")
-            ));
+            misdiagnosed.push(audit.verdict(server));
         }
     }
     assert!(
@@ -493,7 +229,11 @@ fn go_calls_are_never_nested_under_a_wrong_request() {
         "patterns off their route:\n  {}",
         show(&misdiagnosed)
     );
-    assert_eq!(db_spans, expected_queries, "every query is one span");
+    assert_eq!(
+        clients.iter().filter(|s| is_db(s)).count(),
+        sent.queries,
+        "every query is one span"
+    );
 }
 
 #[test]
@@ -524,7 +264,7 @@ fn pgx_attached_warm_sees_every_query_with_its_statement() {
     assert!(finished.status.success(), "{}", finished.stderr);
 
     let expected_queries = ITEMS + 6 * N_PLUS_ONES;
-    let spans = read_spans(&jaeger, paths.len(), paths.len() + expected_queries);
+    let spans = jaeger.wait_for_requests(SERVICE, paths.len(), paths.len() + expected_queries);
     let servers: Vec<&Span> = spans.iter().filter(|s| s.kind() == "server").collect();
     let db: Vec<&Span> = spans.iter().filter(|s| is_db(s)).collect();
     let all_db = db
@@ -536,11 +276,7 @@ fn pgx_attached_warm_sees_every_query_with_its_statement() {
         "go-shop warm: {} server spans, {} query spans (of {expected_queries})\n{}",
         servers.len(),
         db.len(),
-        finished
-            .stderr
-            .lines()
-            .find(|l| l.starts_with("loupe: summary"))
-            .unwrap_or("(no summary line)")
+        finished.summary_line()
     );
     let mut server_paths: Vec<&str> = servers
         .iter()
@@ -657,7 +393,7 @@ fn pgx_attached_warm_sees_every_query_with_its_statement() {
         }
     }
     assert_eq!(
-        summary_value(&finished, "unnested_calls"),
+        finished.summary().get("unnested_calls").copied(),
         Some(unnested.len() as u64),
         "unnested_calls counts every parentless query\n{}",
         finished.stderr

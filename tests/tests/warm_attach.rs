@@ -5,8 +5,6 @@
 //! of each, to the right server, with the statement's text or its name, nested under the request
 //! that ran it, and find the N+1 route.
 
-use std::collections::{HashMap, HashSet};
-
 use loupe_tests::{
     client::{Client, get_each},
     jaeger::Jaeger,
@@ -22,53 +20,10 @@ use loupe_tests::{
 const SERVICE: &str = "e2e-asyncpg-warm";
 const POOL_SIZE: usize = 4;
 
-/// What the server logged preparing (log_min_duration_statement=0 logs each Parse as
-/// `... [<backend pid>] LOG:  duration: <ms> ms  parse <name>: <text>`): per statement text,
-/// the backends (pool connections) that prepared it, and each statement name's text.
-struct Prepared {
-    backends: HashMap<String, HashSet<u32>>,
-    names: HashMap<String, String>,
-}
-
-fn prepared(log: &str) -> Prepared {
-    let mut found = Prepared {
-        backends: HashMap::new(),
-        names: HashMap::new(),
-    };
-    for line in log.lines() {
-        let Some((_, parse)) = line.split_once(" ms  parse ") else {
-            continue;
-        };
-        let Some((name, text)) = parse.split_once(": ") else {
-            continue;
-        };
-        let pid = line
-            .split_once('[')
-            .and_then(|(_, rest)| rest.split_once(']'))
-            .and_then(|(pid, _)| pid.parse().ok());
-        if let Some(pid) = pid {
-            found
-                .backends
-                .entry(text.to_owned())
-                .or_default()
-                .insert(pid);
-            found.names.insert(name.to_owned(), text.to_owned());
-        }
-    }
-    found
-}
-
-fn warmed(pg: &Postgres) -> bool {
-    let log = prepared(&pg.log());
-    [ORDER_BY_ID, ORDERS_OF_USER]
-        .iter()
-        .all(|text| log.backends.get(*text).map_or(0, HashSet::len) >= POOL_SIZE)
-}
-
 /// Every route, from 8 clients at once (twice the pool), until each of the pool's connections
 /// has prepared both statements (the server's log says so); at most 10 rounds.
 fn warm_up(shop: &AsyncShop, pg: &Postgres) {
-    for round in 0..10 {
+    pg.prepare_on_each(&[ORDER_BY_ID, ORDERS_OF_USER], POOL_SIZE, |round| {
         std::thread::scope(|scope| {
             for client in 0..8 {
                 scope.spawn(move || {
@@ -89,14 +44,7 @@ fn warm_up(shop: &AsyncShop, pg: &Postgres) {
                 });
             }
         });
-        if warmed(pg) {
-            return;
-        }
-    }
-    panic!(
-        "the warm-up did not get every pool connection to prepare both statements: {:?}",
-        prepared(&pg.log()).backends
-    );
+    });
 }
 
 #[test]
@@ -107,7 +55,8 @@ fn asyncpg_attached_warm_sees_every_query() {
     let jaeger = Jaeger::start();
     let shop = AsyncShop::start(&format!("postgresql://postgres@127.0.0.1:{}/shop", pg.port));
     warm_up(&shop, &pg);
-    let names = prepared(&pg.log()).names;
+    let prepared = pg.prepared();
+    let names = &prepared.names;
     let log_before = pg.log().len();
 
     let loupe = Loupe::attach(&otlp_args(
@@ -202,12 +151,7 @@ fn asyncpg_attached_warm_sees_every_query() {
         for query in &under {
             assert_eq!(query.trace_id, server.trace_id);
             // The statement the request ran: its text, or the text its name was prepared with.
-            let ran = query.str_tag("db.query.text").or_else(|| {
-                query
-                    .str_tag("loupe.db.statement_name")
-                    .and_then(|name| names.get(name))
-                    .map(String::as_str)
-            });
+            let ran = prepared.statement_of(query);
             assert_eq!(ran, Some(*text), "GET {path}\n{context}");
             assert!(
                 query.start_us >= server.start_us

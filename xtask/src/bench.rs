@@ -281,8 +281,8 @@ impl AdapterRun {
     }
 }
 
-/// The Go shop (net/http, pgx, a downstream call) and the asyncio shop (FastAPI, uvicorn,
-/// asyncpg) at saturation, against `postgres`.
+/// The Go shop (net/http, pgx) and the asyncio shop (FastAPI, uvicorn, asyncpg) at saturation on
+/// a route that runs one query, against `postgres`.
 fn adapter_runs(
     postgres: &loupe_tests::postgres::Postgres,
     seconds: u64,
@@ -294,9 +294,9 @@ fn adapter_runs(
         &downstream.url(),
     );
     let go_run = AdapterRun::measure(
-        format!("Go net/http + pgx, /mixed: a query and a call (wrk -t1 -c32 -d{seconds}s)"),
+        format!("Go net/http + pgx, /item: a query (wrk -t1 -c32 -d{seconds}s)"),
         go.pid(),
-        &format!("http://{}/mixed/bench", go.addr),
+        &format!("http://{}/item/bench", go.addr),
         32,
         seconds,
     )?;
