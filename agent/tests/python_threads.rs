@@ -114,7 +114,12 @@ fn each_threads_current_context_is_found_where_loupe_reads_it() {
         child.stdin.take().unwrap().write_all(b"\n").unwrap();
         let _ = child.kill();
         let _ = child.wait();
-        checked.push(format!("{} ({}.{})", python.display(), version.0, version.1));
+        checked.push(format!(
+            "{} ({}.{})",
+            python.display(),
+            version.0,
+            version.1
+        ));
     }
     eprintln!("checked: {}", checked.join(", "));
 }

@@ -116,8 +116,43 @@ pub fn pgx_dsn(port: u16, database: &str) -> String {
     format!("postgres://postgres@127.0.0.1:{port}/{database}?sslmode=disable")
 }
 
+/// The shop built as [`go_shop_binary`], with its symbol table and debug info stripped
+/// (`strip`, as release images do): what is left is Go's own `.gopclntab`.
+pub fn stripped_go_shop_binary() -> PathBuf {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY
+        .get_or_init(|| {
+            let full = go_shop_binary();
+            let stripped = full.with_file_name("go_shop.stripped");
+            if !stripped.is_file() {
+                let partial =
+                    full.with_file_name(format!("go_shop.stripped-{}", std::process::id()));
+                let status = Command::new("strip")
+                    .arg("-o")
+                    .arg(&partial)
+                    .arg(&full)
+                    .status()
+                    .unwrap_or_else(|err| panic!("run strip (binutils): {err}"));
+                assert!(status.success(), "strip {}", full.display());
+                std::fs::rename(&partial, &stripped)
+                    .unwrap_or_else(|err| panic!("rename to {}: {err}", stripped.display()));
+            }
+            stripped
+        })
+        .clone()
+}
+
 fn start(args: &[&str], env: &[(&str, &str)], who: &str) -> (Child, String) {
-    let mut child = Command::new(go_shop_binary())
+    start_binary(&go_shop_binary(), args, env, who)
+}
+
+fn start_binary(
+    binary: &std::path::Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+    who: &str,
+) -> (Child, String) {
+    let mut child = Command::new(binary)
         .args(args)
         .envs(env.iter().copied())
         .stdout(Stdio::piped())
@@ -144,9 +179,24 @@ impl GoShop {
         Self::start_with_env(dsn, downstream, &[])
     }
 
+    /// The stripped build ([`stripped_go_shop_binary`]).
+    pub fn start_stripped(dsn: &str, downstream: &str) -> Self {
+        Self::start_binary(&stripped_go_shop_binary(), dsn, downstream, &[])
+    }
+
     /// With extra environment, e.g. `[("GOMAXPROCS", "1")]`.
     pub fn start_with_env(dsn: &str, downstream: &str, env: &[(&str, &str)]) -> Self {
-        let (child, addr) = start(
+        Self::start_binary(&go_shop_binary(), dsn, downstream, env)
+    }
+
+    fn start_binary(
+        binary: &std::path::Path,
+        dsn: &str,
+        downstream: &str,
+        env: &[(&str, &str)],
+    ) -> Self {
+        let (child, addr) = start_binary(
+            binary,
             &[
                 "shop",
                 "--port",

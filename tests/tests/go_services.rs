@@ -423,3 +423,58 @@ fn pgx_attached_warm_sees_every_query_with_its_statement() {
     }
     assert_eq!(diagnosed, N_PLUS_ONES);
 }
+
+#[test]
+fn a_stripped_go_binary_nests_its_transport_calls_too() {
+    const THREADS: usize = 8;
+    const PER_THREAD: usize = 10;
+    const STRIPPED_ROUTES: &[&str] = &["call", "mixed", "fanout"];
+    require_root();
+    let pg = Postgres::start();
+    pg.create_orders_shop();
+    let jaeger = Jaeger::start();
+    let downstream = GoDownstream::start();
+    // No .symtab, no DWARF: the functions loupe probes are found in Go's own .gopclntab.
+    let shop = GoShop::start_stripped(&pgx_dsn(pg.port, "shop"), &downstream.url());
+    warm(&shop, THREADS, 1);
+    let service = "go-shop-stripped";
+    let loupe = Loupe::attach(&otlp_args(
+        shop.pid(),
+        &jaeger.grpc_endpoint(),
+        service,
+        &[],
+    ));
+    let requests: Vec<(&str, String)> = concurrently(&shop.addr, THREADS, PER_THREAD, |t, n| {
+        let route = STRIPPED_ROUTES[(t + n) % STRIPPED_ROUTES.len()];
+        let id = format!("s{t}r{n}");
+        (format!("/{route}/{id}"), (route, id))
+    });
+    let finished = loupe.stop();
+    assert!(finished.status.success(), "{}", finished.stderr);
+    finished.assert_told(&format!("in pid {} (3 uprobes)", shop.pid()));
+
+    let sent = Sent::of(&requests, &GoRoutes);
+    let spans = sent.spans(&jaeger, service);
+    let audit = Audit::of(&spans, &GoRoutes);
+    audit.assert_sound(&sent, &GoRoutes, &finished, service);
+    // A handler's own call is written by the Transport's goroutine: it nests only through the
+    // uprobes, which found their functions without symbols.
+    let own_calls: Vec<&Span> = audit
+        .clients
+        .iter()
+        .copied()
+        .filter(|c| is_http_call(c) && call_id(c).is_some_and(|id| !id.contains('-')))
+        .collect();
+    let unnested: Vec<String> = own_calls
+        .iter()
+        .filter(|c| c.parent.is_none())
+        .map(|c| describe(c))
+        .collect();
+    assert!(
+        !own_calls.is_empty() && unnested.is_empty(),
+        "{} of {} handler calls un-nested:\n  {}",
+        unnested.len(),
+        own_calls.len(),
+        show(&unnested)
+    );
+}

@@ -23,7 +23,10 @@ use loupe_common::{
 };
 
 use super::ProbeError;
-use crate::process::{MappedLibrary, mapped_libraries, runtime::go_layout};
+use crate::process::{
+    MappedLibrary, mapped_libraries,
+    runtime::{go_function_offsets, go_layout},
+};
 
 /// One probed function: where the entry and (optionally) return probes go and their cookie.
 struct FunctionProbe {
@@ -47,6 +50,15 @@ struct LibrarySpec {
     /// The return probe's program, for functions `with_return`.
     return_program: Option<&'static str>,
     functions: fn() -> Vec<FunctionProbe>,
+    /// Where the functions start (file offsets, by the order of `functions`) when the file says
+    /// so without a symbol table; a function it cannot place is found by its symbol.
+    locate: Option<fn(&Path, &[&str]) -> Option<Vec<Option<u64>>>>,
+}
+
+/// A Go executable's functions, from `.gopclntab`: stripped binaries have no `.symtab`.
+fn go_locate(path: &Path, names: &[&str]) -> Option<Vec<Option<u64>>> {
+    let mut file = std::fs::File::open(path).ok()?;
+    go_function_offsets(&mut file, names)
 }
 
 fn libpq_functions() -> Vec<FunctionProbe> {
@@ -77,12 +89,14 @@ const LIBRARIES: &[LibrarySpec] = &[
         enter_program: PROGRAM_LIBPQ_ENTER,
         return_program: Some(PROGRAM_LIBPQ_RETURN),
         functions: libpq_functions,
+        locate: None,
     },
     LibrarySpec {
         source: Source::GoExecutable,
         enter_program: PROGRAM_GO_ENTER,
         return_program: None,
         functions: go_functions,
+        locate: Some(go_locate),
     },
 ];
 
@@ -273,9 +287,15 @@ fn attach_functions(
             .map_err(|err| error_chain(&err))?;
         loaded.push(name);
     }
+    let functions = (spec.functions)();
+    let names: Vec<&str> = functions.iter().map(|function| function.symbol).collect();
+    let offsets = spec
+        .locate
+        .and_then(|locate| locate(path, &names))
+        .unwrap_or_default();
     let mut links = Vec::new();
     let mut result = Ok(());
-    for function in (spec.functions)() {
+    for (i, function) in functions.iter().enumerate() {
         let mut programs = vec![spec.enter_program];
         if function.with_return {
             programs.extend(spec.return_program);
@@ -284,8 +304,12 @@ fn attach_functions(
             let attached = uprobe(ebpf, name)
                 .map_err(|err| error_chain(&err))
                 .and_then(|program| {
+                    let location = match offsets.get(i).copied().flatten() {
+                        Some(offset) => UProbeAttachLocation::AbsoluteOffset(offset),
+                        None => UProbeAttachLocation::Symbol(function.symbol),
+                    };
                     let point = UProbeAttachPoint {
-                        location: UProbeAttachLocation::Symbol(function.symbol),
+                        location,
                         cookie: Some(function.cookie),
                     };
                     program

@@ -58,18 +58,19 @@ impl PythonThreads {
             }
         }
         for &pid in live {
-            let process = self.processes.entry(pid).or_insert_with(|| {
-                match python::interpreter(pid) {
-                    Some(interpreter) => Process::Python {
-                        interpreter,
-                        confirmed: false,
-                        installed: FxHashMap::default(),
-                        threads_seen: 0,
-                        failed: false,
-                    },
-                    None => Process::Other,
-                }
-            });
+            let process =
+                self.processes
+                    .entry(pid)
+                    .or_insert_with(|| match python::interpreter(pid) {
+                        Some(interpreter) => Process::Python {
+                            interpreter,
+                            confirmed: false,
+                            installed: FxHashMap::default(),
+                            threads_seen: 0,
+                            failed: false,
+                        },
+                        None => Process::Other,
+                    });
             let Process::Python {
                 interpreter,
                 confirmed,

@@ -1,6 +1,7 @@
 //! The observed processes: which they are (the named PIDs and their descendants), what they are
 //! called, and which sockets they already had open when loupe attached.
 
+pub mod gopclntab;
 pub mod libraries;
 pub mod python;
 pub mod runtime;

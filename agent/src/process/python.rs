@@ -131,12 +131,7 @@ fn exported(path: &Path) -> Option<(u64, u64)> {
     let found = inspector
         .lookup(&Source::Elf(elf), &["_PyRuntime", "Py_Version"])
         .ok()?;
-    let offset = |i: usize| {
-        found
-            .get(i)?
-            .iter()
-            .find_map(|symbol| symbol.file_offset)
-    };
+    let offset = |i: usize| found.get(i)?.iter().find_map(|symbol| symbol.file_offset);
     Some((offset(0)?, offset(1)?))
 }
 
@@ -295,12 +290,13 @@ mod tests {
 7f0000002000-7f0000003000 r--p 00000000 fe:01 9 /lib/libc.so.6 (deleted)
 ";
         let mappings = parse_mappings(maps);
-        assert_eq!(mappings.len(), 3, "anonymous and deleted mappings are left out");
-        let path = "/usr/bin/python3.11";
         assert_eq!(
-            address_of(&mappings, path, 0x0065_b740),
-            Some(0x00a5_c740)
+            mappings.len(),
+            3,
+            "anonymous and deleted mappings are left out"
         );
+        let path = "/usr/bin/python3.11";
+        assert_eq!(address_of(&mappings, path, 0x0065_b740), Some(0x00a5_c740));
         assert_eq!(address_of(&mappings, path, 0x0100_0000), None);
         assert_eq!(address_of(&mappings, "/other", 0x10), None);
     }

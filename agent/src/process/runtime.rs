@@ -138,22 +138,83 @@ pub fn runtime_of(pid: u32) -> Runtime {
     }
 }
 
+/// File offsets where the Go functions `names` start in an x86-64 Go executable, stripped or
+/// not, from its `.gopclntab`: Go's text starts where the ELF entry point (Go's own
+/// `_rt0_amd64_linux`, when the Go linker linked it) says, else at the table's `textStart`.
+/// Every offset is checked to hold the stack-bound check Go compiles at the start of each of
+/// its functions (`cmp rsp|r12, [r14+16]`, after a `lea r12, [rsp-N]` in large frames): an
+/// offset that does not is None, never a guess (a uprobe inside an instruction would break the
+/// target).
+pub fn go_function_offsets(
+    file: &mut (impl Read + Seek),
+    names: &[&str],
+) -> Option<Vec<Option<u64>>> {
+    const MAX_TABLE: u64 = 256 << 20;
+    let sections = sections(file)?;
+    let table = sections.list.iter().find(|s| s.name == ".gopclntab")?;
+    let text = sections.list.iter().find(|s| s.name == ".text")?;
+    if table.size > MAX_TABLE {
+        return None;
+    }
+    let mut bytes = vec![0u8; table.size as usize];
+    file.seek(SeekFrom::Start(table.offset)).ok()?;
+    file.read_exact(&mut bytes).ok()?;
+    let mut wanted = names.to_vec();
+    wanted.push("_rt0_amd64_linux");
+    let (text_start, found) = super::gopclntab::entries(&bytes, &wanted)?;
+    let base = match found.last().copied().flatten() {
+        Some(rt0) if sections.entry >= rt0 => sections.entry - rt0,
+        _ if text_start != 0 => text_start,
+        _ => return None,
+    };
+    let text_end = text.addr.checked_add(text.size)?;
+    Some(
+        found[..names.len()]
+            .iter()
+            .map(|entry| {
+                let addr = base.checked_add((*entry)?)?;
+                if addr < text.addr || addr >= text_end {
+                    return None;
+                }
+                let offset = addr - text.addr + text.offset;
+                let mut head = [0u8; 12];
+                file.seek(SeekFrom::Start(offset)).ok()?;
+                file.read_exact(&mut head).ok()?;
+                starts_a_go_function(&head).then_some(offset)
+            })
+            .collect(),
+    )
+}
+
+/// Whether `code` begins with the stack-bound check of a Go (ABIInternal) function.
+fn starts_a_go_function(code: &[u8; 12]) -> bool {
+    const CHECK_RSP: [u8; 4] = [0x49, 0x3b, 0x66, 0x10];
+    const CHECK_R12: [u8; 4] = [0x4d, 0x3b, 0x66, 0x10];
+    code[..4] == CHECK_RSP
+        || (code[..4] == [0x4c, 0x8d, 0x64, 0x24] && code[5..9] == CHECK_R12)
+        || (code[..4] == [0x4c, 0x8d, 0xa4, 0x24] && code[8..12] == CHECK_R12)
+}
+
 /// Whether a little-endian ELF64 file has a section with one of `names`. Reads only the
 /// headers and the section-name table; anything malformed answers false.
 pub fn elf_has_section(file: &mut (impl Read + Seek), names: &[&str]) -> bool {
     sections(file).is_some_and(|found| found.list.iter().any(|s| names.contains(&s.name.as_str())))
 }
 
-/// What loupe reads of an ELF file: its machine and its sections.
+/// What loupe reads of an ELF file: its machine, entry point and sections.
 struct Sections {
     machine: u16,
+    entry: u64,
     list: Vec<Section>,
 }
 
 struct Section {
     name: String,
+    /// Its virtual address.
+    addr: u64,
     /// Where its bytes are in the file.
     offset: u64,
+    size: u64,
 }
 
 /// The sections of a little-endian ELF64 file, or None where it is not one (or is malformed,
@@ -197,12 +258,15 @@ fn sections(file: &mut (impl Read + Seek)) -> Option<Sections> {
             let end = rest.iter().position(|&b| b == 0)?;
             Some(Section {
                 name: String::from_utf8_lossy(&rest[..end]).into_owned(),
+                addr: u64_at(section, 0x10),
                 offset: u64_at(section, 0x18),
+                size: u64_at(section, 0x20),
             })
         })
         .collect();
     Some(Sections {
         machine: u16_at(&header, 0x12),
+        entry: u64_at(&header, 0x18),
         list,
     })
 }
