@@ -52,8 +52,12 @@ struct LibrarySpec {
     functions: fn() -> Vec<FunctionProbe>,
     /// Where the functions start (file offsets, by the order of `functions`) when the file says
     /// so without a symbol table; a function it cannot place is found by its symbol.
-    locate: Option<fn(&Path, &[&str]) -> Option<Vec<Option<u64>>>>,
+    locate: Option<Locate>,
 }
+
+/// Finds where functions start in a file: their file offsets in the order of the names asked
+/// for (None for one it cannot place), or None for a file it cannot read.
+type Locate = fn(&Path, &[&str]) -> Option<Vec<Option<u64>>>;
 
 /// A Go executable's functions, from `.gopclntab`: stripped binaries have no `.symtab`.
 fn go_locate(path: &Path, names: &[&str]) -> Option<Vec<Option<u64>>> {
