@@ -138,6 +138,7 @@ def main():
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--dsn", required=True)
     parser.add_argument("--downstream", help="base URL of the service /call, /mixed and /slow call")
+    parser.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio")
     args = parser.parse_args()
     CONFIG.update(dsn=args.dsn, downstream=args.downstream)
     # Port 0 needs the socket made here: uvicorn binds its own only to a port it was told.
@@ -146,7 +147,7 @@ def main():
     sock.bind(("127.0.0.1", args.port))
     config = uvicorn.Config(
         app,
-        loop="asyncio",
+        loop=args.loop,
         http="h11",
         lifespan="on",
         workers=1,

@@ -141,6 +141,18 @@ impl AsyncShop {
         Self::start_with(&["--dsn", dsn, "--downstream", downstream])
     }
 
+    /// As [`Self::start_with_downstream`], on event loop `event_loop` (`asyncio` or `uvloop`).
+    pub fn start_on(event_loop: &str, dsn: &str, downstream: &str) -> Self {
+        Self::start_with(&[
+            "--dsn",
+            dsn,
+            "--downstream",
+            downstream,
+            "--loop",
+            event_loop,
+        ])
+    }
+
     fn start_with(flags: &[&str]) -> Self {
         let mut args = vec!["--port", "0"];
         args.extend_from_slice(flags);

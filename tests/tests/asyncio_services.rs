@@ -4,11 +4,11 @@
 //! carries a unique numeric id in its path, and so does every outbound HTTP call it makes, so
 //! each span is checked against the request that made it.
 //!
-//! One thread, the asyncio loop, serves every request: the thread says nothing about which
-//! request made a call. Each request runs in an asyncio task of its own, and each task in a
-//! contextvars Context of its own; loupe reads the Python thread's current Context at every
-//! syscall, so a call made while several requests are in flight belongs to the one whose
-//! response is later written from the call's Context. Never a call under a wrong request; a call
+//! On asyncio's own loop and on uvloop, one thread serves every request: the thread says
+//! nothing about which request made a call. Each request runs in an asyncio task of its own, and
+//! each task in a contextvars Context of its own; loupe reads the Python thread's current Context
+//! at every syscall, so a call made while several requests are in flight belongs to the one
+//! whose response is later written from the call's Context. Never a call under a wrong request; a call
 //! loupe cannot place stays un-nested, tagged `loupe.parent`, and counted. Under that load, N+1
 //! and slow dependencies are still named on their routes and nowhere else.
 
@@ -82,12 +82,23 @@ fn warm(shop: &AsyncShop, pg: &Postgres) {
 
 #[test]
 fn asyncio_calls_nest_under_the_request_that_made_them() {
+    calls_nest_on("asyncio", SERVICE);
+}
+
+/// uvloop (libuv under asyncio's API) runs each task in its Context as asyncio does.
+#[test]
+fn uvloop_calls_nest_under_the_request_that_made_them() {
+    calls_nest_on("uvloop", "uvloop-shop");
+}
+
+fn calls_nest_on(event_loop: &str, service: &'static str) {
     require_root();
     let pg = Postgres::start();
     pg.create_orders_shop();
     let jaeger = Jaeger::start();
     let downstream = Downstream::start();
-    let shop = AsyncShop::start_with_downstream(
+    let shop = AsyncShop::start_on(
+        event_loop,
         &format!("postgresql://postgres@127.0.0.1:{}/shop", pg.port),
         &downstream.url(),
     );
@@ -99,7 +110,7 @@ fn asyncio_calls_nest_under_the_request_that_made_them() {
     let loupe = Loupe::attach(&otlp_args(
         shop.pid(),
         &jaeger.grpc_endpoint(),
-        SERVICE,
+        service,
         FLAGS,
     ));
     // Each client its own keep-alive connection; each request a unique numeric id in its path
@@ -121,12 +132,12 @@ fn asyncio_calls_nest_under_the_request_that_made_them() {
     ));
 
     let sent = Sent::of(&requests, &routes);
-    let spans = sent.spans(&jaeger, SERVICE);
+    let spans = sent.spans(&jaeger, service);
     // Every nested call must be under the request that made it (an HTTP call's id is its
     // request's, a query is its request's route's statement, no request has more queries under
     // it than its route runs); every request is one SERVER span, and makes its call once.
     let audit = Audit::of(&spans, &routes);
-    audit.assert_sound(&sent, &routes, &finished, SERVICE);
+    audit.assert_sound(&sent, &routes, &finished, service);
     // Every query is one span; every downstream call is one span.
     let (nested_queries, queries) = audit.nested_of(is_db);
     let (nested_http, http_calls) = audit.nested_of(is_http_call);
@@ -135,8 +146,8 @@ fn asyncio_calls_nest_under_the_request_that_made_them() {
 
     // Nearly everything nests: each call made while other requests were in flight waited for
     // them to answer, and only its own request answered from its Context.
-    assert_mostly_nested(SERVICE, "queries", nested_queries, queries);
-    assert_mostly_nested(SERVICE, "HTTP calls", nested_http, http_calls);
+    assert_mostly_nested(service, "queries", nested_queries, queries);
+    assert_mostly_nested(service, "HTTP calls", nested_http, http_calls);
 
     // Under load, N+1 is named on /n_plus_one (on every one whose six queries all nested) and
     // slow_dependency on /slow (on every one whose call nested), and neither anywhere else.
@@ -183,7 +194,7 @@ fn asyncio_calls_nest_under_the_request_that_made_them() {
         }
     }
     eprintln!(
-        "asyncio-shop: n_plus_one named on {n_plus_ones_named} of {n_plus_ones} /n_plus_one \
+        "{service}: n_plus_one named on {n_plus_ones_named} of {n_plus_ones} /n_plus_one \
          requests, slow_dependency on {slows_named} of {slows} /slow requests"
     );
     assert!(

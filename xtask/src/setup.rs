@@ -28,8 +28,8 @@ const APT_PACKAGES: &[&str] = &[
 ];
 
 /// What the tests' Python apps import, pinned: the PostgreSQL drivers they drive (psycopg2-binary,
-/// psycopg, pg8000, asyncpg), the asyncio web stack (FastAPI on uvicorn), HTTP clients (httpx,
-/// requests) and the Redis client.
+/// psycopg, pg8000, asyncpg), the asyncio web stack (FastAPI on uvicorn, on asyncio's loop or
+/// uvloop), HTTP clients (httpx, requests) and the Redis client.
 const PYTHON_PACKAGES: &[&str] = &[
     "psycopg2-binary==2.9.13",
     "psycopg==3.3.9",
@@ -37,12 +37,13 @@ const PYTHON_PACKAGES: &[&str] = &[
     "asyncpg==0.32.0",
     "fastapi==0.163.2",
     "uvicorn==0.54.0",
+    "uvloop==0.23.0",
     "httpx==0.28.1",
     "requests==2.34.2",
     "redis==8.1.0",
 ];
 /// The step's label: the packages by name.
-const PYTHON_STEP: &str = "Python venv (psycopg2-binary, psycopg, pg8000, asyncpg, fastapi, uvicorn, httpx, requests, redis)";
+const PYTHON_STEP: &str = "Python venv (psycopg2-binary, psycopg, pg8000, asyncpg, fastapi, uvicorn, uvloop, httpx, requests, redis)";
 
 /// The Node.js shop's one dependency, node-postgres; tests/apps/node_shop/package.json and its
 /// package-lock.json pin the same version.
