@@ -18,7 +18,7 @@ use loupe_common::{LIBPQ_PROBES, names::TRACEPOINT_PROGRAMS};
 
 use crate::{
     build,
-    procs::{Guard, Loupe, start_demo_app},
+    procs::{Guard, Loupe, cpu_seconds, start_demo_app},
     setup,
 };
 
@@ -27,11 +27,31 @@ struct Run {
     p99: String,
 }
 
-pub fn run(duration: Duration) -> anyhow::Result<()> {
+pub fn run(duration: Duration, adapters_only: bool) -> anyhow::Result<()> {
     setup::require_root("bench")?;
     setup::run()?;
     build::release()?;
     let seconds = duration.as_secs().max(1);
+    if !adapters_only {
+        core_runs(seconds)?;
+    }
+    let postgres = loupe_tests::postgres::Postgres::start();
+    let adapters = adapter_runs(&postgres, seconds)?;
+    drop(postgres);
+    println!("\n| target | setup | req/s | p99 | vs nothing | loupe CPU s | loupe peak RSS MiB |");
+    println!("|---|---|---|---|---|---|---|");
+    for run in &adapters {
+        run.print();
+    }
+    println!();
+    for run in &adapters {
+        run.summary();
+    }
+    Ok(())
+}
+
+/// nginx, the demo app and pgbench, each with nothing, (a floor probe,) and loupe.
+fn core_runs(seconds: u64) -> anyhow::Result<()> {
 
     let dir = std::env::temp_dir().join(format!("loupe-bench-{}", std::process::id()));
     std::fs::create_dir_all(dir.join("logs"))?;
@@ -106,7 +126,6 @@ pub fn run(duration: Duration) -> anyhow::Result<()> {
     let pg_none = pgbench(&url, seconds, Probe::Nothing)?;
     let pg_floor = pgbench(&url, seconds, Probe::Floor)?;
     let pg_loupe = pgbench(&url, seconds, Probe::Loupe)?;
-    let adapters = adapter_runs(&postgres, seconds)?;
     drop(postgres);
 
     let ratio = |run: &Run| run.requests_per_sec / none.requests_per_sec;
@@ -180,9 +199,6 @@ pub fn run(duration: Duration) -> anyhow::Result<()> {
         (1.0 - pg_ratio(&pg_loupe)) * 100.0,
         (pg_ratio(&pg_floor) - pg_ratio(&pg_loupe)) * 100.0
     );
-    for run in &adapters {
-        run.print();
-    }
     let per_query = |tps: f64| 1e6 / tps;
     println!(
         "pgbench per query (machine time, 2 cores): nothing {:.1} us, floor +{:.1} us (5 uprobe hits and the syscall hooks), loupe +{:.1} us",
@@ -197,9 +213,6 @@ pub fn run(duration: Duration) -> anyhow::Result<()> {
         (ratio(&floor) - ratio(&nginx_loupe)) * 100.0,
         (1.0 - work_ratio) * 100.0
     );
-    for run in &adapters {
-        run.summary();
-    }
     println!(
         "CPU profiles: nothing slow took {cold_samples} samples and cost {:.1}%; one thread hot at 999 Hz ({:.0} samples/s) cost {:.1}% of the route's throughput",
         (1.0 - crunch_ratio(&crunch_cold)) * 100.0,
@@ -219,9 +232,14 @@ struct AdapterRun {
     with: Run,
     /// loupe's CPU seconds without and with the adapters.
     cpu: (f64, f64),
+    /// The service's own CPU per request (us; the kernel's work for it included) each way:
+    /// steadier on a noisy machine than throughput. Medians of the rounds, as are the runs.
+    service_us: [f64; 3],
 }
 
 impl AdapterRun {
+    /// Each way `ROUNDS` times, interleaved (nothing, without, with, nothing, ...), so that the
+    /// machine's drift falls on all three alike; the medians are kept.
     fn measure(
         target: String,
         pid: u32,
@@ -229,19 +247,44 @@ impl AdapterRun {
         connections: u32,
         seconds: u64,
     ) -> anyhow::Result<Self> {
+        const ROUNDS: usize = 3;
         wrk(url, connections, 2)?; // warm-up: pools full, statements prepared
-        let none = wrk(url, connections, seconds)?;
-        let (without, cpu_without, _, _) =
-            with_loupe_flags(pid, &["--no-runtime-adapters"], || {
-                wrk(url, connections, seconds)
-            })?;
-        let (with, cpu_with, _) = with_loupe(pid, || wrk(url, connections, seconds))?;
+        let mut runs: [Vec<(Run, f64, f64)>; 3] = Default::default();
+        for _ in 0..ROUNDS {
+            for (way, flags) in [None, Some(&["--no-runtime-adapters"][..]), Some(&[][..])]
+                .into_iter()
+                .enumerate()
+            {
+                let mut before = cpu_seconds(pid);
+                let (run, loupe_cpu) = match flags {
+                    None => (wrk(url, connections, seconds)?, 0.0),
+                    Some(flags) => {
+                        let (run, cpu, _, _) = with_loupe_flags(pid, flags, || {
+                            before = cpu_seconds(pid);
+                            wrk(url, connections, seconds)
+                        })?;
+                        (run, cpu)
+                    }
+                };
+                let requests = (run.requests_per_sec * seconds as f64).max(1.0);
+                let service_us = (cpu_seconds(pid) - before) * 1e6 / requests;
+                runs[way].push((run, loupe_cpu, service_us));
+            }
+        }
+        let [none, without, with] = runs.map(|mut way| {
+            way.sort_by(|a, b| a.0.requests_per_sec.total_cmp(&b.0.requests_per_sec));
+            let service = median(way.iter().map(|r| r.2).collect());
+            let loupe = median(way.iter().map(|r| r.1).collect());
+            let run = way.swap_remove(way.len() / 2).0;
+            (run, loupe, service)
+        });
         Ok(Self {
             target,
-            none,
-            without,
-            with,
-            cpu: (cpu_without, cpu_with),
+            cpu: (without.1, with.1),
+            service_us: [none.2, without.2, with.2],
+            none: none.0,
+            without: without.0,
+            with: with.0,
         })
     }
 
@@ -278,7 +321,17 @@ impl AdapterRun {
             (1.0 - self.ratio(&self.with)) * 100.0,
             (self.ratio(&self.without) - self.ratio(&self.with)) * 100.0
         );
+        let [none, without, with] = self.service_us;
+        println!(
+            "  the service's CPU per request: nothing {none:.1} us, loupe without adapters {without:.1} us, with them {with:.1} us (the adapter: {:+.1} us a request)",
+            with - without
+        );
     }
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
 }
 
 /// The Go shop (net/http, pgx) and the asyncio shop (FastAPI, uvicorn, asyncpg) at saturation on

@@ -47,6 +47,9 @@ enum Command {
         /// wrk run length per measurement, e.g. 10s.
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         duration: Duration,
+        /// Only the runtime adapters' rows (the Go and asyncio services).
+        #[arg(long)]
+        adapters_only: bool,
     },
 }
 
@@ -57,6 +60,9 @@ fn main() -> anyhow::Result<()> {
         Command::Build => build::release(),
         Command::Demo { jaeger, duration } => demo::run(jaeger, duration),
         Command::Test { args } => test::run(&args),
-        Command::Bench { duration } => bench::run(duration),
+        Command::Bench {
+            duration,
+            adapters_only,
+        } => bench::run(duration, adapters_only),
     }
 }

@@ -138,13 +138,16 @@ pub fn runtime_of(pid: u32) -> Runtime {
     }
 }
 
-/// File offsets where the Go functions `names` start in an x86-64 Go executable, stripped or
-/// not, from its `.gopclntab`: Go's text starts where the ELF entry point (Go's own
+/// File offsets where uprobes go for the Go functions `names` in an x86-64 Go executable,
+/// stripped or not, from its `.gopclntab`: Go's text starts where the ELF entry point (Go's own
 /// `_rt0_amd64_linux`, when the Go linker linked it) says, else at the table's `textStart`.
-/// Every offset is checked to hold the stack-bound check Go compiles at the start of each of
-/// its functions (`cmp rsp|r12, [r14+16]`, after a `lea r12, [rsp-N]` in large frames): an
-/// offset that does not is None, never a guess (a uprobe inside an instruction would break the
-/// target).
+/// Every function is checked to start with the stack-bound check Go compiles into each of its
+/// functions (`cmp rsp|r12, [r14+16]`, after a `lea r12, [rsp-N]` in large frames, then a `jbe`
+/// to morestack): one that does not is None, never a guess (a uprobe inside an instruction
+/// would break the target). The offset is that of the `push rbp` right after the check, where
+/// there is one: the kernel emulates a push, while it single-steps the `cmp` with its memory
+/// operand (several microseconds a hit), and a function entered again after its stack grew
+/// fires once. The registers the probes read (the arguments, r14) are the entry's there.
 pub fn go_function_offsets(
     file: &mut (impl Read + Seek),
     names: &[&str],
@@ -177,22 +180,37 @@ pub fn go_function_offsets(
                     return None;
                 }
                 let offset = addr - text.addr + text.offset;
-                let mut head = [0u8; 12];
+                let mut head = [0u8; 20];
                 file.seek(SeekFrom::Start(offset)).ok()?;
                 file.read_exact(&mut head).ok()?;
-                starts_a_go_function(&head).then_some(offset)
+                go_probe_offset(&head).map(|past| offset + past)
             })
             .collect(),
     )
 }
 
-/// Whether `code` begins with the stack-bound check of a Go (ABIInternal) function.
-fn starts_a_go_function(code: &[u8; 12]) -> bool {
+/// Where in a function beginning with `code` its uprobe goes: past the stack-bound check of a
+/// Go (ABIInternal) function when a `push rbp` follows it, else 0 (its first instruction); None
+/// when `code` does not begin with that check.
+fn go_probe_offset(code: &[u8; 20]) -> Option<u64> {
     const CHECK_RSP: [u8; 4] = [0x49, 0x3b, 0x66, 0x10];
     const CHECK_R12: [u8; 4] = [0x4d, 0x3b, 0x66, 0x10];
-    code[..4] == CHECK_RSP
-        || (code[..4] == [0x4c, 0x8d, 0x64, 0x24] && code[5..9] == CHECK_R12)
-        || (code[..4] == [0x4c, 0x8d, 0xa4, 0x24] && code[8..12] == CHECK_R12)
+    let check_end = if code[..4] == CHECK_RSP {
+        4
+    } else if code[..4] == [0x4c, 0x8d, 0x64, 0x24] && code[5..9] == CHECK_R12 {
+        9
+    } else if code[..4] == [0x4c, 0x8d, 0xa4, 0x24] && code[8..12] == CHECK_R12 {
+        12
+    } else {
+        return None;
+    };
+    // jbe rel8 or jbe rel32 (to the morestack call at the function's end), then push rbp.
+    let push_at = match code[check_end] {
+        0x76 => check_end + 2,
+        0x0f if code[check_end + 1] == 0x86 => check_end + 6,
+        _ => return Some(0),
+    };
+    Some(if code[push_at] == 0x55 { push_at as u64 } else { 0 })
 }
 
 /// Whether a little-endian ELF64 file has a section with one of `names`. Reads only the
@@ -275,6 +293,35 @@ fn sections(file: &mut (impl Read + Seek)) -> Option<Sections> {
 mod tests {
     use super::*;
     use std::io::Cursor;
+
+    fn code(bytes: &[u8]) -> [u8; 20] {
+        let mut out = [0xccu8; 20];
+        out[..bytes.len()].copy_from_slice(bytes);
+        out
+    }
+
+    #[test]
+    fn go_probes_go_past_the_stack_check_onto_push_rbp() {
+        // runtime.newproc (go1.26): cmp rsp,[r14+16]; jbe rel8; push rbp
+        let small = code(&[0x49, 0x3b, 0x66, 0x10, 0x76, 0x4c, 0x55, 0x48, 0x89, 0xe5]);
+        assert_eq!(go_probe_offset(&small), Some(6));
+        // net/http.(*Request).write: lea r12,[rsp-0x120]; cmp r12,[r14+16]; jbe rel32; push rbp
+        let large = code(&[
+            0x4c, 0x8d, 0xa4, 0x24, 0xe0, 0xfe, 0xff, 0xff, 0x4d, 0x3b, 0x66, 0x10, 0x0f, 0x86,
+            0x0a, 0x0e, 0x00, 0x00, 0x55,
+        ]);
+        assert_eq!(go_probe_offset(&large), Some(18));
+        // lea r12,[rsp-0x40] (disp8); cmp; jbe rel8; push rbp
+        let medium = code(&[
+            0x4c, 0x8d, 0x64, 0x24, 0xc0, 0x4d, 0x3b, 0x66, 0x10, 0x76, 0x20, 0x55,
+        ]);
+        assert_eq!(go_probe_offset(&medium), Some(11));
+        // The check without a frame push after it: the function's first instruction.
+        let frameless = code(&[0x49, 0x3b, 0x66, 0x10, 0x76, 0x4c, 0x48, 0x83]);
+        assert_eq!(go_probe_offset(&frameless), Some(0));
+        // Not a Go function's start: no probe.
+        assert_eq!(go_probe_offset(&code(&[0x55, 0x48, 0x89, 0xe5])), None);
+    }
 
     /// A minimal ELF64 LSB file: the header, a name table, and section headers for a null
     /// section, the name table and each of `sections`.
