@@ -38,6 +38,15 @@ pub fn call_id(span: &Span) -> Option<String> {
     call_path(span)?.strip_prefix("/sleep/").map(str::to_owned)
 }
 
+/// Whether a call carrying `call_id` is the request `request_id`'s: its own id, or one of the
+/// two calls a fanning-out route makes, `<id>-a` and `<id>-b`.
+pub fn same_or_fanned(call_id: &str, request_id: &str) -> bool {
+    call_id == request_id
+        || call_id
+            .strip_prefix(request_id)
+            .is_some_and(|rest| rest == "-a" || rest == "-b")
+}
+
 /// One line about a span for a failure message.
 pub fn describe(span: &Span) -> String {
     let keys = [

@@ -12,7 +12,9 @@
 use std::collections::{BTreeSet, HashMap};
 
 use loupe_tests::{
-    calls::{Audit, Routes, Sent, call_id, describe, is_http_call, route_and_id, show},
+    calls::{
+        Audit, Routes, Sent, call_id, describe, is_http_call, route_and_id, same_or_fanned, show,
+    },
     client::{Client, concurrently, get, get_each},
     go::{GoDownstream, GoShop, pgx_dsn},
     jaeger::{Jaeger, Span},
@@ -46,10 +48,7 @@ impl Routes for GoRoutes {
     }
 
     fn same_request(&self, call_id: &str, request_id: &str) -> bool {
-        call_id == request_id
-            || call_id
-                .strip_prefix(request_id)
-                .is_some_and(|rest| rest == "-a" || rest == "-b")
+        same_or_fanned(call_id, request_id)
     }
 }
 

@@ -10,7 +10,7 @@
 //! a wrong request.
 
 use loupe_tests::{
-    calls::{Audit, Routes, Sent, assert_mostly_nested, call_id},
+    calls::{Audit, Routes, Sent, assert_mostly_nested, call_id, same_or_fanned},
     client::{concurrently, get},
     jaeger::Jaeger,
     procs::{Downstream, Loupe, StdlibAsync, otlp_args, pythons},
@@ -38,10 +38,7 @@ impl Routes for StdlibRoutes {
 
     /// /two and /gather call `/sleep/<id>-a` and `/sleep/<id>-b`.
     fn same_request(&self, call_id: &str, request_id: &str) -> bool {
-        call_id == request_id
-            || call_id
-                .strip_prefix(request_id)
-                .is_some_and(|rest| rest == "-a" || rest == "-b")
+        same_or_fanned(call_id, request_id)
     }
 }
 

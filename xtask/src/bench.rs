@@ -52,7 +52,6 @@ pub fn run(duration: Duration, adapters_only: bool) -> anyhow::Result<()> {
 
 /// nginx, the demo app and pgbench, each with nothing, (a floor probe,) and loupe.
 fn core_runs(seconds: u64) -> anyhow::Result<()> {
-
     let dir = std::env::temp_dir().join(format!("loupe-bench-{}", std::process::id()));
     std::fs::create_dir_all(dir.join("logs"))?;
     let port = free_port()?;

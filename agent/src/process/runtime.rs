@@ -210,7 +210,11 @@ fn go_probe_offset(code: &[u8; 20]) -> Option<u64> {
         0x0f if code[check_end + 1] == 0x86 => check_end + 6,
         _ => return Some(0),
     };
-    Some(if code[push_at] == 0x55 { push_at as u64 } else { 0 })
+    Some(if code[push_at] == 0x55 {
+        push_at as u64
+    } else {
+        0
+    })
 }
 
 /// Whether a little-endian ELF64 file has a section with one of `names`. Reads only the
