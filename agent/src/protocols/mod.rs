@@ -1,9 +1,109 @@
 //! Protocol parsers: pure functions from captured socket bytes to messages, with no I/O, so they
 //! can be golden-tested on captured payloads and fuzzed. Each parser takes the same [`Chunk`]s:
 //! one per syscall, with the count of bytes moved and the captured prefix of them.
+//!
+//! The seam the stitcher sees: a protocol is a [`ProtocolSpec`] in [`PROTOCOLS`] that
+//! recognises a connection from its first bytes and gives it a [`Parser`], which turns each
+//! chunk into [`Report`]s: a request started, its answer started, it was abandoned, it finished.
+//! The stitcher keeps connections, threads and parents and never looks inside a protocol; where
+//! the plaintext came from (a socket syscall, later a TLS library) a parser never knows.
 
 pub mod http1;
 pub mod postgres;
+
+use loupe_common::SocketRole;
+
+/// What a protocol tells the stitcher about a connection, in the order it happened.
+#[derive(Debug)]
+pub enum Report {
+    /// Request `seq` began: on a server connection a request was read, on a client connection
+    /// a call was sent. It gets span ids (and a call its parent) now.
+    Started {
+        seq: u64,
+        /// The caller's W3C trace context, where the request carried one.
+        traceparent: Option<String>,
+        /// The request's identity on both ends of the connection (0 where the protocol has none):
+        /// pairs a caller's request with what its callee read.
+        line: u64,
+    },
+    /// The answer to request `seq` began: a server's request is no longer in flight.
+    Answering { seq: u64 },
+    /// Request `seq` will never finish: forget it.
+    Abandoned { seq: u64 },
+    /// Request `seq` finished: what its span is made of.
+    Finished(Finished),
+}
+
+/// A finished exchange, as its protocol saw it.
+#[derive(Debug)]
+pub enum Finished {
+    Http(Box<http1::Exchange>),
+    Postgres(Box<postgres::QueryDone>),
+}
+
+/// Which protocol a parser speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Http,
+    Postgres,
+}
+
+/// One connection's protocol state.
+pub trait Parser: Send {
+    fn kind(&self) -> Kind;
+    /// Consumes one chunk, appending what it started or finished to `out`.
+    fn push(&mut self, chunk: Chunk<'_>, out: &mut Vec<Report>);
+    /// The connection closed: what was in progress ends or is abandoned.
+    fn close(&mut self, out: &mut Vec<Report>);
+    /// Ends what can only end by silence (an unframed response) when its last bytes are older
+    /// than `idle_ns`.
+    fn flush_idle(&mut self, _now_ns: u64, _idle_ns: u64, _out: &mut Vec<Report>) {}
+}
+
+/// What a connection's first chunk (of those loupe saw) says.
+#[derive(Clone, Copy, Debug)]
+pub struct First<'a> {
+    pub captured: &'a [u8],
+    pub total_len: usize,
+    /// Written by the target (else read).
+    pub egress: bool,
+    /// The role known so far (from accept/connect; Unknown for a socket open before attach).
+    pub role: SocketRole,
+}
+
+/// A protocol recognised on a connection: the role that makes the target play, its parser.
+pub struct Recognised {
+    pub role: SocketRole,
+    pub parser: Box<dyn Parser>,
+}
+
+/// What the stitcher can tell a protocol about the connection while recognising it.
+pub trait Surroundings {
+    /// The database a session found already open belongs to, when it can be learnt.
+    fn resumed_database(&mut self) -> Option<String>;
+}
+
+/// A protocol loupe knows.
+pub struct ProtocolSpec {
+    pub name: &'static str,
+    pub recognise: fn(&First<'_>, &mut dyn Surroundings) -> Option<Recognised>,
+}
+
+/// Every protocol, asked in this order.
+pub const PROTOCOLS: &[ProtocolSpec] = &[http1::SPEC, postgres::SPEC];
+
+/// The first protocol that recognises `first`.
+pub fn recognise(first: &First<'_>, surroundings: &mut dyn Surroundings) -> Option<Recognised> {
+    PROTOCOLS
+        .iter()
+        .find_map(|spec| (spec.recognise)(first, surroundings))
+}
+
+/// Whether unrecognised bytes could still be the answer half of a protocol loupe knows (keep
+/// looking rather than give the connection up).
+pub fn may_answer(bytes: &[u8]) -> bool {
+    http1::looks_like_response(bytes)
+}
 
 /// Which half of an exchange a chunk carries: on a server socket reads are requests, on a
 /// client socket writes are (for PostgreSQL: the frontend's messages are the requests).

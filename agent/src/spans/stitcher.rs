@@ -31,9 +31,8 @@ use crate::{
     libpq::{LibpqEvent, LibpqQuery, LibpqTracker},
     process::{SocketAddrs, is_live_process, local_postgres_database, runtime_of, socket_addrs},
     protocols::{
-        Chunk, Flow,
-        http1::{self, Conversation, HttpEvent},
-        postgres::{self, PgConversation, PgEvent},
+        self as protocols, Chunk, Finished, First, Flow, Kind, Parser, Report, Surroundings, http1,
+        postgres,
     },
     sql::{Statement, StatementCache},
     stats::Counters,
@@ -69,11 +68,9 @@ type ConnKey = (u32, u64);
 
 enum Protocol {
     /// Not seen enough bytes to tell.
-    Unknown {
-        sniffed: u32,
-    },
-    Http(Box<Conversation>),
-    Postgres(Box<PgConversation>),
+    Unknown { sniffed: u32 },
+    /// A protocol recognised it: its parser.
+    Known(Box<dyn Parser>),
     /// Not a protocol loupe parses (yet): bytes are skipped.
     Other,
 }
@@ -207,8 +204,8 @@ pub struct Stitcher {
     go_bound: HashMap<(u32, u64), ServedRequest>,
     limits: StitcherLimits,
     counters: Arc<Counters>,
-    scratch: Vec<HttpEvent>,
-    pg_scratch: Vec<PgEvent>,
+    /// What the last parser call reported, to act on.
+    reports: Vec<Report>,
     /// Normalized statements, memoized: the parser is the costly part of a query span.
     statements: StatementCache,
     lookups: LookupBudget,
@@ -268,8 +265,7 @@ impl Stitcher {
             go_bound: HashMap::default(),
             limits,
             counters,
-            scratch: Vec::new(),
-            pg_scratch: Vec::new(),
+            reports: Vec::new(),
             statements: StatementCache::new(4096),
             lookups: LookupBudget { second: 0, used: 0 },
             libpq: LibpqTracker::new(),
@@ -487,8 +483,8 @@ impl Stitcher {
                 stale.push(key);
                 continue;
             }
-            if let Protocol::Http(conversation) = &mut conn.protocol {
-                conversation.flush_idle(now_ns, self.limits.idle_response_ns, &mut self.scratch);
+            if let Protocol::Known(parser) = &mut conn.protocol {
+                parser.flush_idle(now_ns, self.limits.idle_response_ns, &mut self.reports);
                 self.dispatch(key, None, out);
             }
         }
@@ -555,9 +551,8 @@ impl Stitcher {
             if conn.role != SocketRole::Client || conn.pending.is_empty() {
                 continue;
             }
-            let limit = match conn.protocol {
-                Protocol::Http(_) => limit_of(OpType::HttpClient),
-                Protocol::Postgres(_) => limit_of(OpType::DbClient),
+            let limit = match &conn.protocol {
+                Protocol::Known(parser) => limit_of(call_type(parser.kind())),
                 _ => continue,
             };
             for pending in conn.pending.values() {
@@ -647,18 +642,9 @@ impl Stitcher {
         let Some(conn) = self.conns.get_mut(&key) else {
             return;
         };
-        match &mut conn.protocol {
-            Protocol::Http(conversation) => {
-                conversation.close(&mut self.scratch);
-                self.dispatch(key, None, out);
-            }
-            Protocol::Postgres(conversation) => {
-                let mut events = std::mem::take(&mut self.pg_scratch);
-                conversation.close(&mut events);
-                self.dispatch_pg(key, None, &mut events, out);
-                self.pg_scratch = events;
-            }
-            _ => {}
+        if let Protocol::Known(parser) = &mut conn.protocol {
+            parser.close(&mut self.reports);
+            self.dispatch(key, None, out);
         }
         if let Some(conn) = self.conns.remove(&key) {
             if let Some(local) = conn.ends.local
@@ -704,40 +690,36 @@ impl Stitcher {
         };
         conn.last_ns = data.exit_ns;
         conn.fd = data.fd;
-        if let Protocol::Unknown { sniffed } = &mut conn.protocol {
-            if http1::looks_like_request(&data.payload) {
-                conn.role = match data.direction {
-                    Direction::Ingress => SocketRole::Server,
-                    Direction::Egress => SocketRole::Client,
-                };
-                conn.protocol =
-                    Protocol::Http(Box::new(Conversation::new(http1::Limits::default())));
-            } else if data.direction == Direction::Egress
-                && conn.role != SocketRole::Server
-                && postgres::opens_session(&data.payload)
-            {
-                conn.role = SocketRole::Client;
-                conn.protocol = Protocol::Postgres(Box::default());
-            } else if conn.role != SocketRole::Server
-                && postgres::looks_like_session(
-                    &data.payload,
-                    data.total_len as usize,
-                    data.direction == Direction::Egress,
-                )
-            {
-                // A session opened before loupe attached (a warm pool): whatever it says next.
-                conn.role = SocketRole::Client;
-                let database = self.resumed_database(key, data.exit_ns);
-                let Some(conn) = self.conns.get_mut(&key) else {
-                    return;
-                };
-                conn.protocol = Protocol::Postgres(Box::new(PgConversation::resumed(database)));
-            } else {
-                *sniffed += 1;
-                if *sniffed >= budget && !http1::looks_like_response(&data.payload) {
-                    conn.protocol = Protocol::Other;
-                }
+        if let Protocol::Unknown { .. } = conn.protocol {
+            let first = First {
+                captured: &data.payload,
+                total_len: data.total_len as usize,
+                egress: data.direction == Direction::Egress,
+                role: conn.role,
+            };
+            let mut around = Around {
+                stitcher: self,
+                key,
+                now_ns: data.exit_ns,
+            };
+            let recognised = protocols::recognise(&first, &mut around);
+            let Some(conn) = self.conns.get_mut(&key) else {
                 return;
+            };
+            match recognised {
+                Some(recognised) => {
+                    conn.role = recognised.role;
+                    conn.protocol = Protocol::Known(recognised.parser);
+                }
+                None => {
+                    if let Protocol::Unknown { sniffed } = &mut conn.protocol {
+                        *sniffed += 1;
+                        if *sniffed >= budget && !protocols::may_answer(&data.payload) {
+                            conn.protocol = Protocol::Other;
+                        }
+                    }
+                    return;
+                }
             }
         }
         let Some(conn) = self.conns.get_mut(&key) else {
@@ -756,39 +738,20 @@ impl Stitcher {
             captured: &data.payload,
             total_len: data.total_len as usize,
         };
-        match &mut conn.protocol {
-            Protocol::Http(conversation) => {
-                conversation.push(chunk, &mut self.scratch);
-                self.dispatch(key, Some(doer), out);
-                if data.direction == Direction::Ingress {
-                    self.note_read(key, data.tid, runtime);
-                }
-            }
-            Protocol::Postgres(_) => {
-                if data.direction == Direction::Ingress {
-                    self.note_read(key, data.tid, runtime);
-                }
-                let Some(Conn {
-                    protocol: Protocol::Postgres(conversation),
-                    ..
-                }) = self.conns.get_mut(&key)
-                else {
-                    return;
-                };
+        if let Protocol::Known(parser) = &mut conn.protocol {
+            let kind = parser.kind();
+            parser.push(chunk, &mut self.reports);
+            if kind == Kind::Postgres {
+                // For libpq's view of a query over TLS: the connection its thread last used.
                 if self.pg_conn_of_thread.len() >= self.limits.max_connections {
                     self.pg_conn_of_thread.clear();
                 }
                 self.pg_conn_of_thread.insert((data.pid, data.tid), key);
-                let mut events = std::mem::take(&mut self.pg_scratch);
-                conversation.push(chunk, &mut events);
-                self.dispatch_pg(key, Some(doer), &mut events, out);
-                self.pg_scratch = events;
             }
-            _ => {
-                if data.direction == Direction::Ingress {
-                    self.note_read(key, data.tid, runtime);
-                }
-            }
+            self.dispatch(key, Some(doer), out);
+        }
+        if data.direction == Direction::Ingress {
+            self.note_read(key, data.tid, runtime);
         }
     }
 
@@ -835,103 +798,100 @@ impl Stitcher {
         }
     }
 
-    /// Acts on what a PostgreSQL conversation reported: a query started (it gets span ids and
-    /// its parent now) or finished (it becomes a span).
-    fn dispatch_pg(
-        &mut self,
-        key: ConnKey,
-        doer: Option<Doer>,
-        events: &mut Vec<PgEvent>,
-        out: &mut Vec<SpanRecord>,
-    ) {
-        for event in events.drain(..) {
-            match event {
-                PgEvent::Started { seq } => {
+    /// Acts on what the last parser call left in `reports`. `doer` moved the bytes (None for
+    /// close and idle flushes).
+    fn dispatch(&mut self, key: ConnKey, doer: Option<Doer>, out: &mut Vec<SpanRecord>) {
+        let mut reports = std::mem::take(&mut self.reports);
+        for report in reports.drain(..) {
+            match report {
+                Report::Started {
+                    seq,
+                    traceparent,
+                    line,
+                } => {
                     let doer = doer.unwrap_or(Doer::thread(0));
-                    let libpq = self
-                        .libpq_unwired
-                        .remove(&(key.0, doer.tid))
-                        .and_then(|id| Some((id, self.libpq_open.get(&id)?.ids)));
-                    match libpq {
-                        Some((id, ids)) => {
-                            if let Some(conn) = self.conns.get_mut(&key) {
-                                let pending = Pending {
-                                    ids,
-                                    line: 0,
-                                    tid: doer.tid,
-                                    exec: doer.exec,
-                                    start_ns: self.clock_ns,
-                                    libpq: Some(id),
-                                };
-                                conn.pending.insert(seq, pending);
-                            }
-                        }
-                        None => self.request_started(key, seq, doer, None, 0),
+                    if !self.started_by_libpq(key, seq, doer) {
+                        self.request_started(key, seq, doer, traceparent.as_deref(), line);
                     }
                 }
-                PgEvent::Skipped { seq } => {
+                Report::Answering { seq } => {
+                    let Some(conn) = self.conns.get(&key) else {
+                        continue;
+                    };
+                    if conn.role == SocketRole::Server
+                        && let Some(pending) = conn.pending.get(&seq).copied()
+                    {
+                        self.stop_serving(key.0, pending.exec, key.1, Some(seq));
+                        let unit = doer.map_or(0, |doer| doer.unit);
+                        self.answered(pending.ids.span_id, Some(unit), out);
+                    }
+                }
+                Report::Abandoned { seq } => {
                     // Never to finish: forget it (its libpq twin, if any, reports the failure).
                     if let Some(conn) = self.conns.get_mut(&key) {
                         conn.pending.remove(&seq);
                     }
                 }
-                PgEvent::Done(query) => {
-                    let Some(conn) = self.conns.get_mut(&key) else {
-                        continue;
-                    };
-                    let Some(pending) = conn.pending.remove(&query.seq) else {
-                        continue;
-                    };
-                    if let Some(id) = pending.libpq {
-                        // libpq reports it; if libpq already did, the wire's view came too late.
-                        if let Some(open) = self.libpq_open.get_mut(&id) {
-                            open.wire = Some((query, key));
-                        }
-                        continue;
-                    }
-                    let actor = Actor {
-                        pid: key.0,
-                        tid: pending.tid,
-                    };
-                    let span = self.wire_query_span(&query, key, pending.ids, actor);
-                    self.finished(span, out);
+                Report::Finished(Finished::Http(exchange)) => {
+                    self.exchange_done(key, &exchange, out);
                 }
+                Report::Finished(Finished::Postgres(query)) => self.query_done(key, *query, out),
             }
         }
+        self.reports = reports;
     }
 
-    /// Acts on the HTTP events the last parser call left in `scratch`. `doer` moved the bytes
-    /// (None for close and idle flushes).
-    fn dispatch(&mut self, key: ConnKey, doer: Option<Doer>, out: &mut Vec<SpanRecord>) {
-        let events = std::mem::take(&mut self.scratch);
-        for event in &events {
-            match event {
-                HttpEvent::RequestStarted {
-                    seq,
-                    traceparent,
-                    line,
-                    ..
-                } => {
-                    let doer = doer.unwrap_or(Doer::thread(0));
-                    self.request_started(key, *seq, doer, traceparent.as_deref(), *line);
-                }
-                HttpEvent::ResponseStarted { seq, .. } => {
-                    let Some(conn) = self.conns.get(&key) else {
-                        continue;
-                    };
-                    if conn.role == SocketRole::Server
-                        && let Some(pending) = conn.pending.get(seq).copied()
-                    {
-                        self.stop_serving(key.0, pending.exec, key.1, Some(*seq));
-                        let unit = doer.map_or(0, |doer| doer.unit);
-                        self.answered(pending.ids.span_id, Some(unit), out);
-                    }
-                }
-                HttpEvent::Exchange(exchange) => self.exchange_done(key, exchange, out),
-            }
+    /// A PostgreSQL query the libpq probes saw sent on this thread (and the wire had not shown
+    /// yet) started on `key` as `seq`: it is libpq's, with libpq's span ids. False otherwise.
+    fn started_by_libpq(&mut self, key: ConnKey, seq: u64, doer: Doer) -> bool {
+        let Some(id) = self.libpq_unwired.get(&(key.0, doer.tid)).copied() else {
+            return false;
+        };
+        let is_postgres = self.conns.get(&key).is_some_and(|conn| {
+            matches!(&conn.protocol, Protocol::Known(parser) if parser.kind() == Kind::Postgres)
+        });
+        if !is_postgres {
+            return false;
         }
-        self.scratch = events;
-        self.scratch.clear();
+        self.libpq_unwired.remove(&(key.0, doer.tid));
+        let Some(ids) = self.libpq_open.get(&id).map(|open| open.ids) else {
+            return false;
+        };
+        if let Some(conn) = self.conns.get_mut(&key) {
+            let pending = Pending {
+                ids,
+                line: 0,
+                tid: doer.tid,
+                exec: doer.exec,
+                start_ns: self.clock_ns,
+                libpq: Some(id),
+            };
+            conn.pending.insert(seq, pending);
+        }
+        true
+    }
+
+    /// A query the wire saw finish on `key`: its span, unless libpq reports it.
+    fn query_done(&mut self, key: ConnKey, query: postgres::QueryDone, out: &mut Vec<SpanRecord>) {
+        let Some(conn) = self.conns.get_mut(&key) else {
+            return;
+        };
+        let Some(pending) = conn.pending.remove(&query.seq) else {
+            return;
+        };
+        if let Some(id) = pending.libpq {
+            // libpq reports it; if libpq already did, the wire's view came too late.
+            if let Some(open) = self.libpq_open.get_mut(&id) {
+                open.wire = Some((query, key));
+            }
+            return;
+        }
+        let actor = Actor {
+            pid: key.0,
+            tid: pending.tid,
+        };
+        let span = self.wire_query_span(&query, key, pending.ids, actor);
+        self.finished(span, out);
     }
 
     fn request_started(
@@ -1435,6 +1395,27 @@ impl Stitcher {
             .and_then(|conn| conn.pending.get(&request.seq))
             .filter(|pending| pending.ids.span_id == request.span_id)
             .map_or(request.trace_id, |pending| pending.ids.trace_id)
+    }
+}
+
+/// What a protocol may ask the stitcher while it recognises connection `key`.
+struct Around<'a> {
+    stitcher: &'a mut Stitcher,
+    key: ConnKey,
+    now_ns: u64,
+}
+
+impl Surroundings for Around<'_> {
+    fn resumed_database(&mut self) -> Option<String> {
+        self.stitcher.resumed_database(self.key, self.now_ns)
+    }
+}
+
+/// The threshold a protocol's calls are slow past.
+fn call_type(kind: Kind) -> OpType {
+    match kind {
+        Kind::Http => OpType::HttpClient,
+        Kind::Postgres => OpType::DbClient,
     }
 }
 

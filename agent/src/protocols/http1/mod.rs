@@ -13,12 +13,14 @@ mod conversation;
 mod framing;
 mod head;
 mod reader;
+mod seam;
 
 #[cfg(test)]
 mod tests;
 
 pub use conversation::{Conversation, ConversationStats};
 pub use head::{RequestHead, ResponseHead};
+pub use seam::{HttpParser, SPEC};
 
 pub use super::{Chunk, Flow, Timing};
 

@@ -10,6 +10,7 @@
 mod conversation;
 mod framing;
 mod messages;
+mod seam;
 
 #[cfg(test)]
 mod tests;
@@ -17,6 +18,7 @@ mod tests;
 pub use conversation::{PgConversation, PgEvent, PgStats, QueryDone};
 pub use messages::embeds_digest;
 pub use messages::tag_rows;
+pub use seam::{PgParser, SPEC};
 
 /// Protocol version 3.0 in a StartupMessage.
 const PROTOCOL_V3: u32 = 196_608;
