@@ -10,6 +10,7 @@ pub mod node;
 pub mod postgres;
 pub mod procs;
 pub mod queries;
+pub mod redis;
 
 use std::{
     path::PathBuf,

@@ -191,6 +191,34 @@ fn start_python(script: &str, args: &[&str]) -> (Child, String) {
     (child, addr)
 }
 
+/// The cache shop (tests/apps/cache_shop.py): a thread per connection, redis-py in front of a
+/// slow downstream (`host:port`).
+pub struct CacheShop {
+    child: Child,
+    pub addr: String,
+}
+
+impl CacheShop {
+    pub fn start(redis: &str, downstream: &str) -> Self {
+        let (child, addr) = start_python(
+            "cache_shop.py",
+            &["--port", "0", "--redis", redis, "--downstream", downstream],
+        );
+        Self { child, addr }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for CacheShop {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// The diagnosis shop (tests/apps/diag_shop.py): one route per anti-pattern and control routes,
 /// with its two downstream services (peers A and B) and a PostgreSQL `shop` database.
 pub struct DiagShop {

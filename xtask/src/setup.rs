@@ -23,6 +23,7 @@ const APT_PACKAGES: &[&str] = &[
     "postgresql-15",
     "libpq5",
     "openssl",
+    "redis-server",
     // Debian's own interpreter (static, stripped): the asyncio tests run on it too.
     "python3.11",
 ];
