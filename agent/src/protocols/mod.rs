@@ -10,6 +10,7 @@
 
 pub mod http1;
 pub mod postgres;
+pub mod redis;
 
 use loupe_common::SocketRole;
 
