@@ -24,11 +24,15 @@ fn is_redis(span: &Span) -> bool {
 /// What a client sends when it opens a connection (redis-py names itself, selects its database):
 /// made inside whichever request opened it.
 fn is_setup(span: &Span) -> bool {
-    matches!(span.operation.as_str(), "CLIENT" | "SELECT" | "HELLO" | "AUTH")
+    matches!(
+        span.operation.as_str(),
+        "CLIENT" | "SELECT" | "HELLO" | "AUTH"
+    )
 }
 
 fn hit(span: &Span) -> Option<bool> {
-    span.tag("loupe.cache.hit").and_then(|value| value.as_bool())
+    span.tag("loupe.cache.hit")
+        .and_then(|value| value.as_bool())
 }
 
 #[test]
@@ -38,12 +42,23 @@ fn redis_commands_are_spans_under_their_request_with_hits_and_misses() {
     let jaeger = Jaeger::start();
     let downstream = Downstream::start();
     let shop = CacheShop::start(&redis.addr(), &downstream.addr);
-    let loupe = Loupe::attach(&otlp_args(shop.pid(), &jaeger.grpc_endpoint(), SERVICE, &[]));
+    let loupe = Loupe::attach(&otlp_args(
+        shop.pid(),
+        &jaeger.grpc_endpoint(),
+        SERVICE,
+        &[],
+    ));
 
     // One at a time, so each request's calls can be told by order too: a miss, then a hit.
     let mut client = Client::connect(&shop.addr).expect("connect to the shop");
     let sequential = [
-        "/cache/1", "/cache/1", "/pipeline/2", "/multi/3", "/error/4", "/db2/5", "/db2/6",
+        "/cache/1",
+        "/cache/1",
+        "/pipeline/2",
+        "/multi/3",
+        "/error/4",
+        "/db2/5",
+        "/db2/6",
     ];
     for path in sequential {
         client.get_ok(path);
@@ -57,8 +72,11 @@ fn redis_commands_are_spans_under_their_request_with_hits_and_misses() {
     assert!(finished.status.success(), "{}", finished.stderr);
 
     let requests = sequential.len() + concurrent.len();
-    let spans = jaeger.wait_for_spans(SERVICE, requests, |s| s.kind() == "server");
-    let spans = jaeger.wait_for_spans(SERVICE, spans.len() + 60, |_| true);
+    jaeger.wait_for_spans(SERVICE, requests, |s| s.kind() == "server");
+    // At least: each request, the sequential ones' 15 commands and calls (a miss 3, a hit 1, the
+    // pipeline 3, the transaction 4, the error 2, each /db2 1) and the concurrent ones' (24
+    // misses, 24 hits); connection set-up commands come on top.
+    let spans = jaeger.wait_for_spans(SERVICE, requests + 15 + 24 * 3 + 24, |_| true);
     let by_id: HashMap<&str, &Span> = spans.iter().map(|s| (s.span_id.as_str(), s)).collect();
     let servers: Vec<&Span> = spans.iter().filter(|s| s.kind() == "server").collect();
     assert_eq!(servers.len(), requests, "one server span per request");
@@ -83,8 +101,16 @@ fn redis_commands_are_spans_under_their_request_with_hits_and_misses() {
     let redis_spans: Vec<&Span> = spans.iter().filter(|s| is_redis(s)).collect();
     for span in &redis_spans {
         let text = span.str_tag("db.query.text").unwrap_or_default();
+        // The command, a subcommand word where it has one (`CLIENT SETINFO`), then a `?` per
+        // argument: no key or value ever.
+        let subcommand = |word: &str| word.bytes().all(|b| b.is_ascii_uppercase() || b == b'_');
+        let redacted = text
+            .split(' ')
+            .enumerate()
+            .skip(1)
+            .all(|(i, arg)| arg == "?" || arg == "..." || (i == 1 && subcommand(arg)));
         assert!(
-            !text.contains(':') && text.split(' ').skip(1).all(|arg| arg == "?" || arg == "..."),
+            !text.contains(':') && redacted,
             "arguments redacted: {text:?}"
         );
         assert_eq!(
@@ -106,10 +132,10 @@ fn redis_commands_are_spans_under_their_request_with_hits_and_misses() {
     let mut seen_keys: HashMap<&str, usize> = HashMap::new();
     let mut ordered: Vec<&Span> = servers.clone();
     ordered.sort_by_key(|s| s.start_us);
-    for server in ordered
-        .iter()
-        .filter(|s| s.str_tag("url.path").is_some_and(|p| p.starts_with("/cache/")))
-    {
+    for server in ordered.iter().filter(|s| {
+        s.str_tag("url.path")
+            .is_some_and(|p| p.starts_with("/cache/"))
+    }) {
         let path = server.str_tag("url.path").unwrap_or_default();
         let nth = seen_keys.entry(path).or_default();
         *nth += 1;
@@ -122,7 +148,10 @@ fn redis_commands_are_spans_under_their_request_with_hits_and_misses() {
             let ops: Vec<&str> = calls.iter().map(|s| s.operation.as_str()).collect();
             assert_eq!(ops.len(), 3, "{path}: GET, the fill, SET: {ops:?}");
             assert_eq!(calls[1].kind(), "client");
-            assert!(!is_redis(calls[1]), "{path}: the fill is the downstream call");
+            assert!(
+                !is_redis(calls[1]),
+                "{path}: the fill is the downstream call"
+            );
             assert_eq!(calls[2].operation, "SET");
             assert_eq!(calls[2].str_tag("db.query.text"), Some("SET ? ? ? ?"));
             assert_eq!(hit(calls[2]), None, "a write is no hit or miss");
@@ -138,16 +167,21 @@ fn redis_commands_are_spans_under_their_request_with_hits_and_misses() {
             .find(|s| s.str_tag("url.path") == Some(path))
             .unwrap_or_else(|| panic!("no server span for {path}"))
     };
-    // A pipeline: one span a command, in order.
+    // A pipeline: one span a command (all written at once: they start together). redis-py
+    // sends `incr` as INCRBY.
+    let sorted = |mut ops: Vec<String>| {
+        ops.sort();
+        ops
+    };
     assert_eq!(
-        commands(server_of("/pipeline/2")),
-        ["SET", "GET", "INCR"],
+        sorted(commands(server_of("/pipeline/2"))),
+        ["GET", "INCRBY", "SET"],
         "the pipeline's commands"
     );
     // A transaction: MULTI, the queued commands, EXEC.
     assert_eq!(
-        commands(server_of("/multi/3")),
-        ["MULTI", "SET", "GET", "EXEC"],
+        sorted(commands(server_of("/multi/3"))),
+        ["EXEC", "GET", "MULTI", "SET"],
         "the transaction's commands"
     );
     // An error reply: an error span with its code, not its message.
@@ -157,10 +191,7 @@ fn redis_commands_are_spans_under_their_request_with_hits_and_misses() {
         .find(|s| s.operation == "LPUSH")
         .expect("the LPUSH");
     assert!(lpush.is_error(), "{:?}", lpush.tags);
-    assert_eq!(
-        lpush.str_tag("db.response.status_code"),
-        Some("WRONGTYPE")
-    );
+    assert_eq!(lpush.str_tag("db.response.status_code"), Some("WRONGTYPE"));
     // Database 2: its connection opened (and selected 2) during the first /db2 request.
     for path in ["/db2/5", "/db2/6"] {
         let get = children(server_of(path))

@@ -40,6 +40,7 @@ pub enum Report {
 pub enum Finished {
     Http(Box<http1::Exchange>),
     Postgres(Box<postgres::QueryDone>),
+    Redis(Box<redis::CommandDone>),
 }
 
 /// Which protocol a parser speaks.
@@ -47,6 +48,7 @@ pub enum Finished {
 pub enum Kind {
     Http,
     Postgres,
+    Redis,
 }
 
 /// One connection's protocol state.
@@ -70,6 +72,8 @@ pub struct First<'a> {
     pub egress: bool,
     /// The role known so far (from accept/connect; Unknown for a socket open before attach).
     pub role: SocketRole,
+    /// The connection's accept or connect was seen: these are its first bytes.
+    pub opened: bool,
 }
 
 /// A protocol recognised on a connection: the role that makes the target play, its parser.
@@ -91,7 +95,7 @@ pub struct ProtocolSpec {
 }
 
 /// Every protocol, asked in this order.
-pub const PROTOCOLS: &[ProtocolSpec] = &[http1::SPEC, postgres::SPEC];
+pub const PROTOCOLS: &[ProtocolSpec] = &[http1::SPEC, postgres::SPEC, redis::SPEC];
 
 /// The first protocol that recognises `first`.
 pub fn recognise(first: &First<'_>, surroundings: &mut dyn Surroundings) -> Option<Recognised> {

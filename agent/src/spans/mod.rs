@@ -8,6 +8,7 @@ pub mod http;
 pub mod ids;
 pub mod model;
 pub mod parent;
+pub mod redis;
 pub mod route;
 pub mod stitcher;
 

@@ -24,6 +24,7 @@ use super::{
     ids::{new_span_id, new_trace_id, parse_traceparent},
     model::{OpType, SpanRecord},
     parent::{self, CallContext, InFlight, LateCall, Parent, Runtime},
+    redis::command_span,
 };
 use crate::{
     detect::slow::threshold_for,
@@ -32,7 +33,7 @@ use crate::{
     process::{SocketAddrs, is_live_process, local_postgres_database, runtime_of, socket_addrs},
     protocols::{
         self as protocols, Chunk, Finished, First, Flow, Kind, Parser, Report, Surroundings, http1,
-        postgres,
+        postgres, redis,
     },
     sql::{Statement, StatementCache},
     stats::Counters,
@@ -696,6 +697,7 @@ impl Stitcher {
                 total_len: data.total_len as usize,
                 egress: data.direction == Direction::Egress,
                 role: conn.role,
+                opened: conn.from_start,
             };
             let mut around = Around {
                 stitcher: self,
@@ -836,6 +838,9 @@ impl Stitcher {
                     self.exchange_done(key, &exchange, out);
                 }
                 Report::Finished(Finished::Postgres(query)) => self.query_done(key, *query, out),
+                Report::Finished(Finished::Redis(command)) => {
+                    self.command_done(key, &command, out);
+                }
             }
         }
         self.reports = reports;
@@ -869,6 +874,27 @@ impl Stitcher {
             conn.pending.insert(seq, pending);
         }
         true
+    }
+
+    /// A Redis command finished on `key`.
+    fn command_done(
+        &mut self,
+        key: ConnKey,
+        command: &redis::CommandDone,
+        out: &mut Vec<SpanRecord>,
+    ) {
+        let Some(conn) = self.conns.get_mut(&key) else {
+            return;
+        };
+        let Some(pending) = conn.pending.remove(&command.seq) else {
+            return;
+        };
+        let actor = Actor {
+            pid: key.0,
+            tid: pending.tid,
+        };
+        let span = command_span(command, Some(&conn.ends), pending.ids, actor);
+        self.finished(span, out);
     }
 
     /// A query the wire saw finish on `key`: its span, unless libpq reports it.
@@ -1416,6 +1442,7 @@ fn call_type(kind: Kind) -> OpType {
     match kind {
         Kind::Http => OpType::HttpClient,
         Kind::Postgres => OpType::DbClient,
+        Kind::Redis => OpType::CacheClient,
     }
 }
 

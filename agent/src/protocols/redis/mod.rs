@@ -13,12 +13,14 @@
 mod commands;
 mod conversation;
 mod framing;
+mod seam;
 
 #[cfg(test)]
 mod tests;
 
 pub use conversation::{CommandDone, RedisConversation, RedisEvent, RedisStats};
 pub use framing::FrameError;
+pub use seam::{RedisParser, SPEC};
 
 /// Commands waiting for their reply, at most; beyond, the oldest is dropped (and its reply,
 /// when it comes, skipped).
