@@ -14,6 +14,11 @@ pub mod redis;
 
 use loupe_common::SocketRole;
 
+use crate::spans::{
+    Actor, Endpoints, SpanIds,
+    model::{OpType, SpanRecord},
+};
+
 /// What a protocol tells the stitcher about a connection, in the order it happened.
 #[derive(Debug)]
 pub enum Report {
@@ -35,12 +40,22 @@ pub enum Report {
     Finished(Finished),
 }
 
-/// A finished exchange, as its protocol saw it.
+/// A finished exchange, as its protocol saw it. HTTP (either side of a connection) and
+/// PostgreSQL (which libpq may report too) are the stitcher's to turn into spans; any other
+/// protocol's call makes its own span ([`CallDone`]).
 #[derive(Debug)]
 pub enum Finished {
     Http(Box<http1::Exchange>),
     Postgres(Box<postgres::QueryDone>),
-    Redis(Box<redis::CommandDone>),
+    Call(Box<dyn CallDone>),
+}
+
+/// A finished call of a client protocol, which knows how to be a span.
+pub trait CallDone: std::fmt::Debug + Send {
+    /// Its request's number on the connection (as `Report::Started` said).
+    fn seq(&self) -> u64;
+    /// Its CLIENT span, with the ids it was given when it started, over `ends`.
+    fn span(&self, ids: SpanIds, ends: Option<&Endpoints>, actor: Actor) -> SpanRecord;
 }
 
 /// Which protocol a parser speaks.
@@ -49,6 +64,17 @@ pub enum Kind {
     Http,
     Postgres,
     Redis,
+}
+
+impl Kind {
+    /// What its calls are (the threshold past which one is slow).
+    pub fn calls(self) -> OpType {
+        match self {
+            Self::Http => OpType::HttpClient,
+            Self::Postgres => OpType::DbClient,
+            Self::Redis => OpType::CacheClient,
+        }
+    }
 }
 
 /// One connection's protocol state.

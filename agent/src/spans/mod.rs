@@ -8,9 +8,9 @@ pub mod http;
 pub mod ids;
 pub mod model;
 pub mod parent;
-pub mod redis;
 pub mod route;
 pub mod stitcher;
 
+pub use http::{Actor, Endpoints, SpanIds};
 pub use model::{AttrValue, OpType, SpanEvent, SpanKind, SpanRecord};
 pub use stitcher::Stitcher;

@@ -24,7 +24,6 @@ use super::{
     ids::{new_span_id, new_trace_id, parse_traceparent},
     model::{OpType, SpanRecord},
     parent::{self, CallContext, InFlight, LateCall, Parent, Runtime},
-    redis::command_span,
 };
 use crate::{
     detect::slow::threshold_for,
@@ -33,7 +32,7 @@ use crate::{
     process::{SocketAddrs, is_live_process, local_postgres_database, runtime_of, socket_addrs},
     protocols::{
         self as protocols, Chunk, Finished, First, Flow, Kind, Parser, Report, Surroundings, http1,
-        postgres, redis,
+        postgres,
     },
     sql::{Statement, StatementCache},
     stats::Counters,
@@ -553,7 +552,7 @@ impl Stitcher {
                 continue;
             }
             let limit = match &conn.protocol {
-                Protocol::Known(parser) => limit_of(call_type(parser.kind())),
+                Protocol::Known(parser) => limit_of(parser.kind().calls()),
                 _ => continue,
             };
             for pending in conn.pending.values() {
@@ -838,9 +837,7 @@ impl Stitcher {
                     self.exchange_done(key, &exchange, out);
                 }
                 Report::Finished(Finished::Postgres(query)) => self.query_done(key, *query, out),
-                Report::Finished(Finished::Redis(command)) => {
-                    self.command_done(key, &command, out);
-                }
+                Report::Finished(Finished::Call(call)) => self.call_done(key, call.as_ref(), out),
             }
         }
         self.reports = reports;
@@ -876,24 +873,24 @@ impl Stitcher {
         true
     }
 
-    /// A Redis command finished on `key`.
-    fn command_done(
+    /// A call of a client protocol finished on `key`: its span.
+    fn call_done(
         &mut self,
         key: ConnKey,
-        command: &redis::CommandDone,
+        call: &dyn protocols::CallDone,
         out: &mut Vec<SpanRecord>,
     ) {
         let Some(conn) = self.conns.get_mut(&key) else {
             return;
         };
-        let Some(pending) = conn.pending.remove(&command.seq) else {
+        let Some(pending) = conn.pending.remove(&call.seq()) else {
             return;
         };
         let actor = Actor {
             pid: key.0,
             tid: pending.tid,
         };
-        let span = command_span(command, Some(&conn.ends), pending.ids, actor);
+        let span = call.span(pending.ids, Some(&conn.ends), actor);
         self.finished(span, out);
     }
 
@@ -1434,15 +1431,6 @@ struct Around<'a> {
 impl Surroundings for Around<'_> {
     fn resumed_database(&mut self) -> Option<String> {
         self.stitcher.resumed_database(self.key, self.now_ns)
-    }
-}
-
-/// The threshold a protocol's calls are slow past.
-fn call_type(kind: Kind) -> OpType {
-    match kind {
-        Kind::Http => OpType::HttpClient,
-        Kind::Postgres => OpType::DbClient,
-        Kind::Redis => OpType::CacheClient,
     }
 }
 

@@ -14,6 +14,7 @@ mod commands;
 mod conversation;
 mod framing;
 mod seam;
+mod span;
 
 #[cfg(test)]
 mod tests;

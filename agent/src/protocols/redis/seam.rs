@@ -3,10 +3,26 @@
 
 use loupe_common::SocketRole;
 
-use super::{RedisConversation, RedisEvent, looks_like_resp, opens_redis};
-use crate::protocols::{
-    Chunk, Finished, First, Kind, Parser, ProtocolSpec, Recognised, Report, Surroundings,
+use super::{
+    CommandDone, RedisConversation, RedisEvent, looks_like_resp, opens_redis, span::command_span,
 };
+use crate::{
+    protocols::{
+        CallDone, Chunk, Finished, First, Kind, Parser, ProtocolSpec, Recognised, Report,
+        Surroundings,
+    },
+    spans::{Actor, Endpoints, SpanIds, model::SpanRecord},
+};
+
+impl CallDone for CommandDone {
+    fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    fn span(&self, ids: SpanIds, ends: Option<&Endpoints>, actor: Actor) -> SpanRecord {
+        command_span(self, ends, ids, actor)
+    }
+}
 
 pub const SPEC: ProtocolSpec = ProtocolSpec {
     name: "redis",
@@ -60,7 +76,7 @@ impl RedisParser {
                 if done.database.is_none() && !resumed {
                     done.database = Some(0);
                 }
-                Report::Finished(Finished::Redis(Box::new(done)))
+                Report::Finished(Finished::Call(Box::new(done)))
             }
         }));
     }
