@@ -42,11 +42,12 @@ fn redis_commands_are_spans_under_their_request_with_hits_and_misses() {
     let jaeger = Jaeger::start();
     let downstream = Downstream::start();
     let shop = CacheShop::start(&redis.addr(), &downstream.addr);
+    // The 300 ms fill of a miss is a slow call.
     let loupe = Loupe::attach(&otlp_args(
         shop.pid(),
         &jaeger.grpc_endpoint(),
         SERVICE,
-        &[],
+        &["--slow-external", "200ms"],
     ));
 
     // One at a time, so each request's calls can be told by order too: a miss, then a hit.
@@ -143,8 +144,13 @@ fn redis_commands_are_spans_under_their_request_with_hits_and_misses() {
         let get = calls.first().expect("a GET first");
         assert_eq!(get.operation, "GET", "{path}: {:?}", commands(server));
         assert_eq!(get.str_tag("db.query.text"), Some("GET ?"));
+        let patterns = server.patterns();
+        let slow_fill = patterns.iter().any(|p| p == "cache_miss_slow_fill");
         if *nth == 1 {
             assert_eq!(hit(get), Some(false), "{path}: the first GET misses");
+            assert!(slow_fill, "{path}: a miss paid a slow fill: {patterns:?}");
+            assert_eq!(server.int_tag("loupe.cache.misses"), Some(1));
+            assert_eq!(server.int_tag("loupe.cache.hits"), Some(0));
             let ops: Vec<&str> = calls.iter().map(|s| s.operation.as_str()).collect();
             assert_eq!(ops.len(), 3, "{path}: GET, the fill, SET: {ops:?}");
             assert_eq!(calls[1].kind(), "client");
@@ -158,6 +164,8 @@ fn redis_commands_are_spans_under_their_request_with_hits_and_misses() {
         } else {
             assert_eq!(hit(get), Some(true), "{path}: then it hits");
             assert_eq!(calls.len(), 1, "{path}: a hit calls nothing else");
+            assert!(patterns.is_empty(), "{path}: a hit is fine: {patterns:?}");
+            assert_eq!(server.int_tag("loupe.cache.hits"), Some(1));
         }
     }
 
@@ -201,6 +209,23 @@ fn redis_commands_are_spans_under_their_request_with_hits_and_misses() {
         assert_eq!(get.str_tag("db.namespace"), Some("2"), "{path}");
         assert_eq!(hit(get), Some(false), "{path}: nothing there");
     }
+    // No other route names a slow fill; the hit rate per route is in the exit summary.
+    for server in &servers {
+        let path = server.str_tag("url.path").unwrap_or_default();
+        if !path.starts_with("/cache/") {
+            assert!(
+                !server
+                    .patterns()
+                    .iter()
+                    .any(|p| p == "cache_miss_slow_fill"),
+                "{path}: {:?}",
+                server.patterns()
+            );
+        }
+    }
+    finished.assert_told(
+        "loupe: cache hit rates\nGET /cache/{id}: 50% hits of 50 cache reads (25 misses)",
+    );
     let first_db0 = children(server_of("/cache/1"))[0];
     assert_eq!(
         first_db0.str_tag("db.namespace"),

@@ -16,7 +16,7 @@ use rustc_hash::FxHashMap as HashMap;
 use super::{board::ProblemBoard, round3, verdict};
 use crate::{
     config::DiagnosisConfig,
-    spans::{SpanKind, SpanRecord},
+    spans::{AttrValue, SpanKind, SpanRecord},
     stats::Counters,
 };
 
@@ -112,10 +112,18 @@ impl Diagnoser {
             None => Vec::new(),
         };
         let findings = verdict::diagnose(&mut parent, &mut children, &self.config);
-        if !findings.is_empty()
+        let (hits, misses) = cache_reads(&children);
+        if hits + misses > 0 {
+            parent.set("loupe.cache.hits", hits as i64);
+            parent.set("loupe.cache.misses", misses as i64);
+        }
+        if (!findings.is_empty() || hits + misses > 0)
             && let Ok(mut board) = self.board.lock()
         {
             board.record_request(&parent.name, &findings);
+            if hits + misses > 0 {
+                board.record_cache(&parent.name, hits, misses);
+            }
         }
         if !children.is_empty() {
             self.remember(parent.span_id, (parent.start_ns, parent.end_ns), now_ns);
@@ -174,6 +182,19 @@ impl Diagnoser {
     pub fn held(&self) -> usize {
         self.held_spans
     }
+}
+
+/// How many of a request's cache reads hit, and how many missed.
+fn cache_reads(children: &[SpanRecord]) -> (u64, u64) {
+    let mut counts = (0, 0);
+    for child in children {
+        match child.attr("loupe.cache.hit") {
+            Some(AttrValue::Bool(true)) => counts.0 += 1,
+            Some(AttrValue::Bool(false)) => counts.1 += 1,
+            _ => {}
+        }
+    }
+    counts
 }
 
 #[cfg(test)]

@@ -149,6 +149,10 @@ impl TerminalView {
             text.push_str("hottest frames of slow spans:\n");
             text.push_str(&frames);
         }
+        if let Some(cache) = board.render_cache(TOP_PROBLEMS) {
+            text.push_str("cache hit rates:\n");
+            text.push_str(&cache);
+        }
         drop(board);
         text.push_str(&format!(
             "events read {}, lost {}, decode errors {}; spans dropped {}, unnested calls {} (ambiguous {}), undiagnosed requests {}, vector I/O cut {}; cpu samples {} (unclaimed {}), hot threads {}, not sampled {}, profiles skipped {}\n",
@@ -312,6 +316,7 @@ mod tests {
             tid: 1,
             events: Vec::new(),
             call_key: None,
+            cache_key: None,
         }
     }
 

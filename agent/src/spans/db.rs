@@ -150,6 +150,7 @@ pub fn query_span(
         tid: actor.tid,
         events: Vec::new(),
         call_key: None,
+        cache_key: None,
     };
     span.call_key = exact_call(facts, statement);
     ids.mark(&mut span);

@@ -111,6 +111,7 @@ fn base_span(exchange: &Exchange, kind: SpanKind, ids: SpanIds, actor: Actor) ->
         tid: actor.tid,
         events: Vec::new(),
         call_key: None,
+        cache_key: None,
     };
     span.set("http.request.method", method);
     span.set("url.path", path.to_owned());

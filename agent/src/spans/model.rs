@@ -107,6 +107,9 @@ pub struct SpanRecord {
     /// query as sent; a statement's text with its literals or its bound values. None where bound
     /// values went unseen. Never exported.
     pub call_key: Option<u64>,
+    /// The key a cache command read or wrote, hashed: pairs a miss with the write that fills it.
+    /// Never exported.
+    pub cache_key: Option<u64>,
 }
 
 impl SpanRecord {

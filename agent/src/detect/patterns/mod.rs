@@ -1,6 +1,7 @@
 //! The pattern detectors: pure functions from a finished server span and its children to
 //! [`Finding`]s. Each lives in its own file with its unit tests.
 
+mod cache_miss;
 mod n_plus_one;
 mod oversized;
 mod repeated;
@@ -21,6 +22,7 @@ pub enum Pattern {
     RepeatedCall,
     OversizedResponse,
     SlowDependency,
+    CacheMissSlowFill,
 }
 
 impl Pattern {
@@ -31,6 +33,7 @@ impl Pattern {
             Self::RepeatedCall => "repeated_call",
             Self::OversizedResponse => "oversized_response",
             Self::SlowDependency => "slow_dependency",
+            Self::CacheMissSlowFill => "cache_miss_slow_fill",
         }
     }
 
@@ -42,6 +45,7 @@ impl Pattern {
             Self::RepeatedCall => "performance.pattern.repeated_call",
             Self::OversizedResponse => "performance.pattern.oversized_response",
             Self::SlowDependency => "performance.pattern.slow_dependency",
+            Self::CacheMissSlowFill => "performance.pattern.cache_miss_slow_fill",
         }
     }
 
@@ -53,6 +57,7 @@ impl Pattern {
             Self::RepeatedCall => "repeated call",
             Self::OversizedResponse => "oversized response",
             Self::SlowDependency => "slow dependency",
+            Self::CacheMissSlowFill => "cache miss with a slow fill",
         }
     }
 }
@@ -85,6 +90,7 @@ pub fn detect(tree: &Tree<'_>, config: &DiagnosisConfig) -> Vec<Finding> {
     repeated::detect(tree, &mut findings);
     oversized::detect(tree, config, &mut findings);
     slow_dependency::detect(tree, &mut findings);
+    cache_miss::detect(tree, &mut findings);
     findings
 }
 
@@ -135,6 +141,7 @@ pub(crate) mod testing {
             tid: 1,
             events: Vec::new(),
             call_key: None,
+            cache_key: None,
         }
     }
 

@@ -31,6 +31,7 @@ pub fn command_span(
         tid: actor.tid,
         events: Vec::new(),
         call_key: None,
+        cache_key: None,
     };
     let database = done.database.map(|db| db.to_string());
     span.call_key = done.values_hash.map(|values| {
@@ -40,6 +41,7 @@ pub fn command_span(
             &values.to_string(),
         ])
     });
+    span.cache_key = done.key_hash;
     ids.mark(&mut span);
     span.set("db.system.name", "redis");
     span.set("db.operation.name", done.operation.clone());
