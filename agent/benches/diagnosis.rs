@@ -43,6 +43,7 @@ fn span(
         tid: 1,
         events: Vec::new(),
         call_key: None,
+        cache_key: None,
     }
 }
 
