@@ -25,6 +25,8 @@ pub struct Counters {
     /// Vector reads/writes whose bytes went on past the iovecs the kernel reads (counted by the
     /// kernel, polled).
     pub iovecs_cut: AtomicU64,
+    /// TLS plaintext whose connection was not known (kernel).
+    pub tls_unplaced: AtomicU64,
     /// Connections not tracked because the connection table was full.
     pub connections_dropped: AtomicU64,
     /// HTTP requests that got no response before their connection closed.

@@ -34,6 +34,8 @@ pub enum EventKind {
     ConnLocal = 9,
     /// A probed Go function was entered: [`crate::GoCallEvent`].
     GoCall = 10,
+    /// Plaintext an OpenSSL record function moved on a tracked socket: a [`DataEvent`].
+    TlsData = 11,
 }
 
 impl TryFrom<u32> for EventKind {
@@ -50,6 +52,7 @@ impl TryFrom<u32> for EventKind {
             8 => Ok(Self::CpuSample),
             9 => Ok(Self::ConnLocal),
             10 => Ok(Self::GoCall),
+            11 => Ok(Self::TlsData),
             other => Err(other),
         }
     }

@@ -13,9 +13,11 @@ pub mod golang;
 pub mod libpq;
 pub mod maps;
 pub mod names;
+pub mod tls;
 
 pub use cpu::*;
 pub use event::*;
 pub use golang::*;
 pub use libpq::*;
 pub use maps::*;
+pub use tls::*;

@@ -73,9 +73,12 @@ pub enum LossSlot {
     /// A vector read or write (readv, writev, recvmsg, sendmsg) had more iovecs than the exit
     /// program reads, and bytes that would have fitted the capture were in the ones it left.
     IovecsCut = 4,
+    /// Plaintext an OpenSSL call moved on a connection loupe could not tell (its socket never
+    /// seen inside an OpenSSL call: the data was buffered since before attach).
+    TlsUnplaced = 5,
 }
 /// Number of slots in `LOSS`.
-pub const LOSS_SLOTS: u32 = 5;
+pub const LOSS_SLOTS: u32 = 6;
 
 #[cfg(feature = "user")]
 mod pod {

@@ -143,5 +143,9 @@ pub const PROGRAM_LIBPQ_ENTER: &str = "libpq_enter";
 pub const PROGRAM_LIBPQ_RETURN: &str = "libpq_return";
 /// Uprobe program on the probed Go functions (the attach cookie says which).
 pub const PROGRAM_GO_ENTER: &str = "go_enter";
+/// Uprobe program: entry to an OpenSSL record function (the cookie says which).
+pub const PROGRAM_TLS_ENTER: &str = "tls_enter";
+/// Uretprobe program: return from an OpenSSL record function.
+pub const PROGRAM_TLS_RETURN: &str = "tls_return";
 /// Global: statement text bytes to read per libpq call (clamped to `LIBPQ_MAX_TEXT`).
 pub const GLOBAL_QUERY_BYTES: &str = "QUERY_BYTES";

@@ -224,6 +224,10 @@ pub fn try_exit_data(ctx: &TracePointContext) -> Result<(), i64> {
     let Some((pid_tgid, in_flight)) = take_in_flight() else {
         return Ok(());
     };
+    if crate::tls::inside_call(pid_tgid, in_flight.conn_id, in_flight.fd) {
+        // Ciphertext of an OpenSSL call: its plaintext is reported when the call returns.
+        return Ok(());
+    }
     // SAFETY: `ret` is at RET_OFFSET in every sys_exit record.
     let ret: i64 = unsafe { ctx.read_at(RET_OFFSET) }.map_err(i64::from)?;
     if ret <= 0 {
@@ -273,6 +277,65 @@ pub fn try_exit_data(ctx: &TracePointContext) -> Result<(), i64> {
         gathered,
         exit_ns,
         total,
+        want: want as u32,
+    };
+    if want <= CAPTURE_CLASSES[0] as u64 {
+        emit_data::<{ CAPTURE_CLASSES[0] }>(&args)
+    } else if want <= CAPTURE_CLASSES[1] as u64 {
+        emit_data::<{ CAPTURE_CLASSES[1] }>(&args)
+    } else {
+        emit_data::<MAX_CAPTURE>(&args)
+    }
+}
+
+/// Plaintext an OpenSSL call moved on a tracked connection.
+pub struct Plaintext {
+    pub pid_tgid: u64,
+    pub enter_ns: u64,
+    /// The user buffer holding it.
+    pub buf: u64,
+    pub moved: u64,
+    pub fd: i32,
+    pub conn_id: u64,
+    pub direction: Direction,
+}
+
+/// Reports `plain` as a `TlsData` record, laid out as a data record.
+pub fn emit_plaintext(plain: &Plaintext) -> Result<(), i64> {
+    let in_flight = InFlight {
+        enter_ns: plain.enter_ns,
+        buf: plain.buf,
+        buf_len: plain.moved,
+        iovcnt: 0,
+        fd: plain.fd,
+        direction: plain.direction as u32,
+        conn_id: plain.conn_id,
+        goid_offset: 0,
+    };
+    let mut want = plain.moved;
+    let limit = config::capture_bytes() as u64;
+    if want > limit {
+        want = limit;
+    }
+    let header = EventHeader {
+        kind: EventKind::TlsData as u32,
+        pid: (plain.pid_tgid >> 32) as u32,
+        tid: plain.pid_tgid as u32,
+        fd: plain.fd,
+        conn_id: plain.conn_id,
+    };
+    let args = DataArgs {
+        header,
+        in_flight: &in_flight,
+        goid: current_context(plain.pid_tgid),
+        parent_goid: 0,
+        gathered: None,
+        exit_ns: emit::now_ns(),
+        total: if plain.moved > u32::MAX as u64 {
+            u32::MAX
+        } else {
+            plain.moved as u32
+        },
         want: want as u32,
     };
     if want <= CAPTURE_CLASSES[0] as u64 {

@@ -19,6 +19,7 @@ mod fork;
 mod golang;
 mod libpq;
 mod maps;
+mod tls;
 
 use aya_ebpf::{
     macros::{perf_event, tracepoint, uprobe, uretprobe},
@@ -131,6 +132,16 @@ pub fn libpq_enter(ctx: ProbeContext) -> u32 {
 #[uretprobe]
 pub fn libpq_return(ctx: RetProbeContext) -> u32 {
     finish(libpq::try_return(&ctx))
+}
+
+#[uprobe]
+pub fn tls_enter(ctx: ProbeContext) -> u32 {
+    finish(tls::try_enter(&ctx))
+}
+
+#[uretprobe]
+pub fn tls_return(ctx: RetProbeContext) -> u32 {
+    finish(tls::try_return(&ctx))
 }
 
 #[uprobe]

@@ -219,6 +219,35 @@ impl Drop for CacheShop {
     }
 }
 
+/// The TLS shop (tests/apps/tls_shop.py): a thread per connection, each with a `requests`
+/// Session to an HTTPS downstream (`https://host:port`) verified against `ca`.
+pub struct TlsShop {
+    child: Child,
+    pub addr: String,
+}
+
+impl TlsShop {
+    pub fn start(downstream: &str, ca: &std::path::Path) -> Self {
+        let ca = ca.to_string_lossy().into_owned();
+        let (child, addr) = start_python(
+            "tls_shop.py",
+            &["--port", "0", "--downstream", downstream, "--ca", &ca],
+        );
+        Self { child, addr }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for TlsShop {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// The diagnosis shop (tests/apps/diag_shop.py): one route per anti-pattern and control routes,
 /// with its two downstream services (peers A and B) and a PostgreSQL `shop` database.
 pub struct DiagShop {
@@ -379,16 +408,62 @@ impl Nginx {
         )
     }
 
+    /// nginx over TLS with a self-signed certificate for 127.0.0.1 (made here: `cert_path`):
+    /// `/` answers `ok`, `/sleep/...` is proxied to `upstream` (`host:port`) over a keep-alive
+    /// pool.
+    pub fn tls_proxy(upstream: &str) -> Self {
+        Self::start_tls(
+            &format!("upstream backend {{ server {upstream}; keepalive 16; }}"),
+            "location / { return 200 \"ok\\n\"; }\n    location /sleep/ { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection \"\"; }",
+        )
+    }
+
+    /// The certificate a TLS nginx serves (a client's CA file).
+    pub fn cert_path(&self) -> std::path::PathBuf {
+        self._dir.0.join("cert.pem")
+    }
+
+    fn start_tls(http: &str, locations: &str) -> Self {
+        let dir = TempDir::new("nginx");
+        let status = Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            ])
+            .args([
+                "-subj",
+                "/CN=127.0.0.1",
+                "-addext",
+                "subjectAltName=IP:127.0.0.1",
+            ])
+            .arg("-keyout")
+            .arg(dir.0.join("key.pem"))
+            .arg("-out")
+            .arg(dir.0.join("cert.pem"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("run openssl (cargo xtask setup installs it)");
+        assert!(status.success(), "openssl req");
+        let tls = format!(
+            "ssl_certificate {d}/cert.pem;\n    ssl_certificate_key {d}/key.pem;\n    {locations}",
+            d = dir.0.display()
+        );
+        Self::start_in(dir, http, " ssl", &tls)
+    }
+
     /// nginx with `http` lines before the server block and `locations` in it.
     fn start_with(http: &str, locations: &str) -> Self {
-        let dir = TempDir::new("nginx");
+        Self::start_in(TempDir::new("nginx"), http, "", locations)
+    }
+
+    fn start_in(dir: TempDir, http: &str, listen: &str, locations: &str) -> Self {
         std::fs::create_dir_all(dir.0.join("logs")).expect("logs dir");
         let port = free_port();
         let conf = format!(
             "daemon off;\nmaster_process on;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/logs/error.log;\n\
              events {{ worker_connections 256; }}\n\
              http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n  {http}\n\
-             server {{\n    listen 127.0.0.1:{port};\n    {locations}\n  }}\n}}\n",
+             server {{\n    listen 127.0.0.1:{port}{listen};\n    {locations}\n  }}\n}}\n",
             d = dir.0.display()
         );
         let conf_path = dir.0.join("nginx.conf");

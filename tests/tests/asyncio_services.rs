@@ -123,7 +123,7 @@ fn calls_nest_on(event_loop: &str, service: &'static str) {
     let finished = loupe.stop();
     assert!(finished.status.success(), "{}", finished.stderr);
     finished.assert_told(&format!(
-        "loupe: pid {} is a Python program: its calls nest under the request whose response their asyncio task wrote",
+        "loupe: pid {} is a Python program: its calls nest by thread, and on an asyncio loop under the request whose response their task wrote",
         shop.pid()
     ));
     finished.assert_told(&format!(

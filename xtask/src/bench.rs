@@ -14,7 +14,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use loupe_common::{LIBPQ_PROBES, names::TRACEPOINT_PROGRAMS};
+use loupe_common::{LIBPQ_PROBES, TLS_PROBES, names::TRACEPOINT_PROGRAMS};
 
 use crate::{
     build,
@@ -27,13 +27,19 @@ struct Run {
     p99: String,
 }
 
-pub fn run(duration: Duration, adapters_only: bool) -> anyhow::Result<()> {
+pub fn run(duration: Duration, adapters_only: bool, https_only: bool) -> anyhow::Result<()> {
     setup::require_root("bench")?;
     setup::run()?;
     build::release()?;
     let seconds = duration.as_secs().max(1);
-    if !adapters_only {
+    if !adapters_only && !https_only {
         core_runs(seconds)?;
+    }
+    if !adapters_only {
+        https_runs(seconds)?;
+    }
+    if https_only {
+        return Ok(());
     }
     let postgres = loupe_tests::postgres::Postgres::start();
     let adapters = adapter_runs(&postgres, seconds)?;
@@ -47,6 +53,94 @@ pub fn run(duration: Duration, adapters_only: bool) -> anyhow::Result<()> {
     for run in &adapters {
         run.summary();
     }
+    Ok(())
+}
+
+/// The OpenSSL libssl nginx maps on Debian.
+const SYSTEM_LIBSSL: &str = "/usr/lib/x86_64-linux-gnu/libssl.so.3";
+
+/// nginx over HTTPS (`return 200`, keep-alive TLS connections): nothing, a floor probe (the
+/// syscall tracepoints and empty uprobes and uretprobes on the four OpenSSL record functions),
+/// and loupe.
+fn https_runs(seconds: u64) -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("loupe-bench-tls-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("logs"))?;
+    crate::procs::run_checked(
+        Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            ])
+            .args(["-subj", "/CN=127.0.0.1"])
+            .arg("-keyout")
+            .arg(dir.join("key.pem"))
+            .arg("-out")
+            .arg(dir.join("cert.pem"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    )?;
+    let port = free_port()?;
+    let conf = dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "daemon off;\nmaster_process on;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/logs/error.log;\n\
+             events {{ worker_connections 1024; }}\n\
+             http {{ access_log off; server {{ listen 127.0.0.1:{port} ssl; ssl_certificate {d}/cert.pem; ssl_certificate_key {d}/key.pem; location / {{ return 200 \"ok\\n\"; }} }} }}\n",
+            d = dir.display()
+        ),
+    )?;
+    let nginx = Guard {
+        child: Command::new("/usr/sbin/nginx")
+            .arg("-c")
+            .arg(&conf)
+            .arg("-p")
+            .arg(&dir)
+            .spawn()
+            .context("failed to start nginx")?,
+        name: "nginx".into(),
+    };
+    wait_for(&format!("127.0.0.1:{port}"))?;
+    let worker = worker_pid(nginx.pid())?;
+    let url = format!("https://127.0.0.1:{port}/");
+    wrk(&url, 32, 2)?; // warm-up
+    let none = wrk(&url, 32, seconds)?;
+    let floor = {
+        let _probe = floor_probe(worker, &tls_uprobes(SYSTEM_LIBSSL))?;
+        wrk(&url, 32, seconds)?
+    };
+    let (with, cpu, rss) = with_loupe(nginx.pid(), || wrk(&url, 32, seconds))?;
+    drop(nginx);
+    let _ = std::fs::remove_dir_all(&dir);
+    let ratio = |run: &Run| run.requests_per_sec / none.requests_per_sec;
+    println!("\n| target | setup | req/s | p99 | vs nothing | loupe CPU s | loupe peak RSS MiB |");
+    println!("|---|---|---|---|---|---|---|");
+    println!(
+        "| nginx over HTTPS `return 200` (wrk -t1 -c32 -d{seconds}s, keep-alive TLS) | nothing | {:.0} | {} | 1.000 | | |",
+        none.requests_per_sec, none.p99
+    );
+    println!(
+        "| | floor probe (bpftrace, same tracepoints + SSL_read/write(_ex) uprobes and uretprobes, empty) | {:.0} | {} | {:.3} | | |",
+        floor.requests_per_sec,
+        floor.p99,
+        ratio(&floor)
+    );
+    println!(
+        "| | loupe | {:.0} | {} | {:.3} | {cpu:.2} | {:.1} |",
+        with.requests_per_sec,
+        with.p99,
+        ratio(&with),
+        rss as f64 / 1024.0
+    );
+    let per_request = |run: &Run| 1e6 / run.requests_per_sec;
+    println!(
+        "\nHTTPS: floor costs {:.1}% and loupe {:.1}% (loupe - floor = {:.1} points); per request (machine time, 2 cores): nothing {:.1} us, floor +{:.1} us (an SSL_read and an SSL_write, entry and return: 4 uprobe hits, and the syscall hooks), loupe +{:.1} us",
+        (1.0 - ratio(&floor)) * 100.0,
+        (1.0 - ratio(&with)) * 100.0,
+        (ratio(&floor) - ratio(&with)) * 100.0,
+        per_request(&none),
+        per_request(&floor) - per_request(&none),
+        per_request(&with) - per_request(&none)
+    );
     Ok(())
 }
 
@@ -86,7 +180,7 @@ fn core_runs(seconds: u64) -> anyhow::Result<()> {
 
     let none = wrk(&url, 32, seconds)?;
     let floor = {
-        let _probe = floor_probe(worker, None)?;
+        let _probe = floor_probe(worker, &[])?;
         wrk(&url, 32, seconds)?
     };
     let (nginx_loupe, cpu, rss) = with_loupe(nginx.pid(), || wrk(&url, 32, seconds))?;
@@ -394,7 +488,7 @@ fn pgbench(url: &str, seconds: u64, probe: Probe) -> anyhow::Result<PgRun> {
         .context("failed to start pgbench")?;
     let pid = child.id();
     let floor = match probe {
-        Probe::Floor => Some(floor_probe(pid, Some(SYSTEM_LIBPQ))?),
+        Probe::Floor => Some(floor_probe(pid, &libpq_uprobes(SYSTEM_LIBPQ))?),
         _ => None,
     };
     let loupe = match probe {
@@ -519,21 +613,41 @@ const SYSTEM_LIBPQ: &str = "/usr/lib/x86_64-linux-gnu/libpq.so.5";
 /// bpftrace on every syscall tracepoint loupe uses (and, with `libpq`, on every libpq function
 /// it probes, entry and return alike), each an empty program behind the same PID check: what
 /// the hooks alone cost.
-fn floor_probe(pid: u32, libpq: Option<&str>) -> anyhow::Result<Guard> {
+/// The bpftrace probes on every libpq function loupe probes, in the libpq at `path`.
+fn libpq_uprobes(path: &str) -> Vec<String> {
+    let mut probes = Vec::new();
+    for probe in LIBPQ_PROBES {
+        probes.push(format!("uprobe:{path}:{}", probe.symbol));
+        if probe.returns_result {
+            probes.push(format!("uretprobe:{path}:{}", probe.symbol));
+        }
+    }
+    probes
+}
+
+/// The same for the OpenSSL record functions (entry and return each).
+fn tls_uprobes(path: &str) -> Vec<String> {
+    TLS_PROBES
+        .iter()
+        .flat_map(|(symbol, _)| {
+            [
+                format!("uprobe:{path}:{symbol}"),
+                format!("uretprobe:{path}:{symbol}"),
+            ]
+        })
+        .collect()
+}
+
+/// An empty bpftrace program behind `pid == <pid>` on every syscall tracepoint loupe attaches,
+/// and on `uprobes`.
+fn floor_probe(pid: u32, uprobes: &[String]) -> anyhow::Result<Guard> {
     let mut probes: Vec<String> = TRACEPOINT_PROGRAMS
         .iter()
         .flat_map(|program| program.tracepoints.iter())
         .filter(|(category, _)| *category == "syscalls")
         .map(|(category, name)| format!("tracepoint:{category}:{name}"))
         .collect();
-    if let Some(path) = libpq {
-        for probe in LIBPQ_PROBES {
-            probes.push(format!("uprobe:{path}:{}", probe.symbol));
-            if probe.returns_result {
-                probes.push(format!("uretprobe:{path}:{}", probe.symbol));
-            }
-        }
-    }
+    probes.extend(uprobes.iter().cloned());
     let script = format!("{} /pid == {pid}/ {{ }}", probes.join(",\n"));
     let mut child = Command::new("bpftrace")
         .args(["-e", &script])

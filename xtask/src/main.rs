@@ -50,6 +50,9 @@ enum Command {
         /// Only the runtime adapters' rows (the Go and asyncio services).
         #[arg(long)]
         adapters_only: bool,
+        /// Only the HTTPS rows (nginx over TLS).
+        #[arg(long)]
+        https_only: bool,
     },
 }
 
@@ -63,6 +66,7 @@ fn main() -> anyhow::Result<()> {
         Command::Bench {
             duration,
             adapters_only,
-        } => bench::run(duration, adapters_only),
+            https_only,
+        } => bench::run(duration, adapters_only, https_only),
     }
 }

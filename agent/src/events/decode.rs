@@ -29,6 +29,8 @@ pub struct DataRecord {
     pub goid: u64,
     /// The goroutine that started that one, else 0.
     pub parent_goid: u64,
+    /// Plaintext an OpenSSL call moved (the connection's socket bytes are its ciphertext).
+    pub tls: bool,
     /// The captured prefix of what moved (`len() <= total_len`).
     pub payload: Bytes,
 }
@@ -185,7 +187,8 @@ pub fn decode(record: &Bytes) -> Result<Event, DecodeError> {
     let header: EventHeader = read(record)?;
     let kind = EventKind::try_from(header.kind).map_err(DecodeError::Kind)?;
     match kind {
-        EventKind::Data => decode_data(record, header),
+        EventKind::Data => decode_data(record, header, false),
+        EventKind::TlsData => decode_data(record, header, true),
         EventKind::Conn => {
             let event: ConnEvent = read(record)?;
             let role = SocketRole::try_from(event.role).map_err(DecodeError::Role)?;
@@ -326,7 +329,7 @@ fn c_string(bytes: &[u8]) -> String {
     String::from_utf8_lossy(&bytes[..end]).into_owned()
 }
 
-fn decode_data(record: &Bytes, header: EventHeader) -> Result<Event, DecodeError> {
+fn decode_data(record: &Bytes, header: EventHeader, tls: bool) -> Result<Event, DecodeError> {
     let event: DataEvent<0> = read(record)?;
     let direction = Direction::try_from(event.direction).map_err(DecodeError::Direction)?;
     let captured = event.captured_len as usize;
@@ -349,6 +352,7 @@ fn decode_data(record: &Bytes, header: EventHeader) -> Result<Event, DecodeError
         direction,
         goid: event.goid,
         parent_goid: event.parent_goid,
+        tls,
         payload: record.slice(DATA_EVENT_HEADER_LEN..DATA_EVENT_HEADER_LEN + captured),
     }))
 }

@@ -155,7 +155,7 @@ impl TerminalView {
         }
         drop(board);
         text.push_str(&format!(
-            "events read {}, lost {}, decode errors {}; spans dropped {}, unnested calls {} (ambiguous {}), undiagnosed requests {}, vector I/O cut {}; cpu samples {} (unclaimed {}), hot threads {}, not sampled {}, profiles skipped {}\n",
+            "events read {}, lost {}, decode errors {}; spans dropped {}, unnested calls {} (ambiguous {}), undiagnosed requests {}, vector I/O cut {}, TLS unplaced {}; cpu samples {} (unclaimed {}), hot threads {}, not sampled {}, profiles skipped {}\n",
             Counters::get(&counters.events_read),
             Counters::get(&counters.events_lost_kernel),
             Counters::get(&counters.decode_errors),
@@ -164,6 +164,7 @@ impl TerminalView {
             Counters::get(&counters.ambiguous_calls),
             Counters::get(&counters.trees_undiagnosed),
             Counters::get(&counters.iovecs_cut),
+            Counters::get(&counters.tls_unplaced),
             Counters::get(&counters.cpu_samples),
             Counters::get(&counters.cpu_samples_unclaimed),
             Counters::get(&counters.hot_threads),

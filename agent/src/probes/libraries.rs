@@ -18,8 +18,11 @@ use aya::{
     },
 };
 use loupe_common::{
-    GO_PROBES, LIBPQ_PROBES,
-    names::{PROGRAM_GO_ENTER, PROGRAM_LIBPQ_ENTER, PROGRAM_LIBPQ_RETURN},
+    GO_PROBES, LIBPQ_PROBES, TLS_PROBES,
+    names::{
+        PROGRAM_GO_ENTER, PROGRAM_LIBPQ_ENTER, PROGRAM_LIBPQ_RETURN, PROGRAM_TLS_ENTER,
+        PROGRAM_TLS_RETURN,
+    },
 };
 
 use super::ProbeError;
@@ -76,6 +79,17 @@ fn libpq_functions() -> Vec<FunctionProbe> {
         .collect()
 }
 
+fn tls_functions() -> Vec<FunctionProbe> {
+    TLS_PROBES
+        .iter()
+        .map(|(symbol, function)| FunctionProbe {
+            symbol,
+            cookie: *function as u64,
+            with_return: true,
+        })
+        .collect()
+}
+
 fn go_functions() -> Vec<FunctionProbe> {
     GO_PROBES
         .iter()
@@ -93,6 +107,13 @@ const LIBRARIES: &[LibrarySpec] = &[
         enter_program: PROGRAM_LIBPQ_ENTER,
         return_program: Some(PROGRAM_LIBPQ_RETURN),
         functions: libpq_functions,
+        locate: None,
+    },
+    LibrarySpec {
+        source: Source::Mapped("libssl"),
+        enter_program: PROGRAM_TLS_ENTER,
+        return_program: Some(PROGRAM_TLS_RETURN),
+        functions: tls_functions,
         locate: None,
     },
     LibrarySpec {

@@ -12,6 +12,8 @@ pub struct LossCounters {
     pub targets_full: u64,
     /// Vector reads/writes whose bytes went on past the iovecs the kernel reads.
     pub iovecs_cut: u64,
+    /// TLS plaintext whose connection was not known.
+    pub tls_unplaced: u64,
 }
 
 impl LossCounters {
@@ -29,6 +31,7 @@ impl LossCounters {
             sockets_full: sums[LossSlot::SocketsFull as usize],
             targets_full: sums[LossSlot::TargetsFull as usize],
             iovecs_cut: sums[LossSlot::IovecsCut as usize],
+            tls_unplaced: sums[LossSlot::TlsUnplaced as usize],
         }
     }
 

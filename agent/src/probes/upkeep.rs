@@ -79,6 +79,9 @@ impl Upkeep {
         counters
             .iovecs_cut
             .store(loss.iovecs_cut, std::sync::atomic::Ordering::Relaxed);
+        counters
+            .tls_unplaced
+            .store(loss.tls_unplaced, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Removes targets that are not live processes; returns those that remain.

@@ -17,6 +17,8 @@ pub struct Endpoints {
     pub local: Option<SocketAddr>,
     /// `peer`'s IP as text, formatted once per connection rather than once per span.
     peer_ip: Option<String>,
+    /// Its bytes were read as plaintext from OpenSSL: the connection is TLS (`https`).
+    pub tls: bool,
 }
 
 impl Endpoints {
@@ -25,6 +27,7 @@ impl Endpoints {
             peer,
             local,
             peer_ip: peer.map(|p| p.ip().to_string()),
+            tls: false,
         }
     }
 
@@ -32,7 +35,10 @@ impl Endpoints {
     pub fn learn(&mut self, peer: SocketAddr, local: SocketAddr) {
         self.local = Some(local);
         if self.peer.is_none() {
-            *self = Self::new(Some(peer), Some(local));
+            *self = Self {
+                tls: self.tls,
+                ..Self::new(Some(peer), Some(local))
+            };
         }
     }
 
@@ -161,11 +167,15 @@ pub fn server_span(
         span.set("client.address", ip);
     }
     set_peer(&mut span, ends);
-    span.set("url.scheme", "http");
+    span.set("url.scheme", scheme(ends));
     if exchange.response.status >= 500 {
         span.error = Some(format!("HTTP {}", exchange.response.status));
     }
     span
+}
+
+fn scheme(ends: &Endpoints) -> &'static str {
+    if ends.tls { "https" } else { "http" }
 }
 
 /// A CLIENT span for an outbound call. 4xx and 5xx are errors.
@@ -201,14 +211,19 @@ pub fn client_span(
     ]));
     if let Some(host) = host {
         let (path, query) = split_target(&exchange.request.target);
+        let default_port = if ends.tls { 443 } else { 80 };
         let authority = match port {
-            Some(80) | None => host,
+            None => host,
+            Some(port) if port == default_port => host,
             Some(port) => format!("{host}:{port}"),
         };
         let query = query
             .map(|q| format!("?{}", redact_query(q)))
             .unwrap_or_default();
-        span.set("url.full", format!("http://{authority}{path}{query}"));
+        span.set(
+            "url.full",
+            format!("{}://{authority}{path}{query}", scheme(ends)),
+        );
     }
     if exchange.response.status >= 400 {
         span.error = Some(format!("HTTP {}", exchange.response.status));

@@ -63,7 +63,7 @@ impl Runtime {
                 Some("is a Go program: its calls nest under the request their goroutine serves")
             }
             Self::Tasks => Some(
-                "is a Python program: its calls nest under the request whose response their asyncio task wrote",
+                "is a Python program: its calls nest by thread, and on an asyncio loop under the request whose response their task wrote",
             ),
         }
     }

@@ -676,6 +676,19 @@ impl Stitcher {
                 return;
             }
         }
+        if let Some(conn) = self.conns.get_mut(&key) {
+            match (data.tls, conn.ends.tls) {
+                // The first plaintext from OpenSSL: the connection is TLS. What its socket
+                // carried until now (the handshake) was ciphertext, whatever it was taken for.
+                (true, false) => {
+                    conn.ends.tls = true;
+                    conn.protocol = Protocol::Unknown { sniffed: 0 };
+                }
+                // Ciphertext outside an OpenSSL call (a handshake, an alert): nothing to read.
+                (false, true) => return,
+                _ => {}
+            }
+        }
         // A read's entry includes the wait for the bytes (an idle keep-alive): what it starts
         // starts when they arrived. A write starts when it is made.
         self.clock_ns = match data.direction {

@@ -47,6 +47,7 @@ fn data(fd: i32, tid: u32, direction: Direction, at: u64, bytes: &'static [u8]) 
         direction,
         goid: 0,
         parent_goid: 0,
+        tls: false,
         payload: Bytes::from_static(bytes),
     })
 }
@@ -340,6 +341,7 @@ fn owned_data(fd: i32, tid: u32, direction: Direction, at: u64, bytes: Vec<u8>) 
         direction,
         goid: 0,
         parent_goid: 0,
+        tls: false,
         payload: Bytes::from(bytes),
     })
 }
