@@ -56,6 +56,36 @@ pub fn run(duration: Duration, adapters_only: bool, https_only: bool) -> anyhow:
     Ok(())
 }
 
+/// nginx (one worker, `return 200 "ok\n"`, no access log) in `dir`, listening on a free loopback
+/// port with `listen` after its address and `server` lines in its server block; started and
+/// accepting.
+fn bench_nginx(dir: &std::path::Path, listen: &str, server: &str) -> anyhow::Result<(Guard, u16)> {
+    std::fs::create_dir_all(dir.join("logs"))?;
+    let port = free_port()?;
+    let conf = dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "daemon off;\nmaster_process on;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/logs/error.log;\n\
+             events {{ worker_connections 1024; }}\n\
+             http {{ access_log off; server {{ listen 127.0.0.1:{port}{listen}; {server} location / {{ return 200 \"ok\\n\"; }} }} }}\n",
+            d = dir.display()
+        ),
+    )?;
+    let nginx = Guard {
+        child: Command::new("/usr/sbin/nginx")
+            .arg("-c")
+            .arg(&conf)
+            .arg("-p")
+            .arg(dir)
+            .spawn()
+            .context("failed to start nginx")?,
+        name: "nginx".into(),
+    };
+    wait_for(&format!("127.0.0.1:{port}"))?;
+    Ok((nginx, port))
+}
+
 /// The OpenSSL libssl nginx maps on Debian.
 const SYSTEM_LIBSSL: &str = "/usr/lib/x86_64-linux-gnu/libssl.so.3";
 
@@ -78,28 +108,11 @@ fn https_runs(seconds: u64) -> anyhow::Result<()> {
             .stdout(Stdio::null())
             .stderr(Stdio::null()),
     )?;
-    let port = free_port()?;
-    let conf = dir.join("nginx.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "daemon off;\nmaster_process on;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/logs/error.log;\n\
-             events {{ worker_connections 1024; }}\n\
-             http {{ access_log off; server {{ listen 127.0.0.1:{port} ssl; ssl_certificate {d}/cert.pem; ssl_certificate_key {d}/key.pem; location / {{ return 200 \"ok\\n\"; }} }} }}\n",
-            d = dir.display()
-        ),
-    )?;
-    let nginx = Guard {
-        child: Command::new("/usr/sbin/nginx")
-            .arg("-c")
-            .arg(&conf)
-            .arg("-p")
-            .arg(&dir)
-            .spawn()
-            .context("failed to start nginx")?,
-        name: "nginx".into(),
-    };
-    wait_for(&format!("127.0.0.1:{port}"))?;
+    let tls = format!(
+        "ssl_certificate {d}/cert.pem; ssl_certificate_key {d}/key.pem;",
+        d = dir.display()
+    );
+    let (nginx, port) = bench_nginx(&dir, " ssl", &tls)?;
     let worker = worker_pid(nginx.pid())?;
     let url = format!("https://127.0.0.1:{port}/");
     wrk(&url, 32, 2)?; // warm-up
@@ -147,30 +160,8 @@ fn https_runs(seconds: u64) -> anyhow::Result<()> {
 /// nginx, the demo app and pgbench, each with nothing, (a floor probe,) and loupe.
 fn core_runs(seconds: u64) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("loupe-bench-{}", std::process::id()));
-    std::fs::create_dir_all(dir.join("logs"))?;
-    let port = free_port()?;
-    let conf = dir.join("nginx.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "daemon off;\nmaster_process on;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/logs/error.log;\n\
-             events {{ worker_connections 1024; }}\n\
-             http {{ access_log off; server {{ listen 127.0.0.1:{port}; location / {{ return 200 \"ok\\n\"; }} }} }}\n",
-            d = dir.display()
-        ),
-    )?;
-    let nginx = Guard {
-        child: Command::new("/usr/sbin/nginx")
-            .arg("-c")
-            .arg(&conf)
-            .arg("-p")
-            .arg(&dir)
-            .spawn()
-            .context("failed to start nginx")?,
-        name: "nginx".into(),
-    };
+    let (nginx, port) = bench_nginx(&dir, "", "")?;
     let url = format!("http://127.0.0.1:{port}/");
-    wait_for(&format!("127.0.0.1:{port}"))?;
     let worker = worker_pid(nginx.pid())?;
     println!(
         "bench: nginx master {} worker {worker} on {url}",

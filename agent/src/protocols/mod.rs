@@ -89,6 +89,75 @@ pub trait Parser: Send {
     fn flush_idle(&mut self, _now_ns: u64, _idle_ns: u64, _out: &mut Vec<Report>) {}
 }
 
+/// A protocol's conversation behind the seam: its own events, turned into [`Report`]s by
+/// `report`. Each protocol keeps its conversation's API (and its golden tests) and plugs in with
+/// one `Adapted::new`.
+pub struct Adapted<C, E> {
+    kind: Kind,
+    conversation: C,
+    events: Vec<E>,
+    push: fn(&mut C, Chunk<'_>, &mut Vec<E>),
+    close: fn(&mut C, &mut Vec<E>),
+    flush_idle: Option<FlushIdle<C, E>>,
+    report: fn(E) -> Report,
+}
+
+/// A conversation's `flush_idle(now_ns, idle_ns, out)`.
+type FlushIdle<C, E> = fn(&mut C, u64, u64, &mut Vec<E>);
+
+impl<C, E> Adapted<C, E> {
+    pub fn new(
+        kind: Kind,
+        conversation: C,
+        push: fn(&mut C, Chunk<'_>, &mut Vec<E>),
+        close: fn(&mut C, &mut Vec<E>),
+        report: fn(E) -> Report,
+    ) -> Self {
+        Self {
+            kind,
+            conversation,
+            events: Vec::new(),
+            push,
+            close,
+            flush_idle: None,
+            report,
+        }
+    }
+
+    /// With what ends by silence (an unframed response).
+    pub fn with_flush_idle(mut self, flush_idle: FlushIdle<C, E>) -> Self {
+        self.flush_idle = Some(flush_idle);
+        self
+    }
+
+    fn drain(&mut self, out: &mut Vec<Report>) {
+        out.extend(self.events.drain(..).map(self.report));
+    }
+}
+
+impl<C: Send, E: Send> Parser for Adapted<C, E> {
+    fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    fn push(&mut self, chunk: Chunk<'_>, out: &mut Vec<Report>) {
+        (self.push)(&mut self.conversation, chunk, &mut self.events);
+        self.drain(out);
+    }
+
+    fn close(&mut self, out: &mut Vec<Report>) {
+        (self.close)(&mut self.conversation, &mut self.events);
+        self.drain(out);
+    }
+
+    fn flush_idle(&mut self, now_ns: u64, idle_ns: u64, out: &mut Vec<Report>) {
+        if let Some(flush_idle) = self.flush_idle {
+            flush_idle(&mut self.conversation, now_ns, idle_ns, &mut self.events);
+            self.drain(out);
+        }
+    }
+}
+
 /// What a connection's first chunk (of those loupe saw) says.
 #[derive(Clone, Copy, Debug)]
 pub struct First<'a> {
@@ -156,6 +225,18 @@ pub struct Chunk<'a> {
     pub captured: &'a [u8],
     /// Every byte moved.
     pub total_len: usize,
+}
+
+/// A chunk of `bytes` captured whole, moved at `at` (ns) in 1 ns: what the parsers' tests feed.
+#[cfg(test)]
+pub(crate) fn chunk(flow: Flow, at: u64, bytes: &[u8]) -> Chunk<'_> {
+    Chunk {
+        flow,
+        enter_ns: at,
+        exit_ns: at + 1,
+        captured: bytes,
+        total_len: bytes.len(),
+    }
 }
 
 /// When a syscall ran, ns since boot.

@@ -6,7 +6,7 @@
 //! the sources agreed on, built by [`QueryFacts::from_wire`] and [`QueryFacts::merged`].
 
 use super::{
-    http::{Actor, Endpoints, SpanIds},
+    http::{Actor, Endpoints, SpanIds, new_span, set_server_peer},
     model::{OpType, SpanKind, SpanRecord, call_key},
 };
 use crate::{libpq::LibpqQuery, protocols::postgres::QueryDone, sql::Statement};
@@ -135,23 +135,14 @@ pub fn query_span(
         (None, _, Some(name)) if facts.text.is_none() => format!("EXECUTE {name}"),
         _ => "postgresql".to_owned(),
     };
-    let mut span = SpanRecord {
-        trace_id: ids.trace_id,
-        span_id: ids.span_id,
-        parent_span_id: ids.parent_span_id,
-        kind: SpanKind::Client,
-        op: OpType::DbClient,
+    let mut span = new_span(
+        SpanKind::Client,
+        OpType::DbClient,
         name,
-        start_ns: facts.start_ns,
-        end_ns: facts.end_ns.max(facts.start_ns),
-        attributes: Vec::with_capacity(16),
-        error: None,
-        pid: actor.pid,
-        tid: actor.tid,
-        events: Vec::new(),
-        call_key: None,
-        cache_key: None,
-    };
+        (facts.start_ns, facts.end_ns),
+        ids,
+        actor,
+    );
     span.call_key = exact_call(facts, statement);
     ids.mark(&mut span);
     span.set("db.system.name", "postgresql");
@@ -184,14 +175,7 @@ pub fn query_span(
     if facts.text_truncated {
         span.set("loupe.db.query_truncated", true);
     }
-    if let Some(ends) = ends
-        && let (Some(peer), Some(ip)) = (ends.peer, ends.peer_ip())
-    {
-        span.set("server.address", ip.clone());
-        span.set("server.port", i64::from(peer.port()));
-        span.set("network.peer.address", ip);
-        span.set("network.peer.port", i64::from(peer.port()));
-    }
+    set_server_peer(&mut span, ends);
     if let Some(code) = facts.sqlstate {
         span.set("db.response.status_code", code.to_owned());
         span.error = Some(format!("SQLSTATE {code}"));

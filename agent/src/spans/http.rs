@@ -102,23 +102,14 @@ fn base_span(exchange: &Exchange, kind: SpanKind, ids: SpanIds, actor: Actor) ->
         // The client's call starts when it began writing the request.
         SpanKind::Client => (OpType::HttpClient, exchange.request_first.enter_ns),
     };
-    let mut span = SpanRecord {
-        trace_id: ids.trace_id,
-        span_id: ids.span_id,
-        parent_span_id: ids.parent_span_id,
+    let mut span = new_span(
         kind,
         op,
-        name: format!("{method} {route}"),
-        start_ns,
-        end_ns: exchange.response_last.exit_ns.max(start_ns),
-        attributes: Vec::with_capacity(16),
-        error: None,
-        pid: actor.pid,
-        tid: actor.tid,
-        events: Vec::new(),
-        call_key: None,
-        cache_key: None,
-    };
+        format!("{method} {route}"),
+        (start_ns, exchange.response_last.exit_ns),
+        ids,
+        actor,
+    );
     span.set("http.request.method", method);
     span.set("url.path", path.to_owned());
     if let Some(query) = query.filter(|q| !q.is_empty()) {
@@ -133,6 +124,47 @@ fn base_span(exchange: &Exchange, kind: SpanKind, ids: SpanIds, actor: Actor) ->
     );
     span.set("network.protocol.name", "http");
     span
+}
+
+/// A span with `ids`, made by `actor`, from `window.0` to `window.1` (never before its start).
+pub fn new_span(
+    kind: SpanKind,
+    op: OpType,
+    name: String,
+    window: (u64, u64),
+    ids: SpanIds,
+    actor: Actor,
+) -> SpanRecord {
+    SpanRecord {
+        trace_id: ids.trace_id,
+        span_id: ids.span_id,
+        parent_span_id: ids.parent_span_id,
+        kind,
+        op,
+        name,
+        start_ns: window.0,
+        end_ns: window.1.max(window.0),
+        attributes: Vec::with_capacity(16),
+        error: None,
+        pid: actor.pid,
+        tid: actor.tid,
+        events: Vec::new(),
+        call_key: None,
+        cache_key: None,
+    }
+}
+
+/// A client span's server: `server.address`/`server.port` and `network.peer.*`, from the
+/// connection's peer.
+pub fn set_server_peer(span: &mut SpanRecord, ends: Option<&Endpoints>) {
+    if let Some(ends) = ends
+        && let (Some(peer), Some(ip)) = (ends.peer, ends.peer_ip())
+    {
+        span.set("server.address", ip.clone());
+        span.set("server.port", i64::from(peer.port()));
+        span.set("network.peer.address", ip);
+        span.set("network.peer.port", i64::from(peer.port()));
+    }
 }
 
 fn set_peer(span: &mut SpanRecord, ends: &Endpoints) {

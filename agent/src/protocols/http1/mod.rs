@@ -20,7 +20,7 @@ mod tests;
 
 pub use conversation::{Conversation, ConversationStats};
 pub use head::{RequestHead, ResponseHead};
-pub use seam::{HttpParser, SPEC};
+pub use seam::SPEC;
 
 pub use super::{Chunk, Flow, Timing};
 

@@ -4,7 +4,7 @@ use loupe_common::SocketRole;
 
 use super::{Conversation, HttpEvent, Limits, looks_like_request};
 use crate::protocols::{
-    Chunk, Finished, First, Kind, Parser, ProtocolSpec, Recognised, Report, Surroundings,
+    Adapted, Finished, First, Kind, ProtocolSpec, Recognised, Report, Surroundings,
 };
 
 pub const SPEC: ProtocolSpec = ProtocolSpec {
@@ -17,68 +17,37 @@ fn recognise(first: &First<'_>, _: &mut dyn Surroundings) -> Option<Recognised> 
     if !looks_like_request(first.captured) {
         return None;
     }
+    let parser = Adapted::new(
+        Kind::Http,
+        Conversation::new(Limits::default()),
+        Conversation::push,
+        Conversation::close,
+        report,
+    )
+    .with_flush_idle(Conversation::flush_idle);
     Some(Recognised {
         role: if first.egress {
             SocketRole::Client
         } else {
             SocketRole::Server
         },
-        parser: Box::new(HttpParser::default()),
+        parser: Box::new(parser),
     })
 }
 
-/// A [`Conversation`] reporting through the seam.
-pub struct HttpParser {
-    conversation: Conversation,
-    events: Vec<HttpEvent>,
-}
-
-impl Default for HttpParser {
-    fn default() -> Self {
-        Self {
-            conversation: Conversation::new(Limits::default()),
-            events: Vec::new(),
-        }
-    }
-}
-
-impl HttpParser {
-    fn report(&mut self, out: &mut Vec<Report>) {
-        out.extend(self.events.drain(..).map(|event| match event {
-            HttpEvent::RequestStarted {
-                seq,
-                traceparent,
-                line,
-                ..
-            } => Report::Started {
-                seq,
-                traceparent,
-                line,
-            },
-            HttpEvent::ResponseStarted { seq, .. } => Report::Answering { seq },
-            HttpEvent::Exchange(exchange) => Report::Finished(Finished::Http(Box::new(exchange))),
-        }));
-    }
-}
-
-impl Parser for HttpParser {
-    fn kind(&self) -> Kind {
-        Kind::Http
-    }
-
-    fn push(&mut self, chunk: Chunk<'_>, out: &mut Vec<Report>) {
-        self.conversation.push(chunk, &mut self.events);
-        self.report(out);
-    }
-
-    fn close(&mut self, out: &mut Vec<Report>) {
-        self.conversation.close(&mut self.events);
-        self.report(out);
-    }
-
-    fn flush_idle(&mut self, now_ns: u64, idle_ns: u64, out: &mut Vec<Report>) {
-        self.conversation
-            .flush_idle(now_ns, idle_ns, &mut self.events);
-        self.report(out);
+fn report(event: HttpEvent) -> Report {
+    match event {
+        HttpEvent::RequestStarted {
+            seq,
+            traceparent,
+            line,
+            ..
+        } => Report::Started {
+            seq,
+            traceparent,
+            line,
+        },
+        HttpEvent::ResponseStarted { seq, .. } => Report::Answering { seq },
+        HttpEvent::Exchange(exchange) => Report::Finished(Finished::Http(Box::new(exchange))),
     }
 }

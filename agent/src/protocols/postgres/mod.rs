@@ -18,7 +18,7 @@ mod tests;
 pub use conversation::{PgConversation, PgEvent, PgStats, QueryDone};
 pub use messages::embeds_digest;
 pub use messages::tag_rows;
-pub use seam::{PgParser, SPEC};
+pub use seam::SPEC;
 
 /// Protocol version 3.0 in a StartupMessage.
 const PROTOCOL_V3: u32 = 196_608;

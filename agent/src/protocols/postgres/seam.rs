@@ -5,7 +5,7 @@ use loupe_common::SocketRole;
 
 use super::{PgConversation, PgEvent, looks_like_session, opens_session};
 use crate::protocols::{
-    Chunk, Finished, First, Kind, Parser, ProtocolSpec, Recognised, Report, Surroundings,
+    Adapted, Finished, First, Kind, ProtocolSpec, Recognised, Report, Surroundings,
 };
 
 pub const SPEC: ProtocolSpec = ProtocolSpec {
@@ -26,47 +26,27 @@ fn recognise(first: &First<'_>, around: &mut dyn Surroundings) -> Option<Recogni
     } else {
         return None;
     };
+    let parser = Adapted::new(
+        Kind::Postgres,
+        conversation,
+        PgConversation::push,
+        PgConversation::close,
+        report,
+    );
     Some(Recognised {
         role: SocketRole::Client,
-        parser: Box::new(PgParser {
-            conversation,
-            events: Vec::new(),
-        }),
+        parser: Box::new(parser),
     })
 }
 
-/// A [`PgConversation`] reporting through the seam.
-pub struct PgParser {
-    conversation: PgConversation,
-    events: Vec<PgEvent>,
-}
-
-impl PgParser {
-    fn report(&mut self, out: &mut Vec<Report>) {
-        out.extend(self.events.drain(..).map(|event| match event {
-            PgEvent::Started { seq } => Report::Started {
-                seq,
-                traceparent: None,
-                line: 0,
-            },
-            PgEvent::Skipped { seq } => Report::Abandoned { seq },
-            PgEvent::Done(query) => Report::Finished(Finished::Postgres(Box::new(query))),
-        }));
-    }
-}
-
-impl Parser for PgParser {
-    fn kind(&self) -> Kind {
-        Kind::Postgres
-    }
-
-    fn push(&mut self, chunk: Chunk<'_>, out: &mut Vec<Report>) {
-        self.conversation.push(chunk, &mut self.events);
-        self.report(out);
-    }
-
-    fn close(&mut self, out: &mut Vec<Report>) {
-        self.conversation.close(&mut self.events);
-        self.report(out);
+fn report(event: PgEvent) -> Report {
+    match event {
+        PgEvent::Started { seq } => Report::Started {
+            seq,
+            traceparent: None,
+            line: 0,
+        },
+        PgEvent::Skipped { seq } => Report::Abandoned { seq },
+        PgEvent::Done(query) => Report::Finished(Finished::Postgres(Box::new(query))),
     }
 }

@@ -1,7 +1,7 @@
 //! The PostgreSQL conversation on byte streams built message by message, as clients send them.
 
 use super::*;
-use crate::protocols::{Chunk, Flow};
+use crate::protocols::{Chunk, Flow, chunk};
 
 fn msg(kind: u8, body: &[u8]) -> Vec<u8> {
     let mut out = vec![kind];
@@ -34,16 +34,6 @@ fn row() -> Vec<u8> {
 
 fn concat(parts: &[Vec<u8>]) -> Vec<u8> {
     parts.concat()
-}
-
-fn chunk(flow: Flow, at: u64, bytes: &[u8]) -> Chunk<'_> {
-    Chunk {
-        flow,
-        enter_ns: at,
-        exit_ns: at + 1,
-        captured: bytes,
-        total_len: bytes.len(),
-    }
 }
 
 fn done(events: &[PgEvent]) -> Vec<&QueryDone> {

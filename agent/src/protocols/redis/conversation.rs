@@ -44,7 +44,8 @@ pub struct CommandDone {
     /// every member nil, `:0` for EXISTS); unknown (None) when the reply was an error, `QUEUED`
     /// or not seen. None for other commands.
     pub miss: Option<bool>,
-    /// The database chosen by the connection's last successful SELECT; None before any.
+    /// The database the command ran on: 0 on a connection seen from its start until a SELECT
+    /// (or RESET) changes it; None on one found open, until it selects.
     pub database: Option<i64>,
     /// Bytes of the reply, uncaptured ones and attributes before it included.
     pub reply_bytes: u64,
@@ -356,7 +357,7 @@ impl RedisConversation {
                 reply: Reply::default(),
                 owed: 0,
                 confirmations_owed: 0,
-                database: None,
+                database: Some(0),
                 subscribed: false,
                 resp3: false,
                 unseen: None,
@@ -379,6 +380,8 @@ impl RedisConversation {
         let mut conversation = Self::new();
         conversation.requests = Framer::joining(true);
         conversation.replies = Framer::joining(false);
+        // Whatever it selected before loupe saw it is not known.
+        conversation.state.database = None;
         conversation
     }
 
@@ -585,7 +588,7 @@ impl State {
                 }
             }
             Effect::Reset if reply.simple(b"RESET") => {
-                self.database = None;
+                self.database = Some(0);
                 self.subscribed = false;
             }
             _ => {}

@@ -21,7 +21,7 @@ mod tests;
 
 pub use conversation::{CommandDone, RedisConversation, RedisEvent, RedisStats};
 pub use framing::FrameError;
-pub use seam::{RedisParser, SPEC};
+pub use seam::SPEC;
 
 /// Commands waiting for their reply, at most; beyond, the oldest is dropped (and its reply,
 /// when it comes, skipped).

@@ -8,10 +8,14 @@ use super::{
 };
 use crate::{
     protocols::{
-        CallDone, Chunk, Finished, First, Kind, Parser, ProtocolSpec, Recognised, Report,
-        Surroundings,
+        Adapted, CallDone, Finished, First, Kind, ProtocolSpec, Recognised, Report, Surroundings,
     },
     spans::{Actor, Endpoints, SpanIds, model::SpanRecord},
+};
+
+pub const SPEC: ProtocolSpec = ProtocolSpec {
+    name: "redis",
+    recognise,
 };
 
 impl CallDone for CommandDone {
@@ -24,76 +28,41 @@ impl CallDone for CommandDone {
     }
 }
 
-pub const SPEC: ProtocolSpec = ProtocolSpec {
-    name: "redis",
-    recognise,
-};
-
-/// The target is the client: loupe reads commands from the side that sends them.
+/// The target is the client: loupe reads commands from the side that sends them. Seen from its
+/// connect, a connection's first write opens it; found open at attach, it is read from its next
+/// command, and what it selected before is not known.
 fn recognise(first: &First<'_>, _: &mut dyn Surroundings) -> Option<Recognised> {
     if first.role == SocketRole::Server || !first.egress {
         return None;
     }
-    // Seen from its connect, a connection's first write opens it; found open at attach, it is
-    // read from its next command, and what it selected before is not known.
-    let (conversation, resumed) = if first.opened && opens_redis(first.captured) {
-        (RedisConversation::new(), false)
+    let conversation = if first.opened && opens_redis(first.captured) {
+        RedisConversation::new()
     } else if looks_like_resp(first.captured, first.total_len, true) {
-        (RedisConversation::resumed(), true)
+        RedisConversation::resumed()
     } else {
         return None;
     };
+    let parser = Adapted::new(
+        Kind::Redis,
+        conversation,
+        RedisConversation::push,
+        RedisConversation::close,
+        report,
+    );
     Some(Recognised {
         role: SocketRole::Client,
-        parser: Box::new(RedisParser {
-            conversation,
-            resumed,
-            events: Vec::new(),
-        }),
+        parser: Box::new(parser),
     })
 }
 
-/// A [`RedisConversation`] reporting through the seam.
-pub struct RedisParser {
-    conversation: RedisConversation,
-    /// Found open at attach: a SELECT before it went unseen, so no SELECT seen means nothing.
-    resumed: bool,
-    events: Vec<RedisEvent>,
-}
-
-impl RedisParser {
-    fn report(&mut self, out: &mut Vec<Report>) {
-        let resumed = self.resumed;
-        out.extend(self.events.drain(..).map(|event| match event {
-            RedisEvent::Started { seq } => Report::Started {
-                seq,
-                traceparent: None,
-                line: 0,
-            },
-            RedisEvent::Abandoned { seq } => Report::Abandoned { seq },
-            RedisEvent::Done(mut done) => {
-                // A connection seen from its start that never selected is on database 0.
-                if done.database.is_none() && !resumed {
-                    done.database = Some(0);
-                }
-                Report::Finished(Finished::Call(Box::new(done)))
-            }
-        }));
-    }
-}
-
-impl Parser for RedisParser {
-    fn kind(&self) -> Kind {
-        Kind::Redis
-    }
-
-    fn push(&mut self, chunk: Chunk<'_>, out: &mut Vec<Report>) {
-        self.conversation.push(chunk, &mut self.events);
-        self.report(out);
-    }
-
-    fn close(&mut self, out: &mut Vec<Report>) {
-        self.conversation.close(&mut self.events);
-        self.report(out);
+fn report(event: RedisEvent) -> Report {
+    match event {
+        RedisEvent::Started { seq } => Report::Started {
+            seq,
+            traceparent: None,
+            line: 0,
+        },
+        RedisEvent::Abandoned { seq } => Report::Abandoned { seq },
+        RedisEvent::Done(done) => Report::Finished(Finished::Call(Box::new(done))),
     }
 }

@@ -6,6 +6,7 @@
 use super::CommandDone;
 use crate::spans::{
     Actor, Endpoints, SpanIds,
+    http::{new_span, set_server_peer},
     model::{OpType, SpanKind, SpanRecord, call_key},
 };
 
@@ -16,23 +17,14 @@ pub fn command_span(
     ids: SpanIds,
     actor: Actor,
 ) -> SpanRecord {
-    let mut span = SpanRecord {
-        trace_id: ids.trace_id,
-        span_id: ids.span_id,
-        parent_span_id: ids.parent_span_id,
-        kind: SpanKind::Client,
-        op: OpType::CacheClient,
-        name: done.operation.clone(),
-        start_ns: done.start.enter_ns,
-        end_ns: done.end.exit_ns.max(done.start.enter_ns),
-        attributes: Vec::with_capacity(12),
-        error: None,
-        pid: actor.pid,
-        tid: actor.tid,
-        events: Vec::new(),
-        call_key: None,
-        cache_key: None,
-    };
+    let mut span = new_span(
+        SpanKind::Client,
+        OpType::CacheClient,
+        done.operation.clone(),
+        (done.start.enter_ns, done.end.exit_ns),
+        ids,
+        actor,
+    );
     let database = done.database.map(|db| db.to_string());
     span.call_key = done.values_hash.map(|values| {
         call_key(&[
@@ -52,14 +44,7 @@ pub fn command_span(
     if let Some(miss) = done.miss {
         span.set("loupe.cache.hit", !miss);
     }
-    if let Some(ends) = ends
-        && let (Some(peer), Some(ip)) = (ends.peer, ends.peer_ip())
-    {
-        span.set("server.address", ip.clone());
-        span.set("server.port", i64::from(peer.port()));
-        span.set("network.peer.address", ip);
-        span.set("network.peer.port", i64::from(peer.port()));
-    }
+    set_server_peer(&mut span, ends);
     if let Some(code) = &done.error {
         span.set("db.response.status_code", code.clone());
         span.error = Some(code.clone());

@@ -1,7 +1,7 @@
 //! The Redis conversation on byte streams built as clients and servers send them.
 
 use super::*;
-use crate::protocols::{Chunk, Flow};
+use crate::protocols::{Chunk, Flow, chunk};
 
 /// A command array.
 fn cmd(words: &[&str]) -> Vec<u8> {
@@ -17,16 +17,6 @@ fn bulk(bytes: &[u8]) -> Vec<u8> {
     out.extend_from_slice(bytes);
     out.extend_from_slice(b"\r\n");
     out
-}
-
-fn chunk(flow: Flow, at: u64, bytes: &[u8]) -> Chunk<'_> {
-    Chunk {
-        flow,
-        enter_ns: at,
-        exit_ns: at + 1,
-        captured: bytes,
-        total_len: bytes.len(),
-    }
 }
 
 fn done(events: &[RedisEvent]) -> Vec<&CommandDone> {
@@ -70,7 +60,7 @@ fn get_hit_and_miss() {
     assert_eq!(hit.text, "GET ?");
     assert_eq!(hit.miss, Some(false));
     assert_eq!(hit.error, None);
-    assert_eq!(hit.database, None);
+    assert_eq!(hit.database, Some(0), "seen from its start: database 0");
     assert_eq!(hit.reply_bytes, 11);
     assert_eq!((hit.start.enter_ns, hit.end.exit_ns), (10, 21));
     assert!(hit.key_hash.is_some() && hit.values_hash.is_some());
@@ -238,7 +228,7 @@ fn an_error_reply_gives_its_code_not_its_message() {
 fn select_sets_the_database_of_what_follows() {
     let mut c = RedisConversation::new();
     let before = one(&mut c, &cmd(&["GET", "k"]), b"$-1\r\n");
-    assert_eq!(before.database, None);
+    assert_eq!(before.database, Some(0));
     let select = one(&mut c, &cmd(&["SELECT", "2"]), b"+OK\r\n");
     assert_eq!(select.database, Some(2));
     assert_eq!(select.text, "SELECT ?");
@@ -253,7 +243,7 @@ fn select_sets_the_database_of_what_follows() {
     let inline = one(&mut c, b"SELECT 5\r\n", b"+OK\r\n");
     assert_eq!(inline.database, Some(5));
     let reset = one(&mut c, &cmd(&["RESET"]), b"+RESET\r\n");
-    assert_eq!(reset.database, None);
+    assert_eq!(reset.database, Some(0), "RESET goes back to database 0");
 }
 
 #[test]
@@ -500,7 +490,7 @@ fn a_connection_open_before_attach_is_read_from_its_next_command() {
     let all = done(&events);
     assert_eq!(all.len(), 1);
     assert_eq!(all[0].miss, Some(false));
-    assert_eq!(all[0].database, None);
+    assert_eq!(all[0].database, None, "found open: its SELECT went unseen");
     assert_eq!(c.stats().lost_framing, 0, "joining is not losing");
 }
 
