@@ -279,7 +279,13 @@ pub fn try_exit_data(ctx: &TracePointContext) -> Result<(), i64> {
         total,
         want: want as u32,
     };
-    emit_sized(&args)
+    if want <= CAPTURE_CLASSES[0] as u64 {
+        emit_data::<{ CAPTURE_CLASSES[0] }>(&args)
+    } else if want <= CAPTURE_CLASSES[1] as u64 {
+        emit_data::<{ CAPTURE_CLASSES[1] }>(&args)
+    } else {
+        emit_data::<MAX_CAPTURE>(&args)
+    }
 }
 
 /// Plaintext an OpenSSL call moved on a tracked connection.
@@ -332,7 +338,13 @@ pub fn emit_plaintext(plain: &Plaintext) -> Result<(), i64> {
         },
         want: want as u32,
     };
-    emit_sized(&args)
+    if want <= CAPTURE_CLASSES[0] as u64 {
+        emit_data::<{ CAPTURE_CLASSES[0] }>(&args)
+    } else if want <= CAPTURE_CLASSES[1] as u64 {
+        emit_data::<{ CAPTURE_CLASSES[1] }>(&args)
+    } else {
+        emit_data::<MAX_CAPTURE>(&args)
+    }
 }
 
 struct DataArgs<'a> {
@@ -395,19 +407,6 @@ fn gather(iov: u64, count: u64, want: u64, scratch: *mut [u8; 2 * MAX_CAPTURE]) 
         count_loss(LossSlot::IovecsCut);
     }
     off
-}
-
-/// Emits `args` in the smallest size class that holds what it wants captured.
-#[inline(always)]
-fn emit_sized(args: &DataArgs<'_>) -> Result<(), i64> {
-    let want = u64::from(args.want);
-    if want <= CAPTURE_CLASSES[0] as u64 {
-        emit_data::<{ CAPTURE_CLASSES[0] }>(args)
-    } else if want <= CAPTURE_CLASSES[1] as u64 {
-        emit_data::<{ CAPTURE_CLASSES[1] }>(args)
-    } else {
-        emit_data::<MAX_CAPTURE>(args)
-    }
 }
 
 /// Reserves a `DataEvent<N>` and fills it in place: the record is too large for the 512-byte

@@ -7,7 +7,7 @@ use aya_ebpf::{
     EbpfContext as _,
     helpers::{bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_probe_read_user},
     macros::map,
-    maps::HashMap,
+    maps::{HashMap, LruHashMap},
     programs::{ProbeContext, RetProbeContext},
 };
 use loupe_common::{Direction, LossSlot, TlsFunction};
@@ -24,9 +24,10 @@ use crate::{
 pub static TLS_IN_FLIGHT: HashMap<u64, TlsCall> = HashMap::with_max_entries(16384, 0);
 
 /// The connection each `SSL *` was last seen on, keyed by [tgid, ssl]: for a read OpenSSL
-/// answers from its buffer, with no syscall inside.
+/// answers from its buffer, with no syscall inside. LRU: entries of closed connections (their
+/// `SSL *` freed) age out, never fill it.
 #[map]
-pub static TLS_CONNS: HashMap<[u64; 2], TlsConn> = HashMap::with_max_entries(65536, 0);
+pub static TLS_CONNS: LruHashMap<[u64; 2], TlsConn> = LruHashMap::with_max_entries(65536, 0);
 
 #[repr(C)]
 #[derive(Clone, Copy)]
