@@ -8,7 +8,7 @@ use std::process::Command;
 
 use loupe_tests::{
     calls::call_path,
-    client::concurrently,
+    client::{Client, concurrently},
     jaeger::{Jaeger, Span},
     procs::{Downstream, Loupe, Nginx, TlsShop, otlp_args},
     require_root,
@@ -98,6 +98,10 @@ fn an_https_call_nests_under_its_request_with_its_url_and_slowness() {
     // Warm: nginx's pool to the downstream and the shop's interpreter (its first TLS
     // handshakes done) before loupe attaches.
     concurrently(&shop.addr, 4, 2, |_, _| ("/warm".to_owned(), ()));
+    // And one client whose connection outlives the attach: its shop thread's TLS connection to
+    // nginx is open, handshake done, before loupe attaches.
+    let mut warm = Client::connect(&shop.addr).expect("connect to the shop");
+    warm.get_ok("/warm");
     let service = "tls-shop";
     let loupe = Loupe::attach(&otlp_args(
         shop.pid(),
@@ -110,6 +114,16 @@ fn an_https_call_nests_under_its_request_with_its_url_and_slowness() {
         let ms = if n % 3 == 0 { 400 } else { 5 };
         (format!("/fetch/{id}?ms={ms}"), (id, ms))
     });
+    // The warm connection's thread was blocked reading it when loupe attached: that read's
+    // entry went unseen, so the request it returns is not seen (its call is, as a root). The
+    // requests after it are.
+    warm.get_ok("/fetch/wake?ms=5");
+    let mut sent = sent;
+    for n in 0..3 {
+        let id = format!("warm{n}");
+        warm.get_ok(&format!("/fetch/{id}?ms=5"));
+        sent.push((id, 5));
+    }
     let finished = loupe.stop();
     assert!(finished.status.success(), "{}", finished.stderr);
 
@@ -117,7 +131,11 @@ fn an_https_call_nests_under_its_request_with_its_url_and_slowness() {
     let by_id: std::collections::HashMap<&str, &Span> =
         spans.iter().map(|s| (s.span_id.as_str(), s)).collect();
     let calls: Vec<&Span> = spans.iter().filter(|s| s.kind() == "client").collect();
-    assert_eq!(calls.len(), sent.len(), "one client span per call");
+    assert_eq!(
+        calls.len(),
+        sent.len() + 1,
+        "one client span per call (and the wake-up's)"
+    );
     for (id, ms) in &sent {
         let call = calls
             .iter()
