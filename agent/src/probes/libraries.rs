@@ -44,6 +44,9 @@ enum Source {
     Mapped(&'static str),
     /// The executable itself, when it is a Go program whose goroutine ids loupe reads.
     GoExecutable,
+    /// The executable itself, when it exports this symbol: a library linked in statically
+    /// with its symbols kept (Node.js and its OpenSSL).
+    ExecutableExporting(&'static str),
 }
 
 /// A library loupe knows how to probe.
@@ -117,6 +120,13 @@ const LIBRARIES: &[LibrarySpec] = &[
         locate: None,
     },
     LibrarySpec {
+        source: Source::ExecutableExporting("SSL_read"),
+        enter_program: PROGRAM_TLS_ENTER,
+        return_program: Some(PROGRAM_TLS_RETURN),
+        functions: tls_functions,
+        locate: None,
+    },
+    LibrarySpec {
         source: Source::GoExecutable,
         enter_program: PROGRAM_GO_ENTER,
         return_program: None,
@@ -125,28 +135,48 @@ const LIBRARIES: &[LibrarySpec] = &[
     },
 ];
 
-/// The files of `spec` that `pid` runs. `checked_exe` remembers the processes whose executable
-/// was already looked at (it does not change without an exec, which makes a new target).
-fn find(spec: &LibrarySpec, pid: u32, checked_exe: &mut Vec<u32>) -> Vec<MappedLibrary> {
-    match spec.source {
-        Source::Mapped(prefix) => mapped_libraries(pid, prefix),
-        Source::GoExecutable => {
-            if checked_exe.contains(&pid) {
-                return Vec::new();
-            }
-            checked_exe.push(pid);
-            if go_layout(pid).is_none() {
-                return Vec::new();
-            }
-            let Ok(path) = std::fs::read_link(format!("/proc/{pid}/exe")) else {
-                return Vec::new();
-            };
-            vec![MappedLibrary {
-                path: path.to_string_lossy().into_owned(),
-                host_path: PathBuf::from(format!("/proc/{pid}/exe")),
-            }]
-        }
+/// The files of `spec` that `pid` runs. `checked_exe` remembers which processes' executables
+/// were already looked at for which spec (an executable does not change without an exec, which
+/// makes a new target).
+fn find(
+    spec: &LibrarySpec,
+    pid: u32,
+    checked_exe: &mut Vec<(u32, &'static str)>,
+) -> Vec<MappedLibrary> {
+    if let Source::Mapped(prefix) = spec.source {
+        return mapped_libraries(pid, prefix);
     }
+    if checked_exe.contains(&(pid, spec.enter_program)) {
+        return Vec::new();
+    }
+    checked_exe.push((pid, spec.enter_program));
+    let host_path = PathBuf::from(format!("/proc/{pid}/exe"));
+    let probed = match spec.source {
+        Source::GoExecutable => go_layout(pid).is_some(),
+        Source::ExecutableExporting(symbol) => exports_symbol(&host_path, symbol),
+        Source::Mapped(_) => false,
+    };
+    if !probed {
+        return Vec::new();
+    }
+    let Ok(path) = std::fs::read_link(&host_path) else {
+        return Vec::new();
+    };
+    vec![MappedLibrary {
+        path: path.to_string_lossy().into_owned(),
+        host_path,
+    }]
+}
+
+/// Whether the ELF file at `path` exports `symbol` (its dynamic symbol table, or its symbol
+/// table where it has one).
+fn exports_symbol(path: &Path, symbol: &str) -> bool {
+    use blazesym::inspect::{Inspector, source::Elf, source::Source};
+    let mut elf = Elf::new(path);
+    elf.debug_syms = false;
+    Inspector::new()
+        .lookup(&Source::Elf(elf), &[symbol])
+        .is_ok_and(|found| found.first().is_some_and(|hits| !hits.is_empty()))
 }
 
 /// A library file probed in one process.
@@ -179,7 +209,7 @@ pub struct LibraryProbes {
     /// The programs loaded into the kernel (each on first use).
     loaded: Vec<&'static str>,
     /// Processes whose executable was looked at for Go.
-    checked_exe: Vec<u32>,
+    checked_exe: Vec<(u32, &'static str)>,
 }
 
 impl LibraryProbes {
@@ -209,7 +239,7 @@ impl LibraryProbes {
             self.detach_process(ebpf, pid);
         }
         self.failed.retain(|pid, _| pids.contains(pid));
-        self.checked_exe.retain(|pid| pids.contains(pid));
+        self.checked_exe.retain(|(pid, _)| pids.contains(pid));
         let mut news = Vec::new();
         for &pid in pids {
             for spec in LIBRARIES {
