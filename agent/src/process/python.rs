@@ -202,11 +202,7 @@ pub fn context_fields(
     confirmed: bool,
 ) -> Result<Vec<ContextField>, PyError> {
     let mem = File::open(format!("/proc/{pid}/mem"))?;
-    let read = |at: u64| -> Result<u64, PyError> {
-        let mut raw = [0u8; 8];
-        mem.read_exact_at(&mut raw, at)?;
-        Ok(u64::from_le_bytes(raw))
-    };
+    let read = |at: u64| read_u64(&mem, at);
     let layout = &interpreter.layout;
     let interp = read(interpreter.runtime + layout.runtime_interpreters)?;
     if interp == 0 {
@@ -252,14 +248,17 @@ pub fn context_fields(
     Ok(fields)
 }
 
+/// The u64 at `at` in a process's memory.
+fn read_u64(mem: &File, at: u64) -> Result<u64, PyError> {
+    let mut raw = [0u8; 8];
+    mem.read_exact_at(&mut raw, at)?;
+    Ok(u64::from_le_bytes(raw))
+}
+
 /// Whether the object at `object` is a Context: `ob_type` (offset 8), whose `tp_name` (offset
 /// 24) reads `_contextvars.Context`.
 fn is_context(mem: &File, object: u64) -> Result<bool, PyError> {
-    let read = |at: u64| -> Result<u64, PyError> {
-        let mut raw = [0u8; 8];
-        mem.read_exact_at(&mut raw, at)?;
-        Ok(u64::from_le_bytes(raw))
-    };
+    let read = |at: u64| read_u64(mem, at);
     let kind = read(object + 8)?;
     let name = read(kind + 24)?;
     let mut raw = [0u8; CONTEXT_TYPE.len() + 1];

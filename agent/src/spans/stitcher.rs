@@ -150,7 +150,6 @@ struct AwaitingCaller {
 /// are meanwhile.
 struct Late {
     call: LateCall,
-    pid: u32,
     /// Its connection and sequence number there, while its exchange runs.
     key: ConnKey,
     seq: u64,
@@ -1334,7 +1333,6 @@ impl Stitcher {
         }
         let late = Late {
             call: LateCall::new(doer.unit, candidates),
-            pid: key.0,
             key,
             seq,
             since_ns: now,
@@ -1375,7 +1373,7 @@ impl Stitcher {
                     self.awaiting_caller.remove(&key);
                 }
                 SpanIds {
-                    trace_id: self.trace_of(late.pid, &request),
+                    trace_id: self.trace_of(late.key.0, &request),
                     span_id: call_span,
                     parent_span_id: Some(request.span_id),
                     unnested: None,
