@@ -27,8 +27,19 @@ pub struct Counters {
     pub iovecs_cut: AtomicU64,
     /// TLS plaintext whose connection was not known (kernel).
     pub tls_unplaced: AtomicU64,
+    /// Sockets the kernel could not track because its socket map was full (kernel, polled).
+    pub sockets_full: AtomicU64,
+    /// Processes the kernel could not target because its target map was full (kernel, polled).
+    pub targets_full: AtomicU64,
     /// Connections not tracked because the connection table was full.
     pub connections_dropped: AtomicU64,
+    /// Bytes a parser could not read as its protocol (it resyncs at the next message).
+    pub parse_errors: AtomicU64,
+    /// Requests a parser knows were there but could not see (past the captured bytes).
+    pub requests_unseen: AtomicU64,
+    /// Requests and calls that started and will never finish: a lost event, an evicted
+    /// request, a bound reached (they get no span).
+    pub requests_abandoned: AtomicU64,
     /// HTTP requests that got no response before their connection closed.
     pub unanswered_requests: AtomicU64,
     /// libpq queries whose end went unseen (a lost return, a process gone mid-query).
@@ -50,6 +61,13 @@ pub struct Counters {
     pub threads_unsampleable: AtomicU64,
 }
 
+/// One counter of something loupe lost or could not read: its name in the summary line, the
+/// terminal footer and the README's table.
+pub struct LossCounter<'a> {
+    pub name: &'static str,
+    pub value: &'a AtomicU64,
+}
+
 impl Counters {
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
@@ -59,9 +77,39 @@ impl Counters {
         counter.load(Ordering::Relaxed)
     }
 
-    /// The one-line summary printed at exit (its format is a contract: docs/contracts.md).
+    /// Every way an event, a request, a query, a span or a sample can be lost or mis-read, in
+    /// pipeline order. The summary line and the terminal footer show each of them; the README
+    /// says what each means.
+    pub fn losses(&self) -> [LossCounter<'_>; 19] {
+        let loss = |name, value| LossCounter { name, value };
+        [
+            loss("events_lost", &self.events_lost_kernel),
+            loss("decode_errors", &self.decode_errors),
+            loss("sockets_full", &self.sockets_full),
+            loss("targets_full", &self.targets_full),
+            loss("iovecs_cut", &self.iovecs_cut),
+            loss("tls_unplaced", &self.tls_unplaced),
+            loss("connections_dropped", &self.connections_dropped),
+            loss("parse_errors", &self.parse_errors),
+            loss("requests_unseen", &self.requests_unseen),
+            loss("requests_abandoned", &self.requests_abandoned),
+            loss("unanswered_requests", &self.unanswered_requests),
+            loss("queries_abandoned", &self.queries_abandoned),
+            loss("trees_undiagnosed", &self.trees_undiagnosed),
+            loss("spans_dropped", &self.spans_dropped),
+            loss("cpu_samples_unclaimed", &self.cpu_samples_unclaimed),
+            loss("profiles_skipped", &self.profiles_skipped),
+            loss("threads_over_limit", &self.threads_over_limit),
+            loss("threads_unsampleable", &self.threads_unsampleable),
+            loss("ambiguous_calls", &self.ambiguous_calls),
+        ]
+    }
+
+    /// The one-line summary printed at exit (its format is a contract: docs/contracts.md): the
+    /// headline counts, then every loss counter.
     pub fn summary_line(&self) -> String {
-        format!(
+        use std::fmt::Write as _;
+        let mut line = format!(
             "loupe: summary events_read={} events_lost={} decode_errors={} spans_exported={} spans_dropped={} unnested_calls={} ambiguous_calls={} cpu_samples={}",
             Self::get(&self.events_read),
             Self::get(&self.events_lost_kernel),
@@ -71,6 +119,62 @@ impl Counters {
             Self::get(&self.unnested_calls),
             Self::get(&self.ambiguous_calls),
             Self::get(&self.cpu_samples),
-        )
+        );
+        const HEADLINE: [&str; 4] = [
+            "events_lost",
+            "decode_errors",
+            "spans_dropped",
+            "ambiguous_calls",
+        ];
+        for loss in self.losses() {
+            if !HEADLINE.contains(&loss.name) {
+                let _ = write!(line, " {}={}", loss.name, Self::get(loss.value));
+            }
+        }
+        line
+    }
+
+    /// The losses that happened, `name n` joined by commas, or `none`: the terminal footer's.
+    pub fn losses_line(&self) -> String {
+        let seen: Vec<String> = self
+            .losses()
+            .iter()
+            .map(|loss| (loss.name, Self::get(loss.value)))
+            .filter(|(_, n)| *n > 0)
+            .map(|(name, n)| format!("{name} {n}"))
+            .collect();
+        if seen.is_empty() {
+            "none".to_owned()
+        } else {
+            seen.join(", ")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_summary_shows_every_loss_once() {
+        let counters = Counters::default();
+        Counters::add(&counters.requests_unseen, 7);
+        let line = counters.summary_line();
+        for loss in counters.losses() {
+            let key = format!(" {}=", loss.name);
+            assert_eq!(line.matches(&key).count(), 1, "{key} in {line}");
+        }
+        assert!(line.contains(" requests_unseen=7"), "{line}");
+        assert_eq!(counters.losses_line(), "requests_unseen 7");
+        assert_eq!(Counters::default().losses_line(), "none");
+    }
+
+    #[test]
+    fn the_readme_says_what_every_loss_counter_means() {
+        let readme = include_str!("../../README.md");
+        for loss in Counters::default().losses() {
+            let row = format!("| `{}` |", loss.name);
+            assert!(readme.contains(&row), "README has no row {row}");
+        }
     }
 }

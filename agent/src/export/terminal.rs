@@ -155,22 +155,14 @@ impl TerminalView {
         }
         drop(board);
         text.push_str(&format!(
-            "events read {}, lost {}, decode errors {}; spans dropped {}, unnested calls {} (ambiguous {}), undiagnosed requests {}, vector I/O cut {}, TLS unplaced {}; cpu samples {} (unclaimed {}), hot threads {}, not sampled {}, profiles skipped {}\n",
+            "events read {}; spans exported {}, unnested calls {} (ambiguous {}); cpu samples {}, hot threads {}; losses: {}\n",
             Counters::get(&counters.events_read),
-            Counters::get(&counters.events_lost_kernel),
-            Counters::get(&counters.decode_errors),
-            Counters::get(&counters.spans_dropped),
+            Counters::get(&counters.spans_exported),
             Counters::get(&counters.unnested_calls),
             Counters::get(&counters.ambiguous_calls),
-            Counters::get(&counters.trees_undiagnosed),
-            Counters::get(&counters.iovecs_cut),
-            Counters::get(&counters.tls_unplaced),
             Counters::get(&counters.cpu_samples),
-            Counters::get(&counters.cpu_samples_unclaimed),
             Counters::get(&counters.hot_threads),
-            Counters::get(&counters.threads_over_limit)
-                + Counters::get(&counters.threads_unsampleable),
-            Counters::get(&counters.profiles_skipped),
+            counters.losses_line(),
         ));
         let _ = write!(self.out, "{text}");
         let _ = self.out.flush();

@@ -82,6 +82,12 @@ impl Upkeep {
         counters
             .tls_unplaced
             .store(loss.tls_unplaced, std::sync::atomic::Ordering::Relaxed);
+        counters
+            .sockets_full
+            .store(loss.sockets_full, std::sync::atomic::Ordering::Relaxed);
+        counters
+            .targets_full
+            .store(loss.targets_full, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Removes targets that are not live processes; returns those that remain.

@@ -34,10 +34,22 @@ pub enum Report {
     },
     /// The answer to request `seq` began: a server's request is no longer in flight.
     Answering { seq: u64 },
-    /// Request `seq` will never finish: forget it.
+    /// Request `seq` will never finish (a lost event, an evicted request, a bound reached):
+    /// forget it, counted.
     Abandoned { seq: u64 },
     /// Request `seq` finished: what its span is made of.
     Finished(Finished),
+    /// Something on the connection the protocol could not see or read, counted.
+    Lost(Loss),
+}
+
+/// What a protocol could not see or read (every loss is counted: `stats::Counters`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Loss {
+    /// Bytes that did not parse as the protocol; it resyncs at its next message.
+    ParseError,
+    /// This many requests were there but could not be read (past the captured bytes).
+    Unseen(u64),
 }
 
 /// A finished exchange, as its protocol saw it. HTTP (either side of a connection) and

@@ -839,12 +839,15 @@ impl Stitcher {
                         self.answered(pending.ids.span_id, Some(unit), out);
                     }
                 }
-                Report::Abandoned { seq } => {
-                    // Never to finish: forget it (its libpq twin, if any, reports the failure).
-                    if let Some(conn) = self.conns.get_mut(&key) {
-                        conn.pending.remove(&seq);
+                Report::Abandoned { seq } => self.abandoned(key, seq, out),
+                Report::Lost(loss) => match loss {
+                    protocols::Loss::ParseError => {
+                        Counters::add(&self.counters.parse_errors, 1);
                     }
-                }
+                    protocols::Loss::Unseen(n) => {
+                        Counters::add(&self.counters.requests_unseen, n);
+                    }
+                },
                 Report::Finished(Finished::Http(exchange)) => {
                     self.exchange_done(key, &exchange, out);
                 }
@@ -853,6 +856,25 @@ impl Stitcher {
             }
         }
         self.reports = reports;
+    }
+
+    /// Request `seq` on `key` will never finish: it is forgotten everywhere (its thread is no
+    /// longer serving it, nor slow because of it) and counted, unless its libpq twin reports it.
+    fn abandoned(&mut self, key: ConnKey, seq: u64, out: &mut Vec<SpanRecord>) {
+        let Some(conn) = self.conns.get_mut(&key) else {
+            return;
+        };
+        let Some(pending) = conn.pending.remove(&seq) else {
+            return;
+        };
+        let server = conn.role == SocketRole::Server;
+        if pending.libpq.is_none() {
+            Counters::add(&self.counters.requests_abandoned, 1);
+        }
+        if server {
+            self.stop_serving(key.0, pending.exec, key.1, Some(seq));
+            self.answered(pending.ids.span_id, None, out);
+        }
     }
 
     /// A PostgreSQL query the libpq probes saw sent on this thread (and the wire had not shown
