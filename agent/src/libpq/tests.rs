@@ -277,3 +277,115 @@ fn an_exited_process_abandons_its_open_queries() {
     assert_eq!(out.len(), 2);
     assert_eq!(tracker.stats().abandoned, 2);
 }
+
+/// A query reported: span id, text, rows, connection.
+type Reported = (
+    u64,
+    Option<String>,
+    Option<u64>,
+    Option<super::source::ConnKey>,
+);
+
+/// The stitcher as the source sees it, recorded: what was reported, with which ids.
+#[derive(Default)]
+struct Host {
+    next_span: u64,
+    /// (span id, text, rows, connection) per query reported.
+    reported: Vec<Reported>,
+    abandoned: u64,
+}
+
+impl super::QueryHost for Host {
+    fn call_ids(&mut self, _pid: u32, _tid: u32) -> crate::spans::SpanIds {
+        self.next_span += 1;
+        crate::spans::SpanIds {
+            trace_id: 1,
+            span_id: self.next_span,
+            parent_span_id: None,
+            unnested: None,
+        }
+    }
+
+    fn query_done(
+        &mut self,
+        facts: &crate::spans::db::QueryFacts<'_>,
+        conn: Option<super::source::ConnKey>,
+        ids: crate::spans::SpanIds,
+        _actor: crate::spans::Actor,
+    ) {
+        let text = facts.text.map(str::to_owned);
+        self.reported.push((ids.span_id, text, facts.rows, conn));
+    }
+
+    fn query_abandoned(&mut self) {
+        self.abandoned += 1;
+    }
+}
+
+fn wire_query(text: &str, rows: u64) -> crate::protocols::postgres::QueryDone {
+    crate::protocols::postgres::QueryDone {
+        seq: 0,
+        text: text.to_owned(),
+        text_truncated: false,
+        statement_name: None,
+        start: Default::default(),
+        end: Default::default(),
+        rows: Some(rows),
+        sqlstate: None,
+        database: None,
+        values: None,
+    }
+}
+
+#[test]
+fn a_query_both_sources_saw_is_one_span_with_libpqs_ids_over_the_wires_connection() {
+    let mut source = super::LibpqSource::new(16);
+    let mut host = Host::default();
+    let key = (PID, 7);
+    source.on_call(call(1, 10, F::Exec, Some("SELECT 1"), None), &mut host);
+    source.moved_bytes(1, key);
+    // The wire's next query on that thread is libpq's: it shares its ids.
+    let (id, ids) = source.claim(key, 1).expect("libpq's query is claimed");
+    assert_eq!(ids.span_id, 1);
+    assert!(source.claim(key, 1).is_none(), "claimed once");
+    source.wire_done(id, wire_query("SELECT 1", 1), key);
+    assert_eq!(source.open_queries().count(), 1);
+    source.on_result(ret(1, 22, F::Exec, rows(1)), &mut host);
+    assert_eq!(
+        host.reported,
+        vec![(1, Some("SELECT 1".to_owned()), Some(1), Some(key))]
+    );
+    assert_eq!(source.open_queries().count(), 0);
+}
+
+#[test]
+fn a_query_only_libpq_read_takes_the_connection_its_thread_last_used() {
+    let mut source = super::LibpqSource::new(16);
+    let mut host = Host::default();
+    source.moved_bytes(1, (PID, 9));
+    source.on_call(call(1, 10, F::Exec, Some("SELECT 2"), None), &mut host);
+    source.on_result(ret(1, 22, F::Exec, rows(2)), &mut host);
+    assert_eq!(
+        host.reported,
+        vec![(1, Some("SELECT 2".to_owned()), Some(2), Some((PID, 9)))]
+    );
+}
+
+#[test]
+fn a_query_whose_libpq_end_went_unseen_is_the_wires_or_counted() {
+    let mut source = super::LibpqSource::new(16);
+    let mut host = Host::default();
+    let key = (PID, 7);
+    // Thread 1's query the wire saw whole; thread 2's nobody finished.
+    source.on_call(call(1, 10, F::Exec, Some("SELECT 3"), None), &mut host);
+    source.on_call(call(2, 11, F::Exec, Some("SELECT 4"), None), &mut host);
+    let (id, _) = source.claim(key, 1).expect("claimed");
+    source.wire_done(id, wire_query("SELECT 3", 3), key);
+    source.forget_exited(|_| false, &mut host);
+    assert_eq!(
+        host.reported,
+        vec![(1, Some("SELECT 3".to_owned()), Some(3), Some(key))]
+    );
+    assert_eq!(host.abandoned, 1);
+    assert_eq!(source.open_queries().count(), 0);
+}

@@ -28,7 +28,7 @@ use super::{
 use crate::{
     detect::slow::threshold_for,
     events::{ConnRecord, DataRecord, Event},
-    libpq::{LibpqEvent, LibpqQuery, LibpqTracker},
+    libpq::{LibpqSource, QueryHost},
     process::{SocketAddrs, is_live_process, local_postgres_database, runtime_of, socket_addrs},
     protocols::{
         self as protocols, Chunk, Finished, First, Flow, Kind, Parser, Report, Surroundings, http1,
@@ -160,15 +160,6 @@ struct Late {
     span: Option<SpanRecord>,
 }
 
-/// A query the libpq probes saw start and not yet finish.
-struct LibpqOpen {
-    ids: SpanIds,
-    actor: Actor,
-    start_ns: u64,
-    /// The same query as the wire saw it, once it finished there, and its connection.
-    wire: Option<(postgres::QueryDone, ConnKey)>,
-}
-
 /// Owns connection and thread state; turns events into finished spans.
 pub struct Stitcher {
     conns: HashMap<ConnKey, Conn>,
@@ -208,15 +199,8 @@ pub struct Stitcher {
     /// Normalized statements, memoized: the parser is the costly part of a query span.
     statements: StatementCache,
     lookups: LookupBudget,
-    libpq: LibpqTracker,
-    libpq_scratch: Vec<LibpqEvent>,
-    /// libpq queries started and not finished, by tracker id.
-    libpq_open: HashMap<u64, LibpqOpen>,
-    /// Per (pid, tid): the libpq query sent whose bytes the wire has not shown yet.
-    libpq_unwired: HashMap<(u32, u32), u64>,
-    /// Per (pid, tid): the PostgreSQL connection the thread last moved bytes on, for the server
-    /// address of a query only libpq could read (TLS).
-    pg_conn_of_thread: HashMap<(u32, u32), ConnKey>,
+    /// The second source of PostgreSQL queries (the libpq uprobes), tied to the wire's.
+    libpq: LibpqSource,
     /// The time of the event being handled (ns since boot): when what it starts started.
     clock_ns: u64,
     /// Calls decided late, by their span id.
@@ -225,6 +209,37 @@ pub struct Stitcher {
     late_by_request: HashMap<u64, Vec<u64>>,
     /// Server spans finished while a late call they may have made was undecided, by span id.
     held_servers: HashMap<u64, SpanRecord>,
+}
+
+/// The stitcher as the libpq source sees it: ids for calls, spans for queries.
+struct QueryOut<'a> {
+    stitcher: &'a mut Stitcher,
+    out: &'a mut Vec<SpanRecord>,
+}
+
+impl QueryHost for QueryOut<'_> {
+    fn call_ids(&mut self, pid: u32, tid: u32) -> SpanIds {
+        self.stitcher.client_ids(pid, u64::from(tid))
+    }
+
+    fn query_done(
+        &mut self,
+        facts: &QueryFacts<'_>,
+        conn: Option<ConnKey>,
+        ids: SpanIds,
+        actor: Actor,
+    ) {
+        let statement = self.stitcher.statement_of(facts, conn);
+        let ends = conn
+            .and_then(|key| self.stitcher.conns.get(&key))
+            .map(|conn| &conn.ends);
+        self.out
+            .push(query_span(facts, &statement, ends, ids, actor));
+    }
+
+    fn query_abandoned(&mut self) {
+        Counters::add(&self.stitcher.counters.queries_abandoned, 1);
+    }
 }
 
 /// At most `PER_SECOND` /proc address look-ups per second of event time.
@@ -267,11 +282,7 @@ impl Stitcher {
             reports: Vec::new(),
             statements: StatementCache::new(4096),
             lookups: LookupBudget { second: 0, used: 0 },
-            libpq: LibpqTracker::new(),
-            libpq_scratch: Vec::new(),
-            libpq_open: HashMap::default(),
-            libpq_unwired: HashMap::default(),
-            pg_conn_of_thread: HashMap::default(),
+            libpq: LibpqSource::new(limits.max_connections),
             clock_ns: 0,
             late: HashMap::default(),
             late_by_request: HashMap::default(),
@@ -362,56 +373,29 @@ impl Stitcher {
             Event::CpuSample(_) => {}
             Event::LibpqCall(call) => {
                 self.clock_ns = call.ts_ns;
-                let mut events = std::mem::take(&mut self.libpq_scratch);
-                self.libpq.on_call(call, &mut events);
-                self.dispatch_libpq(&mut events, out);
-                self.libpq_scratch = events;
+                self.with_libpq(out, |libpq, host| libpq.on_call(call, host));
             }
             Event::LibpqResult(ret) => {
-                let mut events = std::mem::take(&mut self.libpq_scratch);
-                self.libpq.on_result(ret, &mut events);
-                self.dispatch_libpq(&mut events, out);
-                self.libpq_scratch = events;
+                self.with_libpq(out, |libpq, host| libpq.on_result(ret, host));
             }
         }
     }
 
-    /// Acts on what the libpq tracker reported. A libpq query gets its span ids when it starts;
-    /// the wire query its thread starts next is the same query and shares them.
-    fn dispatch_libpq(&mut self, events: &mut Vec<LibpqEvent>, out: &mut Vec<SpanRecord>) {
-        for event in events.drain(..) {
-            match event {
-                LibpqEvent::Started { id, pid, tid } => {
-                    let ids = self.client_ids(pid, u64::from(tid));
-                    let actor = Actor { pid, tid };
-                    self.libpq_open.insert(
-                        id,
-                        LibpqOpen {
-                            ids,
-                            actor,
-                            start_ns: self.clock_ns,
-                            wire: None,
-                        },
-                    );
-                    self.libpq_unwired.insert((pid, tid), id);
-                }
-                LibpqEvent::Done(query) => self.libpq_done(query, out),
-                LibpqEvent::Abandoned { id } => {
-                    self.libpq_unwired.retain(|_, open| *open != id);
-                    match self.libpq_open.remove(&id) {
-                        // libpq's end went unseen, the wire saw the whole query: its view is
-                        // the span (a uretprobe attached a moment after the call began).
-                        Some(LibpqOpen {
-                            ids,
-                            actor,
-                            wire: Some((done, key)),
-                            ..
-                        }) => out.push(self.wire_query_span(&done, key, ids, actor)),
-                        _ => Counters::add(&self.counters.queries_abandoned, 1),
-                    }
-                }
-            }
-        }
+    /// Runs `act` on the libpq source, which asks this stitcher for ids and spans.
+    fn with_libpq(
+        &mut self,
+        out: &mut Vec<SpanRecord>,
+        act: impl FnOnce(&mut LibpqSource, &mut dyn QueryHost),
+    ) {
+        let mut libpq = std::mem::take(&mut self.libpq);
+        act(
+            &mut libpq,
+            &mut QueryOut {
+                stitcher: self,
+                out,
+            },
+        );
+        self.libpq = libpq;
     }
 
     /// The span of a query only the wire reported whole, on connection `key`.
@@ -442,33 +426,6 @@ impl Stitcher {
         }
     }
 
-    fn libpq_done(&mut self, query: LibpqQuery, out: &mut Vec<SpanRecord>) {
-        let thread = (query.pid, query.tid);
-        if self.libpq_unwired.get(&thread) == Some(&query.id) {
-            self.libpq_unwired.remove(&thread);
-        }
-        let open = self.libpq_open.remove(&query.id);
-        let ids = match &open {
-            Some(open) => open.ids,
-            None => self.client_ids(query.pid, u64::from(query.tid)),
-        };
-        let wire = open.and_then(|open| open.wire);
-        let conn_key = wire
-            .as_ref()
-            .map(|(_, key)| *key)
-            .or_else(|| self.pg_conn_of_thread.get(&thread).copied());
-        let facts = QueryFacts::merged(&query, wire.as_ref().map(|(done, _)| done));
-        let statement = self.statement_of(&facts, conn_key);
-        let ends = conn_key
-            .and_then(|key| self.conns.get(&key))
-            .map(|conn| &conn.ends);
-        let actor = Actor {
-            pid: query.pid,
-            tid: query.tid,
-        };
-        out.push(query_span(&facts, &statement, ends, ids, actor));
-    }
-
     /// Periodic upkeep: finishes idle unframed responses, forgets idle connections and the
     /// libpq queries of processes that exited.
     pub fn tick(&mut self, now_ns: u64, out: &mut Vec<SpanRecord>) {
@@ -491,14 +448,9 @@ impl Stitcher {
             self.close(key, out);
         }
         // A process that exited mid-query never finishes its libpq queries.
-        let mut events = std::mem::take(&mut self.libpq_scratch);
-        for pid in self.libpq.pids() {
-            if !is_live_process(pid) {
-                self.libpq.forget_process(pid, &mut events);
-            }
-        }
-        self.dispatch_libpq(&mut events, out);
-        self.libpq_scratch = events;
+        self.with_libpq(out, |libpq, host| {
+            libpq.forget_exited(is_live_process, host)
+        });
         let overdue: Vec<u64> = self
             .late
             .iter()
@@ -560,9 +512,9 @@ impl Stitcher {
                 }
             }
         }
-        for open in self.libpq_open.values() {
-            if over(open.start_ns, limit_of(OpType::DbClient)) {
-                slow.insert((open.actor.pid, open.actor.tid));
+        for (actor, start_ns) in self.libpq.open_queries() {
+            if over(start_ns, limit_of(OpType::DbClient)) {
+                slow.insert((actor.pid, actor.tid));
             }
         }
         slow
@@ -756,10 +708,7 @@ impl Stitcher {
             parser.push(chunk, &mut self.reports);
             if kind == Kind::Postgres {
                 // For libpq's view of a query over TLS: the connection its thread last used.
-                if self.pg_conn_of_thread.len() >= self.limits.max_connections {
-                    self.pg_conn_of_thread.clear();
-                }
-                self.pg_conn_of_thread.insert((data.pid, data.tid), key);
+                self.libpq.moved_bytes(data.tid, key);
             }
             self.dispatch(key, Some(doer), out);
         }
@@ -880,17 +829,13 @@ impl Stitcher {
     /// A PostgreSQL query the libpq probes saw sent on this thread (and the wire had not shown
     /// yet) started on `key` as `seq`: it is libpq's, with libpq's span ids. False otherwise.
     fn started_by_libpq(&mut self, key: ConnKey, seq: u64, doer: Doer) -> bool {
-        let Some(id) = self.libpq_unwired.get(&(key.0, doer.tid)).copied() else {
-            return false;
-        };
         let is_postgres = self.conns.get(&key).is_some_and(|conn| {
             matches!(&conn.protocol, Protocol::Known(parser) if parser.kind() == Kind::Postgres)
         });
         if !is_postgres {
             return false;
         }
-        self.libpq_unwired.remove(&(key.0, doer.tid));
-        let Some(ids) = self.libpq_open.get(&id).map(|open| open.ids) else {
+        let Some((id, ids)) = self.libpq.claim(key, doer.tid) else {
             return false;
         };
         if let Some(conn) = self.conns.get_mut(&key) {
@@ -937,10 +882,7 @@ impl Stitcher {
             return;
         };
         if let Some(id) = pending.libpq {
-            // libpq reports it; if libpq already did, the wire's view came too late.
-            if let Some(open) = self.libpq_open.get_mut(&id) {
-                open.wire = Some((query, key));
-            }
+            self.libpq.wire_done(id, query, key);
             return;
         }
         let actor = Actor {
