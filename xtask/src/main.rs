@@ -1,6 +1,6 @@
 //! `cargo xtask`: what cargo cannot do alone. `setup` installs the toolchain and test
 //! dependencies (idempotent), `demo` shows loupe on a demo shop, `test` runs every check CI runs,
-//! `bench` measures loupe's overhead.
+//! `bench` measures loupe's overhead, `soak` watches its memory under a long steady load.
 
 mod bench;
 mod build;
@@ -8,6 +8,7 @@ mod demo;
 mod http;
 mod procs;
 mod setup;
+mod soak;
 mod test;
 
 use std::time::Duration;
@@ -54,6 +55,19 @@ enum Command {
         #[arg(long)]
         https_only: bool,
     },
+    /// The demo shop under a steady mixed load with loupe exporting to Jaeger: loupe's memory
+    /// minute by minute and its growth after warm-up.
+    Soak {
+        /// How long, e.g. 30m.
+        #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        /// Growth is measured from this point on.
+        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+        warmup: Duration,
+        /// Requests per second, all clients together.
+        #[arg(long, default_value_t = 3000)]
+        rate: u64,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -68,5 +82,10 @@ fn main() -> anyhow::Result<()> {
             adapters_only,
             https_only,
         } => bench::run(duration, adapters_only, https_only),
+        Command::Soak {
+            duration,
+            warmup,
+            rate,
+        } => soak::run(duration, warmup, rate),
     }
 }
