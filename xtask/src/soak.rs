@@ -159,7 +159,7 @@ fn drive(
     let mut n = client;
     while !stop.load(Ordering::Relaxed) {
         n += CLIENTS;
-        let close = n % NEW_CONNECTION_EVERY == 0;
+        let close = n.is_multiple_of(NEW_CONNECTION_EVERY);
         let ok = if close {
             exchange(&mut None, addr, &target(n), true)
         } else {
