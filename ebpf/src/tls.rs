@@ -115,11 +115,11 @@ pub fn try_return(ctx: &RetProbeContext) -> Result<(), i64> {
             fd: call.fd,
             _pad: 0,
         };
-        let _ = TLS_CONNS.insert(&key, &seen, 0);
+        let _ = TLS_CONNS.insert(key, seen, 0);
         seen
     } else {
         // SAFETY: copied out at once.
-        match unsafe { TLS_CONNS.get(&key) } {
+        match unsafe { TLS_CONNS.get(key) } {
             Some(seen) => *seen,
             // Never seen on a socket (its handshake went by before loupe attached, and OpenSSL
             // answered from its buffer): which connection is not known.

@@ -1,6 +1,7 @@
 //! `cargo xtask`: what cargo cannot do alone. `setup` installs the toolchain and test
-//! dependencies (idempotent), `demo` shows loupe on a demo shop, `test` runs every check CI runs,
-//! `bench` measures loupe's overhead, `soak` watches its memory under a long steady load.
+//! dependencies (idempotent), `demo` shows loupe on a demo shop, `lint` runs rustfmt and
+//! clippy, `test` runs every check CI runs, `bench` measures loupe's overhead, `soak` watches its
+//! memory under a long steady load.
 
 mod bench;
 mod build;
@@ -37,6 +38,9 @@ enum Command {
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         duration: Duration,
     },
+    /// rustfmt and clippy with warnings as errors, the eBPF crate on the BPF target too (what
+    /// `test` runs first).
+    Lint,
     /// Set up, then rustfmt, clippy, unit tests and the privileged end-to-end tests (root).
     Test {
         /// Passed to both `cargo test` runs, e.g. a test name filter.
@@ -76,6 +80,7 @@ fn main() -> anyhow::Result<()> {
         Command::Setup => setup::run().map(|_| ()),
         Command::Build => build::release(),
         Command::Demo { jaeger, duration } => demo::run(jaeger, duration),
+        Command::Lint => test::lint(),
         Command::Test { args } => test::run(&args),
         Command::Bench {
             duration,

@@ -192,7 +192,7 @@ fn apt_packages() -> anyhow::Result<()> {
 fn nightly() -> anyhow::Result<()> {
     let has_toolchain =
         succeeds(Command::new("rustup").args(["run", EBPF_TOOLCHAIN, "rustc", "--version"]));
-    let has_src = Command::new("rustup")
+    let installed = Command::new("rustup")
         .args([
             "component",
             "list",
@@ -201,15 +201,20 @@ fn nightly() -> anyhow::Result<()> {
             "--installed",
         ])
         .output()
-        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains("rust-src"));
-    if has_toolchain && has_src {
+        .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
+        .unwrap_or_default();
+    // rust-src to build core for the BPF target, clippy to lint the eBPF crate on it.
+    if has_toolchain && installed.contains("rust-src") && installed.contains("clippy") {
         step(
-            &format!("{EBPF_TOOLCHAIN} with rust-src"),
+            &format!("{EBPF_TOOLCHAIN} with rust-src and clippy"),
             "already installed",
         );
         return Ok(());
     }
-    step(&format!("{EBPF_TOOLCHAIN} with rust-src"), "installing");
+    step(
+        &format!("{EBPF_TOOLCHAIN} with rust-src and clippy"),
+        "installing",
+    );
     run_checked(Command::new("rustup").args([
         "toolchain",
         "install",
@@ -218,6 +223,8 @@ fn nightly() -> anyhow::Result<()> {
         "minimal",
         "--component",
         "rust-src",
+        "--component",
+        "clippy",
     ]))
 }
 

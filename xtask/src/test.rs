@@ -1,7 +1,7 @@
 //! Everything CI runs: formatting, lints, unit tests, then the privileged tests (kernel programs
 //! against real sockets, and end to end against Jaeger, nginx and the demo app).
 
-use std::process::Command;
+use std::{path::Path, process::Command};
 
 use crate::{
     build,
@@ -9,9 +9,9 @@ use crate::{
     setup,
 };
 
-pub fn run(extra: &[String]) -> anyhow::Result<()> {
-    setup::require_root("test")?;
-    let installed = setup::run()?;
+/// rustfmt, clippy on the host crates, clippy on the eBPF crate for the BPF target: all with
+/// warnings as errors.
+pub fn lint() -> anyhow::Result<()> {
     let root = workspace_root();
     let cargo = || {
         let mut command = Command::new("cargo");
@@ -32,6 +32,21 @@ pub fn run(extra: &[String]) -> anyhow::Result<()> {
         "-D",
         "warnings",
     ]))?;
+    println!("test: clippy on the eBPF crate (BPF target)");
+    run_checked(&mut ebpf_clippy(&root))?;
+    Ok(())
+}
+
+pub fn run(extra: &[String]) -> anyhow::Result<()> {
+    setup::require_root("test")?;
+    let installed = setup::run()?;
+    let root = workspace_root();
+    let cargo = || {
+        let mut command = Command::new("cargo");
+        command.current_dir(&root);
+        command
+    };
+    lint()?;
     build::release()?;
     println!("test: unit tests and privileged kernel tests");
     run_checked(
@@ -65,4 +80,40 @@ pub fn run(extra: &[String]) -> anyhow::Result<()> {
             .env("LOUPE_BIN", release_bin("loupe"))
             .env("DEMO_APP_BIN", release_bin("demo-app")),
     )
+}
+
+/// Clippy on `loupe-ebpf` as agent/build.rs (aya-build) builds it: the pinned nightly, target
+/// bpfel-unknown-none with core built from source, the same `bpf_target_arch` cfg. A check, not
+/// a build (nothing is linked), in its own target directory so the two never invalidate each
+/// other: after the first run it re-checks only the eBPF crate, in about a second.
+fn ebpf_clippy(root: &Path) -> Command {
+    let mut command = Command::new("rustup");
+    command
+        .current_dir(root)
+        .args([
+            "run",
+            setup::EBPF_TOOLCHAIN,
+            "cargo",
+            "clippy",
+            "--package",
+            "loupe-ebpf",
+            "--bins",
+            "--release",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--target-dir",
+        ])
+        .arg(root.join("target/ebpf-clippy"))
+        .args(["--", "-D", "warnings"])
+        .env(
+            "CARGO_ENCODED_RUSTFLAGS",
+            format!("--cfg=bpf_target_arch=\"{}\"", std::env::consts::ARCH),
+        );
+    // rustup run puts the nightly first on PATH; a RUSTC inherited from an outer cargo would not.
+    for key in ["RUSTC", "RUSTC_WORKSPACE_WRAPPER", "RUSTFLAGS"] {
+        command.env_remove(key);
+    }
+    command
 }
