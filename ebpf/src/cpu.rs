@@ -8,21 +8,13 @@ use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, generated},
     programs::PerfEventContext,
 };
-use loupe_common::{
-    CpuSampleEvent, EventHeader, EventKind, LossSlot, MAX_KERNEL_FRAMES, MAX_USER_FRAMES,
-};
+use loupe_common::{CpuSampleEvent, EventHeader, EventKind, MAX_KERNEL_FRAMES, MAX_USER_FRAMES};
 
-use crate::{
-    emit,
-    maps::{EVENTS, count_loss},
-};
+use crate::emit;
 
 pub fn try_sample(ctx: &PerfEventContext) -> Result<(), i64> {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let Some(mut entry) = EVENTS.reserve::<CpuSampleEvent>(0) else {
-        count_loss(LossSlot::RingFull);
-        return Err(-1);
-    };
+    let mut entry = emit::reserve::<CpuSampleEvent>()?;
     let event = entry.as_mut_ptr();
     // SAFETY: `event` points at a reserved, writable record of size_of::<CpuSampleEvent>();
     // bpf_get_stack writes at most the size it is given into the array it is given.

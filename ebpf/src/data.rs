@@ -413,10 +413,7 @@ fn gather(iov: u64, count: u64, want: u64, scratch: *mut [u8; 2 * MAX_CAPTURE]) 
 /// BPF stack, so it is never built on the stack.
 #[inline(always)]
 fn emit_data<const N: usize>(args: &DataArgs<'_>) -> Result<(), i64> {
-    let Some(mut entry) = crate::maps::EVENTS.reserve::<DataEvent<N>>(0) else {
-        count_loss(LossSlot::RingFull);
-        return Err(-1);
-    };
+    let mut entry = emit::reserve::<DataEvent<N>>()?;
     let event = entry.as_mut_ptr();
     let mut len = args.want;
     if len > N as u32 {

@@ -1,6 +1,9 @@
 //! Writing records to the ring buffer: reservation, loss counting and the wakeup policy.
 
-use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
+use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    maps::ring_buf::RingBufEntry,
+};
 use loupe_common::LossSlot;
 
 use crate::{
@@ -18,19 +21,23 @@ pub fn submit_flags() -> u64 {
     }
 }
 
-/// Writes one fixed-size record, counting a full ring as a loss.
+/// Reserves one record in the ring buffer, or counts it lost (`LossSlot::RingFull`) when the
+/// ring is full: every record the kernel writes is reserved here, so no reserve failure goes
+/// uncounted. The caller fills the entry and submits (or discards) it.
+#[inline(always)]
+pub fn reserve<T: 'static>() -> Result<RingBufEntry<T>, i64> {
+    EVENTS.reserve::<T>(0).ok_or_else(|| {
+        count_loss(LossSlot::RingFull);
+        -1
+    })
+}
+
+/// Writes one fixed-size record built on the stack.
 pub fn output<T: Copy + 'static>(record: &T) -> Result<(), i64> {
-    match EVENTS.reserve::<T>(0) {
-        Some(mut entry) => {
-            entry.write(*record);
-            entry.submit(submit_flags());
-            Ok(())
-        }
-        None => {
-            count_loss(LossSlot::RingFull);
-            Err(-1)
-        }
-    }
+    let mut entry = reserve::<T>()?;
+    entry.write(*record);
+    entry.submit(submit_flags());
+    Ok(())
 }
 
 /// Now, in ns since boot (CLOCK_MONOTONIC): the clock of every timestamp in the ABI.

@@ -14,7 +14,7 @@ use loupe_common::{
 
 use crate::{
     config, emit,
-    maps::{EVENTS, LIBPQ_CONN, count_loss},
+    maps::{LIBPQ_CONN, count_loss},
 };
 
 fn header(kind: EventKind, pid_tgid: u64) -> EventHeader {
@@ -87,10 +87,7 @@ enum Filled {
 /// Reserves a `LibpqCallEvent<N>` and fills it in place (it does not fit the BPF stack).
 #[inline(always)]
 fn emit_call<const N: usize>(call: &Call, last: bool) -> Result<Filled, i64> {
-    let Some(mut entry) = EVENTS.reserve::<LibpqCallEvent<N>>(0) else {
-        count_loss(LossSlot::RingFull);
-        return Err(-1);
-    };
+    let mut entry = emit::reserve::<LibpqCallEvent<N>>()?;
     let event = entry.as_mut_ptr();
     let mut limit = call.limit;
     if limit > N as u32 {
@@ -157,10 +154,7 @@ pub fn try_return(ctx: &RetProbeContext) -> Result<(), i64> {
         }
         let _ = LIBPQ_CONN.remove(pid_tgid);
     }
-    let Some(mut entry) = EVENTS.reserve::<LibpqResultEvent>(0) else {
-        count_loss(LossSlot::RingFull);
-        return Err(-1);
-    };
+    let mut entry = emit::reserve::<LibpqResultEvent>()?;
     let event = entry.as_mut_ptr();
     // SAFETY: `event` points at a reserved, writable record; every read of the target's memory
     // goes through bpf_probe_read_user into a bounded field.
