@@ -22,11 +22,9 @@ use loupe_common::{Direction, SocketRole};
 static SERIAL: Mutex<()> = Mutex::new(());
 
 fn attach(capture_bytes: u32) -> Probes {
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "needs root: run with `cargo xtask test`"
-    );
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(euid, 0, "needs root: run with `cargo xtask test`");
     let me = std::process::id();
     preflight::check(&[me]).expect("preflight");
     let config = ProbeConfig {

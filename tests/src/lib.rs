@@ -45,9 +45,9 @@ pub fn cache_dir() -> PathBuf {
 /// Fails the test unless it runs as root: these tests load eBPF programs.
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
     assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
+        euid, 0,
         "these tests load eBPF programs: run them with `cargo xtask test` as root"
     );
 }
