@@ -123,11 +123,15 @@ pub async fn run(config: Config) -> Result<Outcome, RunError> {
         events,
         targets: target_map,
         sockets,
+        resync,
         loss,
         python,
         attached,
         existing,
     } = probes;
+    let (news_tx, news_rx) = std::sync::mpsc::channel();
+    let (closes_tx, closes_rx) = mpsc::unbounded_channel();
+    let resync = resync.spawn(news_rx, closes_tx)?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let logger = spawn_kernel_logger(&mut ebpf, stop_rx.clone());
@@ -182,6 +186,10 @@ pub async fn run(config: Config) -> Result<Outcome, RunError> {
     };
     let stitch = tokio::spawn(stitch(
         batch_rx,
+        FdChannels {
+            news: news_tx,
+            closes: closes_rx,
+        },
         stitcher,
         span_tx,
         verdicts,
@@ -238,6 +246,8 @@ pub async fn run(config: Config) -> Result<Outcome, RunError> {
     let _ = stop_tx.send(true);
     let _ = reader.await;
     let _ = stitch.await;
+    // The stitch stage dropped its news sender: the re-sync thread ends.
+    let _ = tokio::task::spawn_blocking(move || resync.join()).await;
     // The stitch stage dropped its job queue: the symbolizer finishes what it has, then lets go
     // of its span sender, and the exporter's channel closes.
     let _ = tokio::task::spawn_blocking(move || symbolizer.join()).await;
@@ -332,10 +342,18 @@ impl Verdicts {
     }
 }
 
+/// The stitch stage's line to the fd re-sync thread: the kernel's news about fds goes there, the
+/// connections it forgets come back as closes.
+struct FdChannels {
+    news: std::sync::mpsc::Sender<events::FdNews>,
+    closes: mpsc::UnboundedReceiver<Vec<events::Event>>,
+}
+
 /// The stitching stage: decode, stitch, write verdicts, hand spans to the exporter without ever
 /// waiting on it.
 async fn stitch(
     mut rx: mpsc::Receiver<Batch>,
+    mut fds: FdChannels,
     mut stitcher: Stitcher,
     tx: mpsc::Sender<SpanRecord>,
     mut verdicts: Verdicts,
@@ -350,6 +368,19 @@ async fn stitch(
             batch = rx.recv() => match batch {
                 Some(batch) => {
                     for record in &batch {
+                        match events::decode_fd_news(record) {
+                            // The re-sync thread lives as long as this sender.
+                            Some(Ok(news)) => {
+                                let _ = fds.news.send(news);
+                                continue;
+                            }
+                            Some(Err(err)) => {
+                                Counters::add(&counters.decode_errors, 1);
+                                tracing::debug!("dropped a record: {err}");
+                                continue;
+                            }
+                            None => {}
+                        }
                         match events::decode(record) {
                             Ok(events::Event::CpuSample(sample)) => {
                                 Counters::add(&counters.cpu_samples, 1);
@@ -371,6 +402,11 @@ async fn stitch(
                 }
                 None => break,
             },
+            Some(closed) = fds.closes.recv() => {
+                for event in closed {
+                    stitcher.handle(event, &mut out);
+                }
+            }
             _ = tick.tick() => {
                 let now = monotonic_now_ns();
                 stitcher.tick(now, &mut out);

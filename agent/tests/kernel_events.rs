@@ -11,7 +11,7 @@ use std::{
 
 use bytes::Bytes;
 use loupe::{
-    events::{Event, decode},
+    events::{Event, FdNews, decode, decode_fd_news},
     preflight,
     probes::{ProbeConfig, Probes, load_and_attach},
     process::Target,
@@ -48,18 +48,32 @@ fn collect_until(
     timeout: Duration,
     done: impl Fn(&[Event]) -> bool,
 ) -> Vec<Event> {
+    collect_with_news(probes, timeout, |events, _| done(events)).0
+}
+
+/// As `collect_until`, keeping the kernel's news about fds (for the re-sync) apart.
+fn collect_with_news(
+    probes: &mut Probes,
+    timeout: Duration,
+    done: impl Fn(&[Event], &[FdNews]) -> bool,
+) -> (Vec<Event>, Vec<FdNews>) {
     let deadline = Instant::now() + timeout;
     let mut events = Vec::new();
+    let mut news = Vec::new();
     while Instant::now() < deadline {
         while let Some(item) = probes.events.next() {
-            events.push(decode(&Bytes::copy_from_slice(&item)).expect("decodes"));
+            let record = Bytes::copy_from_slice(&item);
+            match decode_fd_news(&record) {
+                Some(item) => news.push(item.expect("decodes")),
+                None => events.push(decode(&record).expect("decodes")),
+            }
         }
-        if done(&events) {
-            return events;
+        if done(&events, &news) {
+            return (events, news);
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-    events
+    (events, news)
 }
 
 fn data_on(events: &[Event], fd: i32, direction: Direction) -> Vec<&loupe::events::DataRecord> {
@@ -408,4 +422,232 @@ fn vector_writes_and_reads_are_captured_across_their_iovecs() {
     );
     assert_eq!(&reply[0].payload[..head.len()], head);
     assert!(reply[0].payload[head.len()..].iter().all(|&b| b == b'x'));
+}
+
+/// The client-side connection the kernel reported for `fd` of `pid`.
+fn connected_on(events: &[Event], pid: u32, fd: i32) -> Option<u64> {
+    events.iter().find_map(|e| match e {
+        Event::Conn(c) if c.pid == pid && c.fd == fd && c.role == SocketRole::Client => {
+            Some(c.conn_id)
+        }
+        _ => None,
+    })
+}
+
+fn closed(events: &[Event], fd: i32, conn_id: u64) -> bool {
+    events
+        .iter()
+        .any(|e| matches!(e, Event::Close { fd: f, conn_id: c, .. } if *f == fd && *c == conn_id))
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn a_socket_closed_by_close_range_is_forgotten_and_its_reused_fd_is_not_its_connection() {
+    use std::os::{fd::IntoRawFd, unix::net::UnixStream};
+
+    let _guard = SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut probes = attach(256);
+    let me = std::process::id();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let fd = TcpStream::connect(addr).unwrap().into_raw_fd();
+    let _server = listener.accept().unwrap();
+    let events = collect_until(&mut probes, Duration::from_secs(5), |events| {
+        connected_on(events, me, fd).is_some()
+    });
+    let old = connected_on(&events, me, fd).expect("connect seen");
+
+    // SAFETY: `fd` is this test's own (into_raw_fd), closed once, here.
+    assert_eq!(unsafe { libc::close_range(fd as u32, fd as u32, 0) }, 0);
+    // The freed fd reused by a socket that is neither accepted nor connected (untracked)...
+    let (unix, _peer) = UnixStream::pair().unwrap();
+    // SAFETY: dup2 onto a free fd number; the unix socket outlives the write below.
+    assert_eq!(unsafe { libc::dup2(unix.as_raw_fd(), fd) }, fd);
+    // SAFETY: the buffer is live for the call.
+    assert_eq!(unsafe { libc::write(fd, b"stale".as_ptr().cast(), 5) }, 5);
+    // ...then by a new connection (dup2 of a connected socket onto it).
+    let fresh = TcpStream::connect(addr).unwrap();
+    let _fresh_server = listener.accept().unwrap();
+    // SAFETY: as above; `fresh` stays open, dup2 replaces the unix socket at `fd`.
+    assert_eq!(unsafe { libc::dup2(fresh.as_raw_fd(), fd) }, fd);
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::write(fd, b"fresh".as_ptr().cast(), 5) }, 5);
+
+    // "fresh" is written after "stale", by this thread: once it is in, both are.
+    let events = collect_until(&mut probes, Duration::from_secs(5), |events| {
+        data_on(events, fd, Direction::Egress)
+            .iter()
+            .any(|d| &d.payload[..] == b"fresh")
+    });
+    assert!(
+        closed(&events, fd, old),
+        "close_range reports the tracked socket's close"
+    );
+    let writes = data_on(&events, fd, Direction::Egress);
+    assert!(
+        writes.iter().all(|d| d.conn_id != old),
+        "nothing written on the reused fd is the old connection's: {writes:?}"
+    );
+    assert!(
+        !writes.iter().any(|d| &d.payload[..] == b"stale"),
+        "the untracked socket on the reused fd is not traced"
+    );
+    let fresh_conn = connected_on(&events, me, fresh.as_raw_fd()).expect("new connect seen");
+    assert!(
+        writes
+            .iter()
+            .any(|d| &d.payload[..] == b"fresh" && d.conn_id == fresh_conn),
+        "the new socket on the fd is the new connection"
+    );
+    // SAFETY: `fd` (the dup of `fresh`) is this test's own.
+    unsafe { libc::close(fd) };
+}
+
+/// Connects two sockets to the port in argv[1] ("keep", made inheritable, then "gone", left
+/// close-on-exec as Python makes them), then execs Python again with the program in argv[2].
+const BEFORE_EXEC: &str = "import os, socket, sys
+port = int(sys.argv[1])
+keep = socket.create_connection(('127.0.0.1', port))
+keep.sendall(b'keep\\n')
+gone = socket.create_connection(('127.0.0.1', port))
+gone.sendall(b'gone\\n')
+keep.set_inheritable(True)
+os.execv(sys.executable, [sys.executable, '-c', sys.argv[2], str(keep.fileno()), str(gone.fileno())])
+";
+
+/// After the exec: waits for "go" on the kept socket, reuses the closed socket's fd for
+/// /dev/null and writes to it, then answers "after" on the kept socket.
+const AFTER_EXEC: &str = "import os, sys
+keep, gone = int(sys.argv[1]), int(sys.argv[2])
+assert os.read(keep, 3) == b'go\\n'
+null = os.open('/dev/null', os.O_WRONLY)
+if null != gone:
+    os.dup2(null, gone)
+os.write(gone, b'stale')
+os.write(keep, b'after\\n')
+";
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn an_exec_forgets_its_close_on_exec_sockets_and_keeps_the_others() {
+    use std::io::{BufRead, BufReader};
+
+    let _guard = SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut probes = attach(256);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port().to_string();
+    // Started after attach: a forked child of the target, so a target too.
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", BEFORE_EXEC, &port, AFTER_EXEC])
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let mut accepted = std::collections::HashMap::new();
+    for _ in 0..2 {
+        let (stream, _) = listener.accept().unwrap();
+        let mut line = String::new();
+        BufReader::new(stream.try_clone().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        accepted.insert(line.trim().to_owned(), stream);
+    }
+    let parked = |news: &[FdNews]| -> Vec<(i32, u64)> {
+        news.iter()
+            .filter_map(|n| match *n {
+                FdNews::Parked {
+                    pid: p,
+                    fd,
+                    conn_id,
+                    ..
+                } if p == pid => Some((fd, conn_id)),
+                _ => None,
+            })
+            .collect()
+    };
+    let (events, news) = collect_with_news(&mut probes, Duration::from_secs(10), |_, news| {
+        parked(news).len() == 2
+    });
+    let set_aside = parked(&news);
+    assert_eq!(
+        set_aside.len(),
+        2,
+        "both sockets set aside at exec: {news:?}"
+    );
+    let conn_of = |fd: i32| connected_on(&events, pid, fd).expect("the child's connect seen");
+    let writes: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Data(d) if d.pid == pid && d.direction == Direction::Egress => Some(d),
+            _ => None,
+        })
+        .collect();
+    let fd_of = |payload: &[u8]| {
+        writes
+            .iter()
+            .find(|d| &d.payload[..] == payload)
+            .map(|d| d.fd)
+            .expect("the child's write seen")
+    };
+    let (keep_fd, gone_fd) = (fd_of(b"keep\n"), fd_of(b"gone\n"));
+    let (keep_conn, gone_conn) = (conn_of(keep_fd), conn_of(gone_fd));
+    assert!(set_aside.contains(&(keep_fd, keep_conn)) && set_aside.contains(&(gone_fd, gone_conn)));
+
+    // What the agent's re-sync thread does with the news.
+    let mut closes = Vec::new();
+    for item in news.iter().filter(
+        |n| matches!(n, FdNews::Parked { pid: p, .. } | FdNews::Resync { pid: p, .. } if *p == pid),
+    ) {
+        probes.resync.handle(*item, 0, &mut closes);
+    }
+    assert!(
+        closed(&closes, gone_fd, gone_conn),
+        "the close-on-exec socket is closed: {closes:?}"
+    );
+    assert!(
+        !closes
+            .iter()
+            .any(|e| matches!(e, Event::Close { conn_id, .. } if *conn_id == keep_conn)),
+        "the inherited socket stays open"
+    );
+
+    accepted
+        .get_mut("keep")
+        .unwrap()
+        .write_all(b"go\n")
+        .unwrap();
+    let mut answer = [0u8; 6];
+    accepted
+        .get_mut("keep")
+        .unwrap()
+        .read_exact(&mut answer)
+        .unwrap();
+    assert_eq!(&answer, b"after\n");
+    assert!(child.wait().unwrap().success());
+    // "after" is written after "stale", by the same thread: once it is in, both are.
+    let events = collect_until(&mut probes, Duration::from_secs(5), |events| {
+        events
+            .iter()
+            .any(|e| matches!(e, Event::Data(d) if d.pid == pid && &d.payload[..] == b"after\n"))
+    });
+    let after: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Data(d) if d.pid == pid && d.direction == Direction::Egress => Some(d),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        after
+            .iter()
+            .any(|d| &d.payload[..] == b"after\n" && d.fd == keep_fd && d.conn_id == keep_conn),
+        "the inherited socket is traced again as the same connection: {after:?}"
+    );
+    assert!(
+        !after.iter().any(|d| d.conn_id == gone_conn),
+        "nothing on the closed socket's reused fd is its connection's: {after:?}"
+    );
 }

@@ -36,6 +36,11 @@ pub enum EventKind {
     GoCall = 10,
     /// Plaintext an OpenSSL record function moved on a tracked socket: a [`DataEvent`].
     TlsData = 11,
+    /// A tracked socket taken out of `SOCKETS` when its process exec'd: [`ParkedEvent`].
+    Parked = 12,
+    /// Tracked sockets of a process that userspace should check against `/proc/PID/fd`:
+    /// [`ResyncEvent`].
+    Resync = 13,
 }
 
 impl TryFrom<u32> for EventKind {
@@ -53,6 +58,8 @@ impl TryFrom<u32> for EventKind {
             9 => Ok(Self::ConnLocal),
             10 => Ok(Self::GoCall),
             11 => Ok(Self::TlsData),
+            12 => Ok(Self::Parked),
+            13 => Ok(Self::Resync),
             other => Err(other),
         }
     }
@@ -225,6 +232,38 @@ pub struct DupEvent {
 }
 const _: () = assert!(size_of::<DupEvent>() == 40);
 
+/// File descriptors the kernel scans itself when a target closes a range of them
+/// (`close_range(2)`) or execs: fds `first..first + FD_SCAN` of a range, fds `0..FD_SCAN` at
+/// exec. A bounded loop of map lookups; the fds past it are left to userspace ([`ResyncEvent`]).
+pub const FD_SCAN: u32 = 1024;
+
+/// A tracked socket the kernel took out of `SOCKETS` when its process exec'd (fds below
+/// [`FD_SCAN`]): the exec closed it if it was close-on-exec. Userspace puts it back when
+/// `/proc/PID/fd` still shows a socket at `header.fd`, else reports the connection closed. Until
+/// then nothing on that fd is traced, so bytes the new program moves on an fd it reused are
+/// never taken for the old connection's.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ParkedEvent {
+    pub header: EventHeader,
+    /// The socket's `SocketInfo::role`.
+    pub role: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<ParkedEvent>() == 32);
+
+/// Userspace should check the tracked sockets of `header.pid` with fds in `first..=last`
+/// against `/proc/PID/fd` and forget those no longer open: the part of a closed range, or of
+/// an exec, past what the kernel scanned itself.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ResyncEvent {
+    pub header: EventHeader,
+    pub first: u32,
+    pub last: u32,
+}
+const _: () = assert!(size_of::<ResyncEvent>() == 32);
+
 /// Connection ids userspace assigns to sockets found open at attach have this bit set, so they
 /// never collide with the kernel's.
 pub const USER_CONN_ID_BIT: u64 = 1 << 63;
@@ -242,4 +281,8 @@ mod pod {
     unsafe impl aya::Pod for super::DupEvent {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ConnLocalEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ParkedEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ResyncEvent {}
 }

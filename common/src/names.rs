@@ -4,8 +4,8 @@
 pub const MAP_EVENTS: &str = "EVENTS";
 /// Thread groups to trace (userspace writes at attach, kernel adds forked children).
 pub const MAP_TARGET_PIDS: &str = "TARGET_PIDS";
-/// Open sockets of target processes (kernel on accept/connect/close, userspace for sockets
-/// already open at attach).
+/// Open sockets of target processes (kernel on accept/connect/close/close_range/exec, userspace
+/// for sockets already open at attach and for its re-syncs against /proc).
 pub const MAP_SOCKETS: &str = "SOCKETS";
 /// Per-CPU loss counters, indexed by `LossSlot`.
 pub const MAP_LOSS: &str = "LOSS";
@@ -107,6 +107,14 @@ pub const TRACEPOINT_PROGRAMS: &[TracepointProgram] = &[
         tracepoints: &[("syscalls", "sys_enter_close")],
     },
     TracepointProgram {
+        program: "enter_close_range",
+        tracepoints: &[("syscalls", "sys_enter_close_range")],
+    },
+    TracepointProgram {
+        program: "exit_close_range",
+        tracepoints: &[("syscalls", "sys_exit_close_range")],
+    },
+    TracepointProgram {
         program: "enter_dup",
         tracepoints: &[
             ("syscalls", "sys_enter_dup"),
@@ -134,6 +142,10 @@ pub const TRACEPOINT_PROGRAMS: &[TracepointProgram] = &[
     TracepointProgram {
         program: "process_fork",
         tracepoints: &[("sched", "sched_process_fork")],
+    },
+    TracepointProgram {
+        program: "process_exec",
+        tracepoints: &[("sched", "sched_process_exec")],
     },
 ];
 

@@ -5,8 +5,8 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use loupe_common::{
-    CloseEvent, ConnEvent, ConnLocalEvent, Direction, DupEvent, EventHeader, EventKind, LossSlot,
-    SOCKADDR_LEN, SocketInfo, SocketKey, SocketRole,
+    CloseEvent, ConnEvent, ConnLocalEvent, Direction, DupEvent, EventHeader, EventKind, FD_SCAN,
+    LossSlot, ParkedEvent, ResyncEvent, SOCKADDR_LEN, SocketInfo, SocketKey, SocketRole,
 };
 
 use crate::{
@@ -283,18 +283,143 @@ pub fn try_enter_close(ctx: &TracePointContext) -> Result<(), i64> {
     else {
         return Ok(());
     };
+    forget(pid_tgid, fd as i32, conn_id)
+}
+
+/// Removes a closed socket from SOCKETS and tells userspace.
+#[inline(always)]
+fn forget(pid_tgid: u64, fd: i32, conn_id: u64) -> Result<(), i64> {
     let pid = (pid_tgid >> 32) as u32;
-    let _ = SOCKETS.remove(SocketKey { pid, fd: fd as i32 }.as_u64());
+    let _ = SOCKETS.remove(SocketKey { pid, fd }.as_u64());
     emit::output(&CloseEvent {
         header: EventHeader {
             kind: EventKind::Close as u32,
             pid,
             tid: pid_tgid as u32,
-            fd: fd as i32,
+            fd,
             conn_id,
         },
         ts_ns: emit::now_ns(),
     })
+}
+
+/// `CLOSE_RANGE_CLOEXEC`: the range is only marked close-on-exec (exec closes it).
+const CLOSE_RANGE_CLOEXEC: u64 = 1 << 2;
+
+/// close_range(first, last, flags): every tracked socket in the range is closed as by close.
+/// The kernel forgets those among the first `FD_SCAN` fds of the range itself (before the
+/// syscall runs, as close does: a socket another thread opens on a freed fd meanwhile is not
+/// touched); the exit program asks userspace to re-sync the rest of a longer range.
+pub fn try_enter_close_range(ctx: &TracePointContext) -> Result<(), i64> {
+    let Some(pid_tgid) = current_target() else {
+        return Ok(());
+    };
+    // SAFETY: first, last and flags are args 0..2 of close_range.
+    let first: u64 = unsafe { ctx.read_at(arg_offset(0)) }.map_err(i64::from)?;
+    // SAFETY: as above.
+    let last: u64 = unsafe { ctx.read_at(arg_offset(1)) }.map_err(i64::from)?;
+    // SAFETY: as above.
+    let flags: u64 = unsafe { ctx.read_at(arg_offset(2)) }.map_err(i64::from)?;
+    // The fds are unsigned ints; an fd above i32::MAX cannot be open.
+    let (first, last) = (
+        first & 0xffff_ffff,
+        (last & 0xffff_ffff).min(i32::MAX as u64),
+    );
+    if flags & CLOSE_RANGE_CLOEXEC != 0 || first > last {
+        return Ok(());
+    }
+    let pid = (pid_tgid >> 32) as u32;
+    let mut i: u64 = 0;
+    while i < FD_SCAN as u64 {
+        let fd = first + i;
+        if fd > last {
+            break;
+        }
+        let key = SocketKey { pid, fd: fd as i32 }.as_u64();
+        // SAFETY: copied out at once.
+        if let Some(conn_id) = unsafe { SOCKETS.get(key) }.map(|info| info.conn_id) {
+            let _ = forget(pid_tgid, fd as i32, conn_id);
+        }
+        i += 1;
+    }
+    let rest = first + FD_SCAN as u64;
+    if rest > last {
+        return Ok(());
+    }
+    stash(
+        pid_tgid,
+        InFlight {
+            enter_ns: emit::now_ns(),
+            buf: last,
+            buf_len: 0,
+            iovcnt: 0,
+            fd: rest as i32,
+            direction: Direction::Ingress as u32,
+            conn_id: 0,
+            goid_offset: 0,
+        },
+    )
+}
+
+/// The exit of a close_range whose range went past what its enter program scanned: once the
+/// fds are closed, userspace checks the rest of the range against /proc.
+pub fn try_exit_close_range(ctx: &TracePointContext) -> Result<(), i64> {
+    let Some((pid_tgid, in_flight)) = take_in_flight() else {
+        return Ok(());
+    };
+    // SAFETY: `ret` is at RET_OFFSET in every sys_exit record.
+    let ret: i64 = unsafe { ctx.read_at(RET_OFFSET) }.map_err(i64::from)?;
+    if ret != 0 {
+        return Ok(());
+    }
+    resync(pid_tgid, in_flight.fd as u32, in_flight.buf as u32)
+}
+
+/// Asks userspace to check the process's tracked sockets with fds in `first..=last`.
+fn resync(pid_tgid: u64, first: u32, last: u32) -> Result<(), i64> {
+    emit::output(&ResyncEvent {
+        header: EventHeader {
+            kind: EventKind::Resync as u32,
+            pid: (pid_tgid >> 32) as u32,
+            tid: pid_tgid as u32,
+            fd: -1,
+            conn_id: 0,
+        },
+        first,
+        last,
+    })
+}
+
+/// A target exec'd: its close-on-exec fds are closed by now, but which ones they were is not
+/// known here. Its tracked sockets among fds `0..FD_SCAN` leave SOCKETS at once (nothing the
+/// new program does on those fds is traced) and go to userspace as `ParkedEvent`s, which puts
+/// back those /proc still shows open; the fds past them userspace re-syncs the same way.
+pub fn try_process_exec(_ctx: &TracePointContext) -> Result<(), i64> {
+    let Some(pid_tgid) = current_target() else {
+        return Ok(());
+    };
+    let pid = (pid_tgid >> 32) as u32;
+    let mut fd: u32 = 0;
+    while fd < FD_SCAN {
+        let key = SocketKey { pid, fd: fd as i32 }.as_u64();
+        // SAFETY: copied out at once, deleted right after.
+        if let Some(info) = unsafe { SOCKETS.get(key) }.copied() {
+            let _ = SOCKETS.remove(key);
+            let _ = emit::output(&ParkedEvent {
+                header: EventHeader {
+                    kind: EventKind::Parked as u32,
+                    pid,
+                    tid: pid_tgid as u32,
+                    fd: fd as i32,
+                    conn_id: info.conn_id,
+                },
+                role: info.role,
+                _pad: 0,
+            });
+        }
+        fd += 1;
+    }
+    resync(pid_tgid, FD_SCAN, i32::MAX as u32)
 }
 
 /// A connection id unique on this host while loupe runs: the time in ns and the CPU, with the

@@ -2,7 +2,8 @@
 //!
 //! Syscall tracepoints on the socket paths of the target processes: accept/connect open a tracked
 //! socket, read/write and friends copy the first bytes they move into the `EVENTS` ring buffer,
-//! close forgets the socket, and a fork of a target makes its child a target too. Every program
+//! close (and close_range) forgets the socket, an exec sets
+//! its sockets aside for userspace to check, and a fork of a target makes its child a target too. Every program
 //! looks its key up in a map that only holds target processes before doing anything else, so an
 //! untargeted process pays one hash lookup per syscall and nothing more. libpq uprobes, attached
 //! per target process, report each query call and the result it got back. A perf_event program,
@@ -100,6 +101,16 @@ pub fn enter_close(ctx: TracePointContext) -> u32 {
 }
 
 #[tracepoint]
+pub fn enter_close_range(ctx: TracePointContext) -> u32 {
+    finish(conn::try_enter_close_range(&ctx))
+}
+
+#[tracepoint]
+pub fn exit_close_range(ctx: TracePointContext) -> u32 {
+    finish(conn::try_exit_close_range(&ctx))
+}
+
+#[tracepoint]
 pub fn enter_dup(ctx: TracePointContext) -> u32 {
     finish(conn::try_enter_dup(&ctx))
 }
@@ -122,6 +133,11 @@ pub fn sock_state(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn process_fork(ctx: TracePointContext) -> u32 {
     finish(fork::try_process_fork(&ctx))
+}
+
+#[tracepoint]
+pub fn process_exec(ctx: TracePointContext) -> u32 {
+    finish(conn::try_process_exec(&ctx))
 }
 
 #[uprobe]

@@ -2,7 +2,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use loupe_common::{GoLayout, LOSS_SLOTS, MAX_CAPTURE, SOCKADDR_LEN, SocketInfo, TargetInfo};
 
@@ -16,11 +16,15 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
 #[map]
 pub static TARGET_PIDS: HashMap<u32, TargetInfo> = HashMap::with_max_entries(4096, 0);
 
-/// Open sockets of target processes, keyed by `SocketKey::as_u64`. The accept/connect exit
-/// programs insert, enter_close removes, userspace inserts the sockets already open at attach
-/// and removes those of processes that exited. Data programs read it: only fds in it are traced.
+/// Open sockets of target processes, keyed by `SocketKey::as_u64`. The accept/connect/dup exit
+/// programs insert; close, close_range and exec remove (exec sets its sockets aside for
+/// userspace, which puts back those still open); userspace inserts the sockets already open at
+/// attach and removes those of processes that exited or whose fds /proc shows closed. Data
+/// programs read it: only fds in it are traced. LRU: a socket whose close was never seen cannot
+/// fill it; when it is full, the socket unused the longest makes room (an insert that still
+/// fails is counted, `LossSlot::SocketsFull`).
 #[map]
-pub static SOCKETS: HashMap<u64, SocketInfo> = HashMap::with_max_entries(65536, 0);
+pub static SOCKETS: LruHashMap<u64, SocketInfo> = LruHashMap::with_max_entries(65536, 0);
 
 /// Arguments of a syscall a target thread is inside, keyed by pid_tgid. Enter programs write,
 /// the matching exit program reads and deletes. Kernel only.

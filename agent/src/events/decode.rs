@@ -8,7 +8,7 @@ use loupe_common::{
     CloseEvent, ConnEvent, ConnLocalEvent, CpuSampleEvent, DATA_EVENT_HEADER_LEN, DataEvent,
     Direction, DupEvent, EventHeader, EventKind, ForkEvent, GoCallEvent, GoFunction,
     LIBPQ_CALL_HEADER_LEN, LIBPQ_HAS_RESULT, LibpqCallEvent, LibpqFunction, LibpqResultEvent,
-    SocketRole, libpq_probe,
+    ParkedEvent, ResyncEvent, SocketRole, libpq_probe,
 };
 
 /// Bytes moved by one syscall on a tracked socket.
@@ -161,6 +161,8 @@ pub enum DecodeError {
     Address,
     #[error("unknown Go function {0}")]
     GoFunction(u32),
+    #[error("kind {0} is news about fds, for the re-sync (decode_fd_news), not an event")]
+    FdNews(u32),
     #[error("captured length {captured} exceeds the record ({room} bytes) or the total ({total})")]
     Captured {
         captured: usize,
@@ -180,6 +182,45 @@ fn read<T: Copy>(bytes: &[u8]) -> Result<T, DecodeError> {
     // SAFETY: the length was checked above; read_unaligned has no alignment requirement, and T is
     // one of the ABI's plain-integer structs for which every bit pattern is valid.
     Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+}
+
+/// What the kernel said about a target's fds that only userspace can settle
+/// (`probes::FdResync`): not an [`Event`], the stitcher never sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FdNews {
+    /// The socket at `fd` left the kernel's socket map when its process exec'd: tracked again
+    /// if still open, else closed (it was close-on-exec).
+    Parked {
+        pid: u32,
+        fd: i32,
+        conn_id: u64,
+        /// Its `SocketInfo::role`.
+        role: u32,
+    },
+    /// The process's tracked sockets with fds in `first..=last` may be closed.
+    Resync { pid: u32, first: u32, last: u32 },
+}
+
+/// The fd news in `record`, or None when it is an event record (for [`decode`]).
+pub fn decode_fd_news(record: &Bytes) -> Option<Result<FdNews, DecodeError>> {
+    let header: EventHeader = match read(record) {
+        Ok(header) => header,
+        Err(err) => return Some(Err(err)),
+    };
+    match EventKind::try_from(header.kind) {
+        Ok(EventKind::Parked) => Some(read::<ParkedEvent>(record).map(|event| FdNews::Parked {
+            pid: header.pid,
+            fd: header.fd,
+            conn_id: header.conn_id,
+            role: event.role,
+        })),
+        Ok(EventKind::Resync) => Some(read::<ResyncEvent>(record).map(|event| FdNews::Resync {
+            pid: header.pid,
+            first: event.first,
+            last: event.last,
+        })),
+        _ => None,
+    }
 }
 
 /// Decodes one record.
@@ -254,6 +295,7 @@ pub fn decode(record: &Bytes) -> Result<Event, DecodeError> {
                 child: event.child_pid,
             })
         }
+        EventKind::Parked | EventKind::Resync => Err(DecodeError::FdNews(header.kind)),
         EventKind::LibpqCall => decode_libpq_call(record, header),
         EventKind::LibpqResult => {
             let event: LibpqResultEvent = read(record)?;

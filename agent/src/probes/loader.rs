@@ -3,7 +3,7 @@
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{HashMap, Map, MapData, MapError, PerCpuArray, RingBuf},
     programs::TracePoint,
 };
 use loupe_common::{
@@ -14,7 +14,7 @@ use loupe_common::{
     },
 };
 
-use super::{ProbeError, PythonThreads};
+use super::{FdResync, ProbeError, PythonThreads};
 use crate::process::{ExistingSocket, Target, existing_sockets, runtime::go_layout};
 
 /// The compiled kernel programs, built by build.rs.
@@ -41,6 +41,9 @@ pub struct Probes {
     pub events: RingBuf<MapData>,
     pub targets: HashMap<MapData, u32, TargetInfo>,
     pub sockets: HashMap<MapData, u64, SocketInfo>,
+    /// Settles the fds an exec or a long close_range closed, with a handle on `SOCKETS` of its
+    /// own.
+    pub resync: FdResync,
     pub loss: PerCpuArray<MapData, u64>,
     /// The Python targets' threads, as the kernel reads their Contexts.
     pub python: PythonThreads,
@@ -106,8 +109,13 @@ pub fn load_and_attach(config: &ProbeConfig, targets: &[Target]) -> Result<Probe
             .insert(target.pid, info, 0)
             .map_err(map_err(MAP_TARGET_PIDS))?;
     }
+    let socket_map = take_map(&mut ebpf, MAP_SOCKETS)?;
+    let resync = FdResync::new(
+        HashMap::try_from(second_handle(&socket_map).map_err(map_err(MAP_SOCKETS))?)
+            .map_err(map_err(MAP_SOCKETS))?,
+    );
     let mut sockets: HashMap<MapData, u64, SocketInfo> =
-        HashMap::try_from(take_map(&mut ebpf, MAP_SOCKETS)?).map_err(map_err(MAP_SOCKETS))?;
+        HashMap::try_from(socket_map).map_err(map_err(MAP_SOCKETS))?;
     let events =
         RingBuf::try_from(take_map(&mut ebpf, MAP_EVENTS)?).map_err(map_err(MAP_EVENTS))?;
     let loss = PerCpuArray::try_from(take_map(&mut ebpf, MAP_LOSS)?).map_err(map_err(MAP_LOSS))?;
@@ -144,11 +152,21 @@ pub fn load_and_attach(config: &ProbeConfig, targets: &[Target]) -> Result<Probe
         events,
         targets: target_map,
         sockets,
+        resync,
         loss,
         python,
         attached,
         existing,
     })
+}
+
+/// A second handle on a hash map (same kernel map, its own fd), for a second thread.
+fn second_handle(map: &Map) -> Result<Map, MapError> {
+    let data = match map {
+        Map::HashMap(data) | Map::LruHashMap(data) => data,
+        _ => return Err(MapError::InvalidMapType { map_type: 0 }),
+    };
+    Map::from_map_data(MapData::from_id(data.info()?.id())?)
 }
 
 fn attach_all(ebpf: &mut Ebpf) -> Result<usize, ProbeError> {

@@ -6,6 +6,7 @@ pub mod loader;
 pub mod loss;
 pub mod perf;
 pub mod python;
+pub mod resync;
 pub mod upkeep;
 
 pub use libraries::{LibraryNews, LibraryProbes};
@@ -13,6 +14,7 @@ pub use loader::{ProbeConfig, Probes, load_and_attach};
 pub use loss::LossCounters;
 pub use perf::ThreadSampler;
 pub use python::PythonThreads;
+pub use resync::FdResync;
 pub use upkeep::Upkeep;
 
 /// What went wrong while loading or attaching.
