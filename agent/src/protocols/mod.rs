@@ -11,6 +11,7 @@
 pub mod http1;
 pub mod postgres;
 pub mod redis;
+pub mod sniff;
 
 use loupe_common::SocketRole;
 
@@ -170,7 +171,8 @@ impl<C: Send, E: Send> Parser for Adapted<C, E> {
     }
 }
 
-/// What a connection's first chunk (of those loupe saw) says.
+/// What a connection's first chunk (of those loupe saw) says, with the pieces written or read
+/// just before it in the same direction when they were too short to tell ([`sniff`]).
 #[derive(Clone, Copy, Debug)]
 pub struct First<'a> {
     pub captured: &'a [u8],

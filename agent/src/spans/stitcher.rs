@@ -31,8 +31,8 @@ use crate::{
     libpq::{LibpqSource, QueryHost},
     process::{SocketAddrs, is_live_process, local_postgres_database, runtime_of, socket_addrs},
     protocols::{
-        self as protocols, Chunk, Finished, First, Flow, Kind, Parser, Report, Surroundings, http1,
-        postgres,
+        self as protocols, Chunk, Finished, First, Flow, Kind, Parser, Report, Surroundings,
+        Timing, http1, postgres, sniff::FirstBytes,
     },
     sql::{Statement, StatementCache},
     stats::Counters,
@@ -67,8 +67,9 @@ impl Default for StitcherLimits {
 type ConnKey = (u32, u64);
 
 enum Protocol {
-    /// Not seen enough bytes to tell.
-    Unknown { sniffed: u32 },
+    /// Not seen enough bytes to tell: `sniffed` chunks that could not start a message, and the
+    /// first bytes held while they still could.
+    Unknown { sniffed: u32, first: FirstBytes },
     /// A protocol recognised it: its parser.
     Known(Box<dyn Parser>),
     /// Not a protocol loupe parses (yet): bytes are skipped.
@@ -109,6 +110,15 @@ struct Doer {
 
 /// Marks an [`Doer::exec`] that is a goroutine id, not a thread id.
 const GOROUTINE: u64 = 1 << 63;
+
+impl Protocol {
+    fn unknown() -> Self {
+        Self::Unknown {
+            sniffed: 0,
+            first: FirstBytes::default(),
+        }
+    }
+}
 
 impl Doer {
     fn thread(tid: u32) -> Self {
@@ -536,7 +546,7 @@ impl Stitcher {
             fd: -1,
             ends: Endpoints::new(peer, local),
             looked_up: peer.is_some() && local.is_some(),
-            protocol: Protocol::Unknown { sniffed: 0 },
+            protocol: Protocol::unknown(),
             last_ns: now,
             pending: HashMap::default(),
             opened_for: None,
@@ -633,7 +643,7 @@ impl Stitcher {
                 // carried until now (the handshake) was ciphertext, whatever it was taken for.
                 (true, false) => {
                     conn.ends.tls = true;
-                    conn.protocol = Protocol::Unknown { sniffed: 0 };
+                    conn.protocol = Protocol::unknown();
                 }
                 // Ciphertext outside an OpenSSL call (a handshake, an alert): nothing to read.
                 (false, true) => return,
@@ -654,11 +664,14 @@ impl Stitcher {
         };
         conn.last_ns = data.exit_ns;
         conn.fd = data.fd;
-        if let Protocol::Unknown { .. } = conn.protocol {
-            let first = First {
-                captured: &data.payload,
-                total_len: data.total_len as usize,
-                egress: data.direction == Direction::Egress,
+        let egress = data.direction == Direction::Egress;
+        if let Protocol::Unknown { first, .. } = &mut conn.protocol {
+            // The pieces written or read before this chunk, when they were too short to tell.
+            let held = first.prefix(egress, &data.payload);
+            let mut sniffing = First {
+                captured: held.as_deref().unwrap_or(&data.payload),
+                total_len: first.held_len() + data.total_len as usize,
+                egress,
                 role: conn.role,
                 opened: conn.from_start,
             };
@@ -667,17 +680,40 @@ impl Stitcher {
                 key,
                 now_ns: data.exit_ns,
             };
-            let recognised = protocols::recognise(&first, &mut around);
+            let mut recognised = protocols::recognise(&sniffing, &mut around);
+            let mut alone = false;
+            if recognised.is_none() && held.is_some() {
+                // What was held was no message's start: perhaps this chunk is one.
+                sniffing.captured = &data.payload;
+                sniffing.total_len = data.total_len as usize;
+                recognised = protocols::recognise(&sniffing, &mut around);
+                alone = true;
+            }
             let Some(conn) = self.conns.get_mut(&key) else {
                 return;
             };
+            let Protocol::Unknown { sniffed, first } = &mut conn.protocol else {
+                return;
+            };
             match recognised {
-                Some(recognised) => {
+                Some(mut recognised) => {
                     conn.role = recognised.role;
+                    if alone {
+                        first.clear();
+                    }
+                    // The held pieces are the message's start: the parser reads them first.
+                    let flow = flow_of(conn.role, data.direction);
+                    first.replay(flow, |chunk| {
+                        recognised.parser.push(chunk, &mut self.reports)
+                    });
                     conn.protocol = Protocol::Known(recognised.parser);
                 }
                 None => {
-                    if let Protocol::Unknown { sniffed } = &mut conn.protocol {
+                    let timing = Timing {
+                        enter_ns: data.enter_ns,
+                        exit_ns: data.exit_ns,
+                    };
+                    if !first.hold(timing, &data.payload, data.total_len as usize) {
                         *sniffed += 1;
                         if *sniffed >= budget && !protocols::may_answer(&data.payload) {
                             conn.protocol = Protocol::Other;
@@ -690,14 +726,8 @@ impl Stitcher {
         let Some(conn) = self.conns.get_mut(&key) else {
             return;
         };
-        let flow = match (conn.role, data.direction) {
-            (SocketRole::Client, Direction::Egress) | (SocketRole::Server, Direction::Ingress) => {
-                Flow::Request
-            }
-            _ => Flow::Response,
-        };
         let chunk = Chunk {
-            flow,
+            flow: flow_of(conn.role, data.direction),
             enter_ns: data.enter_ns,
             exit_ns: data.exit_ns,
             captured: &data.payload,
@@ -1393,6 +1423,16 @@ impl Stitcher {
             .and_then(|conn| conn.pending.get(&request.seq))
             .filter(|pending| pending.ids.span_id == request.span_id)
             .map_or(request.trace_id, |pending| pending.ids.trace_id)
+    }
+}
+
+/// Which half of an exchange bytes moving `direction` carry for a target playing `role`.
+fn flow_of(role: SocketRole, direction: Direction) -> Flow {
+    match (role, direction) {
+        (SocketRole::Client, Direction::Egress) | (SocketRole::Server, Direction::Ingress) => {
+            Flow::Request
+        }
+        _ => Flow::Response,
     }
 }
 

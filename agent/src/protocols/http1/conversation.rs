@@ -3,7 +3,7 @@
 use std::collections::VecDeque;
 
 use super::{
-    Chunk, Exchange, Flow, HttpEvent, Limits, Timing,
+    Chunk, Exchange, Flow, HttpEvent, Limits, Loss, Timing,
     framing::Framing,
     head::{Head, RequestHead, ResponseHead},
     reader::{Reader, ReaderEvent},
@@ -20,10 +20,35 @@ pub struct ConversationStats {
 
 struct PendingRequest {
     seq: u64,
+    /// The request chunk its head ended in.
+    chunk: u64,
     head: RequestHead,
     first: Timing,
     last: Timing,
     body_bytes: u64,
+}
+
+/// What a response may answer, in request order.
+enum Slot {
+    Request(PendingRequest),
+    /// A request whose head went unseen (its rest was skipped): one response is its.
+    Tail {
+        chunk: u64,
+    },
+    /// Unseen bytes of request chunk `chunk` that may hold any number of requests: each
+    /// response is one of them, until a later chunk's request shows they were all answered.
+    Gap {
+        chunk: u64,
+    },
+}
+
+impl Slot {
+    fn chunk(&self) -> u64 {
+        match self {
+            Self::Request(request) => request.chunk,
+            Self::Tail { chunk } | Self::Gap { chunk } => *chunk,
+        }
+    }
 }
 
 struct ResponseInProgress {
@@ -36,11 +61,17 @@ pub struct Conversation {
     limits: Limits,
     requests: Reader,
     responses: Reader,
-    pending: VecDeque<PendingRequest>,
+    pending: VecDeque<Slot>,
     /// The final response being read for `pending.front()`.
     current: Option<ResponseInProgress>,
     /// The response being read is a 1xx, or has no request to answer: its end is ignored.
     ignore_response_end: bool,
+    /// A 101 Switching Protocols was answered: what follows is not HTTP.
+    switched: bool,
+    /// Request chunks fed so far.
+    request_chunks: u64,
+    /// The request chunk whose requests already ended the ones before.
+    settled_chunk: u64,
     next_seq: u64,
     unanswered: u64,
     unsolicited: u64,
@@ -57,6 +88,9 @@ impl Conversation {
             pending: VecDeque::new(),
             current: None,
             ignore_response_end: false,
+            switched: false,
+            request_chunks: 0,
+            settled_chunk: 0,
             next_seq: 0,
             unanswered: 0,
             unsolicited: 0,
@@ -67,10 +101,14 @@ impl Conversation {
 
     /// Consumes one chunk, appending what it completed to `out`.
     pub fn push(&mut self, chunk: Chunk<'_>, out: &mut Vec<HttpEvent>) {
+        if self.switched {
+            return;
+        }
         self.seen_bytes |= !chunk.captured.is_empty();
         let mut events = std::mem::take(&mut self.scratch);
         match chunk.flow {
             Flow::Request => {
+                self.request_chunks += 1;
                 // The client speaking again ends a response whose end was unknown.
                 self.responses.end_on_switch(&mut events);
                 self.on_response_events(&mut events, out);
@@ -81,10 +119,10 @@ impl Conversation {
             Flow::Response => {
                 self.requests.end_on_switch(&mut events);
                 self.on_request_events(&mut events, out);
-                let method_is_head = self
-                    .pending
-                    .front()
-                    .is_some_and(|p| p.head.method.eq_ignore_ascii_case("HEAD"));
+                let method_is_head = matches!(
+                    self.pending.front(),
+                    Some(Slot::Request(p)) if p.head.method.eq_ignore_ascii_case("HEAD")
+                );
                 self.responses.feed(
                     &chunk,
                     &mut |head| response_framing(head, method_is_head),
@@ -102,7 +140,11 @@ impl Conversation {
         let mut events = std::mem::take(&mut self.scratch);
         self.responses.finish_unframed(&mut events);
         self.on_response_events(&mut events, out);
-        self.unanswered += self.pending.len() as u64;
+        self.unanswered += self
+            .pending
+            .iter()
+            .filter(|slot| matches!(slot, Slot::Request(_)))
+            .count() as u64;
         self.pending.clear();
         self.current = None;
         self.scratch = events;
@@ -147,9 +189,9 @@ impl Conversation {
                     first,
                     ..
                 } => {
+                    self.settle(true, out);
                     if self.pending.len() >= self.limits.max_pending {
-                        self.pending.pop_front();
-                        self.unanswered += 1;
+                        self.evict_oldest(out);
                     }
                     let seq = self.next_seq;
                     self.next_seq += 1;
@@ -159,24 +201,99 @@ impl Conversation {
                         traceparent: head.traceparent.clone(),
                         line: super::line_key(&head.method, &head.target),
                     });
-                    self.pending.push_back(PendingRequest {
+                    self.pending.push_back(Slot::Request(PendingRequest {
                         seq,
+                        chunk: self.request_chunks,
                         head,
                         first,
                         last: first,
                         body_bytes: 0,
-                    });
+                    }));
                 }
                 ReaderEvent::Head { .. } => {}
                 ReaderEvent::Done {
                     last, body_bytes, ..
                 } => {
-                    if let Some(request) = self.pending.back_mut() {
+                    if let Some(Slot::Request(request)) = self.pending.back_mut() {
                         request.last = last;
                         request.body_bytes = body_bytes;
                     }
                 }
+                ReaderEvent::Gap => {
+                    let chunk = self.request_chunks;
+                    if !matches!(self.pending.back(), Some(Slot::Gap { chunk: c }) if *c == chunk) {
+                        if self.pending.len() >= self.limits.max_pending {
+                            self.evict_oldest(out);
+                        }
+                        self.pending.push_back(Slot::Gap { chunk });
+                    }
+                }
+                ReaderEvent::Tail => {
+                    // A request for certain, though unseen, read after the ones before it.
+                    self.settle(false, out);
+                    out.push(HttpEvent::Lost(Loss::Unseen(1)));
+                    if self.pending.len() >= self.limits.max_pending {
+                        self.evict_oldest(out);
+                    }
+                    self.pending.push_back(Slot::Tail {
+                        chunk: self.request_chunks,
+                    });
+                }
+                ReaderEvent::TailGoesOn => {
+                    if let Some(Slot::Tail { chunk }) = self.pending.back_mut() {
+                        *chunk = self.request_chunks;
+                    }
+                }
+                ReaderEvent::ParseError => out.push(HttpEvent::Lost(Loss::ParseError)),
             }
+        }
+    }
+
+    /// A request (seen, or the rest of an unseen one) starts in a later chunk than the ones
+    /// waiting: an HTTP/1 server answers what
+    /// it has read before it reads again, and a client that waits for each answer only sends
+    /// again once it has one. So what still waits from earlier chunks (and is not being
+    /// answered) was answered unseen: its response was lost, or it was in unseen bytes. Only
+    /// a seen request gives up seen ones (`abandon`): the rest of an unseen one may be a seen
+    /// one's, so it ends only the gaps before it.
+    fn settle(&mut self, abandon: bool, out: &mut Vec<HttpEvent>) {
+        let chunk = self.request_chunks;
+        if self.settled_chunk == chunk {
+            return;
+        }
+        if abandon {
+            self.settled_chunk = chunk;
+        }
+        let answering = usize::from(self.current.is_some());
+        let mut kept = VecDeque::with_capacity(self.pending.len());
+        for (i, slot) in self.pending.drain(..).enumerate() {
+            if i < answering
+                || slot.chunk() >= chunk
+                || (!abandon && matches!(slot, Slot::Request(_)))
+            {
+                kept.push_back(slot);
+            } else if let Slot::Request(request) = slot {
+                self.unanswered += 1;
+                out.push(HttpEvent::Abandoned { seq: request.seq });
+            }
+        }
+        self.pending = kept;
+    }
+
+    /// Makes room for one more: the oldest waiting request is given up.
+    fn evict_oldest(&mut self, out: &mut Vec<HttpEvent>) {
+        if self.current.is_some() && self.pending.len() > 1 {
+            // Keep the one being answered.
+            if let Some(Slot::Request(request)) = self.pending.remove(1) {
+                self.unanswered += 1;
+                out.push(HttpEvent::Abandoned { seq: request.seq });
+            }
+            return;
+        }
+        self.current = None;
+        if let Some(Slot::Request(request)) = self.pending.pop_front() {
+            self.unanswered += 1;
+            out.push(HttpEvent::Abandoned { seq: request.seq });
         }
     }
 
@@ -192,10 +309,28 @@ impl Conversation {
                         self.ignore_response_end = true;
                         continue;
                     }
-                    let Some(request) = self.pending.front() else {
-                        self.unsolicited += 1;
-                        self.ignore_response_end = true;
-                        continue;
+                    // A final response: the one in progress (if its end was unknown) is over.
+                    self.current = None;
+                    let request = match self.pending.front_mut() {
+                        Some(Slot::Request(request)) => request,
+                        Some(Slot::Tail { .. }) => {
+                            // Counted when its rest was skipped.
+                            self.pending.pop_front();
+                            self.ignore_response_end = true;
+                            continue;
+                        }
+                        Some(Slot::Gap { .. }) => {
+                            out.push(HttpEvent::Lost(Loss::Unseen(1)));
+                            self.ignore_response_end = true;
+                            continue;
+                        }
+                        None => {
+                            // Its request was not seen (lost, or before attach).
+                            self.unsolicited += 1;
+                            out.push(HttpEvent::Lost(Loss::Unseen(1)));
+                            self.ignore_response_end = true;
+                            continue;
+                        }
                     };
                     self.ignore_response_end = false;
                     out.push(HttpEvent::ResponseStarted {
@@ -203,6 +338,9 @@ impl Conversation {
                         status: head.status,
                         first,
                     });
+                    if framing == Framing::Switched {
+                        self.switched = true;
+                    }
                     self.current = Some(ResponseInProgress { head, first });
                 }
                 ReaderEvent::Head { .. } => {}
@@ -214,9 +352,10 @@ impl Conversation {
                     if std::mem::take(&mut self.ignore_response_end) {
                         continue;
                     }
-                    let (Some(response), Some(request)) =
-                        (self.current.take(), self.pending.pop_front())
-                    else {
+                    let Some(response) = self.current.take() else {
+                        continue;
+                    };
+                    let Some(Slot::Request(request)) = self.pending.pop_front() else {
                         continue;
                     };
                     out.push(HttpEvent::Exchange(Exchange {
@@ -231,7 +370,17 @@ impl Conversation {
                         response_body_bytes: body_bytes,
                         framed,
                     }));
+                    if self.switched {
+                        // What follows is another protocol's: requests waiting never finish.
+                        for slot in self.pending.drain(..) {
+                            if let Slot::Request(request) = slot {
+                                out.push(HttpEvent::Abandoned { seq: request.seq });
+                            }
+                        }
+                    }
                 }
+                ReaderEvent::Gap | ReaderEvent::Tail | ReaderEvent::TailGoesOn => {}
+                ReaderEvent::ParseError => out.push(HttpEvent::Lost(Loss::ParseError)),
             }
         }
     }
@@ -243,6 +392,7 @@ fn response_framing(head: &Head, answers_head: bool) -> Framing {
         return Framing::None;
     };
     match response.status {
+        101 => Framing::Switched,
         100..=199 => Framing::Interim,
         204 | 304 => Framing::None,
         _ if answers_head => Framing::None,

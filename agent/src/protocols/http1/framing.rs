@@ -9,6 +9,8 @@ pub enum Framing {
     None,
     /// A 1xx response: no body, and not the final response.
     Interim,
+    /// 101 Switching Protocols: the last HTTP on the connection.
+    Switched,
     Length(u64),
     Chunked,
     /// Unknown end: the message ends when the other side speaks, on close, or when idle.

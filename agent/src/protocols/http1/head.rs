@@ -42,7 +42,8 @@ pub enum Parsed {
     Invalid,
 }
 
-const MAX_HEADERS: usize = 64;
+/// Headers parsed in place; a head with more is parsed again with room for every line it has.
+const INLINE_HEADERS: usize = 64;
 
 /// The headers loupe reads, from (name, value) pairs.
 #[derive(Default)]
@@ -94,10 +95,40 @@ impl Fields {
 
 /// Parses a request head from the start of `bytes`.
 pub fn parse_request(bytes: &[u8]) -> Parsed {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut request = httparse::Request::new(&mut headers);
-    match request.parse(bytes) {
-        Ok(httparse::Status::Complete(len)) => {
+    let mut headers = [httparse::EMPTY_HEADER; INLINE_HEADERS];
+    match request_with(bytes, &mut headers) {
+        Err(httparse::Error::TooManyHeaders) => {
+            request_with(bytes, &mut vec![httparse::EMPTY_HEADER; lines_in(bytes)])
+        }
+        parsed => parsed,
+    }
+    .unwrap_or(Parsed::Invalid)
+}
+
+/// Parses a response head from the start of `bytes`.
+pub fn parse_response(bytes: &[u8]) -> Parsed {
+    let mut headers = [httparse::EMPTY_HEADER; INLINE_HEADERS];
+    match response_with(bytes, &mut headers) {
+        Err(httparse::Error::TooManyHeaders) => {
+            response_with(bytes, &mut vec![httparse::EMPTY_HEADER; lines_in(bytes)])
+        }
+        parsed => parsed,
+    }
+    .unwrap_or(Parsed::Invalid)
+}
+
+/// An upper bound on the header lines in `bytes` (heads are bounded by `Limits::max_head_bytes`).
+fn lines_in(bytes: &[u8]) -> usize {
+    bytes.iter().filter(|&&b| b == b'\n').count() + 1
+}
+
+fn request_with<'b>(
+    bytes: &'b [u8],
+    headers: &mut [httparse::Header<'b>],
+) -> Result<Parsed, httparse::Error> {
+    let mut request = httparse::Request::new(headers);
+    Ok(match request.parse(bytes)? {
+        httparse::Status::Complete(len) => {
             let mut fields = Fields::default();
             for header in request.headers.iter() {
                 fields.take(header.name, header.value);
@@ -115,18 +146,17 @@ pub fn parse_request(bytes: &[u8]) -> Parsed {
                 len,
             }
         }
-        Ok(httparse::Status::Partial) => Parsed::Partial,
-        Err(httparse::Error::TooManyHeaders) => Parsed::Partial,
-        Err(_) => Parsed::Invalid,
-    }
+        httparse::Status::Partial => Parsed::Partial,
+    })
 }
 
-/// Parses a response head from the start of `bytes`.
-pub fn parse_response(bytes: &[u8]) -> Parsed {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut response = httparse::Response::new(&mut headers);
-    match response.parse(bytes) {
-        Ok(httparse::Status::Complete(len)) => {
+fn response_with<'b>(
+    bytes: &'b [u8],
+    headers: &mut [httparse::Header<'b>],
+) -> Result<Parsed, httparse::Error> {
+    let mut response = httparse::Response::new(headers);
+    Ok(match response.parse(bytes)? {
+        httparse::Status::Complete(len) => {
             let mut fields = Fields::default();
             for header in response.headers.iter() {
                 fields.take(header.name, header.value);
@@ -141,10 +171,8 @@ pub fn parse_response(bytes: &[u8]) -> Parsed {
                 len,
             }
         }
-        Ok(httparse::Status::Partial) => Parsed::Partial,
-        Err(httparse::Error::TooManyHeaders) => Parsed::Partial,
-        Err(_) => Parsed::Invalid,
-    }
+        httparse::Status::Partial => Parsed::Partial,
+    })
 }
 
 /// What can be read from a request head that was cut short: the request line when it was

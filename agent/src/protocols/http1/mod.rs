@@ -22,7 +22,7 @@ pub use conversation::{Conversation, ConversationStats};
 pub use head::{RequestHead, ResponseHead};
 pub use seam::SPEC;
 
-pub use super::{Chunk, Flow, Timing};
+pub use super::{Chunk, Flow, Loss, Timing};
 
 /// Bounds on what one conversation keeps.
 #[derive(Clone, Copy, Debug)]
@@ -83,6 +83,11 @@ pub enum HttpEvent {
     },
     /// A response is complete.
     Exchange(Exchange),
+    /// Request `seq` will never be paired (given up for a later one, evicted past
+    /// `Limits::max_pending`, or left waiting when the connection switched protocols).
+    Abandoned { seq: u64 },
+    /// What could not be seen or read.
+    Lost(Loss),
 }
 
 const METHODS: [&[u8]; 9] = [

@@ -22,19 +22,42 @@ pub enum ReaderEvent {
         body_bytes: u64,
         framed: bool,
     },
+    /// Unseen bytes (past the capture) where a message could start: they may hold any number
+    /// of messages.
+    Gap,
+    /// The rest of a message that started in a gap was skipped: one message, unseen.
+    Tail,
+    /// The message of the last `Tail` goes on in this chunk.
+    TailGoesOn,
+    /// Bytes that did not parse as HTTP were skipped.
+    ParseError,
 }
 
 enum Body {
     Length(u64),
     Chunked(ChunkDecoder),
     UntilSwitch,
+    /// A head longer than the capture: what follows is the rest of the head, then a body of
+    /// this length (when the captured part said) that ends when the other side speaks.
+    HeadRest(Option<u64>),
+}
+
+/// Why a reader does not know where it is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Lost {
+    /// Unseen bytes ended at an unknown place: the next seen bytes may be a message's rest.
+    Gap,
+    /// Skipping the rest of a message that started in unseen bytes.
+    Tail,
+    /// Skipping bytes that are not a message start.
+    Skipping,
 }
 
 enum State {
     /// Between messages: the next seen byte starts one.
     Idle,
-    /// Lost: skipping chunks until one starts like a message.
-    Desync,
+    /// Lost: skipping bytes until a message starts (at a chunk's start or a line's).
+    Lost(Lost),
     Head {
         buf: Vec<u8>,
         first: Timing,
@@ -44,6 +67,8 @@ enum State {
         bytes: u64,
         last: Timing,
     },
+    /// After 101 Switching Protocols: the bytes are another protocol's.
+    Switched,
 }
 
 pub struct Reader {
@@ -81,7 +106,7 @@ impl Reader {
         if matches!(
             self.state,
             State::Body {
-                body: Body::UntilSwitch,
+                body: Body::UntilSwitch | Body::HeadRest(_),
                 ..
             }
         ) {
@@ -93,20 +118,42 @@ impl Reader {
     /// idle). A partial head is dropped.
     pub fn finish_unframed(&mut self, out: &mut Vec<ReaderEvent>) {
         match std::mem::replace(&mut self.state, State::Idle) {
+            State::Body {
+                body: Body::HeadRest(length),
+                last,
+                ..
+            } => out.push(ReaderEvent::Done {
+                last,
+                body_bytes: length.unwrap_or(0),
+                framed: false,
+            }),
             State::Body { bytes, last, .. } => out.push(ReaderEvent::Done {
                 last,
                 body_bytes: bytes,
                 framed: false,
             }),
-            State::Desync => self.state = State::Desync,
+            State::Lost(lost) => self.state = State::Lost(lost),
+            State::Switched => self.state = State::Switched,
             _ => {}
         }
     }
 
-    fn could_start(&self, bytes: &[u8]) -> bool {
+    /// Where in `bytes` a message starts at the beginning of a line (after the first byte).
+    fn next_start(&self, bytes: &[u8]) -> Option<usize> {
+        bytes
+            .iter()
+            .enumerate()
+            .filter(|&(_, &b)| b == b'\n')
+            .map(|(i, _)| i + 1)
+            .find(|&i| i < bytes.len() && self.could_start(&bytes[i..], true))
+    }
+
+    /// Whether `bytes` may start a message: in step, a start token's first bytes are enough
+    /// (a head split over chunks); lost, only a whole token finds the step again.
+    fn could_start(&self, bytes: &[u8], whole: bool) -> bool {
         let prefix_match = |token: &[u8]| {
             let n = token.len().min(bytes.len());
-            bytes[..n] == token[..n]
+            (!whole || n == token.len()) && bytes[..n] == token[..n]
         };
         match self.flow {
             Flow::Request => super::METHODS.iter().any(|m| prefix_match(m)),
@@ -126,25 +173,78 @@ impl Reader {
         let total = chunk.total_len.max(cap);
         let captured = chunk.captured;
         let mut pos = 0;
+        // A chunk that starts like a message ends an unframed response (a server's next one).
+        if self.flow == Flow::Response
+            && super::looks_like_response(captured)
+            && matches!(
+                self.state,
+                State::Body {
+                    body: Body::UntilSwitch | Body::HeadRest(_),
+                    ..
+                }
+            )
+        {
+            self.finish_unframed(out);
+        }
         while pos < total {
             let state = std::mem::replace(&mut self.state, State::Idle);
             self.state = match state {
-                State::Idle | State::Desync => {
-                    let lost = matches!(state, State::Desync);
-                    if pos >= cap || !self.could_start(&captured[pos..cap]) {
-                        if !lost && pos < cap {
-                            self.parse_errors += 1;
-                        }
-                        // Unseen or foreign bytes at a message start: skip the rest.
-                        self.state = State::Desync;
+                State::Switched => {
+                    self.state = State::Switched;
+                    return;
+                }
+                State::Idle | State::Lost(_) => {
+                    let lost = match state {
+                        State::Lost(lost) => Some(lost),
+                        _ => None,
+                    };
+                    if pos >= cap {
+                        // Unseen bytes at a message start: any number of messages.
+                        out.push(ReaderEvent::Gap);
+                        self.state = State::Lost(Lost::Gap);
                         return;
                     }
-                    if lost {
-                        self.resyncs += 1;
-                    }
-                    State::Head {
-                        buf: Vec::new(),
-                        first: timing,
+                    if self.could_start(&captured[pos..cap], lost.is_some()) {
+                        if lost.is_some() {
+                            self.resyncs += 1;
+                        }
+                        State::Head {
+                            buf: Vec::new(),
+                            first: timing,
+                        }
+                    } else {
+                        match lost {
+                            None => {
+                                self.parse_errors += 1;
+                                out.push(ReaderEvent::ParseError);
+                            }
+                            Some(Lost::Gap) if self.flow == Flow::Request => {
+                                out.push(ReaderEvent::Tail)
+                            }
+                            Some(Lost::Tail) if pos == 0 => out.push(ReaderEvent::TailGoesOn),
+                            Some(_) => {}
+                        }
+                        let skipping = match lost {
+                            Some(Lost::Gap | Lost::Tail) if self.flow == Flow::Request => {
+                                Lost::Tail
+                            }
+                            _ => Lost::Skipping,
+                        };
+                        // Find the step again at the next line that starts a message.
+                        match self.next_start(&captured[pos..cap]) {
+                            Some(skip) => {
+                                pos += skip;
+                                State::Lost(Lost::Skipping)
+                            }
+                            None if cap < total => {
+                                pos = cap;
+                                State::Lost(skipping)
+                            }
+                            None => {
+                                self.state = State::Lost(skipping);
+                                return;
+                            }
+                        }
                     }
                 }
                 State::Head { mut buf, first } => {
@@ -195,31 +295,66 @@ impl Reader {
                                 }
                             };
                             let Some(head) = truncated else {
-                                self.parse_errors += 1;
-                                self.state = State::Desync;
+                                // Not even a start line: an unseen message, not foreign bytes.
+                                if pos < total {
+                                    out.push(ReaderEvent::Gap);
+                                    self.state = State::Lost(Lost::Gap);
+                                } else {
+                                    self.parse_errors += 1;
+                                    out.push(ReaderEvent::ParseError);
+                                    self.state = State::Lost(Lost::Skipping);
+                                }
                                 return;
                             };
                             self.heads += 1;
                             // Where the head ends is unknown, so where the body ends is too;
                             // `framing_for` still sees the head (a 1xx or HEAD matters to it).
-                            let _ = framing_for(&head);
+                            let framing = framing_for(&head);
+                            let body_len = match &head {
+                                Head::Request(request) => request.content_length,
+                                Head::Response(response) => response.content_length,
+                            };
+                            if framing == Framing::Interim || self.flow == Flow::Request {
+                                // A request (or an interim response) ends with its head as far
+                                // as loupe can tell; what follows may be further messages.
+                                out.push(ReaderEvent::Head {
+                                    head,
+                                    first,
+                                    framing,
+                                });
+                                out.push(ReaderEvent::Done {
+                                    last: timing,
+                                    body_bytes: body_len.unwrap_or(0),
+                                    framed: false,
+                                });
+                                if pos < total {
+                                    out.push(ReaderEvent::Gap);
+                                    self.state = State::Lost(Lost::Gap);
+                                } else {
+                                    self.state = State::Idle;
+                                }
+                                return;
+                            }
                             out.push(ReaderEvent::Head {
                                 head,
                                 first,
                                 framing: Framing::UntilSwitch,
                             });
-                            let bytes = (total - pos) as u64;
+                            // The unseen rest is head, not body: the body's size is its
+                            // framing's.
                             pos = total;
                             State::Body {
-                                body: Body::UntilSwitch,
-                                bytes,
+                                body: Body::HeadRest(body_len),
+                                bytes: 0,
                                 last: timing,
                             }
                         }
                         Parsed::Invalid => {
                             self.parse_errors += 1;
-                            self.state = State::Desync;
-                            return;
+                            out.push(ReaderEvent::ParseError);
+                            // Look for the next message from the byte after this one's start.
+                            pos = (pos + usize::from(before == 0)).min(total);
+                            State::Lost(Lost::Skipping)
                         }
                     }
                 }
@@ -300,6 +435,14 @@ impl Reader {
                                 last,
                             }
                         }
+                        Body::HeadRest(length) => {
+                            pos = total;
+                            State::Body {
+                                body: Body::HeadRest(length),
+                                bytes,
+                                last,
+                            }
+                        }
                     }
                 }
             };
@@ -308,13 +451,17 @@ impl Reader {
 
     fn body_state(framing: Framing, at: Timing, out: &mut Vec<ReaderEvent>) -> State {
         let body = match framing {
-            Framing::None | Framing::Interim | Framing::Length(0) => {
+            Framing::None | Framing::Interim | Framing::Switched | Framing::Length(0) => {
                 out.push(ReaderEvent::Done {
                     last: at,
                     body_bytes: 0,
                     framed: true,
                 });
-                return State::Idle;
+                return if framing == Framing::Switched {
+                    State::Switched
+                } else {
+                    State::Idle
+                };
             }
             Framing::Length(n) => Body::Length(n),
             Framing::Chunked => Body::Chunked(ChunkDecoder::default()),

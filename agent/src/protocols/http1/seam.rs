@@ -49,5 +49,7 @@ fn report(event: HttpEvent) -> Report {
         },
         HttpEvent::ResponseStarted { seq, .. } => Report::Answering { seq },
         HttpEvent::Exchange(exchange) => Report::Finished(Finished::Http(Box::new(exchange))),
+        HttpEvent::Abandoned { seq } => Report::Abandoned { seq },
+        HttpEvent::Lost(loss) => Report::Lost(loss),
     }
 }

@@ -1,6 +1,7 @@
 //! Golden tests on captured byte streams (tests/fixtures/http1) and robustness tests.
 
 use super::*;
+use crate::protocols::Report;
 
 const CURL_GET: &[u8] = include_bytes!("../../../../tests/fixtures/http1/curl_get.request");
 const CURL_GET_RESPONSE: &[u8] =
@@ -529,4 +530,442 @@ fn random_bytes_boundaries_and_gaps_never_panic_and_keep_order() {
         total_exchanges > 100,
         "the generator must reach real exchanges, got {total_exchanges}"
     );
+}
+
+/// The requests `events` reported as `Lost(Unseen(n))`, summed.
+fn unseen(events: &[HttpEvent]) -> u64 {
+    events
+        .iter()
+        .map(|event| match event {
+            HttpEvent::Lost(Loss::Unseen(n)) => *n,
+            _ => 0,
+        })
+        .sum()
+}
+
+fn abandoned(events: &[HttpEvent]) -> Vec<u64> {
+    events
+        .iter()
+        .filter_map(|event| match event {
+            HttpEvent::Abandoned { seq } => Some(*seq),
+            _ => None,
+        })
+        .collect()
+}
+
+fn parse_errors(events: &[HttpEvent]) -> usize {
+    events
+        .iter()
+        .filter(|event| matches!(event, HttpEvent::Lost(Loss::ParseError)))
+        .count()
+}
+
+fn get(id: usize) -> Vec<u8> {
+    format!("GET /r/{id} HTTP/1.1\r\nHost: x\r\n\r\n").into_bytes()
+}
+
+/// A response whose body is `id` bytes long: an exchange's body size names its request.
+fn answer(id: usize) -> Vec<u8> {
+    let mut response = format!("HTTP/1.1 200 OK\r\nContent-Length: {id}\r\n\r\n").into_bytes();
+    response.resize(response.len() + id, b'.');
+    response
+}
+
+fn targets(events: &[HttpEvent]) -> Vec<(String, u64)> {
+    exchanges(events)
+        .iter()
+        .map(|e| (e.request.target.clone(), e.response_body_bytes))
+        .collect()
+}
+
+#[test]
+fn a_request_with_seventy_headers_and_the_five_after_it_on_its_connection_pair() {
+    let mut many = b"GET /r/0 HTTP/1.1\r\nHost: x\r\n".to_vec();
+    for i in 0..70 {
+        many.extend_from_slice(format!("X-H{i}: {i}\r\n").as_bytes());
+    }
+    many.extend_from_slice(b"\r\n");
+    let mut c = new();
+    let mut chunks = vec![chunk(Flow::Request, 1, &many)];
+    let answers: Vec<Vec<u8>> = (0..6).map(answer).collect();
+    let requests: Vec<Vec<u8>> = (0..6).map(get).collect();
+    chunks.push(chunk(Flow::Response, 2, &answers[0]));
+    for id in 1..6 {
+        chunks.push(chunk(Flow::Request, 10 * id as u64, &requests[id]));
+        chunks.push(chunk(Flow::Response, 10 * id as u64 + 5, &answers[id]));
+    }
+    let events = feed(&mut c, chunks);
+    let expected: Vec<(String, u64)> = (0..6).map(|id| (format!("/r/{id}"), id as u64)).collect();
+    assert_eq!(targets(&events), expected);
+    assert!(!exchanges(&events)[0].request.truncated);
+    assert_eq!(c.stats(), ConversationStats::default());
+}
+
+#[test]
+fn a_response_with_seventy_headers_pairs_and_frames_its_body() {
+    let mut many = b"HTTP/1.1 200 OK\r\n".to_vec();
+    for i in 0..70 {
+        many.extend_from_slice(format!("X-H{i}: {i}\r\n").as_bytes());
+    }
+    many.extend_from_slice(b"Content-Length: 3\r\n\r\nabc");
+    let mut c = new();
+    let events = feed(
+        &mut c,
+        [
+            chunk(Flow::Request, 1, CURL_GET),
+            chunk(Flow::Response, 2, &many),
+            chunk(Flow::Request, 3, CURL_GET),
+            chunk(Flow::Response, 4, CURL_GET_RESPONSE),
+        ],
+    );
+    let all = exchanges(&events);
+    assert_eq!(all.len(), 2);
+    assert_eq!(all[0].response_body_bytes, 3);
+    assert!(all[0].framed);
+}
+
+/// The first bytes of a connection through the seam, as the stitcher gives them: held while
+/// nothing recognises them, then replayed to the parser that does.
+fn through_the_seam(pieces: &[&[u8]], response: &[u8]) -> Vec<Report> {
+    struct Nothing;
+    impl crate::protocols::Surroundings for Nothing {
+        fn resumed_database(&mut self) -> Option<String> {
+            None
+        }
+    }
+    let mut first = crate::protocols::sniff::FirstBytes::default();
+    let mut parser: Option<Box<dyn crate::protocols::Parser>> = None;
+    let mut out = Vec::new();
+    for (i, piece) in pieces.iter().enumerate() {
+        let at = i as u64 * 10;
+        if let Some(parser) = parser.as_mut() {
+            parser.push(chunk(Flow::Request, at, piece), &mut out);
+            continue;
+        }
+        let held = first.prefix(false, piece);
+        let sniffing = crate::protocols::First {
+            captured: held.as_deref().unwrap_or(piece),
+            total_len: first.held_len() + piece.len(),
+            egress: false,
+            role: loupe_common::SocketRole::Unknown,
+            opened: true,
+        };
+        match crate::protocols::recognise(&sniffing, &mut Nothing) {
+            Some(mut recognised) => {
+                assert_eq!(recognised.role, loupe_common::SocketRole::Server);
+                first.replay(Flow::Request, |c| recognised.parser.push(c, &mut out));
+                recognised
+                    .parser
+                    .push(chunk(Flow::Request, at, piece), &mut out);
+                parser = Some(recognised.parser);
+            }
+            None => assert!(
+                first.hold(
+                    Timing::of(&chunk(Flow::Request, at, piece)),
+                    piece,
+                    piece.len()
+                ),
+                "piece {i} is held"
+            ),
+        }
+    }
+    let mut parser = parser.expect("recognised");
+    parser.push(chunk(Flow::Response, 100_000, response), &mut out);
+    out
+}
+
+fn finished_targets(reports: &[Report]) -> Vec<(String, u64)> {
+    reports
+        .iter()
+        .filter_map(|report| match report {
+            Report::Finished(crate::protocols::Finished::Http(e)) => {
+                Some((e.request.target.clone(), e.request_first.enter_ns))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_first_write_shorter_than_the_method_is_recognised_with_what_follows() {
+    let reports = through_the_seam(
+        &[b"GE", b"T /r/1 HTTP/1.1\r\nHost: x\r\n\r\n"],
+        CURL_GET_RESPONSE,
+    );
+    assert_eq!(
+        finished_targets(&reports),
+        vec![("/r/1".to_owned(), 0)],
+        "timed from its first piece"
+    );
+}
+
+#[test]
+fn a_request_written_one_byte_at_a_time_is_recognised() {
+    let request = get(7);
+    let pieces: Vec<&[u8]> = request.chunks(1).collect();
+    let reports = through_the_seam(&pieces, CURL_GET_RESPONSE);
+    assert_eq!(finished_targets(&reports), vec![("/r/7".to_owned(), 0)]);
+}
+
+#[test]
+fn a_thousand_continues_in_one_write_then_the_final_response_gives_its_status() {
+    let continues = b"HTTP/1.1 100 Continue\r\n\r\n".repeat(1_000);
+    let hints = b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n";
+    let mut c = new();
+    let events = feed(
+        &mut c,
+        [
+            chunk(Flow::Request, 1, &POST[..head_len(POST)]),
+            // What a 1,024-byte capture shows of the write.
+            gappy(Flow::Response, 3, &continues[..1024], continues.len()),
+            chunk(Flow::Request, 5, &POST[head_len(POST)..]),
+            chunk(Flow::Response, 6, hints),
+            chunk(Flow::Response, 7, POST_RESPONSE),
+            chunk(Flow::Request, 9, CURL_GET),
+            chunk(Flow::Response, 11, CURL_GET_RESPONSE),
+        ],
+    );
+    let all = exchanges(&events);
+    let statuses: Vec<u16> = all.iter().map(|e| e.response.status).collect();
+    assert_eq!(statuses, vec![201, 200]);
+    assert_eq!(all[0].response_first.enter_ns, 7);
+    assert_eq!(all[0].request_body_bytes, 28);
+    assert!(
+        events.iter().all(|e| !matches!(
+            e,
+            HttpEvent::ResponseStarted {
+                status: 100..=199,
+                ..
+            }
+        )),
+        "an interim response does not answer"
+    );
+}
+
+#[test]
+fn switching_protocols_ends_http_on_the_connection() {
+    let mut c = new();
+    let upgrade =
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
+    let mut switched = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n".to_vec();
+    switched.extend_from_slice(b"\x81\x05hello");
+    let events = feed(
+        &mut c,
+        [
+            chunk(Flow::Request, 1, upgrade),
+            chunk(Flow::Response, 3, &switched),
+            chunk(Flow::Request, 5, b"\x81\x85\x00\x00\x00\x00hello"),
+            chunk(Flow::Request, 6, CURL_GET),
+            chunk(Flow::Response, 7, b"\x81\x02hi"),
+        ],
+    );
+    let all = exchanges(&events);
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].response.status, 101);
+    assert_eq!(events.len(), 3, "started, answering, exchange: {events:?}");
+    assert_eq!(c.stats().parse_errors, 0);
+}
+
+#[test]
+fn a_head_longer_than_the_capture_is_head_and_its_body_is_what_its_framing_says() {
+    let mut head = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\nX-Big: ".to_vec();
+    head.resize(1 << 20, b'h');
+    head.extend_from_slice(b"\r\n\r\n0123456789");
+    let mut c = new();
+    let events = feed(
+        &mut c,
+        [
+            chunk(Flow::Request, 1, CURL_GET),
+            gappy(Flow::Response, 3, &head[..1024], head.len()),
+            chunk(Flow::Request, 5, CURL_GET),
+            chunk(Flow::Response, 7, CURL_GET_RESPONSE),
+        ],
+    );
+    let all = exchanges(&events);
+    assert_eq!(all.len(), 2);
+    assert!(all[0].response.truncated);
+    assert_eq!(all[0].response_body_bytes, 10);
+    assert_eq!(all[1].response_body_bytes, 27);
+}
+
+/// Pipelined requests as nginx reads them: reads of `sizes` bytes of which the first 1,024
+/// are seen, each followed by one write per response to the requests it completed.
+fn pipelined_as_nginx_reads(count: usize, sizes: &[usize]) -> (Vec<HttpEvent>, Conversation) {
+    let requests: Vec<Vec<u8>> = (0..count).map(get).collect();
+    let stream: Vec<u8> = requests.concat();
+    let mut ends = Vec::new();
+    let mut end = 0;
+    for request in &requests {
+        end += request.len();
+        ends.push(end);
+    }
+    let answers: Vec<Vec<u8>> = (0..count).map(answer).collect();
+    let mut c = new();
+    let mut out = Vec::new();
+    let (mut at, mut read_to, mut answered) = (0u64, 0usize, 0usize);
+    for &size in sizes.iter().chain(std::iter::repeat(&8190)) {
+        if read_to >= stream.len() {
+            break;
+        }
+        let read = &stream[read_to..(read_to + size).min(stream.len())];
+        read_to += read.len();
+        at += 10;
+        c.push(
+            gappy(Flow::Request, at, &read[..read.len().min(1024)], read.len()),
+            &mut out,
+        );
+        while answered < count && ends[answered] <= read_to {
+            at += 10;
+            c.push(chunk(Flow::Response, at, &answers[answered]), &mut out);
+            answered += 1;
+        }
+    }
+    (out, c)
+}
+
+#[test]
+fn pipelined_requests_past_the_capture_are_counted_unseen_and_the_seen_ones_pair_right() {
+    let (events, _) = pipelined_as_nginx_reads(1_000, &[1024, 8178, 8190, 8190, 8190]);
+    let all = exchanges(&events);
+    for e in &all {
+        assert_eq!(
+            e.request.target,
+            format!("/r/{}", e.response_body_bytes),
+            "a request pairs with its own response"
+        );
+    }
+    assert!(all.len() >= 100, "the seen ones are spans: {}", all.len());
+    assert_eq!(all.len() as u64 + unseen(&events), 1_000);
+    assert!(abandoned(&events).is_empty(), "{:?}", abandoned(&events));
+    assert_eq!(parse_errors(&events), 0);
+}
+
+#[test]
+fn pipelined_requests_in_reads_of_any_size_are_all_accounted_for() {
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    let mut all_sizes: Vec<Vec<usize>> = [[700, 3000, 5000], [2048, 1, 333], [1024, 1024, 1024]]
+        .iter()
+        .map(|s| s.to_vec())
+        .collect();
+    for _ in 0..200 {
+        all_sizes.push((0..40).map(|_| 1 + rng.below(9_000)).collect());
+    }
+    for sizes in all_sizes {
+        let (events, _) = pipelined_as_nginx_reads(500, &sizes);
+        let all = exchanges(&events);
+        for e in &all {
+            assert_eq!(
+                e.request.target,
+                format!("/r/{}", e.response_body_bytes),
+                "{sizes:?}"
+            );
+        }
+        assert_eq!(all.len() as u64 + unseen(&events), 500, "{sizes:?}");
+    }
+}
+
+/// A keep-alive connection of `count` request/response pairs, with the chunk at `dropped` (in
+/// feeding order) lost.
+fn keep_alive_dropping(count: usize, dropped: usize) -> Vec<HttpEvent> {
+    let requests: Vec<Vec<u8>> = (0..count).map(get).collect();
+    let answers: Vec<Vec<u8>> = (0..count).map(answer).collect();
+    let mut chunks = Vec::new();
+    for id in 0..count {
+        chunks.push(chunk(Flow::Request, id as u64 * 10, &requests[id]));
+        chunks.push(chunk(Flow::Response, id as u64 * 10 + 5, &answers[id]));
+    }
+    chunks.remove(dropped);
+    let mut c = new();
+    feed(&mut c, chunks)
+}
+
+#[test]
+fn a_lost_response_on_a_keep_alive_connection_costs_one_pair() {
+    let events = keep_alive_dropping(6, 3);
+    let expected: Vec<(String, u64)> = [0, 2, 3, 4, 5]
+        .iter()
+        .map(|id| (format!("/r/{id}"), *id as u64))
+        .collect();
+    assert_eq!(targets(&events), expected);
+    assert_eq!(
+        abandoned(&events),
+        vec![1],
+        "the request whose answer was lost"
+    );
+}
+
+#[test]
+fn a_lost_request_on_a_keep_alive_connection_costs_one_pair() {
+    let events = keep_alive_dropping(6, 2);
+    let expected: Vec<(String, u64)> = [0, 2, 3, 4, 5]
+        .iter()
+        .map(|id| (format!("/r/{id}"), *id as u64))
+        .collect();
+    assert_eq!(targets(&events), expected);
+    assert_eq!(unseen(&events), 1, "its response shows it was there");
+}
+
+#[test]
+fn a_lost_piece_of_a_response_costs_its_pair_and_the_next_response_head_finds_the_step() {
+    let answers: Vec<Vec<u8>> = (0..4).map(answer).collect();
+    let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n";
+    let requests: Vec<Vec<u8>> = (0..4).map(get).collect();
+    let mut c = new();
+    let events = feed(
+        &mut c,
+        [
+            chunk(Flow::Request, 1, &requests[0]),
+            chunk(Flow::Response, 2, &answers[0]),
+            chunk(Flow::Request, 3, &requests[1]),
+            chunk(Flow::Response, 4, chunked),
+            // Lost: "3\r\nabc\r\n"; then the last chunk.
+            chunk(Flow::Response, 6, b"0\r\n\r\n"),
+            chunk(Flow::Request, 7, &requests[2]),
+            chunk(Flow::Response, 8, &answers[2]),
+            chunk(Flow::Request, 9, &requests[3]),
+            chunk(Flow::Response, 10, &answers[3]),
+        ],
+    );
+    let after: Vec<(String, u64)> = targets(&events)
+        .into_iter()
+        .filter(|(target, _)| target != "/r/1")
+        .collect();
+    assert_eq!(
+        after,
+        vec![("/r/0".into(), 0), ("/r/2".into(), 2), ("/r/3".into(), 3)],
+        "{events:?}"
+    );
+}
+
+#[test]
+fn bytes_that_do_not_parse_are_reported_and_the_next_head_on_a_line_finds_the_step() {
+    let mut c = new();
+    let mut garbage_then_request = b"\x00\x01garbage\r\n".to_vec();
+    garbage_then_request.extend_from_slice(&get(1));
+    let answers: Vec<Vec<u8>> = (0..3).map(answer).collect();
+    let events = feed(
+        &mut c,
+        [
+            chunk(Flow::Request, 1, &get(0)),
+            chunk(Flow::Response, 2, &answers[0]),
+            chunk(Flow::Request, 3, &garbage_then_request),
+            chunk(Flow::Response, 4, &answers[1]),
+            chunk(Flow::Request, 5, &get(2)),
+            chunk(Flow::Response, 6, &answers[2]),
+        ],
+    );
+    let expected: Vec<(String, u64)> = (0..3).map(|id| (format!("/r/{id}"), id as u64)).collect();
+    assert_eq!(targets(&events), expected);
+    assert_eq!(parse_errors(&events), 1);
+}
+
+#[test]
+fn requests_evicted_past_the_pending_bound_are_abandoned() {
+    let mut c = Conversation::new(Limits {
+        max_head_bytes: 16 * 1024,
+        max_pending: 2,
+    });
+    let three = [get(0), get(1), get(2)].concat();
+    let events = feed(&mut c, [chunk(Flow::Request, 1, &three)]);
+    assert_eq!(abandoned(&events), vec![0]);
 }
