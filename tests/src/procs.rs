@@ -324,6 +324,31 @@ impl Drop for Downstream {
     }
 }
 
+/// An HTTP/1.1 server on raw sockets (tests/apps/raw_http.py): 1xx responses, a 1 MiB head and
+/// 101 Switching Protocols, by path.
+pub struct RawHttp {
+    child: Child,
+    pub addr: String,
+}
+
+impl RawHttp {
+    pub fn start() -> Self {
+        let (child, addr) = start_python("raw_http.py", &["--port", "0"]);
+        Self { child, addr }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for RawHttp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// The CPython interpreters the asyncio tests run on: Debian's (static, stripped), always, then
 /// every pyenv 3.12 and 3.13 build the machine has. (major.minor, path)
 pub fn pythons() -> Vec<(String, std::path::PathBuf)> {
