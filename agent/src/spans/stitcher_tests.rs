@@ -976,3 +976,21 @@ fn an_asyncio_call_with_one_request_in_flight_nests_at_once() {
     let server = server_at(&spans, "/api/checkout");
     assert_eq!(client_spans(&spans)[0].parent_span_id, Some(server.span_id));
 }
+
+#[test]
+fn a_first_read_shorter_than_the_method_is_held_until_the_request_can_be_told() {
+    let (head, rest) = REQUEST.split_at(2);
+    let mut events = vec![conn(5, 7, SocketRole::Server, "127.0.0.1:5000")];
+    events.push(data(5, 7, Direction::Ingress, 1_000, head));
+    events.push(data(5, 7, Direction::Ingress, 2_000, rest));
+    events.push(data(5, 7, Direction::Egress, 3_000, RESPONSE));
+    // And a byte at a time, on a socket open before attach.
+    for (i, byte) in REQUEST.chunks(1).enumerate() {
+        events.push(data(6, 8, Direction::Ingress, 10_000 + i as u64 * 10, byte));
+    }
+    events.push(data(6, 8, Direction::Egress, 20_000, RESPONSE));
+    let (spans, counters) = run(events);
+    assert_eq!(spans.len(), 2, "{spans:?}");
+    assert!(spans.iter().all(|s| s.kind == SpanKind::Server));
+    assert_eq!(Counters::get(&counters.parse_errors), 0);
+}
