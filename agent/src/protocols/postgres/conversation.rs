@@ -1,12 +1,13 @@
-//! One client connection's queries, paired with their completions.
+//! One client connection's queries, paired with their completions (see `pairing`).
 
 use std::collections::{HashMap, VecDeque};
 
 use super::{
     framing::{Framer, Message, backend_kind, frontend_kind},
     messages::{self, Opening},
+    pairing::{self, Answer, Batch, End, MAX_MARKERS, MAX_WAITING, Marker, Pending, Point},
 };
-use crate::protocols::{Chunk, Flow, Timing};
+use crate::protocols::{Chunk, Flow, Loss, Timing};
 
 /// Prepared statements and portals remembered per connection, at most.
 const MAX_NAMED: usize = 512;
@@ -48,30 +49,31 @@ pub enum PgEvent {
     Skipped {
         seq: u64,
     },
+    /// This query will never finish: its answer was lost (the server answered a later one), or
+    /// too many were waiting.
+    Abandoned {
+        seq: u64,
+    },
+    /// Something on the connection that could not be read.
+    Lost(Loss),
 }
 
 /// Counters of what did not parse or pair.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PgStats {
+    /// Times a direction's framing was lost (a header past the captured bytes, or malformed).
     pub lost_framing: u64,
+    /// Of those, headers that were not PostgreSQL's.
+    pub malformed: u64,
     /// Executions after an error in the same Sync batch: the server skipped them.
     pub skipped: u64,
     pub unanswered: u64,
-}
-
-struct Pending {
-    seq: u64,
-    text: String,
-    text_truncated: bool,
-    statement_name: Option<String>,
-    values: Option<u64>,
-    start: Timing,
-    simple: bool,
-    data_rows: u64,
-    tag_rows: Option<u64>,
-    sqlstate: Option<String>,
-    /// An extended execution that finished; kept until its turn if an earlier one has not.
-    finished: Option<Timing>,
+    /// Queries whose answer was lost: a later sync point's answer came first.
+    pub answers_lost: u64,
+    /// Answers to a query loupe did not see sent.
+    pub requests_unseen: u64,
+    /// Queries dropped because too many were waiting for their answer.
+    pub overflowed: u64,
 }
 
 /// What a Query or an Execute starts.
@@ -80,13 +82,6 @@ struct Started {
     text_truncated: bool,
     statement_name: Option<String>,
     values: Option<u64>,
-    simple: bool,
-}
-
-/// Each ReadyForQuery answers one of these, in order.
-enum Marker {
-    Simple(u64),
-    Sync,
 }
 
 pub struct PgConversation {
@@ -101,8 +96,28 @@ pub struct PgConversation {
     statements: HashMap<String, (String, bool)>,
     /// Portal -> (statement, hash of its bound values).
     portals: HashMap<String, (String, Option<u64>)>,
-    pending: VecDeque<Pending>,
+    /// Sync points sent and not yet answered, oldest first, with the queries they close.
     markers: VecDeque<Marker>,
+    /// Extended-protocol messages sent since the last Sync, and the executions among them.
+    open: Batch,
+    open_queries: Vec<Pending>,
+    open_dropped: usize,
+    /// Queries sent and not yet answered, in `markers` and `open_queries`.
+    waiting: usize,
+    /// What the server said since its last ReadyForQuery.
+    answer: Answer,
+    /// ReadyForQuery messages still to come in the chunk being read.
+    ready_ahead: usize,
+    /// The client was seen sending a sync point before reading the answer to the last one:
+    /// answers are paired with the oldest sync point they fit, not the newest.
+    pipelined: bool,
+    /// The last ReadyForQuery answered a sync point past older ones (whose answers were taken
+    /// as lost).
+    resynced: bool,
+    /// Sync points sent on this connection.
+    points_sent: u64,
+    /// Malformed headers already reported.
+    malformed_reported: u64,
     next_seq: u64,
     stats: PgStats,
     messages: Vec<Message>,
@@ -126,8 +141,17 @@ impl PgConversation {
             database: None,
             statements: HashMap::new(),
             portals: HashMap::new(),
-            pending: VecDeque::new(),
             markers: VecDeque::new(),
+            open: Batch::default(),
+            open_queries: Vec::new(),
+            open_dropped: 0,
+            waiting: 0,
+            answer: Answer::default(),
+            ready_ahead: 0,
+            pipelined: false,
+            resynced: false,
+            points_sent: 0,
+            malformed_reported: 0,
             next_seq: 0,
             stats: PgStats::default(),
             messages: Vec::new(),
@@ -147,6 +171,7 @@ impl PgConversation {
     pub fn stats(&self) -> PgStats {
         let mut stats = self.stats;
         stats.lost_framing = self.frontend.lost + self.backend.lost;
+        stats.malformed = self.frontend.malformed + self.backend.malformed;
         stats
     }
 
@@ -170,8 +195,19 @@ impl PgConversation {
                 }
                 self.frontend
                     .feed(chunk.captured, chunk.total_len, &mut messages);
+                let points = self.points_sent;
                 for message in messages.drain(..) {
                     self.on_frontend(message, at, out);
+                }
+                if self.points_sent >= points + 2 {
+                    // Two sync points in one write: this client does not wait for answers.
+                    self.pipelined = true;
+                }
+                if self.frontend.is_lost()
+                    && (self.open != Batch::default() || self.open_dropped > 0)
+                {
+                    // The batch's Sync is past what could be read: its answer ends it.
+                    self.seal(Point::Unknown, at);
                 }
             }
             Flow::Response => {
@@ -190,26 +226,68 @@ impl PgConversation {
                     total = total.saturating_sub(1);
                 }
                 self.backend.feed(captured, total, &mut messages);
+                self.ready_ahead = messages.iter().filter(|m| m.kind == b'Z').count();
                 for message in messages.drain(..) {
                     self.on_backend(message, at, out);
                 }
             }
         }
         self.messages = messages;
+        self.report_malformed(out);
+    }
+
+    /// Each header that was not PostgreSQL's is a parse error (a header past the captured
+    /// bytes is not: those bytes were never read).
+    fn report_malformed(&mut self, out: &mut Vec<PgEvent>) {
+        let malformed = self.frontend.malformed + self.backend.malformed;
+        for _ in self.malformed_reported..malformed {
+            out.push(PgEvent::Lost(Loss::ParseError));
+        }
+        self.malformed_reported = malformed;
     }
 
     /// Ends every query sent, at the server's last chunk, with what was seen of its result.
     fn finish_unseen(&mut self, out: &mut Vec<PgEvent>) {
-        let Some(end) = self.last_backend else { return };
-        for query in self.pending.iter_mut().filter(|p| p.finished.is_none()) {
-            query.finished = Some(end);
-            // Rows past the lost framing were not counted: say nothing rather than too few.
-            if query.tag_rows.is_none() {
-                query.data_rows = 0;
+        let Some(last) = self.last_backend else {
+            return;
+        };
+        let answer = std::mem::take(&mut self.answer);
+        let mut markers = std::mem::take(&mut self.markers);
+        if self.open != Batch::default() || !self.open_queries.is_empty() {
+            self.seal(Point::Unknown, last);
+            markers.extend(self.markers.drain(..));
+        }
+        // The oldest sync point's answer was being read: what was seen of it is its.
+        let mut ends = Some(answer.ends);
+        for marker in markers {
+            let ends = ends.take().unwrap_or_default();
+            let (point, dropped) = (marker.point, marker.dropped);
+            let mut ends = ends.into_iter().skip(dropped);
+            for query in marker.queries {
+                let done = match point {
+                    Point::Simple => {
+                        let ends: Vec<End> = ends.by_ref().collect();
+                        let rows = ends.iter().filter_map(|e| e.tag_rows).reduce(|a, b| a + b);
+                        let sqlstate = ends.into_iter().find_map(|e| e.sqlstate);
+                        self.done(query, last, rows, sqlstate)
+                    }
+                    Point::Sync(_) | Point::Unknown => match ends.next() {
+                        Some(end) => {
+                            let rows = end
+                                .tag_rows
+                                .or((end.data_rows > 0).then_some(end.data_rows));
+                            self.done(query, end.at, rows, end.sqlstate)
+                        }
+                        // Rows past the lost framing were not counted: say nothing rather than
+                        // too few.
+                        None => self.done(query, last, None, None),
+                    },
+                };
+                out.push(PgEvent::Done(done));
             }
         }
-        self.markers.clear();
-        self.emit_finished(out);
+        self.waiting = 0;
+        self.resynced = false;
     }
 
     /// The connection closed: what the server answered unseen ends; queries without an answer
@@ -218,38 +296,89 @@ impl PgConversation {
         if self.backend.is_lost() {
             self.finish_unseen(out);
         }
-        self.stats.unanswered += self.pending.len() as u64;
-        self.pending.clear();
+        self.stats.unanswered += self.waiting as u64;
         self.markers.clear();
+        self.open = Batch::default();
+        self.open_queries.clear();
+        self.open_dropped = 0;
+        self.waiting = 0;
+        self.answer = Answer::default();
     }
 
-    fn start(&mut self, query: Started, at: Timing, out: &mut Vec<PgEvent>) {
+    /// A query sent: it gets its number now and waits for its answer.
+    fn start(&mut self, query: Started, at: Timing, out: &mut Vec<PgEvent>) -> Pending {
         let Started {
             text,
             text_truncated,
             statement_name,
             values,
-            simple,
         } = query;
+        if self.waiting >= MAX_WAITING {
+            self.drop_oldest(out);
+        }
         let seq = self.next_seq;
         self.next_seq += 1;
-        if simple {
-            self.markers.push_back(Marker::Simple(seq));
-        }
-        self.pending.push_back(Pending {
+        self.waiting += 1;
+        out.push(PgEvent::Started { seq });
+        Pending {
             seq,
             text,
             text_truncated,
             statement_name,
             values,
             start: at,
-            simple,
-            data_rows: 0,
-            tag_rows: None,
-            sqlstate: None,
-            finished: None,
-        });
-        out.push(PgEvent::Started { seq });
+        }
+    }
+
+    /// Too many queries wait for their answer: the oldest is given up.
+    fn drop_oldest(&mut self, out: &mut Vec<PgEvent>) {
+        let oldest = match self.markers.iter_mut().find(|m| !m.queries.is_empty()) {
+            Some(marker) => {
+                marker.dropped += 1;
+                marker.queries.remove(0)
+            }
+            None if !self.open_queries.is_empty() => {
+                self.open_dropped += 1;
+                self.open_queries.remove(0)
+            }
+            None => return,
+        };
+        self.waiting -= 1;
+        self.stats.overflowed += 1;
+        out.push(PgEvent::Abandoned { seq: oldest.seq });
+    }
+
+    /// A sync point sent: the oldest is given up when too many wait.
+    fn send_point(&mut self, marker: Marker, out: &mut Vec<PgEvent>) {
+        if self.markers.len() >= MAX_MARKERS
+            && let Some(oldest) = self.markers.pop_front()
+        {
+            self.stats.overflowed += oldest.queries.len() as u64;
+            self.abandon(oldest, out);
+        }
+        self.points_sent += 1;
+        self.markers.push_back(marker);
+    }
+
+    /// Closes the batch of extended-protocol messages sent since the last Sync.
+    fn seal(&mut self, point: Point, at: Timing) {
+        let marker = Marker {
+            point,
+            sent: at,
+            queries: std::mem::take(&mut self.open_queries),
+            dropped: std::mem::take(&mut self.open_dropped),
+        };
+        self.open = Batch::default();
+        // The bound on sync points is kept by `send_point`; a batch sealed unseen is one more.
+        self.markers.push_back(marker);
+    }
+
+    /// Gives up a sync point's queries: they will never finish.
+    fn abandon(&mut self, marker: Marker, out: &mut Vec<PgEvent>) {
+        self.waiting -= marker.queries.len();
+        for query in marker.queries {
+            out.push(PgEvent::Abandoned { seq: query.seq });
+        }
     }
 
     fn on_frontend(&mut self, message: Message, at: Timing, out: &mut Vec<PgEvent>) {
@@ -266,18 +395,26 @@ impl PgConversation {
                     text_truncated: message.truncated,
                     statement_name: None,
                     values: None,
-                    simple: true,
                 };
-                self.start(query, at, out);
+                let query = self.start(query, at, out);
+                let marker = Marker {
+                    point: Point::Simple,
+                    sent: at,
+                    queries: vec![query],
+                    dropped: 0,
+                };
+                self.send_point(marker, out);
             }
             b'P' => {
                 let (name, query) = messages::parse(&message.body);
                 remember(&mut self.statements, name, (query, message.truncated));
+                self.open.parses += 1;
             }
             b'B' => {
                 let (portal, statement, values) = messages::bind(&message.body);
                 let values = (!message.truncated).then(|| values_key(values));
                 remember(&mut self.portals, portal, (statement, values));
+                self.open.binds += 1;
             }
             b'E' => {
                 let (portal, _) = messages::cstr(&message.body);
@@ -296,94 +433,139 @@ impl PgConversation {
                     text_truncated,
                     statement_name,
                     values: bound.and_then(|(_, values)| *values),
-                    simple: false,
                 };
-                self.start(query, at, out);
+                let query = self.start(query, at, out);
+                self.open_queries.push(query);
+                self.open.executions += 1;
             }
-            b'S' => self.markers.push_back(Marker::Sync),
+            b'S' => {
+                let marker = Marker {
+                    point: Point::Sync(self.open),
+                    sent: at,
+                    queries: std::mem::take(&mut self.open_queries),
+                    dropped: std::mem::take(&mut self.open_dropped),
+                };
+                self.open = Batch::default();
+                self.send_point(marker, out);
+            }
             _ => {}
         }
-    }
-
-    /// The oldest query still waiting for its result.
-    fn current(&mut self) -> Option<&mut Pending> {
-        self.pending.iter_mut().find(|p| p.finished.is_none())
     }
 
     fn on_backend(&mut self, message: Message, at: Timing, out: &mut Vec<PgEvent>) {
         match message.kind {
-            b'D' => {
-                if let Some(query) = self.current() {
-                    query.data_rows += 1;
-                }
-            }
-            b'C' | b'I' | b's' => {
+            b'D' => self.answer.row(),
+            b'1' => self.answer.parse_complete(),
+            b'2' => self.answer.bind_complete(),
+            b'C' => {
                 let (tag, _) = messages::cstr(&message.body);
-                if let Some(query) = self.current() {
-                    if let Some(rows) = messages::tag_rows(&tag) {
-                        query.tag_rows = Some(query.tag_rows.unwrap_or(0) + rows);
-                    }
-                    if !query.simple {
-                        query.finished = Some(at);
-                    }
-                }
+                self.answer.complete(at, messages::tag_rows(&tag), false);
             }
-            b'E' => {
-                let state = messages::sqlstate(&message.body);
-                if let Some(query) = self.current() {
-                    query.sqlstate = query.sqlstate.take().or(state);
-                    if !query.simple {
-                        query.finished = Some(at);
-                    }
-                }
+            b'I' => self.answer.complete(at, None, false),
+            b's' => self.answer.complete(at, None, true),
+            b'E' => self.answer.error(at, messages::sqlstate(&message.body)),
+            b'Z' => {
+                self.ready_ahead = self.ready_ahead.saturating_sub(1);
+                self.ready(at, out);
             }
-            b'Z' => match self.markers.pop_front() {
-                Some(Marker::Simple(seq)) => {
-                    if let Some(query) = self.pending.iter_mut().find(|p| p.seq == seq) {
-                        query.finished = Some(at);
-                    }
-                }
-                Some(Marker::Sync) => {
-                    // Executions of this batch still unanswered were skipped after an error.
-                    let mut skipped = 0;
-                    self.pending.retain(|p| {
-                        let skip = !p.simple && p.finished.is_none();
-                        if skip {
-                            out.push(PgEvent::Skipped { seq: p.seq });
-                            skipped += 1;
-                        }
-                        !skip
-                    });
-                    self.stats.skipped += skipped;
-                }
-                None => {}
-            },
             _ => {}
         }
-        self.emit_finished(out);
     }
 
-    /// Reports finished queries in the order they were sent.
-    fn emit_finished(&mut self, out: &mut Vec<PgEvent>) {
-        while self.pending.front().is_some_and(|p| p.finished.is_some()) {
-            let Some(query) = self.pending.pop_front() else {
-                break;
-            };
-            let end = query.finished.unwrap_or(query.start);
-            out.push(PgEvent::Done(QueryDone {
-                seq: query.seq,
-                text: query.text,
-                text_truncated: query.text_truncated,
-                statement_name: query.statement_name,
-                start: query.start,
-                end,
-                rows: query
-                    .tag_rows
-                    .or((query.data_rows > 0).then_some(query.data_rows)),
-                sqlstate: query.sqlstate,
-                database: self.database.clone(),
-                values: query.values,
-            }));
+    /// A ReadyForQuery: the sync point it answers ends, with what the server said before it;
+    /// older ones whose answers went unseen are given up.
+    fn ready(&mut self, at: Timing, out: &mut Vec<PgEvent>) {
+        let answer = std::mem::take(&mut self.answer);
+        let markers = self.markers.make_contiguous();
+        let Some(index) = pairing::pick(markers, &answer, at, self.ready_ahead, !self.pipelined)
+        else {
+            if !answer.is_empty() {
+                // The answer to something loupe did not see sent (a lost chunk, a query sent
+                // before attach).
+                self.stats.requests_unseen += 1;
+                out.push(PgEvent::Lost(Loss::Unseen(1)));
+                if self.resynced {
+                    // The sync points given up were answered after all: this client sends
+                    // before it reads.
+                    self.pipelined = true;
+                }
+            }
+            self.resynced = false;
+            return;
+        };
+        for _ in 0..index {
+            if let Some(lost) = self.markers.pop_front() {
+                self.stats.answers_lost += lost.queries.len() as u64;
+                self.abandon(lost, out);
+            }
+        }
+        self.resynced = index > 0;
+        let Some(marker) = self.markers.pop_front() else {
+            return;
+        };
+        self.waiting -= marker.queries.len();
+        let Marker {
+            point,
+            queries,
+            dropped,
+            ..
+        } = marker;
+        match point {
+            Point::Simple => {
+                let tags = answer
+                    .ends
+                    .iter()
+                    .filter_map(|e| e.tag_rows)
+                    .reduce(|a, b| a + b);
+                let data_rows: u64 = answer.ends.iter().map(|e| e.data_rows).sum();
+                let rows = tags.or((data_rows > 0).then_some(data_rows));
+                let sqlstate = answer.ends.into_iter().find_map(|e| e.sqlstate);
+                for query in queries {
+                    let done = self.done(query, at, rows, sqlstate.clone());
+                    out.push(PgEvent::Done(done));
+                }
+            }
+            Point::Sync(_) | Point::Unknown => {
+                let mut ends = answer.ends.into_iter().skip(dropped);
+                for query in queries {
+                    match ends.next() {
+                        Some(end) => {
+                            let rows = end
+                                .tag_rows
+                                .or((end.data_rows > 0).then_some(end.data_rows));
+                            let done = self.done(query, end.at, rows, end.sqlstate);
+                            out.push(PgEvent::Done(done));
+                        }
+                        None => {
+                            // Executions of this batch still unanswered were skipped after an
+                            // error.
+                            self.stats.skipped += 1;
+                            out.push(PgEvent::Skipped { seq: query.seq });
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn done(
+        &self,
+        query: Pending,
+        end: Timing,
+        rows: Option<u64>,
+        sqlstate: Option<String>,
+    ) -> QueryDone {
+        QueryDone {
+            seq: query.seq,
+            text: query.text,
+            text_truncated: query.text_truncated,
+            statement_name: query.statement_name,
+            start: query.start,
+            end,
+            rows,
+            sqlstate,
+            database: self.database.clone(),
+            values: query.values,
         }
     }
 }

@@ -32,7 +32,10 @@ pub struct Framer {
     /// The next message has no type byte (the client's first, or the one after SSL/GSS refusal).
     untyped_next: bool,
     plausible: fn(u8) -> bool,
+    /// Times the framing was lost (a header past the captured bytes, or malformed).
     pub lost: u64,
+    /// Of those, the headers that were not the protocol's (a type or length no message has).
+    pub malformed: u64,
 }
 
 impl Framer {
@@ -42,6 +45,7 @@ impl Framer {
             untyped_next: untyped_first,
             plausible,
             lost: 0,
+            malformed: 0,
         }
     }
 
@@ -99,6 +103,7 @@ impl Framer {
                             ]) as usize;
                             if len < 4 || (kind != 0 && !(self.plausible)(kind)) {
                                 self.lost += 1;
+                                self.malformed += 1;
                                 State::Lost
                             } else if len == 4 {
                                 // An empty body (Sync, Terminate, ParseComplete...): complete now,

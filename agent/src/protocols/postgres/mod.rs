@@ -4,12 +4,16 @@
 //! Every message carries its length, so a gap (bytes counted, not captured) inside a message
 //! costs nothing: its body is skipped. A gap over a message header loses the framing until the
 //! next chunk that starts with a plausible message. Simple queries (`Q`) end at ReadyForQuery;
-//! extended-protocol executions (`P`/`B`/`E` ... `S`) end at their CommandComplete (or error).
-//! Pure: no I/O, no clock, bounded memory, and no input makes it panic.
+//! extended-protocol executions (`P`/`B`/`E` ... `S`) end at their CommandComplete (or error),
+//! reported at the ReadyForQuery after their Sync. A lost chunk costs the queries whose sync
+//! point or answer it carried: each ReadyForQuery is paired with the sync point it answers, not
+//! merely the oldest (`pairing`). Pure: no I/O, no clock, bounded memory (queries and sync
+//! points waiting are bounded, the dropped ones reported), and no input makes it panic.
 
 mod conversation;
 mod framing;
 mod messages;
+mod pairing;
 mod seam;
 
 #[cfg(test)]

@@ -46,7 +46,8 @@ fn report(event: PgEvent) -> Report {
             traceparent: None,
             line: 0,
         },
-        PgEvent::Skipped { seq } => Report::Abandoned { seq },
+        PgEvent::Skipped { seq } | PgEvent::Abandoned { seq } => Report::Abandoned { seq },
+        PgEvent::Lost(loss) => Report::Lost(loss),
         PgEvent::Done(query) => Report::Finished(Finished::Postgres(Box::new(query))),
     }
 }

@@ -1,7 +1,7 @@
 //! The PostgreSQL conversation on byte streams built message by message, as clients send them.
 
 use super::*;
-use crate::protocols::{Chunk, Flow, chunk};
+use crate::protocols::{Chunk, Flow, Loss, chunk};
 
 fn msg(kind: u8, body: &[u8]) -> Vec<u8> {
     let mut out = vec![kind];
@@ -581,4 +581,293 @@ fn a_parse_cut_by_the_capture_marks_its_executions_truncated() {
     let all = done(&events);
     assert_eq!(all.len(), 1, "{events:?}");
     assert!(all[0].text_truncated);
+}
+
+fn abandoned(events: &[PgEvent]) -> Vec<u64> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            PgEvent::Abandoned { seq } => Some(*seq),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A simple query's answer: `n` rows, then ReadyForQuery.
+fn simple_answer(n: usize) -> Vec<u8> {
+    let mut out = msg(b'T', b"\x00\x01x\0");
+    for _ in 0..n {
+        out.extend(row());
+    }
+    out.extend(msg(b'C', &cstr(&format!("SELECT {n}"))));
+    out.extend(ready());
+    out
+}
+
+/// Query `i` of a loop (sent at `100 * i`, answered with `i + 1` rows at `100 * i + 50`), as
+/// `(request, answer)` chunks' bytes.
+fn simple_exchange(i: u64) -> (Vec<u8>, Vec<u8>) {
+    (
+        msg(b'Q', &cstr(&format!("SELECT * FROM t LIMIT {}", i + 1))),
+        simple_answer(i as usize + 1),
+    )
+}
+
+/// Each finished query ended at its own answer, with its own rows.
+fn assert_paired(all: &[&QueryDone]) {
+    for q in all {
+        assert_eq!(q.end.enter_ns, q.start.enter_ns + 50, "{q:?}");
+        assert_eq!(q.rows, Some((q.start.enter_ns - 1000) / 100 + 1), "{q:?}");
+    }
+}
+
+#[test]
+fn a_lost_answer_to_a_simple_query_costs_that_query_only() {
+    let mut events = Vec::new();
+    let mut c = session(&mut events);
+    for i in 0..6 {
+        let (request, answer) = simple_exchange(i);
+        let at = 1000 + 100 * i;
+        c.push(chunk(Flow::Request, at, &request), &mut events);
+        // The event with query 2's answer never reached loupe.
+        if i != 2 {
+            c.push(chunk(Flow::Response, at + 50, &answer), &mut events);
+        }
+    }
+    let all = done(&events);
+    let seqs: Vec<u64> = all.iter().map(|q| q.seq).collect();
+    assert_eq!(seqs, [0, 1, 3, 4, 5], "{events:?}");
+    assert_paired(&all);
+    assert_eq!(abandoned(&events), [2], "the lost one is given up, counted");
+    assert_eq!(c.stats().answers_lost, 1);
+}
+
+#[test]
+fn a_lost_answer_to_an_extended_batch_costs_that_batch_only() {
+    let mut events = Vec::new();
+    let mut c = session(&mut events);
+    let parse = msg(
+        b'P',
+        &concat(&[cstr("s1"), cstr("SELECT * FROM t LIMIT $1"), vec![0, 0]]),
+    );
+    for i in 0..6u64 {
+        let at = 1000 + 100 * i;
+        // Prepared once, then bound and executed in a loop, a Sync each.
+        let mut request = if i == 0 { parse.clone() } else { Vec::new() };
+        request.extend(concat(&[
+            bind_named("s1", format!("{}", i + 1).as_bytes()),
+            execute_unnamed(),
+            msg(b'S', b""),
+        ]));
+        c.push(chunk(Flow::Request, at, &request), &mut events);
+        let mut answer = if i == 0 { msg(b'1', b"") } else { Vec::new() };
+        answer.extend(msg(b'2', b""));
+        for _ in 0..=i {
+            answer.extend(row());
+        }
+        answer.extend(concat(&[
+            msg(b'C', &cstr(&format!("SELECT {}", i + 1))),
+            ready(),
+        ]));
+        if i != 1 {
+            c.push(chunk(Flow::Response, at + 50, &answer), &mut events);
+        }
+    }
+    let all = done(&events);
+    let seqs: Vec<u64> = all.iter().map(|q| q.seq).collect();
+    assert_eq!(seqs, [0, 2, 3, 4, 5], "{events:?}");
+    assert_paired(&all);
+    assert_eq!(abandoned(&events), [1]);
+}
+
+#[test]
+fn a_lost_query_costs_its_answer_only() {
+    let mut events = Vec::new();
+    let mut c = session(&mut events);
+    for i in 0..5 {
+        let (request, answer) = simple_exchange(i);
+        let at = 1000 + 100 * i;
+        // The event with query 1 never reached loupe: its answer answers nothing seen.
+        if i != 1 {
+            c.push(chunk(Flow::Request, at, &request), &mut events);
+        }
+        c.push(chunk(Flow::Response, at + 50, &answer), &mut events);
+    }
+    let all = done(&events);
+    assert_eq!(all.len(), 4, "{events:?}");
+    assert_paired(&all);
+    assert!(
+        events.contains(&PgEvent::Lost(Loss::Unseen(1))),
+        "{events:?}"
+    );
+    assert!(abandoned(&events).is_empty());
+}
+
+#[test]
+fn a_lost_answer_between_simple_and_extended_queries_costs_one_query() {
+    // BEGIN as a simple query, then an extended one, then COMMIT; the INSERT's answer is lost.
+    let mut events = Vec::new();
+    let mut c = session(&mut events);
+    let extended = |sql: &str| {
+        concat(&[
+            msg(b'P', &concat(&[cstr(""), cstr(sql), vec![0, 0]])),
+            bind_named("", b"1"),
+            execute_unnamed(),
+            msg(b'S', b""),
+        ])
+    };
+    let ext_answer = |tag: &str| {
+        concat(&[
+            msg(b'1', b""),
+            msg(b'2', b""),
+            msg(b'C', &cstr(tag)),
+            ready(),
+        ])
+    };
+    let simple_tag = |tag: &str| concat(&[msg(b'C', &cstr(tag)), ready()]);
+    let mut at = 1000;
+    for round in 0..3 {
+        let steps = [
+            (msg(b'Q', &cstr("BEGIN")), simple_tag("BEGIN")),
+            (
+                extended("INSERT INTO t VALUES ($1)"),
+                ext_answer("INSERT 0 1"),
+            ),
+            (extended("UPDATE t SET n = $1"), ext_answer("UPDATE 7")),
+            (msg(b'Q', &cstr("COMMIT")), simple_tag("COMMIT")),
+        ];
+        for (step, (request, answer)) in steps.into_iter().enumerate() {
+            c.push(chunk(Flow::Request, at, &request), &mut events);
+            if !(round == 0 && step == 1) {
+                c.push(chunk(Flow::Response, at + 50, &answer), &mut events);
+            }
+            at += 100;
+        }
+    }
+    let all = done(&events);
+    assert_eq!(all.len(), 11, "one of twelve: {events:?}");
+    for q in &all {
+        assert_eq!(q.end.enter_ns, q.start.enter_ns + 50, "{q:?}");
+        let rows = match q.text.as_str() {
+            "INSERT INTO t VALUES ($1)" => Some(1),
+            "UPDATE t SET n = $1" => Some(7),
+            _ => None,
+        };
+        assert_eq!(q.rows, rows, "{q:?}");
+    }
+    assert_eq!(abandoned(&events), [1]);
+}
+
+#[test]
+fn a_pipelining_client_is_answered_in_order() {
+    let mut events = Vec::new();
+    let mut c = session(&mut events);
+    let batch = |n: &str| {
+        concat(&[
+            bind_named("s1", n.as_bytes()),
+            execute_unnamed(),
+            msg(b'S', b""),
+        ])
+    };
+    let answer = |rows: usize| {
+        let mut out = msg(b'2', b"");
+        for _ in 0..rows {
+            out.extend(row());
+        }
+        out.extend(concat(&[
+            msg(b'C', &cstr(&format!("SELECT {rows}"))),
+            ready(),
+        ]));
+        out
+    };
+    // Three batches in one write, their answers read one by one.
+    let request = concat(&[batch("1"), batch("2"), batch("3")]);
+    c.push(chunk(Flow::Request, 10, &request), &mut events);
+    for (i, rows) in [1, 2, 3].into_iter().enumerate() {
+        c.push(
+            chunk(Flow::Response, 20 + 10 * i as u64, &answer(rows)),
+            &mut events,
+        );
+    }
+    // Then two batches written apart, answered in one read.
+    c.push(chunk(Flow::Request, 100, &batch("4")), &mut events);
+    c.push(chunk(Flow::Request, 110, &batch("5")), &mut events);
+    c.push(
+        chunk(Flow::Response, 120, &concat(&[answer(4), answer(5)])),
+        &mut events,
+    );
+    let all = done(&events);
+    let rows: Vec<Option<u64>> = all.iter().map(|q| q.rows).collect();
+    assert_eq!(
+        rows,
+        [Some(1), Some(2), Some(3), Some(4), Some(5)],
+        "{events:?}"
+    );
+    assert!(abandoned(&events).is_empty());
+}
+
+#[test]
+fn queries_and_sync_points_waiting_are_bounded_and_the_dropped_reported() {
+    let mut events = Vec::new();
+    let mut c = session(&mut events);
+    // A client whose answers are never seen: executions without a Sync...
+    let executions = pairing::MAX_WAITING + 10;
+    let batch = concat(&[bind_named("s1", b"1"), execute_unnamed()]);
+    for i in 0..executions {
+        c.push(chunk(Flow::Request, 10 + i as u64, &batch), &mut events);
+    }
+    assert_eq!(abandoned(&events), (0..10).collect::<Vec<u64>>());
+    assert_eq!(c.stats().overflowed, 10);
+    // ...and simple queries, each a sync point.
+    let mut events = Vec::new();
+    let mut c = session(&mut events);
+    for i in 0..pairing::MAX_MARKERS + 5 {
+        c.push(
+            chunk(Flow::Request, 10 + i as u64, &msg(b'Q', &cstr("SELECT 1"))),
+            &mut events,
+        );
+    }
+    assert_eq!(abandoned(&events), [0, 1, 2, 3, 4]);
+    assert_eq!(c.stats().overflowed, 5);
+    // The connection still pairs: the newest query's answer ends it.
+    events.clear();
+    c.push(chunk(Flow::Response, 9000, &simple_answer(1)), &mut events);
+    assert_eq!(done(&events).len(), 1, "{events:?}");
+}
+
+#[test]
+fn a_header_that_is_not_postgres_is_a_parse_error() {
+    let mut events = Vec::new();
+    let mut c = session(&mut events);
+    c.push(
+        chunk(Flow::Request, 10, &msg(b'Q', &cstr("SELECT 1"))),
+        &mut events,
+    );
+    // A type byte no server sends.
+    c.push(
+        chunk(Flow::Response, 20, b"\x7f\x00\x00\x00\x04"),
+        &mut events,
+    );
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| **e == PgEvent::Lost(Loss::ParseError))
+            .count(),
+        1,
+        "{events:?}"
+    );
+    // Bytes past the capture are not a parse error.
+    let reply = simple_answer(200);
+    c.push(
+        Chunk {
+            flow: Flow::Response,
+            enter_ns: 30,
+            exit_ns: 31,
+            captured: &reply[..40],
+            total_len: reply.len(),
+        },
+        &mut events,
+    );
+    assert_eq!(c.stats().malformed, 1);
+    assert_eq!(c.stats().lost_framing, 2);
 }
