@@ -5,7 +5,10 @@
 
 mod fallback;
 
-use rustc_hash::FxHashMap as HashMap;
+use std::num::NonZeroUsize;
+
+use lru::LruCache;
+use rustc_hash::FxBuildHasher;
 
 /// What loupe exports about a statement.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -84,17 +87,17 @@ fn first_keyword(text: &str) -> Option<String> {
 /// the parser costs tens of microseconds. Statements that differ only in their literals (pgbench's
 /// `WHERE aid = 4711`, any client that inlines values) share an entry: the key is the text with
 /// literals blanked by the cheap fallback scrubber. Text with `$` placeholders is its own key, as
-/// `$1` and `$2` must not be confused.
+/// `$1` and `$2` must not be confused. Past `capacity` the statement least recently seen is
+/// forgotten (it is analyzed again when it comes back): a statement is never exported unanalyzed.
 pub struct StatementCache {
-    entries: HashMap<String, Statement>,
-    capacity: usize,
+    entries: LruCache<String, Statement, FxBuildHasher>,
 }
 
 impl StatementCache {
     pub fn new(capacity: usize) -> Self {
+        let capacity = NonZeroUsize::new(capacity).unwrap_or(NonZeroUsize::MIN);
         Self {
-            entries: HashMap::default(),
-            capacity,
+            entries: LruCache::with_hasher(capacity, FxBuildHasher),
         }
     }
 
@@ -113,10 +116,7 @@ impl StatementCache {
             return statement.clone();
         }
         let statement = analyze(text);
-        if self.entries.len() >= self.capacity {
-            self.entries.clear();
-        }
-        self.entries.insert(key, statement.clone());
+        self.entries.put(key, statement.clone());
         statement
     }
 }
@@ -212,5 +212,25 @@ mod tests {
             assert_eq!(cache.analyze(text), analyze(text));
         }
         assert!(cache.entries.len() <= 2);
+    }
+
+    #[test]
+    fn past_its_capacity_the_cache_keeps_the_statements_in_use() {
+        let mut cache = StatementCache::new(2);
+        let hot = "SELECT * FROM users WHERE id = $1";
+        cache.analyze(hot);
+        for n in 0..10 {
+            // A stream of statements seen once, the hot one between them.
+            let once = format!("SELECT * FROM t{n} WHERE a = $1");
+            assert_eq!(
+                cache.analyze(&once),
+                analyze(&once),
+                "analyzed past the cap"
+            );
+            assert!(!cache.analyze(&once).normalized.is_empty());
+            assert!(cache.entries.contains(hot), "the hot statement stays");
+            cache.analyze(hot);
+        }
+        assert_eq!(cache.entries.len(), 2);
     }
 }

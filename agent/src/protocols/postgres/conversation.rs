@@ -1,6 +1,9 @@
 //! One client connection's queries, paired with their completions (see `pairing`).
 
-use std::collections::{HashMap, VecDeque};
+use std::{collections::VecDeque, num::NonZeroUsize};
+
+use lru::LruCache;
+use rustc_hash::FxBuildHasher;
 
 use super::{
     framing::{Framer, Message, backend_kind, frontend_kind},
@@ -9,8 +12,12 @@ use super::{
 };
 use crate::protocols::{Chunk, Flow, Loss, Timing};
 
-/// Prepared statements and portals remembered per connection, at most.
-const MAX_NAMED: usize = 512;
+/// Prepared statements and portals remembered per connection, at most: past it the one least
+/// recently used is forgotten (its executions then run under its name, their text unknown).
+const MAX_NAMED: NonZeroUsize = NonZeroUsize::new(512).unwrap();
+
+/// Names remembered on a connection, least recently used forgotten first.
+type Named<V> = LruCache<String, V, FxBuildHasher>;
 
 /// A finished query.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -93,9 +100,9 @@ pub struct PgConversation {
     opaque: bool,
     database: Option<String>,
     /// Statement name -> (text, whether the Parse was cut short).
-    statements: HashMap<String, (String, bool)>,
+    statements: Named<(String, bool)>,
     /// Portal -> (statement, hash of its bound values).
-    portals: HashMap<String, (String, Option<u64>)>,
+    portals: Named<(String, Option<u64>)>,
     /// Sync points sent and not yet answered, oldest first, with the queries they close.
     markers: VecDeque<Marker>,
     /// Extended-protocol messages sent since the last Sync, and the executions among them.
@@ -139,8 +146,8 @@ impl PgConversation {
             encryption_asked: false,
             opaque: false,
             database: None,
-            statements: HashMap::new(),
-            portals: HashMap::new(),
+            statements: LruCache::with_hasher(MAX_NAMED, FxBuildHasher),
+            portals: LruCache::with_hasher(MAX_NAMED, FxBuildHasher),
             markers: VecDeque::new(),
             open: Batch::default(),
             open_queries: Vec::new(),
@@ -207,7 +214,7 @@ impl PgConversation {
                     && (self.open != Batch::default() || self.open_dropped > 0)
                 {
                     // The batch's Sync is past what could be read: its answer ends it.
-                    self.seal(Point::Unknown, at);
+                    self.seal(at, out);
                 }
             }
             Flow::Response => {
@@ -254,7 +261,7 @@ impl PgConversation {
         let answer = std::mem::take(&mut self.answer);
         let mut markers = std::mem::take(&mut self.markers);
         if self.open != Batch::default() || !self.open_queries.is_empty() {
-            self.seal(Point::Unknown, last);
+            self.seal(last, out);
             markers.extend(self.markers.drain(..));
         }
         // The oldest sync point's answer was being read: what was seen of it is its.
@@ -350,26 +357,32 @@ impl PgConversation {
 
     /// A sync point sent: the oldest is given up when too many wait.
     fn send_point(&mut self, marker: Marker, out: &mut Vec<PgEvent>) {
+        self.bound_markers(out);
+        self.points_sent += 1;
+        self.markers.push_back(marker);
+    }
+
+    /// Makes room for one more sync point.
+    fn bound_markers(&mut self, out: &mut Vec<PgEvent>) {
         if self.markers.len() >= MAX_MARKERS
             && let Some(oldest) = self.markers.pop_front()
         {
             self.stats.overflowed += oldest.queries.len() as u64;
             self.abandon(oldest, out);
         }
-        self.points_sent += 1;
-        self.markers.push_back(marker);
     }
 
-    /// Closes the batch of extended-protocol messages sent since the last Sync.
-    fn seal(&mut self, point: Point, at: Timing) {
+    /// Closes the batch of extended-protocol messages sent since the last Sync, whose Sync went
+    /// unseen (the client's framing was lost).
+    fn seal(&mut self, at: Timing, out: &mut Vec<PgEvent>) {
         let marker = Marker {
-            point,
+            point: Point::Unknown,
             sent: at,
             queries: std::mem::take(&mut self.open_queries),
             dropped: std::mem::take(&mut self.open_dropped),
         };
         self.open = Batch::default();
-        // The bound on sync points is kept by `send_point`; a batch sealed unseen is one more.
+        self.bound_markers(out);
         self.markers.push_back(marker);
     }
 
@@ -407,13 +420,13 @@ impl PgConversation {
             }
             b'P' => {
                 let (name, query) = messages::parse(&message.body);
-                remember(&mut self.statements, name, (query, message.truncated));
+                self.statements.put(name, (query, message.truncated));
                 self.open.parses += 1;
             }
             b'B' => {
                 let (portal, statement, values) = messages::bind(&message.body);
                 let values = (!message.truncated).then(|| values_key(values));
-                remember(&mut self.portals, portal, (statement, values));
+                self.portals.put(portal, (statement, values));
                 self.open.binds += 1;
             }
             b'E' => {
@@ -577,12 +590,4 @@ fn values_key(values: &[u8]) -> u64 {
     let mut hasher = rustc_hash::FxHasher::default();
     hasher.write(values);
     hasher.finish()
-}
-
-fn remember<V>(map: &mut HashMap<String, V>, key: String, value: V) {
-    if map.len() >= MAX_NAMED && !map.contains_key(&key) {
-        // Clients that never close statements: forget them all rather than grow.
-        map.clear();
-    }
-    map.insert(key, value);
 }

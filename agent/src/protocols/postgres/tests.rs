@@ -871,3 +871,99 @@ fn a_header_that_is_not_postgres_is_a_parse_error() {
     assert_eq!(c.stats().malformed, 1);
     assert_eq!(c.stats().lost_framing, 2);
 }
+
+#[test]
+fn a_statement_in_use_keeps_its_text_past_the_cap_on_prepared_statements() {
+    // A client that prepares a new statement for every query and never closes one (an ORM
+    // building its SQL), and runs one statement between them all along.
+    let mut events = Vec::new();
+    let mut c = session(&mut events);
+    let prepare = |name: &str, sql: &str| msg(b'P', &concat(&[cstr(name), cstr(sql), vec![0, 0]]));
+    let run = |name: &str| concat(&[bind_named(name, b"1"), execute_unnamed(), msg(b'S', b"")]);
+    let answer = |parsed: bool| {
+        let parse = if parsed { msg(b'1', b"") } else { Vec::new() };
+        concat(&[parse, msg(b'2', b""), msg(b'C', &cstr("SELECT 0")), ready()])
+    };
+    let hot = "SELECT * FROM users WHERE id = $1";
+    let mut at = 10;
+    let mut exchange =
+        |c: &mut PgConversation, events: &mut Vec<PgEvent>, request: &[u8], parsed| {
+            c.push(chunk(Flow::Request, at, request), events);
+            c.push(chunk(Flow::Response, at + 5, &answer(parsed)), events);
+            at += 10;
+        };
+    exchange(
+        &mut c,
+        &mut events,
+        &concat(&[prepare("hot", hot), run("hot")]),
+        true,
+    );
+    for n in 0..600 {
+        let name = format!("s{n}");
+        let sql = format!("SELECT * FROM t{n} WHERE a = $1");
+        exchange(
+            &mut c,
+            &mut events,
+            &concat(&[prepare(&name, &sql), run(&name)]),
+            true,
+        );
+        exchange(&mut c, &mut events, &run("hot"), false);
+    }
+    let all = done(&events);
+    assert_eq!(all.len(), 1201);
+    assert!(
+        all.iter()
+            .all(|q| !q.text.is_empty() && q.statement_name.is_none()),
+        "every execution has its statement's text: {:?}",
+        all.iter().find(|q| q.text.is_empty())
+    );
+    assert!(all.iter().filter(|q| q.text == hot).count() == 601);
+}
+
+#[test]
+fn a_batch_whose_sync_was_past_the_capture_ends_at_its_answer() {
+    let mut events = Vec::new();
+    let mut c = session(&mut events);
+    let execute = |sql: &str| {
+        concat(&[
+            msg(b'P', &concat(&[cstr(""), cstr(sql), vec![0, 0]])),
+            bind_named("", b"1"),
+            execute_unnamed(),
+        ])
+    };
+    let first = concat(&[
+        execute("INSERT INTO a VALUES ($1)"),
+        execute("INSERT INTO b VALUES ($1)"),
+    ]);
+    let batch = concat(&[
+        first.clone(),
+        execute("INSERT INTO c VALUES ($1)"),
+        msg(b'S', b""),
+    ]);
+    // The capture ends inside the third Parse's header: its Execute and the Sync are unseen.
+    let cut = Chunk {
+        flow: Flow::Request,
+        enter_ns: 10,
+        exit_ns: 11,
+        captured: &batch[..first.len() + 3],
+        total_len: batch.len(),
+    };
+    c.push(cut, &mut events);
+    let one = concat(&[
+        msg(b'1', b""),
+        msg(b'2', b""),
+        msg(b'C', &cstr("INSERT 0 1")),
+    ]);
+    let answer = concat(&[one.clone(), one.clone(), one, ready()]);
+    c.push(chunk(Flow::Response, 20, &answer), &mut events);
+    let all = done(&events);
+    assert_eq!(all.len(), 2, "{events:?}");
+    assert!(all.iter().all(|q| q.rows == Some(1)));
+    // And the connection goes on.
+    c.push(
+        chunk(Flow::Request, 30, &msg(b'Q', &cstr("SELECT 1"))),
+        &mut events,
+    );
+    c.push(chunk(Flow::Response, 40, &simple_answer(1)), &mut events);
+    assert_eq!(done(&events).len(), 3, "{events:?}");
+}
