@@ -3,8 +3,9 @@
 //! spans and parentless calls pass straight through, and a child goes out with its parent.
 //!
 //! Bounded: a tree whose parent never comes (the request was never answered) is released
-//! undiagnosed after [`HOLD_LIMIT_NS`], and past [`MAX_HELD`] spans a new child goes out at once;
-//! both count the calls that left without a verdict (`trees_undiagnosed`).
+//! undiagnosed after [`HOLD_LIMIT_NS`], and past [`MAX_HELD_BYTES`] held (each span's size
+//! estimated: its record, name, attributes and events) a new child goes out at once; both count
+//! the calls that left without a verdict (`trees_undiagnosed`).
 
 use std::{
     collections::VecDeque,
@@ -22,8 +23,9 @@ use crate::{
 
 /// Longest a child waits for its parent.
 pub const HOLD_LIMIT_NS: u64 = 120_000_000_000;
-/// Most child spans held at once.
-pub const MAX_HELD: usize = 100_000;
+/// Most bytes of child spans held at once (estimated by [`held_size`]): calls with long query
+/// texts weigh what they hold, not one each.
+pub const MAX_HELD_BYTES: usize = 64 << 20;
 /// How long a finished request with calls is remembered for a call that finishes after it. (A
 /// request whose every call finished after it is not remembered, to keep the common case of a
 /// request without calls free: such a call waits for the hold limit and is counted.)
@@ -40,6 +42,8 @@ pub struct Diagnoser {
     config: DiagnosisConfig,
     held: HashMap<u64, Held>,
     held_spans: usize,
+    /// Their estimated size.
+    held_bytes: usize,
     /// Finished requests by span id: (start, end, remembered at).
     recent: HashMap<u64, (u64, u64)>,
     recent_order: VecDeque<(u64, u64)>,
@@ -57,6 +61,7 @@ impl Diagnoser {
             config,
             held: HashMap::default(),
             held_spans: 0,
+            held_bytes: 0,
             recent: HashMap::default(),
             recent_order: VecDeque::new(),
             board,
@@ -84,11 +89,12 @@ impl Diagnoser {
                         );
                     }
                     out.push(span);
-                } else if self.held_spans >= MAX_HELD {
+                } else if self.held_bytes + held_size(&span) > MAX_HELD_BYTES {
                     Counters::add(&self.counters.trees_undiagnosed, 1);
                     out.push(span);
                 } else {
                     self.held_spans += 1;
+                    self.held_bytes += held_size(&span);
                     self.held
                         .entry(parent)
                         .or_insert_with(|| Held {
@@ -106,7 +112,7 @@ impl Diagnoser {
     fn finish_tree(&mut self, mut parent: SpanRecord, now_ns: u64, out: &mut Vec<SpanRecord>) {
         let mut children = match self.held.remove(&parent.span_id) {
             Some(held) => {
-                self.held_spans -= held.children.len();
+                self.forget(&held);
                 held.children
             }
             None => Vec::new(),
@@ -172,16 +178,55 @@ impl Diagnoser {
 
     fn release(&mut self, id: u64, out: &mut Vec<SpanRecord>) {
         if let Some(mut held) = self.held.remove(&id) {
-            self.held_spans -= held.children.len();
+            self.forget(&held);
             Counters::add(&self.counters.trees_undiagnosed, held.children.len() as u64);
             out.append(&mut held.children);
         }
+    }
+
+    fn forget(&mut self, held: &Held) {
+        self.held_spans -= held.children.len();
+        self.held_bytes -= held.children.iter().map(held_size).sum::<usize>();
     }
 
     /// Child spans waiting for their request.
     pub fn held(&self) -> usize {
         self.held_spans
     }
+
+    /// Their estimated size in bytes.
+    pub fn held_bytes(&self) -> usize {
+        self.held_bytes
+    }
+}
+
+/// What holding `span` costs, estimated: its record and what it owns on the heap.
+pub fn held_size(span: &SpanRecord) -> usize {
+    fn attributes(attributes: &[(&'static str, AttrValue)]) -> usize {
+        attributes
+            .iter()
+            .map(|(_, value)| {
+                size_of::<(&str, AttrValue)>()
+                    + match value {
+                        AttrValue::Str(text) => text.len(),
+                        AttrValue::StrArray(items) => items
+                            .iter()
+                            .map(|item| size_of_val(item) + item.len())
+                            .sum(),
+                        AttrValue::Int(_) | AttrValue::Float(_) | AttrValue::Bool(_) => 0,
+                    }
+            })
+            .sum()
+    }
+    size_of::<SpanRecord>()
+        + span.name.len()
+        + span.error.as_ref().map_or(0, String::len)
+        + attributes(&span.attributes)
+        + span
+            .events
+            .iter()
+            .map(|event| size_of_val(event) + attributes(&event.attributes))
+            .sum::<usize>()
 }
 
 /// How many of a request's cache reads hit, and how many missed.
@@ -256,6 +301,30 @@ mod tests {
             out[0].attr("performance.share_of_parent"),
             Some(&crate::spans::AttrValue::Float(0.5))
         );
+    }
+
+    #[test]
+    fn held_calls_are_bounded_by_their_size_and_the_overflow_counted() {
+        let mut d = diagnoser();
+        let mut out = Vec::new();
+        // Calls with 1 MiB query texts: far fewer than a count bound would hold fit.
+        let text = "x".repeat(1 << 20);
+        let mut big = query(&text, "f", 0, 5);
+        big.set("db.query.text", text.clone());
+        let each = held_size(&big);
+        assert!(each > 1 << 20, "the text is counted: {each}");
+        let fit = MAX_HELD_BYTES / each;
+        for _ in 0..fit + 10 {
+            d.push(big.clone(), 0, &mut out);
+        }
+        assert_eq!(d.held(), fit);
+        assert!(d.held_bytes() <= MAX_HELD_BYTES);
+        assert_eq!(out.len(), 10, "the overflow goes out at once");
+        assert_eq!(Counters::get(&d.counters.trees_undiagnosed), 10);
+        out.clear();
+        d.push(server(0, 100), 0, &mut out);
+        assert_eq!(out.len(), fit + 1);
+        assert_eq!((d.held(), d.held_bytes()), (0, 0));
     }
 
     #[test]
