@@ -1,65 +1,172 @@
 //! The OTel resource of each observed process: service.name, process.pid,
 //! process.executable.name, host.name. Read from /proc once per process.
+//!
+//! Bounded: when the cache grows past what it held after its last sweep (twice that, at least
+//! [`SWEEP_AT`]), the resources of processes that exited are dropped; past [`MAX_RESOURCES`]
+//! live ones the least recently used goes (it is read again if its process exports again).
 
-use std::collections::HashMap;
+use std::num::NonZeroUsize;
 
+use lru::LruCache;
 use opentelemetry::KeyValue;
 use opentelemetry_sdk::Resource;
 
 use crate::process::ProcessInfo;
 
+/// Resources cached before the first sweep for exited processes.
+pub const SWEEP_AT: usize = 64;
+/// Resources cached at most.
+pub const MAX_RESOURCES: usize = 4096;
+
 /// Builds and caches one resource per pid.
 pub struct Resources {
     service_name: Option<String>,
     host_name: String,
-    cache: HashMap<u32, Resource>,
+    cache: LruCache<u32, Resource>,
+    /// The cache's size that triggers the next sweep.
+    next_sweep: usize,
+    /// Whether a process is still running (its /proc entry exists).
+    alive: fn(u32) -> bool,
 }
 
 impl Resources {
     pub fn new(service_name: Option<String>) -> Self {
+        Self::watching(service_name, process_alive)
+    }
+
+    /// With `alive` saying which processes still run.
+    fn watching(service_name: Option<String>, alive: fn(u32) -> bool) -> Self {
         Self {
             service_name,
             host_name: host_name(),
-            cache: HashMap::new(),
+            cache: LruCache::new(NonZeroUsize::new(MAX_RESOURCES).unwrap_or(NonZeroUsize::MIN)),
+            next_sweep: SWEEP_AT,
+            alive,
         }
     }
 
-    /// service.name for `pid`: the configured one, else the process name.
-    pub fn service_name(&self, info: Option<&ProcessInfo>, pid: u32) -> String {
-        match (&self.service_name, info) {
-            (Some(name), _) => name.clone(),
-            (None, Some(info)) => info.name.clone(),
-            (None, None) => format!("pid-{pid}"),
+    /// Resources cached now.
+    pub fn len(&self) -> usize {
+        self.cache.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.cache.is_empty()
+    }
+
+    /// Drops the resources of processes that exited, once the cache has doubled since the
+    /// last sweep (amortized: a sweep per as many new processes as the cache holds).
+    fn sweep(&mut self) {
+        if self.cache.len() < self.next_sweep {
+            return;
         }
+        let alive = self.alive;
+        let dead: Vec<u32> = self
+            .cache
+            .iter()
+            .map(|(pid, _)| *pid)
+            .filter(|pid| !alive(*pid))
+            .collect();
+        for pid in dead {
+            self.cache.pop(&pid);
+        }
+        self.next_sweep = (self.cache.len() * 2).max(SWEEP_AT);
     }
 
     pub fn get(&mut self, pid: u32) -> &Resource {
-        if !self.cache.contains_key(&pid) {
-            let info = ProcessInfo::read(pid);
-            let mut attributes = vec![
-                KeyValue::new("service.name", self.service_name(info.as_ref(), pid)),
-                KeyValue::new("process.pid", i64::from(pid)),
-                KeyValue::new("host.name", self.host_name.clone()),
-                KeyValue::new("telemetry.sdk.name", "loupe"),
-                KeyValue::new("telemetry.sdk.version", env!("CARGO_PKG_VERSION")),
-            ];
-            if let Some(info) = &info {
-                attributes.push(KeyValue::new(
-                    "process.executable.name",
-                    info.executable_name.clone(),
-                ));
-            }
-            let resource = Resource::builder_empty()
-                .with_attributes(attributes)
-                .build();
-            self.cache.insert(pid, resource);
+        if !self.cache.contains(&pid) {
+            self.sweep();
         }
-        &self.cache[&pid]
+        let (configured, host_name) = (&self.service_name, &self.host_name);
+        self.cache
+            .get_or_insert(pid, || build(configured.as_deref(), host_name, pid))
     }
+}
+
+/// The resource of `pid`, read from /proc.
+fn build(configured: Option<&str>, host_name: &str, pid: u32) -> Resource {
+    let info = ProcessInfo::read(pid);
+    let service_name = match (configured, &info) {
+        (Some(name), _) => name.to_owned(),
+        (None, Some(info)) => info.name.clone(),
+        (None, None) => format!("pid-{pid}"),
+    };
+    let mut attributes = vec![
+        KeyValue::new("service.name", service_name),
+        KeyValue::new("process.pid", i64::from(pid)),
+        KeyValue::new("host.name", host_name.to_owned()),
+        KeyValue::new("telemetry.sdk.name", "loupe"),
+        KeyValue::new("telemetry.sdk.version", env!("CARGO_PKG_VERSION")),
+    ];
+    if let Some(info) = &info {
+        attributes.push(KeyValue::new(
+            "process.executable.name",
+            info.executable_name.clone(),
+        ));
+    }
+    Resource::builder_empty()
+        .with_attributes(attributes)
+        .build()
+}
+
+fn process_alive(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
 fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|name| name.trim().to_owned())
         .unwrap_or_else(|_| "localhost".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Processes below this pid have exited (the test's stand-in for /proc).
+    fn alive_from_1000(pid: u32) -> bool {
+        pid >= 1000
+    }
+
+    #[test]
+    fn the_resources_of_exited_processes_are_dropped() {
+        let mut resources = Resources::watching(Some("svc".into()), alive_from_1000);
+        // Short-lived workers (pids below 1000, exited since) and long-lived ones.
+        for pid in 0..500 {
+            resources.get(pid);
+        }
+        for pid in 1000..1010 {
+            resources.get(pid);
+        }
+        assert!(
+            resources.len() < SWEEP_AT * 2,
+            "exited processes are forgotten: {}",
+            resources.len()
+        );
+        for pid in 1000..1010 {
+            assert!(
+                resources.cache.contains(&pid),
+                "a running process keeps its resource"
+            );
+        }
+        let attributes: Vec<String> = resources
+            .get(1000)
+            .iter()
+            .map(|(key, value)| format!("{key}={value}"))
+            .collect();
+        assert!(
+            attributes.contains(&"process.pid=1000".to_owned()),
+            "{attributes:?}"
+        );
+    }
+
+    #[test]
+    fn running_processes_are_bounded_too() {
+        let mut resources = Resources::watching(None, |_| true);
+        for pid in 0..(MAX_RESOURCES as u32 + 100) {
+            resources.get(pid);
+        }
+        assert_eq!(resources.len(), MAX_RESOURCES);
+        assert!(resources.cache.contains(&(MAX_RESOURCES as u32 + 99)));
+    }
 }
