@@ -17,6 +17,9 @@ pub struct Counters {
     pub spans_exported: AtomicU64,
     /// Spans dropped: export queue full, or the endpoint refused or timed out.
     pub spans_dropped: AtomicU64,
+    /// Routes the terminal view's table forgot, least recently seen first, past its bound:
+    /// their counts and percentiles start again if they come back.
+    pub routes_evicted: AtomicU64,
     /// Outbound calls (HTTP and database) exported without a parent, whatever the reason.
     pub unnested_calls: AtomicU64,
     /// Of those, the calls that some request in flight may have made, where loupe could not
@@ -45,7 +48,7 @@ pub struct Counters {
     /// libpq queries whose end went unseen (a lost return, a process gone mid-query).
     pub queries_abandoned: AtomicU64,
     /// Calls exported without their request's verdict: the request never finished within the
-    /// hold limit, or too many calls were waiting for their requests.
+    /// hold limit, or the calls waiting for their requests held too many bytes.
     pub trees_undiagnosed: AtomicU64,
     /// Threads being CPU-sampled right now (running something past its threshold).
     pub hot_threads: AtomicU64,
@@ -80,7 +83,7 @@ impl Counters {
     /// Every way an event, a request, a query, a span or a sample can be lost or mis-read, in
     /// pipeline order. The summary line and the terminal footer show each of them; the README
     /// says what each means.
-    pub fn losses(&self) -> [LossCounter<'_>; 19] {
+    pub fn losses(&self) -> [LossCounter<'_>; 20] {
         let loss = |name, value| LossCounter { name, value };
         [
             loss("events_lost", &self.events_lost_kernel),
@@ -97,6 +100,7 @@ impl Counters {
             loss("queries_abandoned", &self.queries_abandoned),
             loss("trees_undiagnosed", &self.trees_undiagnosed),
             loss("spans_dropped", &self.spans_dropped),
+            loss("routes_evicted", &self.routes_evicted),
             loss("cpu_samples_unclaimed", &self.cpu_samples_unclaimed),
             loss("profiles_skipped", &self.profiles_skipped),
             loss("threads_over_limit", &self.threads_over_limit),

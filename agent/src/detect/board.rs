@@ -166,6 +166,21 @@ impl ProblemBoard {
     }
 
     /// The patterns seen on `route`.
+    /// Every route's patterns (sorted), in one pass: what a table of all routes shows.
+    pub fn patterns_by_route(&self) -> HashMap<String, Vec<Pattern>> {
+        let mut by_route: HashMap<String, Vec<Pattern>> = HashMap::new();
+        for row in self.rows.values() {
+            by_route
+                .entry(row.route.clone())
+                .or_default()
+                .push(row.pattern);
+        }
+        for patterns in by_route.values_mut() {
+            patterns.sort();
+        }
+        by_route
+    }
+
     pub fn patterns_of(&self, route: &str) -> Vec<Pattern> {
         let mut patterns: Vec<Pattern> = self
             .rows

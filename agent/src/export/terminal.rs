@@ -1,16 +1,19 @@
 //! The terminal view, loupe's default: one line per finished request (with its patterns and
 //! diagnosis), the outbound calls it made indented under it (they leave the diagnosis stage
 //! with their request), and every so often a per-route table with percentiles and
-//! the loss counters.
+//! the loss counters. The table keeps [`MAX_ROUTES`] routes of each kind, the least recently
+//! seen forgotten first (counted: `routes_evicted`).
 
 use std::{
-    collections::BTreeMap,
     io::Write,
+    num::NonZeroUsize,
     sync::{Arc, Mutex},
     time::{SystemTime, UNIX_EPOCH},
 };
 
 use hdrhistogram::Histogram;
+use lru::LruCache;
+use rustc_hash::FxBuildHasher;
 
 use crate::{
     detect::ProblemBoard,
@@ -39,12 +42,24 @@ impl RouteStats {
     }
 }
 
+/// Routes of each kind (server, client) with statistics, at most: a few KiB each.
+pub const MAX_ROUTES: usize = 1_000;
+
+type Routes = LruCache<String, RouteStats, FxBuildHasher>;
+
+fn routes() -> Routes {
+    LruCache::with_hasher(
+        NonZeroUsize::new(MAX_ROUTES).unwrap_or(NonZeroUsize::MIN),
+        FxBuildHasher,
+    )
+}
+
 /// Prints spans and keeps per-route statistics.
 pub struct TerminalView {
     out: Box<dyn Write + Send>,
     clock: WallClock,
     /// Per route, server spans then client spans.
-    routes: [BTreeMap<String, RouteStats>; 2],
+    routes: [Routes; 2],
     counters: Arc<Counters>,
     /// The problems found per route (written by the diagnosis stage).
     board: Arc<Mutex<ProblemBoard>>,
@@ -64,7 +79,7 @@ impl TerminalView {
         Self {
             out,
             clock: WallClock::new(),
-            routes: [BTreeMap::new(), BTreeMap::new()],
+            routes: [routes(), routes()],
             counters,
             board,
             line: String::with_capacity(256),
@@ -81,8 +96,10 @@ impl TerminalView {
         Counters::add(&self.counters.spans_exported, 1);
         let routes = &mut self.routes[kind_index(span.kind)];
         // Looked up by &str: the key is allocated only for a new route.
-        if !routes.contains_key(&span.name) {
-            routes.insert(span.name.clone(), RouteStats::new());
+        if !routes.contains(&span.name)
+            && routes.push(span.name.clone(), RouteStats::new()).is_some()
+        {
+            Counters::add(&self.counters.routes_evicted, 1);
         }
         let Some(stats) = routes.get_mut(&span.name) else {
             return;
@@ -98,62 +115,67 @@ impl TerminalView {
     }
 
     pub fn print_table(&mut self, counters: &Counters) {
-        if self.routes.iter().all(BTreeMap::is_empty) {
+        if self.routes.iter().all(LruCache::is_empty) {
             return;
         }
+        // What the board says, taken under its lock; the routes are formatted after.
+        let (patterns, sections) = {
+            let board = self.board.lock().unwrap_or_else(|e| e.into_inner());
+            let sections = [
+                ("top problems:\n", board.render(TOP_PROBLEMS)),
+                (
+                    "hottest frames of slow spans:\n",
+                    board.render_hot_frames(TOP_PROBLEMS, 3),
+                ),
+                ("cache hit rates:\n", board.render_cache(TOP_PROBLEMS)),
+            ];
+            (board.patterns_by_route(), sections)
+        };
         let mut text = String::new();
-        let board = self.board.lock().unwrap_or_else(|e| e.into_inner());
         text.push_str(&format!(
             "\n{:<6} {:<44} {:>7} {:>10} {:>10} {:>10} {:>6} {:>6}  patterns\n",
             "kind", "route", "count", "p50", "p95", "p99", "slow%", "err%"
         ));
-        let rows = [SpanKind::Server, SpanKind::Client]
-            .into_iter()
-            .flat_map(|kind| {
-                self.routes[kind_index(kind)]
-                    .iter()
-                    .map(move |(name, stats)| (kind, name, stats))
-            });
-        for (kind, name, stats) in rows {
-            let pct = |n: u64| 100.0 * n as f64 / stats.count.max(1) as f64;
-            let q = |quantile: f64| format_duration_us(stats.micros.value_at_quantile(quantile));
-            let patterns: Vec<&str> = match kind {
-                SpanKind::Server => board
-                    .patterns_of(name)
-                    .into_iter()
-                    .map(|p| p.as_str())
-                    .collect(),
-                SpanKind::Client => Vec::new(),
-            };
-            text.push_str(&format!(
-                "{:<6} {:<44} {:>7} {:>10} {:>10} {:>10} {:>5.1}% {:>5.1}%  {}\n",
-                match kind {
-                    SpanKind::Server => "server",
-                    SpanKind::Client => "client",
-                },
-                truncate(name, 44),
-                stats.count,
-                q(0.50),
-                q(0.95),
-                q(0.99),
-                pct(stats.slow),
-                pct(stats.errors),
-                patterns.join(","),
-            ));
+        for kind in [SpanKind::Server, SpanKind::Client] {
+            let mut rows: Vec<(&String, &RouteStats)> =
+                self.routes[kind_index(kind)].iter().collect();
+            rows.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            for (name, stats) in rows {
+                let pct = |n: u64| 100.0 * n as f64 / stats.count.max(1) as f64;
+                let q =
+                    |quantile: f64| format_duration_us(stats.micros.value_at_quantile(quantile));
+                let patterns: Vec<&str> = match kind {
+                    SpanKind::Server => patterns
+                        .get(name)
+                        .into_iter()
+                        .flatten()
+                        .map(|p| p.as_str())
+                        .collect(),
+                    SpanKind::Client => Vec::new(),
+                };
+                text.push_str(&format!(
+                    "{:<6} {:<44} {:>7} {:>10} {:>10} {:>10} {:>5.1}% {:>5.1}%  {}\n",
+                    match kind {
+                        SpanKind::Server => "server",
+                        SpanKind::Client => "client",
+                    },
+                    truncate(name, 44),
+                    stats.count,
+                    q(0.50),
+                    q(0.95),
+                    q(0.99),
+                    pct(stats.slow),
+                    pct(stats.errors),
+                    patterns.join(","),
+                ));
+            }
         }
-        if let Some(problems) = board.render(TOP_PROBLEMS) {
-            text.push_str("top problems:\n");
-            text.push_str(&problems);
+        for (title, section) in sections {
+            if let Some(section) = section {
+                text.push_str(title);
+                text.push_str(&section);
+            }
         }
-        if let Some(frames) = board.render_hot_frames(TOP_PROBLEMS, 3) {
-            text.push_str("hottest frames of slow spans:\n");
-            text.push_str(&frames);
-        }
-        if let Some(cache) = board.render_cache(TOP_PROBLEMS) {
-            text.push_str("cache hit rates:\n");
-            text.push_str(&cache);
-        }
-        drop(board);
         text.push_str(&format!(
             "events read {}; spans exported {}, unnested calls {} (ambiguous {}); cpu samples {}, hot threads {}; losses: {}\n",
             Counters::get(&counters.events_read),
@@ -365,6 +387,83 @@ mod tests {
             ),
             "{line}"
         );
+    }
+
+    /// A writer the test can read back.
+    #[derive(Clone, Default)]
+    struct Shared(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Shared {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn the_route_table_is_bounded_and_forgets_the_least_recent_route_counted() {
+        let out = Shared::default();
+        let counters = Arc::new(Counters::default());
+        let board = Arc::new(Mutex::new(ProblemBoard::default()));
+        let mut view = TerminalView::new(Box::new(out.clone()), counters.clone(), board);
+        let hot = span(SpanKind::Server, "GET /hot", 1);
+        for n in 0..MAX_ROUTES + 10 {
+            view.on_span(&span(SpanKind::Server, &format!("GET /once/{n}"), 1));
+            view.on_span(&hot);
+        }
+        assert_eq!(view.routes[0].len(), MAX_ROUTES);
+        assert_eq!(Counters::get(&counters.routes_evicted), 11);
+        assert!(
+            view.routes[0].contains("GET /hot"),
+            "the route in use stays"
+        );
+        out.0.lock().unwrap().clear();
+        view.print_table(&counters);
+        let table = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        assert!(table.contains("GET /hot"), "{table}");
+        assert!(table.contains("routes_evicted 11"), "{table}");
+        assert!(!table.contains("GET /once/0 "), "{table}");
+    }
+
+    #[test]
+    fn the_table_shows_each_routes_patterns_from_the_board() {
+        use crate::{
+            detect::patterns::{Finding, Pattern},
+            spans::SpanEvent,
+        };
+        let finding = Finding {
+            pattern: Pattern::NPlusOne,
+            cost_ns: 10_000_000,
+            children: Vec::new(),
+            advice: "fetch the rows in one query".into(),
+            event: SpanEvent {
+                name: "n_plus_one",
+                time_ns: 0,
+                attributes: Vec::new(),
+            },
+        };
+        let out = Shared::default();
+        let counters = Arc::new(Counters::default());
+        let board = Arc::new(Mutex::new(ProblemBoard::default()));
+        let mut view = TerminalView::new(Box::new(out.clone()), counters.clone(), board.clone());
+        view.on_span(&span(SpanKind::Server, "GET /orders", 90));
+        view.on_span(&span(SpanKind::Server, "GET /health", 1));
+        board.lock().unwrap().record("GET /orders", &finding);
+        view.print_table(&counters);
+        let table = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        let line = |route: &str| {
+            table
+                .lines()
+                .find(|line| line.starts_with("server") && line.contains(route))
+                .unwrap_or_default()
+                .to_owned()
+        };
+        assert!(line("GET /orders").ends_with("n_plus_one"), "{table}");
+        assert!(line("GET /health").trim_end().ends_with('%'), "{table}");
+        assert!(table.contains("top problems:\n"), "{table}");
     }
 
     #[test]
