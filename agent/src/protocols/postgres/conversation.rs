@@ -8,7 +8,7 @@ use rustc_hash::FxBuildHasher;
 use super::{
     framing::{Framer, Message, backend_kind, frontend_kind},
     messages::{self, Opening},
-    pairing::{self, Answer, Batch, End, MAX_MARKERS, MAX_WAITING, Marker, Pending, Point},
+    pairing::{self, Answer, Batch, MAX_MARKERS, MAX_WAITING, Marker, Pending, Point, Settled},
 };
 use crate::protocols::{Chunk, Flow, Loss, Timing};
 
@@ -265,32 +265,11 @@ impl PgConversation {
             markers.extend(self.markers.drain(..));
         }
         // The oldest sync point's answer was being read: what was seen of it is its.
-        let mut ends = Some(answer.ends);
+        let mut answer = Some(answer);
         for marker in markers {
-            let ends = ends.take().unwrap_or_default();
-            let (point, dropped) = (marker.point, marker.dropped);
-            let mut ends = ends.into_iter().skip(dropped);
-            for query in marker.queries {
-                let done = match point {
-                    Point::Simple => {
-                        let ends: Vec<End> = ends.by_ref().collect();
-                        let rows = ends.iter().filter_map(|e| e.tag_rows).reduce(|a, b| a + b);
-                        let sqlstate = ends.into_iter().find_map(|e| e.sqlstate);
-                        self.done(query, last, rows, sqlstate)
-                    }
-                    Point::Sync(_) | Point::Unknown => match ends.next() {
-                        Some(end) => {
-                            let rows = end
-                                .tag_rows
-                                .or((end.data_rows > 0).then_some(end.data_rows));
-                            self.done(query, end.at, rows, end.sqlstate)
-                        }
-                        // Rows past the lost framing were not counted: say nothing rather than
-                        // too few.
-                        None => self.done(query, last, None, None),
-                    },
-                };
-                out.push(PgEvent::Done(done));
+            let answer = answer.take().unwrap_or_default();
+            for settled in pairing::settle(marker, answer, last, true) {
+                self.settled(settled, out);
             }
         }
         self.waiting = 0;
@@ -517,46 +496,26 @@ impl PgConversation {
             return;
         };
         self.waiting -= marker.queries.len();
-        let Marker {
-            point,
-            queries,
-            dropped,
-            ..
-        } = marker;
-        match point {
-            Point::Simple => {
-                let tags = answer
-                    .ends
-                    .iter()
-                    .filter_map(|e| e.tag_rows)
-                    .reduce(|a, b| a + b);
-                let data_rows: u64 = answer.ends.iter().map(|e| e.data_rows).sum();
-                let rows = tags.or((data_rows > 0).then_some(data_rows));
-                let sqlstate = answer.ends.into_iter().find_map(|e| e.sqlstate);
-                for query in queries {
-                    let done = self.done(query, at, rows, sqlstate.clone());
-                    out.push(PgEvent::Done(done));
-                }
+        for settled in pairing::settle(marker, answer, at, false) {
+            self.settled(settled, out);
+        }
+    }
+
+    fn settled(&mut self, settled: Settled, out: &mut Vec<PgEvent>) {
+        match settled {
+            Settled::Done {
+                query,
+                end,
+                rows,
+                sqlstate,
+            } => {
+                let done = self.done(query, end, rows, sqlstate);
+                out.push(PgEvent::Done(done));
             }
-            Point::Sync(_) | Point::Unknown => {
-                let mut ends = answer.ends.into_iter().skip(dropped);
-                for query in queries {
-                    match ends.next() {
-                        Some(end) => {
-                            let rows = end
-                                .tag_rows
-                                .or((end.data_rows > 0).then_some(end.data_rows));
-                            let done = self.done(query, end.at, rows, end.sqlstate);
-                            out.push(PgEvent::Done(done));
-                        }
-                        None => {
-                            // Executions of this batch still unanswered were skipped after an
-                            // error.
-                            self.stats.skipped += 1;
-                            out.push(PgEvent::Skipped { seq: query.seq });
-                        }
-                    }
-                }
+            Settled::Skipped(query) => {
+                // Executions of this batch still unanswered were skipped after an error.
+                self.stats.skipped += 1;
+                out.push(PgEvent::Skipped { seq: query.seq });
             }
         }
     }

@@ -150,6 +150,75 @@ impl Answer {
     }
 }
 
+/// How a query waiting for its answer came out.
+pub(super) enum Settled {
+    /// It ended at `end`.
+    Done {
+        query: Pending,
+        end: Timing,
+        rows: Option<u64>,
+        sqlstate: Option<String>,
+    },
+    /// The server skipped it (an earlier execution of its batch failed).
+    Skipped(Pending),
+}
+
+/// Settles `marker`'s queries with what its answer said (`answer`), ended at `at`: its
+/// ReadyForQuery, or, `cut` short, the server's last chunk when the rest of the answer went
+/// past the capture (rows not counted whole are then not reported, and a query without its
+/// completion ends there rather than being skipped).
+pub(super) fn settle(marker: Marker, answer: Answer, at: Timing, cut: bool) -> Vec<Settled> {
+    let Marker {
+        point,
+        queries,
+        dropped,
+        ..
+    } = marker;
+    match point {
+        Point::Simple => {
+            let ends = answer.ends;
+            let tags = ends.iter().filter_map(|e| e.tag_rows).reduce(|a, b| a + b);
+            let data_rows: u64 = ends.iter().map(|e| e.data_rows).sum();
+            let rows = tags.or((!cut && data_rows > 0).then_some(data_rows));
+            let sqlstate = ends.into_iter().find_map(|e| e.sqlstate);
+            queries
+                .into_iter()
+                .map(|query| Settled::Done {
+                    query,
+                    end: at,
+                    rows,
+                    sqlstate: sqlstate.clone(),
+                })
+                .collect()
+        }
+        Point::Sync(_) | Point::Unknown => {
+            let mut ends = answer.ends.into_iter().skip(dropped);
+            queries
+                .into_iter()
+                .map(|query| match ends.next() {
+                    Some(end) => Settled::Done {
+                        query,
+                        end: end.at,
+                        rows: end
+                            .tag_rows
+                            .or((end.data_rows > 0).then_some(end.data_rows)),
+                        sqlstate: end.sqlstate,
+                    },
+                    // Rows past the lost framing were not counted: say nothing rather than
+                    // too few.
+                    None if cut => Settled::Done {
+                        query,
+                        end: at,
+                        rows: None,
+                        sqlstate: None,
+                    },
+                    None => Settled::Skipped(query),
+                })
+                .collect()
+        }
+    }
+}
+
 /// The sync point a ReadyForQuery read in `read` answers, among `markers` in the order they
 /// were sent, given what the server said before it (`answer`) and how many more
 /// ReadyForQuery the same chunk carries (`after`): the first that fits, or for a client that
