@@ -22,10 +22,13 @@ use loupe_common::{Direction, SocketRole};
 static SERIAL: Mutex<()> = Mutex::new(());
 
 fn attach(capture_bytes: u32) -> Probes {
+    attach_to(std::process::id(), capture_bytes)
+}
+
+fn attach_to(me: u32, capture_bytes: u32) -> Probes {
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
     assert_eq!(euid, 0, "needs root: run with `cargo xtask test`");
-    let me = std::process::id();
     preflight::check(&[me]).expect("preflight");
     let config = ProbeConfig {
         capture_bytes,
@@ -650,4 +653,124 @@ fn an_exec_forgets_its_close_on_exec_sockets_and_keeps_the_others() {
         !after.iter().any(|d| d.conn_id == gone_conn),
         "nothing on the closed socket's reused fd is its connection's: {after:?}"
     );
+}
+
+/// A thread-per-connection server: each connection echoes lines on a thread of its own; the
+/// line `fork` makes that thread fork a child that sends its pid and lives until its connection
+/// closes.
+const THREADED_SERVER: &str = r#"
+import os, socket, sys, threading
+srv = socket.socket()
+srv.bind(("127.0.0.1", 0))
+srv.listen(1024)
+print(srv.getsockname()[1], flush=True)
+def serve(conn):
+    while True:
+        line = conn.recv(100)
+        if not line:
+            return
+        if line == b"fork\n":
+            if os.fork() == 0:
+                conn.sendall(b"%d\n" % os.getpid())
+                conn.recv(1)
+                os._exit(0)
+            return
+        conn.sendall(line)
+while True:
+    conn, _ = srv.accept()
+    threading.Thread(target=serve, args=(conn,), daemon=True).start()
+"#;
+
+/// Kills the child it holds when dropped, so a failed assertion leaves no server behind.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Threads of `pid`, from /proc.
+fn thread_ids(pid: u32) -> Vec<u32> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn threads_of_a_target_are_not_targets_and_a_forked_child_is() {
+    use std::io::{BufRead, BufReader};
+
+    let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut server = KillOnDrop(
+        std::process::Command::new("python3")
+            .args(["-c", THREADED_SERVER])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let pid = server.0.id();
+    let mut port = String::new();
+    BufReader::new(server.0.stdout.take().unwrap())
+        .read_line(&mut port)
+        .unwrap();
+    let addr = format!("127.0.0.1:{}", port.trim());
+    let mut probes = attach_to(pid, 64);
+
+    // 500 connections held open, each served by a thread started after attach.
+    const CONNECTIONS: usize = 500;
+    let mut clients: Vec<TcpStream> = (0..CONNECTIONS)
+        .map(|_| TcpStream::connect(&addr).unwrap())
+        .collect();
+    for client in &mut clients {
+        client.write_all(b"ping\n").unwrap();
+    }
+    for client in &mut clients {
+        let mut echo = [0u8; 5];
+        client.read_exact(&mut echo).unwrap();
+        assert_eq!(&echo, b"ping\n");
+    }
+    let threads = thread_ids(pid);
+    assert!(threads.len() > CONNECTIONS, "{} threads", threads.len());
+
+    // One of those threads forks a real child process.
+    let mut forker = TcpStream::connect(&addr).unwrap();
+    forker.write_all(b"fork\n").unwrap();
+    let mut line = String::new();
+    BufReader::new(forker.try_clone().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let child: u32 = line.trim().parse().unwrap();
+    assert_ne!(child, pid);
+    // The child lives until `forker` closes (dropped on a failed assertion too).
+    let forks = |events: &[Event]| -> Vec<(u32, u32)> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Fork { parent, child } => Some((*parent, *child)),
+                _ => None,
+            })
+            .collect()
+    };
+    let events = collect_until(&mut probes, Duration::from_secs(5), |events| {
+        forks(events).iter().any(|&(_, c)| c == child)
+    });
+    assert_eq!(forks(&events), [(pid, child)], "one fork, no thread");
+    let mut targets: Vec<u32> = probes.targets.keys().flatten().collect();
+    targets.sort_unstable();
+    let mut expected = vec![pid, child];
+    expected.sort_unstable();
+    assert_eq!(
+        targets,
+        expected,
+        "the server and its child, none of its {} threads",
+        threads.len()
+    );
+
+    drop(forker);
+    drop(clients);
 }

@@ -141,7 +141,7 @@ pub const TRACEPOINT_PROGRAMS: &[TracepointProgram] = &[
     },
     TracepointProgram {
         program: "process_fork",
-        tracepoints: &[("sched", "sched_process_fork")],
+        tracepoints: &[("task", "task_newtask")],
     },
     TracepointProgram {
         program: "process_exec",
@@ -161,3 +161,7 @@ pub const PROGRAM_TLS_ENTER: &str = "tls_enter";
 pub const PROGRAM_TLS_RETURN: &str = "tls_return";
 /// Global: statement text bytes to read per libpq call (clamped to `LIBPQ_MAX_TEXT`).
 pub const GLOBAL_QUERY_BYTES: &str = "QUERY_BYTES";
+/// Global: where `pid` sits in this kernel's `task_newtask` record.
+pub const GLOBAL_NEWTASK_PID_OFFSET: &str = "NEWTASK_PID_OFFSET";
+/// Global: where `clone_flags` sits in this kernel's `task_newtask` record.
+pub const GLOBAL_NEWTASK_FLAGS_OFFSET: &str = "NEWTASK_FLAGS_OFFSET";

@@ -13,10 +13,12 @@ static WAKEUP_BYTES: u64 = 256 * 1024;
 #[unsafe(no_mangle)]
 static QUERY_BYTES: u32 = 2048;
 
-/// Offset of `child_pid` in the `sched_process_fork` record: it moved between kernel versions,
-/// so userspace reads it from the tracepoint's format file.
+/// Offsets of `pid` and `clone_flags` in the `task_newtask` record: userspace reads them from
+/// the tracepoint's format file (the defaults are Linux 6.x's).
 #[unsafe(no_mangle)]
-static FORK_CHILD_PID_OFFSET: u32 = 20;
+static NEWTASK_PID_OFFSET: u32 = 8;
+#[unsafe(no_mangle)]
+static NEWTASK_FLAGS_OFFSET: u32 = 32;
 
 // A volatile read keeps the compiler from folding the default in: the loader patches .rodata.
 pub fn capture_bytes() -> u32 {
@@ -29,9 +31,14 @@ pub fn wakeup_bytes() -> u64 {
     unsafe { core::ptr::read_volatile(&WAKEUP_BYTES) }
 }
 
-pub fn fork_child_pid_offset() -> u32 {
+pub fn newtask_pid_offset() -> u32 {
     // SAFETY: a plain read of a 4-byte static.
-    unsafe { core::ptr::read_volatile(&FORK_CHILD_PID_OFFSET) }
+    unsafe { core::ptr::read_volatile(&NEWTASK_PID_OFFSET) }
+}
+
+pub fn newtask_flags_offset() -> u32 {
+    // SAFETY: a plain read of a 4-byte static.
+    unsafe { core::ptr::read_volatile(&NEWTASK_FLAGS_OFFSET) }
 }
 
 pub fn query_bytes() -> u32 {

@@ -9,8 +9,9 @@ use aya::{
 use loupe_common::{
     GoLayout, SocketInfo, SocketKey, TargetInfo,
     names::{
-        GLOBAL_CAPTURE_BYTES, GLOBAL_QUERY_BYTES, GLOBAL_WAKEUP_BYTES, MAP_EVENTS, MAP_GO_LAYOUTS,
-        MAP_LOSS, MAP_PY_CONTEXTS, MAP_SOCKETS, MAP_TARGET_PIDS, TRACEPOINT_PROGRAMS,
+        GLOBAL_CAPTURE_BYTES, GLOBAL_NEWTASK_FLAGS_OFFSET, GLOBAL_NEWTASK_PID_OFFSET,
+        GLOBAL_QUERY_BYTES, GLOBAL_WAKEUP_BYTES, MAP_EVENTS, MAP_GO_LAYOUTS, MAP_LOSS,
+        MAP_PY_CONTEXTS, MAP_SOCKETS, MAP_TARGET_PIDS, TRACEPOINT_PROGRAMS,
     },
 };
 
@@ -22,7 +23,6 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 
 /// Programs whose attach may fail without failing loupe: accelerators and conveniences.
 const OPTIONAL_PROGRAMS: &[&str] = &["process_fork"];
-const GLOBAL_FORK_CHILD_PID_OFFSET: &str = "FORK_CHILD_PID_OFFSET";
 
 /// Knobs of the kernel side.
 #[derive(Clone, Debug)]
@@ -66,12 +66,19 @@ fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> ProbeError {
 
 /// Loads, registers `targets`, attaches, and seeds the open sockets of every target.
 pub fn load_and_attach(config: &ProbeConfig, targets: &[Target]) -> Result<Probes, ProbeError> {
-    let fork_offset = fork_child_pid_offset().unwrap_or(20);
+    let newtask = std::fs::read_to_string(format!(
+        "{}/events/task/task_newtask/format",
+        crate::preflight::TRACEFS
+    ))
+    .unwrap_or_default();
+    let newtask_pid = parse_field_offset(&newtask, "pid").unwrap_or(8);
+    let newtask_flags = parse_field_offset(&newtask, "clone_flags").unwrap_or(32);
     let mut ebpf = EbpfLoader::new()
         .override_global(GLOBAL_CAPTURE_BYTES, &config.capture_bytes, true)
         .override_global(GLOBAL_WAKEUP_BYTES, &config.wakeup_bytes, true)
         .override_global(GLOBAL_QUERY_BYTES, &config.query_bytes, true)
-        .override_global(GLOBAL_FORK_CHILD_PID_OFFSET, &fork_offset, true)
+        .override_global(GLOBAL_NEWTASK_PID_OFFSET, &newtask_pid, true)
+        .override_global(GLOBAL_NEWTASK_FLAGS_OFFSET, &newtask_flags, true)
         .load(EBPF_OBJECT)
         .map_err(|err| ProbeError::Load(Box::new(err)))?;
 
@@ -214,16 +221,6 @@ fn attach_one(
     Ok(spec.tracepoints.len())
 }
 
-/// Reads where `child_pid` sits in this kernel's `sched_process_fork` record.
-fn fork_child_pid_offset() -> Option<u32> {
-    let path = format!(
-        "{}/events/sched/sched_process_fork/format",
-        crate::preflight::TRACEFS
-    );
-    let format = std::fs::read_to_string(path).ok()?;
-    parse_field_offset(&format, "child_pid")
-}
-
 /// Finds `offset:N;` of the field named `field` in a tracepoint format description.
 fn parse_field_offset(format: &str, field: &str) -> Option<u32> {
     format.lines().find_map(|line| {
@@ -247,17 +244,14 @@ mod tests {
     use super::parse_field_offset;
 
     #[test]
-    fn fork_format_offsets_are_read_from_both_layouts() {
-        let new_layout = "\tfield:__data_loc char[] parent_comm;\toffset:8;\tsize:4;\tsigned:0;\n\
-                          \tfield:pid_t parent_pid;\toffset:12;\tsize:4;\tsigned:1;\n\
-                          \tfield:__data_loc char[] child_comm;\toffset:16;\tsize:4;\tsigned:0;\n\
-                          \tfield:pid_t child_pid;\toffset:20;\tsize:4;\tsigned:1;\n";
-        assert_eq!(parse_field_offset(new_layout, "child_pid"), Some(20));
-        let old_layout = "\tfield:char parent_comm[16];\toffset:8;\tsize:16;\tsigned:0;\n\
-                          \tfield:pid_t parent_pid;\toffset:24;\tsize:4;\tsigned:1;\n\
-                          \tfield:char child_comm[16];\toffset:28;\tsize:16;\tsigned:0;\n\
-                          \tfield:pid_t child_pid;\toffset:44;\tsize:4;\tsigned:1;\n";
-        assert_eq!(parse_field_offset(old_layout, "child_pid"), Some(44));
-        assert_eq!(parse_field_offset(old_layout, "nothing"), None);
+    fn newtask_format_offsets_are_read() {
+        let format = "\tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;\n\n\
+                      \tfield:pid_t pid;\toffset:8;\tsize:4;\tsigned:1;\n\
+                      \tfield:char comm[16];\toffset:12;\tsize:16;\tsigned:0;\n\
+                      \tfield:u64 clone_flags;\toffset:32;\tsize:8;\tsigned:0;\n\
+                      \tfield:short oom_score_adj;\toffset:40;\tsize:2;\tsigned:1;\n";
+        assert_eq!(parse_field_offset(format, "pid"), Some(8));
+        assert_eq!(parse_field_offset(format, "clone_flags"), Some(32));
+        assert_eq!(parse_field_offset(format, "common_pid"), Some(4));
     }
 }

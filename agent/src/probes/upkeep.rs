@@ -1,5 +1,5 @@
 //! Upkeep of the kernel side while loupe runs: polls the loss counters, forgets targets that
-//! exited (and their sockets), including the thread ids the fork program adds by mistake, and
+//! exited (and their sockets), and
 //! probes libraries the targets loaded since the last look. It owns the loaded object: when it
 //! ends, every program is detached.
 
