@@ -9,11 +9,16 @@
 //!   --bounded channel, drops counted--> export::{otlp, terminal}
 //!   (a slow span with CPU samples detours through profile::symbolizer, its own thread)
 //! cpu_sample perf events (hot threads only) --RingBuf--> (same path) --> profile::SampleStore
-//! libpq uprobes --RingBuf--> (same path) --> spans::stitcher (libpq::LibpqTracker, merged
+//! libpq uprobes --RingBuf--> (same path) --> spans::stitcher (libpq::LibpqSource, merged
 //!   with the wire protocol's view of the same query)
 //! probes::upkeep: loss counters, exited targets, newly loaded libraries, perf events on hot
 //!   threads
 //! ```
+//!
+//! The async runtime's two workers run only what never blocks: the ring buffer reader and the
+//! kernel log. The stages that read procfs, parse ELF files, attach uprobes or write to the
+//! terminal (stitch, upkeep, export) each run on a thread of their own ([`stage`]); set-up runs
+//! on the blocking pool.
 //!
 //! `run` wires the stages together, waits for a signal or `--duration`, then stops them in flow
 //! order so that everything read is flushed before loupe detaches.
@@ -30,6 +35,7 @@ pub mod profile;
 pub mod protocols;
 pub mod spans;
 pub mod sql;
+pub mod stage;
 pub mod stats;
 
 use std::{
@@ -53,6 +59,7 @@ use crate::{
     spans::{
         SpanRecord, Stitcher, clock::monotonic_now_ns, parent::Unnested, stitcher::StitcherLimits,
     },
+    stage::Stage,
     stats::Counters,
 };
 
@@ -88,7 +95,8 @@ pub struct Outcome {
 
 /// Runs loupe until a signal, `--duration`, or the exit of every target.
 pub async fn run(config: Config) -> Result<Outcome, RunError> {
-    preflight::check(&config.pids)?;
+    let pids = config.pids.clone();
+    off_runtime(move || preflight::check(&pids)).await?;
     let counters = Arc::new(Counters::default());
     let board = Arc::new(Mutex::new(ProblemBoard::default()));
 
@@ -111,13 +119,17 @@ pub async fn run(config: Config) -> Result<Outcome, RunError> {
     };
 
     process::runtime::set_adapters(config.runtime_adapters);
-    let targets = process::expand_targets(&config.pids);
     let probe_config = ProbeConfig {
         capture_bytes: config.capture_bytes,
         query_bytes: config.max_query_bytes,
         wakeup_bytes: WAKEUP_BYTES,
     };
-    let probes = probes::load_and_attach(&probe_config, &targets)?;
+    let roots = config.pids.clone();
+    let (targets, probes) = off_runtime(move || {
+        let targets = process::expand_targets(&roots);
+        probes::load_and_attach(&probe_config, &targets).map(|probes| (targets, probes))
+    })
+    .await?;
     let probes::Probes {
         mut ebpf,
         events,
@@ -135,9 +147,7 @@ pub async fn run(config: Config) -> Result<Outcome, RunError> {
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let logger = spawn_kernel_logger(&mut ebpf, stop_rx.clone());
-    let mut libraries = probes::LibraryProbes::new();
     let pids: Vec<u32> = targets.iter().map(|target| target.pid).collect();
-    probes::upkeep::report(&libraries.scan(&mut ebpf, &pids));
 
     let mut stitcher = Stitcher::new(StitcherLimits::default(), counters.clone());
     for (pid, socket) in existing {
@@ -153,7 +163,14 @@ pub async fn run(config: Config) -> Result<Outcome, RunError> {
     let (batch_tx, batch_rx) = mpsc::channel::<Batch>(BATCH_QUEUE);
     let (span_tx, span_rx) = mpsc::channel::<SpanRecord>(SPAN_QUEUE);
     let (command_tx, command_rx) = mpsc::channel::<ProfileCommand>(COMMAND_QUEUE);
-    let sampler = match ThreadSampler::new(&mut ebpf, config.profile.hz) {
+    let hz = config.profile.hz;
+    let (ebpf, sampler) = off_runtime(move || {
+        let mut ebpf = ebpf;
+        let sampler = ThreadSampler::new(&mut ebpf, hz);
+        (ebpf, sampler)
+    })
+    .await;
+    let sampler = match sampler {
         Ok(sampler) => Some(sampler),
         Err(reason) => {
             eprintln!("loupe: warning: CPU profiles are off: {reason}");
@@ -184,27 +201,27 @@ pub async fn run(config: Config) -> Result<Outcome, RunError> {
         jobs,
         claimed: Default::default(),
     };
-    let stitch = tokio::spawn(stitch(
-        batch_rx,
-        FdChannels {
-            news: news_tx,
-            closes: closes_rx,
-        },
-        stitcher,
-        span_tx,
-        verdicts,
-        counters.clone(),
-    ));
-    let exporter = tokio::spawn(export::run(
-        sink,
-        span_rx,
-        counters.clone(),
-        config.summary_interval,
-    ));
-    let uprobes = libraries.probe_count();
+    let stitch = Stage::spawn(
+        "loupe-stitch",
+        stitch(
+            batch_rx,
+            FdChannels {
+                news: news_tx,
+                closes: closes_rx,
+            },
+            stitcher,
+            span_tx,
+            verdicts,
+            counters.clone(),
+        ),
+    )?;
+    let exporter = Stage::spawn(
+        "loupe-export",
+        export::run(sink, span_rx, counters.clone(), config.summary_interval),
+    )?;
     let upkeep = Upkeep {
         ebpf,
-        libraries,
+        libraries: probes::LibraryProbes::new(),
         sampler,
         commands: command_rx,
         targets: target_map,
@@ -212,7 +229,13 @@ pub async fn run(config: Config) -> Result<Outcome, RunError> {
         loss,
         python,
     };
-    let mut upkeep = tokio::spawn(upkeep.run(counters.clone(), stop_rx.clone()));
+    let (attached_tx, attached_rx) = tokio::sync::oneshot::channel();
+    let mut upkeep = Stage::spawn(
+        "loupe-upkeep",
+        upkeep.run(counters.clone(), stop_rx.clone(), attached_tx),
+    )?;
+    // The libraries mapped at attach are probed before loupe says it is attached.
+    let uprobes = attached_rx.await.unwrap_or(0);
 
     eprintln!(
         "loupe: attached to {} process(es) with {} probes",
@@ -228,14 +251,12 @@ pub async fn run(config: Config) -> Result<Outcome, RunError> {
             None => std::future::pending().await,
         }
     };
-    let mut upkeep_done = false;
     tokio::select! {
         _ = sigint.recv() => tracing::debug!("SIGINT"),
         _ = sigterm.recv() => tracing::debug!("SIGTERM"),
         _ = deadline => tracing::debug!("--duration reached"),
-        ended = &mut upkeep => {
-            upkeep_done = true;
-            if matches!(ended, Ok(true)) {
+        ended = upkeep.finished() => {
+            if ended == Some(true) {
                 tracing::info!("every target process exited");
             }
         }
@@ -245,16 +266,14 @@ pub async fn run(config: Config) -> Result<Outcome, RunError> {
     // finishes its connections and closes the span channel, the exporter flushes.
     let _ = stop_tx.send(true);
     let _ = reader.await;
-    let _ = stitch.await;
+    let _ = stitch.join().await;
     // The stitch stage dropped its news sender: the re-sync thread ends.
     let _ = tokio::task::spawn_blocking(move || resync.join()).await;
     // The stitch stage dropped its job queue: the symbolizer finishes what it has, then lets go
     // of its span sender, and the exporter's channel closes.
     let _ = tokio::task::spawn_blocking(move || symbolizer.join()).await;
-    let _ = exporter.await;
-    if !upkeep_done {
-        let _ = upkeep.await;
-    }
+    let _ = exporter.join().await;
+    let _ = upkeep.join().await;
     if let Some(logger) = logger {
         let _ = logger.await;
     }
@@ -264,6 +283,14 @@ pub async fn run(config: Config) -> Result<Outcome, RunError> {
         problems,
         mode: config.mode,
     })
+}
+
+/// Runs `work`, which blocks, on the runtime's blocking pool; a panic in it goes on here.
+async fn off_runtime<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(output) => output,
+        Err(err) => std::panic::resume_unwind(err.into_panic()),
+    }
 }
 
 /// What the stitch stage writes on finished spans before they leave.

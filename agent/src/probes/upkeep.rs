@@ -1,7 +1,7 @@
 //! Upkeep of the kernel side while loupe runs: polls the loss counters, forgets targets that
-//! exited (and their sockets), and
-//! probes libraries the targets loaded since the last look. It owns the loaded object: when it
-//! ends, every program is detached.
+//! exited (and their sockets), and probes libraries the targets loaded since the last look. It
+//! owns the loaded object: when it ends, every program is detached. Everything it does blocks
+//! (procfs, ELF files, uprobe attaches), so it runs on a thread of its own (`crate::stage`).
 
 use std::{sync::Arc, time::Duration};
 
@@ -10,7 +10,7 @@ use aya::{
     maps::{HashMap, MapData, PerCpuArray},
 };
 use loupe_common::{SocketInfo, SocketKey, TargetInfo};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{LibraryNews, LibraryProbes, LossCounters, PythonThreads, ThreadSampler};
 use crate::{process::is_live_process, profile::ProfileCommand, stats::Counters};
@@ -32,8 +32,17 @@ pub struct Upkeep {
 const EVERY: Duration = Duration::from_millis(250);
 
 impl Upkeep {
-    /// Runs until `stop`; returns early (true) when no target is left alive.
-    pub async fn run(mut self, counters: Arc<Counters>, mut stop: watch::Receiver<bool>) -> bool {
+    /// Probes the libraries the targets have mapped, sends `attached` the number of uprobes
+    /// that took, then runs until `stop`; returns early (true) when no target is left alive.
+    pub async fn run(
+        mut self,
+        counters: Arc<Counters>,
+        mut stop: watch::Receiver<bool>,
+        attached: oneshot::Sender<usize>,
+    ) -> bool {
+        let pids: Vec<u32> = self.targets.keys().flatten().collect();
+        report(&self.libraries.scan(&mut self.ebpf, &pids));
+        let _ = attached.send(self.libraries.probe_count());
         let mut tick = tokio::time::interval(EVERY);
         let mut commands_open = true;
         loop {
