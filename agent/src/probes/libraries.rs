@@ -56,14 +56,65 @@ struct LibrarySpec {
     /// The return probe's program, for functions `with_return`.
     return_program: Option<&'static str>,
     functions: fn() -> Vec<FunctionProbe>,
-    /// Where the functions start (file offsets, by the order of `functions`) when the file says
-    /// so without a symbol table; a function it cannot place is found by its symbol.
-    locate: Option<Locate>,
+    /// Where the functions start (file offsets, by the order of `functions`); a function it
+    /// cannot place is left to aya to find by its symbol.
+    locate: Locate,
 }
 
 /// Finds where functions start in a file: their file offsets in the order of the names asked
 /// for (None for one it cannot place), or None for a file it cannot read.
 type Locate = fn(&Path, &[&str]) -> Option<Vec<Option<u64>>>;
+
+/// A shared object's (or an executable's) functions, from its dynamic symbol table and then its
+/// symbol table, the order aya looks in. The file is read once for all of them: aya's attach by
+/// symbol maps and parses the whole file again for every uprobe (14 for libpq).
+fn elf_locate(path: &Path, names: &[&str]) -> Option<Vec<Option<u64>>> {
+    let file = std::fs::File::open(path).ok()?;
+    // Mapped, not read: only the pages of its headers and symbol tables are touched (node is
+    // ~100 MB).
+    // SAFETY: a private read-only mapping, as aya makes for the same lookup; a library being
+    // rewritten in place while it is mapped by a running process would crash that process first.
+    let map = unsafe { memmap2::MmapOptions::new().map_copy_read_only(&file) }.ok()?;
+    symbol_file_offsets(&map[..], names)
+}
+
+/// Pure part of [`elf_locate`]: the file offset of each named symbol, translated from its address
+/// as aya does for an executable or shared object (address - section address + section offset).
+fn symbol_file_offsets<'data, R: object::ReadRef<'data>>(
+    data: R,
+    names: &[&str],
+) -> Option<Vec<Option<u64>>> {
+    use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
+    let elf = object::File::parse(data).ok()?;
+    let translate = matches!(
+        elf.kind(),
+        object::ObjectKind::Dynamic | object::ObjectKind::Executable
+    );
+    let mut offsets = vec![None; names.len()];
+    for symbol in elf.dynamic_symbols().chain(elf.symbols()) {
+        let Ok(name) = symbol.name() else {
+            continue;
+        };
+        let Some(i) = names.iter().position(|wanted| *wanted == name) else {
+            continue;
+        };
+        if offsets[i].is_some() {
+            continue;
+        }
+        offsets[i] = if translate {
+            symbol
+                .section_index()
+                .and_then(|index| elf.section_by_index(index).ok())
+                .and_then(|section| {
+                    let (file_offset, _) = section.file_range()?;
+                    (symbol.address().checked_sub(section.address())?).checked_add(file_offset)
+                })
+        } else {
+            Some(symbol.address())
+        };
+    }
+    Some(offsets)
+}
 
 /// A Go executable's functions, from `.gopclntab`: stripped binaries have no `.symtab`.
 fn go_locate(path: &Path, names: &[&str]) -> Option<Vec<Option<u64>>> {
@@ -110,28 +161,28 @@ const LIBRARIES: &[LibrarySpec] = &[
         enter_program: PROGRAM_LIBPQ_ENTER,
         return_program: Some(PROGRAM_LIBPQ_RETURN),
         functions: libpq_functions,
-        locate: None,
+        locate: elf_locate,
     },
     LibrarySpec {
         source: Source::Mapped("libssl"),
         enter_program: PROGRAM_TLS_ENTER,
         return_program: Some(PROGRAM_TLS_RETURN),
         functions: tls_functions,
-        locate: None,
+        locate: elf_locate,
     },
     LibrarySpec {
         source: Source::ExecutableExporting("SSL_read"),
         enter_program: PROGRAM_TLS_ENTER,
         return_program: Some(PROGRAM_TLS_RETURN),
         functions: tls_functions,
-        locate: None,
+        locate: elf_locate,
     },
     LibrarySpec {
         source: Source::GoExecutable,
         enter_program: PROGRAM_GO_ENTER,
         return_program: None,
         functions: go_functions,
-        locate: Some(go_locate),
+        locate: go_locate,
     },
 ];
 
@@ -342,12 +393,11 @@ fn attach_functions(
             .map_err(|err| error_chain(&err))?;
         loaded.push(name);
     }
+    // Timed from here: finding the functions and attaching to them, not the programs' loads.
+    let started = std::time::Instant::now();
     let functions = (spec.functions)();
     let names: Vec<&str> = functions.iter().map(|function| function.symbol).collect();
-    let offsets = spec
-        .locate
-        .and_then(|locate| locate(path, &names))
-        .unwrap_or_default();
+    let offsets = (spec.locate)(path, &names).unwrap_or_default();
     let mut links = Vec::new();
     let mut result = Ok(());
     for (i, function) in functions.iter().enumerate() {
@@ -391,6 +441,12 @@ fn attach_functions(
         }
         return Err(err);
     }
+    tracing::debug!(
+        "attached {} uprobes in {} in {:?}",
+        links.len(),
+        path.display(),
+        started.elapsed()
+    );
     Ok(links)
 }
 
@@ -404,4 +460,38 @@ fn error_chain(err: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The C library this test binary runs with, as its maps show it.
+    fn libc_path() -> PathBuf {
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        let path = crate::process::libraries::parse_maps(&maps, "libc")
+            .into_iter()
+            .next()
+            .expect("libc is mapped");
+        PathBuf::from(path)
+    }
+
+    #[test]
+    fn symbol_offsets_are_the_ones_blazesym_finds_and_missing_ones_are_none() {
+        use blazesym::inspect::{Inspector, source::Elf, source::Source};
+        let path = libc_path();
+        let names = ["malloc", "free", "recv", "no_such_function_here"];
+        let offsets = elf_locate(&path, &names).expect("libc is an ELF file");
+        let mut elf = Elf::new(&path);
+        elf.debug_syms = false;
+        let inspector = Inspector::new();
+        let found = inspector.lookup(&Source::Elf(elf), &names).unwrap();
+        for (i, name) in names.iter().enumerate() {
+            let expected = found[i].iter().find_map(|sym| sym.file_offset);
+            assert_eq!(offsets[i], expected, "{name}");
+        }
+        assert!(offsets[..3].iter().all(Option::is_some), "{offsets:?}");
+        assert_eq!(offsets[3], None);
+        assert_eq!(elf_locate(Path::new("/proc/self/status"), &names), None);
+    }
 }
