@@ -136,18 +136,34 @@ mod tests {
     use super::*;
     use crate::{detect::patterns::testing::server, spans::AttrValue};
 
+    /// CPU time of `clock` (CLOCK_PROCESS_CPUTIME_ID, CLOCK_THREAD_CPUTIME_ID), in ns.
+    fn cpu_ns(clock: libc::clockid_t) -> u64 {
+        let mut now = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `now` is a valid timespec to write to.
+        assert_eq!(unsafe { libc::clock_gettime(clock, &mut now) }, 0);
+        now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+    }
+
     #[test]
     fn a_slow_span_of_a_live_process_gets_its_snapshot() {
         let pid = std::process::id();
         let mut sampler = ResourceSampler::new(&[pid]);
         sampler.sample(1_000);
-        // Burn some CPU between the readings.
+        let process_before = cpu_ns(libc::CLOCK_PROCESS_CPUTIME_ID);
+        // Burn 200 ms of this thread's CPU between the readings.
+        let thread_start = cpu_ns(libc::CLOCK_THREAD_CPUTIME_ID);
         let mut x = 0u64;
-        let started = std::time::Instant::now();
-        while started.elapsed() < std::time::Duration::from_millis(50) {
-            x = x.wrapping_mul(31).wrapping_add(7);
+        while cpu_ns(libc::CLOCK_THREAD_CPUTIME_ID) - thread_start < 200_000_000 {
+            for _ in 0..1000 {
+                x = x.wrapping_mul(31).wrapping_add(7);
+            }
         }
         std::hint::black_box(x);
+        // The whole process's CPU time (tests run in parallel threads): what /proc/PID/stat adds.
+        let burnt_ms = (cpu_ns(libc::CLOCK_PROCESS_CPUTIME_ID) - process_before) as i64 / 1_000_000;
         let mut span = server(0, 0);
         span.start_ns = 2_000;
         span.end_ns = 3_000;
@@ -160,9 +176,16 @@ mod tests {
         assert!(int("performance.process.rss_bytes") > 0);
         assert!(int("performance.process.threads") >= 1);
         assert!(int("performance.process.open_fds") >= 3);
-        assert!(int("performance.process.cpu_ms") >= 0);
+        // User and system time are each whole clock ticks: the sum is within two ticks.
+        let tick_ms = 1000 / procfs::ticks_per_second().max(1) as i64;
+        let cpu_ms = int("performance.process.cpu_ms");
+        assert!(burnt_ms >= 200, "{burnt_ms} ms burnt");
+        assert!(
+            (cpu_ms - burnt_ms).abs() <= 2 * tick_ms + 5,
+            "{cpu_ms} ms read, {burnt_ms} ms burnt"
+        );
         assert_eq!(
-            int("performance.process.cpu_ms"),
+            cpu_ms,
             int("performance.process.cpu_user_ms") + int("performance.process.cpu_system_ms")
         );
     }
