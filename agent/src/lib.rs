@@ -27,6 +27,9 @@ pub mod config;
 pub mod detect;
 pub mod events;
 pub mod export;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod libpq;
 pub mod preflight;
 pub mod probes;

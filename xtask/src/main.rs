@@ -1,11 +1,12 @@
 //! `cargo xtask`: what cargo cannot do alone. `setup` installs the toolchain and test
 //! dependencies (idempotent), `demo` shows loupe on a demo shop, `lint` runs rustfmt and
-//! clippy, `test` runs every check CI runs, `bench` measures loupe's overhead, `soak` watches its
-//! memory under a long steady load.
+//! clippy, `test` runs every check CI runs, `fuzz` runs the libFuzzer targets, `bench` measures
+//! loupe's overhead, `soak` watches its memory under a long steady load.
 
 mod bench;
 mod build;
 mod demo;
+mod fuzz;
 mod http;
 mod procs;
 mod setup;
@@ -25,7 +26,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Install what is missing: Debian packages, the eBPF nightly, bpf-linker, Jaeger.
+    /// Install what is missing: Debian packages, the eBPF nightly, bpf-linker, cargo-fuzz, Jaeger.
     Setup,
     /// Build loupe and the demo app (release).
     Build,
@@ -41,11 +42,34 @@ enum Command {
     /// rustfmt and clippy with warnings as errors, the eBPF crate on the BPF target too (what
     /// `test` runs first).
     Lint,
-    /// Set up, then rustfmt, clippy, unit tests and the privileged end-to-end tests (root).
+    /// Set up, then rustfmt, clippy, unit tests, the privileged end-to-end tests (root), and a
+    /// smoke run of every fuzz target.
     Test {
+        /// How long each fuzz target runs in the smoke, e.g. 60s (0s skips the smoke).
+        #[arg(long, default_value = "60s", env = "LOUPE_FUZZ_TIME", value_parser = humantime::parse_duration)]
+        fuzz_time: Duration,
         /// Passed to both `cargo test` runs, e.g. a test name filter.
         #[arg(last = true)]
         args: Vec<String>,
+    },
+    /// Run the libFuzzer targets in fuzz/ one at a time (cargo-fuzz on the pinned nightly),
+    /// failing on a crash; its input is left in fuzz/artifacts/<target>.
+    Fuzz {
+        /// Targets to run: http1, pg_framer, pg_conversation, redis, ring_record, stitcher
+        /// (every one when none is named).
+        targets: Vec<String>,
+        /// The CI smoke `cargo xtask test` runs: every target for --time.
+        #[arg(long, conflicts_with_all = ["targets", "runs"])]
+        smoke: bool,
+        /// How long each target runs, e.g. 60s or 10m.
+        #[arg(long, default_value = "60s", env = "LOUPE_FUZZ_TIME", value_parser = humantime::parse_duration)]
+        time: Duration,
+        /// Stop each target after this many executions, if that comes before --time.
+        #[arg(long)]
+        runs: Option<u64>,
+        /// Rewrite the seed corpus (fuzz/corpus/*/seed-*) from the fixtures and test payloads.
+        #[arg(long, conflicts_with_all = ["targets", "smoke", "runs"])]
+        seed: bool,
     },
     /// Measure loupe's overhead on nginx and on the demo app with wrk.
     Bench {
@@ -81,7 +105,20 @@ fn main() -> anyhow::Result<()> {
         Command::Build => build::release(),
         Command::Demo { jaeger, duration } => demo::run(jaeger, duration),
         Command::Lint => test::lint(),
-        Command::Test { args } => test::run(&args),
+        Command::Test { fuzz_time, args } => test::run(&args, fuzz_time),
+        Command::Fuzz {
+            targets,
+            smoke: _,
+            time,
+            runs,
+            seed,
+        } => {
+            if seed {
+                fuzz::seed()
+            } else {
+                fuzz::run(&targets, fuzz::Budget { time, runs })
+            }
+        }
         Command::Bench {
             duration,
             adapters_only,

@@ -12,6 +12,8 @@ use crate::procs::{run_checked, succeeds};
 /// The nightly the eBPF programs are built with (agent/build.rs names the same one).
 pub const EBPF_TOOLCHAIN: &str = "nightly-2026-05-19";
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// cargo-fuzz, for `cargo xtask fuzz` (its targets build on the eBPF nightly).
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
 const JAEGER_VERSION: &str = "v1.76.0";
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
@@ -59,6 +61,7 @@ pub fn run() -> anyhow::Result<Installed> {
     apt_packages()?;
     nightly()?;
     bpf_linker()?;
+    cargo_fuzz()?;
     python_venv()?;
     node_shop()?;
     let jaeger = jaeger()?;
@@ -257,6 +260,28 @@ fn bpf_linker() -> anyhow::Result<()> {
             ])
             .env("LLVM_PREFIX", "/usr/lib/llvm-22"),
     )
+}
+
+fn cargo_fuzz() -> anyhow::Result<()> {
+    let label = format!("cargo-fuzz {CARGO_FUZZ_VERSION}");
+    let current = Command::new("cargo")
+        .args(["fuzz", "--version"])
+        .output()
+        .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
+        .unwrap_or_default();
+    if current
+        .split_whitespace()
+        .any(|word| word == CARGO_FUZZ_VERSION)
+    {
+        step(&label, "already installed");
+        return Ok(());
+    }
+    step(&label, "installing");
+    run_checked(Command::new("cargo").args([
+        "install",
+        &format!("cargo-fuzz@{CARGO_FUZZ_VERSION}"),
+        "--locked",
+    ]))
 }
 
 /// Where the Jaeger binary is cached, outside the clone.

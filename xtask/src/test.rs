@@ -1,10 +1,11 @@
 //! Everything CI runs: formatting, lints, unit tests, then the privileged tests (kernel programs
-//! against real sockets, and end to end against Jaeger, nginx and the demo app).
+//! against real sockets, and end to end against Jaeger, nginx and the demo app), then a smoke
+//! run of every fuzz target.
 
-use std::{path::Path, process::Command};
+use std::{path::Path, process::Command, time::Duration};
 
 use crate::{
-    build,
+    build, fuzz,
     procs::{release_bin, run_checked, workspace_root},
     setup,
 };
@@ -37,7 +38,7 @@ pub fn lint() -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn run(extra: &[String]) -> anyhow::Result<()> {
+pub fn run(extra: &[String], fuzz_time: Duration) -> anyhow::Result<()> {
     setup::require_root("test")?;
     let installed = setup::run()?;
     let root = workspace_root();
@@ -79,6 +80,18 @@ pub fn run(extra: &[String]) -> anyhow::Result<()> {
             .env("LOUPE_JAEGER_BIN", &installed.jaeger)
             .env("LOUPE_BIN", release_bin("loupe"))
             .env("DEMO_APP_BIN", release_bin("demo-app")),
+    )?;
+    if fuzz_time.is_zero() {
+        println!("test: fuzz smoke skipped (--fuzz-time 0s)");
+        return Ok(());
+    }
+    println!("test: fuzz smoke ({} s per target)", fuzz_time.as_secs());
+    fuzz::run(
+        &[],
+        fuzz::Budget {
+            time: fuzz_time,
+            runs: None,
+        },
     )
 }
 

@@ -11,7 +11,7 @@
 //! points waiting are bounded, the dropped ones reported), and no input makes it panic.
 
 mod conversation;
-mod framing;
+pub(crate) mod framing;
 mod messages;
 mod pairing;
 mod seam;
