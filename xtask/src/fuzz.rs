@@ -78,7 +78,7 @@ fn run_one(root: &Path, fuzz_dir: &Path, target: &str, budget: Budget) -> anyhow
     let scratch = fuzz_dir.join("target/corpus").join(target);
     let artifacts = fuzz_dir.join("artifacts").join(target);
     let logs = fuzz_dir.join("target/logs");
-    for dir in [&scratch, &artifacts, &logs] {
+    for dir in [&seeds, &scratch, &artifacts, &logs] {
         std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     }
     let log_path = logs.join(format!("{target}.log"));
