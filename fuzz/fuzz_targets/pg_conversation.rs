@@ -38,7 +38,10 @@ fuzz_target!(|data: &[u8]| {
         match event {
             PgEvent::Started { seq } => assert!(open.insert(*seq), "{seq} started twice"),
             PgEvent::Done(done) => assert!(ended.insert(done.seq), "{} ended twice", done.seq),
-            PgEvent::Skipped { seq } => assert!(ended.insert(*seq), "{seq} ended twice"),
+            PgEvent::Skipped { seq } | PgEvent::Abandoned { seq } => {
+                assert!(ended.insert(*seq), "{seq} ended twice")
+            }
+            PgEvent::Lost(_) => {}
         }
     }
 });
