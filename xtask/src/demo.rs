@@ -44,25 +44,9 @@ pub fn run(with_jaeger: bool, duration: Duration) -> anyhow::Result<()> {
     build::release()?;
 
     println!("demo: starting a throwaway PostgreSQL for /api/orders");
-    let postgres = loupe_tests::postgres::Postgres::start();
-    postgres.run_sql("postgres", "CREATE DATABASE shop");
-    postgres.run_sql(
-        "shop",
-        "CREATE TABLE orders (id int, user_id int, total numeric); \
-         INSERT INTO orders SELECT g, 7 + g % 2, g * 10 FROM generate_series(1, 9) g",
-    );
-    let database = format!("127.0.0.1:{}/shop", postgres.port);
-    let (_backend, backend_addr) = start_demo_app(&["backend", "--port", "0"])?;
-    let backend_url = format!("http://{backend_addr}");
-    let (frontend, frontend_addr) = start_demo_app(&[
-        "frontend",
-        "--port",
-        "0",
-        "--backend",
-        &backend_url,
-        "--database",
-        &database,
-    ])?;
+    let shop = Shop::start()?;
+    let (frontend, frontend_addr, backend_addr) =
+        (&shop.frontend, &shop.frontend_addr, &shop.backend_addr);
     println!(
         "demo: frontend on {frontend_addr} (pid {}), backend on {backend_addr}",
         frontend.pid()
@@ -122,6 +106,47 @@ pub fn run(with_jaeger: bool, duration: Duration) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The demo shop: a throwaway PostgreSQL with the `orders` table, the backend, and the frontend
+/// that calls both.
+pub struct Shop {
+    _postgres: loupe_tests::postgres::Postgres,
+    _backend: Guard,
+    pub backend_addr: String,
+    pub frontend: Guard,
+    pub frontend_addr: String,
+}
+
+impl Shop {
+    pub fn start() -> anyhow::Result<Self> {
+        let postgres = loupe_tests::postgres::Postgres::start();
+        postgres.run_sql("postgres", "CREATE DATABASE shop");
+        postgres.run_sql(
+            "shop",
+            "CREATE TABLE orders (id int, user_id int, total numeric); \
+             INSERT INTO orders SELECT g, 7 + g % 2, g * 10 FROM generate_series(1, 9) g",
+        );
+        let database = format!("127.0.0.1:{}/shop", postgres.port);
+        let (backend, backend_addr) = start_demo_app(&["backend", "--port", "0"])?;
+        let backend_url = format!("http://{backend_addr}");
+        let (frontend, frontend_addr) = start_demo_app(&[
+            "frontend",
+            "--port",
+            "0",
+            "--backend",
+            &backend_url,
+            "--database",
+            &database,
+        ])?;
+        Ok(Self {
+            _postgres: postgres,
+            _backend: backend,
+            backend_addr,
+            frontend,
+            frontend_addr,
+        })
+    }
 }
 
 /// Jaeger all-in-one with its in-memory defaults: OTLP on 4317/4318, the query API on 16686.

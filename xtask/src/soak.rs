@@ -15,11 +15,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::{
-    build,
-    procs::{Loupe, start_demo_app},
-    setup,
-};
+use crate::{build, demo::Shop, procs::Loupe, setup};
 
 /// Client threads sharing the load.
 const CLIENTS: u64 = 8;
@@ -33,25 +29,8 @@ pub fn run(duration: Duration, warmup: Duration, rate: u64) -> anyhow::Result<()
     if warmup >= duration {
         bail!("--warmup ({warmup:?}) must be shorter than --duration ({duration:?})");
     }
-    let postgres = loupe_tests::postgres::Postgres::start();
-    postgres.run_sql("postgres", "CREATE DATABASE shop");
-    postgres.run_sql(
-        "shop",
-        "CREATE TABLE orders (id int, user_id int, total numeric); \
-         INSERT INTO orders SELECT g, 7 + g % 2, g * 10 FROM generate_series(1, 9) g",
-    );
-    let database = format!("127.0.0.1:{}/shop", postgres.port);
-    let (_backend, backend_addr) = start_demo_app(&["backend", "--port", "0"])?;
-    let backend_url = format!("http://{backend_addr}");
-    let (frontend, frontend_addr) = start_demo_app(&[
-        "frontend",
-        "--port",
-        "0",
-        "--backend",
-        &backend_url,
-        "--database",
-        &database,
-    ])?;
+    let shop = Shop::start()?;
+    let (frontend, frontend_addr) = (&shop.frontend, shop.frontend_addr.clone());
     let jaeger = loupe_tests::jaeger::Jaeger::start();
     let args = vec![
         "--pid".to_owned(),
@@ -126,7 +105,7 @@ pub fn run(duration: Duration, warmup: Duration, rate: u64) -> anyhow::Result<()
     );
     println!("{summary}");
     drop(jaeger);
-    drop(frontend);
+    drop(shop);
     Ok(())
 }
 
