@@ -76,6 +76,11 @@ impl Counters {
         counter.fetch_add(n, Ordering::Relaxed);
     }
 
+    /// Replaces a count polled as a total (the kernel's loss slots).
+    pub fn set(counter: &AtomicU64, total: u64) {
+        counter.store(total, Ordering::Relaxed);
+    }
+
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
     }

@@ -82,21 +82,16 @@ impl Upkeep {
 
     fn poll_loss(&self, counters: &Counters) {
         let loss = LossCounters::read(&self.loss);
-        counters
-            .events_lost_kernel
-            .store(loss.events_lost(), std::sync::atomic::Ordering::Relaxed);
-        counters
-            .iovecs_cut
-            .store(loss.iovecs_cut, std::sync::atomic::Ordering::Relaxed);
-        counters
-            .tls_unplaced
-            .store(loss.tls_unplaced, std::sync::atomic::Ordering::Relaxed);
-        counters
-            .sockets_full
-            .store(loss.sockets_full, std::sync::atomic::Ordering::Relaxed);
-        counters
-            .targets_full
-            .store(loss.targets_full, std::sync::atomic::Ordering::Relaxed);
+        // The kernel's counts are totals: they replace what was polled before.
+        for (counter, total) in [
+            (&counters.events_lost_kernel, loss.events_lost()),
+            (&counters.iovecs_cut, loss.iovecs_cut),
+            (&counters.tls_unplaced, loss.tls_unplaced),
+            (&counters.sockets_full, loss.sockets_full),
+            (&counters.targets_full, loss.targets_full),
+        ] {
+            Counters::set(counter, total);
+        }
     }
 
     /// Removes targets that are not live processes; returns those that remain.
