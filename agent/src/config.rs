@@ -5,6 +5,10 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::export::settings::{
+    Compression, ExportFlags, ExportSettings, Preset, SettingsError, parse_header,
+};
+
 /// OTLP transport.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum OtlpProtocol {
@@ -100,9 +104,10 @@ pub struct RunArgs {
     pub large_result_rows: u64,
 
     /// CPU samples per second of a thread while it runs something past its threshold
-    /// (1..=10000). Nothing is sampled while nothing is slow.
-    #[arg(long, value_name = "HZ", default_value_t = 999, value_parser = clap::value_parser!(u64).range(1..=10_000), env = "LOUPE_PROFILE_HZ")]
-    pub profile_hz: u64,
+    /// (1..=10000; default 999, 99 with --preset constrained). Nothing is sampled while nothing
+    /// is slow.
+    #[arg(long, value_name = "HZ", value_parser = clap::value_parser!(u64).range(1..=10_000), env = "LOUPE_PROFILE_HZ")]
+    pub profile_hz: Option<u64>,
 
     /// Also write each slow span's CPU profile here: a flamegraph SVG and the folded stacks,
     /// named <trace id>-<span id>.
@@ -127,10 +132,64 @@ pub struct RunArgs {
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration, env = "LOUPE_SUMMARY_INTERVAL")]
     pub summary_interval: Duration,
 
+    /// Export and sampling settings tuned together: high-traffic, low-latency or constrained
+    /// (the README lists what each sets). Flags and OTEL_* variables given win over it.
+    #[arg(long, value_enum, value_name = "PRESET", env = "LOUPE_PRESET")]
+    pub preset: Option<Preset>,
+
+    /// Spans waiting for export at most; past it they are dropped and counted. Default 16384;
+    /// OTEL_BSP_MAX_QUEUE_SIZE.
+    #[arg(long, value_name = "SPANS", value_parser = clap::value_parser!(u64).range(1..=10_000_000), env = "LOUPE_QUEUE_SIZE")]
+    pub queue_size: Option<u64>,
+
+    /// Spans in one OTLP request at most. Default 2048; OTEL_BSP_MAX_EXPORT_BATCH_SIZE.
+    #[arg(long, value_name = "SPANS", value_parser = clap::value_parser!(u64).range(1..=1_000_000), env = "LOUPE_BATCH_SIZE")]
+    pub batch_size: Option<u64>,
+
+    /// Longest a span waits in a partial batch, e.g. 500ms. OTEL_BSP_SCHEDULE_DELAY (ms).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, env = "LOUPE_SCHEDULE_DELAY")]
+    pub schedule_delay: Option<Duration>,
+
+    /// Longest one OTLP request may take, e.g. 10s. OTEL_EXPORTER_OTLP_TIMEOUT (ms).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, env = "LOUPE_EXPORT_TIMEOUT")]
+    pub export_timeout: Option<Duration>,
+
+    /// OTLP requests in flight at once (1..=64). Default 2.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=64), env = "LOUPE_EXPORT_CONCURRENCY")]
+    pub export_concurrency: Option<u64>,
+
+    /// Compress OTLP requests: gzip or none. OTEL_EXPORTER_OTLP_COMPRESSION.
+    #[arg(
+        long,
+        value_enum,
+        value_name = "ALGORITHM",
+        env = "LOUPE_OTLP_COMPRESSION"
+    )]
+    pub otlp_compression: Option<Compression>,
+
+    /// A header sent with every OTLP request, e.g. 'authorization=Bearer abc' (repeatable).
+    /// Added to OTEL_EXPORTER_OTLP_HEADERS (k=v,k2=v2); a flag's wins on the same name.
+    #[arg(long = "otlp-header", value_name = "KEY=VALUE", value_parser = parse_header_arg)]
+    pub otlp_headers: Vec<(String, String)>,
+
+    /// PEM CA certificate the collector's TLS certificate must chain to (https endpoints).
+    /// OTEL_EXPORTER_OTLP_CERTIFICATE.
+    #[arg(long, value_name = "FILE", env = "LOUPE_OTLP_CA")]
+    pub otlp_ca: Option<std::path::PathBuf>,
+
+    /// At exit (SIGINT, SIGTERM, --duration), flush spans for at most this long, then count
+    /// what is left as dropped and print the summary, e.g. 5s.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration, env = "LOUPE_SHUTDOWN_TIMEOUT")]
+    pub shutdown_timeout: Duration,
+
     /// Key calls by thread only: do not read Go goroutines or Python asyncio tasks (what that
     /// costs is in BENCHMARKS.md). Their calls then stay un-nested under concurrency.
     #[arg(long, env = "LOUPE_NO_RUNTIME_ADAPTERS")]
     pub no_runtime_adapters: bool,
+}
+
+fn parse_header_arg(text: &str) -> Result<(String, String), String> {
+    parse_header(text).map_err(|err| err.to_string())
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -174,9 +233,9 @@ pub enum ExportTarget {
     Terminal,
     /// Nowhere (`loupe report` without an endpoint): spans feed the report only.
     Nowhere,
-    /// An OTLP endpoint. `endpoint` None means the exporter reads the OTEL_* variables itself.
+    /// An OTLP endpoint (for HTTP, the full traces URL).
     Otlp {
-        endpoint: Option<String>,
+        endpoint: String,
         protocol: OtlpProtocol,
     },
 }
@@ -235,6 +294,7 @@ pub struct Config {
     pub max_query_bytes: u32,
     pub summary_interval: Duration,
     pub runtime_adapters: bool,
+    pub export_settings: ExportSettings,
 }
 
 /// Configuration that cannot work, said in one line.
@@ -246,6 +306,8 @@ pub enum ConfigError {
     Protocol(String),
     #[error("--pid 0 is not a process")]
     PidZero,
+    #[error(transparent)]
+    Export(#[from] SettingsError),
 }
 
 impl Cli {
@@ -271,25 +333,52 @@ impl RunArgs {
         pids.sort_unstable();
         pids.dedup();
 
-        let env_endpoint = env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-            .or_else(|| env("OTEL_EXPORTER_OTLP_ENDPOINT"))
-            .filter(|value| !value.is_empty());
-        let export = match (self.otlp_endpoint, env_endpoint) {
-            (None, None) if mode == Mode::Report => ExportTarget::Nowhere,
-            (None, None) => ExportTarget::Terminal,
-            (endpoint, _) => {
-                if let Some(url) = &endpoint
-                    && !(url.starts_with("http://") || url.starts_with("https://"))
+        let non_empty = |key: &str| env(key).filter(|value| !value.trim().is_empty());
+        // (URL, whether it is the generic endpoint: OTLP/HTTP adds /v1/traces to its path).
+        let endpoint = match self.otlp_endpoint {
+            Some(url) => Some((url, false)),
+            None => non_empty("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+                .map(|url| (url, false))
+                .or_else(|| non_empty("OTEL_EXPORTER_OTLP_ENDPOINT").map(|url| (url, true))),
+        };
+        let export = match endpoint {
+            None if mode == Mode::Report => ExportTarget::Nowhere,
+            None => ExportTarget::Terminal,
+            Some((url, generic)) => {
+                let url = url.trim().to_owned();
+                if !(url.starts_with("http://") || url.starts_with("https://"))
+                    || crate::export::otlp::transport::host_port(&url).is_none()
                 {
-                    return Err(ConfigError::Endpoint(url.clone()));
+                    return Err(ConfigError::Endpoint(url));
                 }
                 let protocol = match self.otlp_protocol {
                     Some(protocol) => protocol,
                     None => protocol_from_env(&env)?,
                 };
+                let endpoint = match protocol {
+                    OtlpProtocol::Grpc => url,
+                    OtlpProtocol::Http if generic => {
+                        format!("{}/v1/traces", url.trim_end_matches('/'))
+                    }
+                    OtlpProtocol::Http => crate::export::otlp::transport::traces_url(&url),
+                };
                 ExportTarget::Otlp { endpoint, protocol }
             }
         };
+        let preset = self.preset.map(Preset::values).unwrap_or_default();
+        let export_settings = ExportFlags {
+            preset: self.preset,
+            max_queue: self.queue_size.map(|n| n as usize),
+            max_batch: self.batch_size.map(|n| n as usize),
+            schedule_delay: self.schedule_delay,
+            timeout: self.export_timeout,
+            concurrency: self.export_concurrency.map(|n| n as usize),
+            compression: self.otlp_compression,
+            headers: self.otlp_headers,
+            certificate: self.otlp_ca,
+            shutdown_timeout: Some(self.shutdown_timeout),
+        }
+        .resolve(&env)?;
         let service_name = self
             .service_name
             .or_else(|| env("OTEL_SERVICE_NAME"))
@@ -311,7 +400,7 @@ impl RunArgs {
                 large_result_rows: self.large_result_rows,
             },
             profile: crate::profile::ProfileSettings {
-                hz: self.profile_hz,
+                hz: self.profile_hz.or(preset.profile_hz).unwrap_or(999),
                 dir: self.profile_dir,
             },
             mode,
@@ -320,6 +409,7 @@ impl RunArgs {
             max_query_bytes: self.max_query_bytes,
             summary_interval: self.summary_interval,
             runtime_adapters: !self.no_runtime_adapters,
+            export_settings,
         })
     }
 }
@@ -387,7 +477,7 @@ mod tests {
         assert_eq!(
             config.export,
             ExportTarget::Otlp {
-                endpoint: None,
+                endpoint: "http://collector:4318/v1/traces".into(),
                 protocol: OtlpProtocol::Http
             }
         );
@@ -441,6 +531,66 @@ mod tests {
         .unwrap();
         assert!(matches!(config.export, ExportTarget::Otlp { .. }));
         assert!(parse(&["report"]).is_err(), "report needs --pid");
+    }
+
+    #[test]
+    fn export_flags_and_presets_resolve() {
+        let config = parse(&[
+            "--pid",
+            "1",
+            "--otlp-endpoint",
+            "http://localhost:4317",
+            "--preset",
+            "constrained",
+            "--batch-size",
+            "100",
+            "--otlp-header",
+            "authorization=Bearer t",
+            "--shutdown-timeout",
+            "2s",
+        ])
+        .unwrap();
+        let settings = &config.export_settings;
+        assert_eq!(settings.max_batch, 100);
+        assert_eq!(settings.concurrency, 1, "from the preset");
+        assert_eq!(settings.compression, Compression::Gzip);
+        assert_eq!(settings.shutdown_timeout, Duration::from_secs(2));
+        assert_eq!(
+            settings.headers,
+            vec![("authorization".to_owned(), "Bearer t".to_owned())]
+        );
+        assert_eq!(config.profile.hz, 99, "the preset's profile rate");
+        assert_eq!(parse(&["--pid", "1"]).unwrap().profile.hz, 999);
+        let err = parse(&["--pid", "1", "--otlp-header", "nonsense"]).unwrap_err();
+        assert!(err.contains("invalid OTLP header"), "{err}");
+        let err = parse(&["--pid", "1", "--queue-size", "10", "--batch-size", "20"]).unwrap_err();
+        assert!(err.contains("cannot be larger than the queue"), "{err}");
+    }
+
+    #[test]
+    fn the_generic_endpoint_gets_the_traces_path_for_http() {
+        let cli = Cli::try_parse_from(["loupe", "--pid", "7"]).unwrap();
+        let config = cli
+            .into_config(|key| match key {
+                "OTEL_EXPORTER_OTLP_ENDPOINT" => Some("http://collector:4318/otlp".into()),
+                "OTEL_EXPORTER_OTLP_PROTOCOL" => Some("http/protobuf".into()),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(
+            config.export,
+            ExportTarget::Otlp {
+                endpoint: "http://collector:4318/otlp/v1/traces".into(),
+                protocol: OtlpProtocol::Http
+            }
+        );
+        let err = Cli::try_parse_from(["loupe", "--pid", "7"])
+            .unwrap()
+            .into_config(|key| {
+                (key == "OTEL_EXPORTER_OTLP_ENDPOINT").then(|| "collector:4317".to_owned())
+            })
+            .unwrap_err();
+        assert!(err.to_string().contains("invalid --otlp-endpoint"), "{err}");
     }
 
     #[test]

@@ -84,16 +84,19 @@ const DRAIN_INTERVAL: Duration = Duration::from_millis(10);
 /// Backlog at which the kernel wakes the reader anyway: an eighth of the 8 MiB ring.
 const WAKEUP_BYTES: u64 = 1024 * 1024;
 const BATCH_QUEUE: usize = 256;
-const SPAN_QUEUE: usize = 8192;
 const STITCH_TICK: Duration = Duration::from_millis(250);
 /// Heat/cool orders waiting for the upkeep.
 const COMMAND_QUEUE: usize = 1024;
+/// How long past the shutdown deadline loupe waits for its stages to say they ended.
+const EXIT_GRACE: Duration = Duration::from_millis(500);
 
 /// What a run leaves behind.
 pub struct Outcome {
     pub counters: Arc<Counters>,
     pub problems: ProblemBoard,
     pub mode: Mode,
+    /// The OTLP endpoint spans went to, if any.
+    pub otlp_endpoint: Option<String>,
 }
 
 /// Runs loupe until a signal, `--duration`, or the exit of every target.
@@ -112,13 +115,26 @@ pub async fn run(config: Config) -> Result<Outcome, RunError> {
         )),
         ExportTarget::Nowhere => Sink::Discard,
         ExportTarget::Otlp { endpoint, protocol } => {
-            Sink::Otlp(Box::new(export::otlp::OtlpSink::new(
-                endpoint.as_deref(),
+            let sink = export::otlp::OtlpSink::new(
+                endpoint,
                 *protocol,
                 config.service_name.clone(),
+                config.export_settings.clone(),
                 counters.clone(),
-            )?))
+            )?;
+            if let Some(reason) =
+                export::otlp::unreachable(endpoint, std::time::Duration::from_secs(1)).await
+            {
+                eprintln!(
+                    "loupe: warning: the OTLP collector at {endpoint} cannot be reached ({reason}); spans are queued and retried, and counted as dropped if it never answers"
+                );
+            }
+            Sink::Otlp(Box::new(sink))
         }
+    };
+    let otlp_endpoint = match &config.export {
+        ExportTarget::Otlp { endpoint, .. } => Some(endpoint.clone()),
+        _ => None,
     };
 
     process::runtime::set_adapters(config.runtime_adapters);
@@ -164,7 +180,7 @@ pub async fn run(config: Config) -> Result<Outcome, RunError> {
     }
 
     let (batch_tx, batch_rx) = mpsc::channel::<Batch>(BATCH_QUEUE);
-    let (span_tx, span_rx) = mpsc::channel::<SpanRecord>(SPAN_QUEUE);
+    let (span_tx, span_rx) = mpsc::channel::<SpanRecord>(config.export_settings.max_queue);
     let (command_tx, command_rx) = mpsc::channel::<ProfileCommand>(COMMAND_QUEUE);
     let hz = config.profile.hz;
     let (ebpf, sampler) = off_runtime(move || {
@@ -218,9 +234,16 @@ pub async fn run(config: Config) -> Result<Outcome, RunError> {
             counters.clone(),
         ),
     )?;
-    let exporter = Stage::spawn(
+    let (deadline_tx, deadline_rx) = watch::channel(None);
+    let exporter = Stage::spawn_isolated(
         "loupe-export",
-        export::run(sink, span_rx, counters.clone(), config.summary_interval),
+        export::run(
+            sink,
+            span_rx,
+            counters.clone(),
+            config.summary_interval,
+            deadline_rx,
+        ),
     )?;
     let upkeep = Upkeep {
         ebpf,
@@ -266,25 +289,43 @@ pub async fn run(config: Config) -> Result<Outcome, RunError> {
     }
 
     // Stop in flow order: the reader drains once more and closes the batch channel, the stitcher
-    // finishes its connections and closes the span channel, the exporter flushes.
+    // finishes its connections and closes the span channel, the exporter flushes. All of it
+    // within the shutdown timeout: then the exporter counts what is left as dropped, and loupe
+    // stops waiting for any stage still busy (its thread ends with the process).
+    let shutdown = config.export_settings.shutdown_timeout;
+    let deadline = tokio::time::Instant::now() + shutdown;
+    let _ = deadline_tx.send(Some(deadline));
     let _ = stop_tx.send(true);
-    let _ = reader.await;
-    let _ = stitch.join().await;
-    // The stitch stage dropped its news sender: the re-sync thread ends.
-    let _ = tokio::task::spawn_blocking(move || resync.join()).await;
-    // The stitch stage dropped its job queue: the symbolizer finishes what it has, then lets go
-    // of its span sender, and the exporter's channel closes.
-    let _ = tokio::task::spawn_blocking(move || symbolizer.join()).await;
-    let _ = exporter.join().await;
-    let _ = upkeep.join().await;
+    let stop_in_order = async {
+        let _ = reader.await;
+        let _ = stitch.join().await;
+        // The stitch stage dropped its news sender: the re-sync thread ends.
+        let _ = tokio::task::spawn_blocking(move || resync.join()).await;
+        // The stitch stage dropped its job queue: the symbolizer finishes what it has, then
+        // lets go of its span sender, and the exporter's channel closes.
+        let _ = tokio::task::spawn_blocking(move || symbolizer.join()).await;
+    };
+    if tokio::time::timeout_at(deadline, stop_in_order)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "the pipeline did not drain within the shutdown timeout ({}); exiting",
+            humantime::format_duration(shutdown)
+        );
+    }
+    // The exporter ends at the deadline at the latest; a moment more for its last count.
+    let _ = tokio::time::timeout_at(deadline + EXIT_GRACE, exporter.join()).await;
+    let _ = tokio::time::timeout_at(deadline + EXIT_GRACE, upkeep.join()).await;
     if let Some(logger) = logger {
-        let _ = logger.await;
+        let _ = tokio::time::timeout_at(deadline + EXIT_GRACE, logger).await;
     }
     let problems = std::mem::take(&mut *board.lock().unwrap_or_else(|e| e.into_inner()));
     Ok(Outcome {
         counters,
         problems,
         mode: config.mode,
+        otlp_endpoint,
     })
 }
 

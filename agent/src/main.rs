@@ -80,6 +80,7 @@ fn main() -> ExitCode {
     match runtime.block_on(loupe::run(config)) {
         Ok(outcome) => {
             eprintln!("{}", outcome.counters.summary_line());
+            let status = exit_status(&outcome);
             match outcome.mode {
                 Mode::Report => print!("{}", report(&outcome.problems)),
                 Mode::Watch => {
@@ -95,7 +96,9 @@ fn main() -> ExitCode {
                     }
                 }
             }
-            ExitCode::SUCCESS
+            // Leave the runtime without waiting for a stage still busy past the deadline.
+            runtime.shutdown_background();
+            status
         }
         Err(err) => {
             let chain: Vec<String> = anyhow::Error::from(err)
@@ -108,14 +111,33 @@ fn main() -> ExitCode {
     }
 }
 
+/// Failure when spans were made for a collector and not one of them reached it.
+fn exit_status(outcome: &loupe::Outcome) -> ExitCode {
+    use loupe::stats::Counters;
+    let dropped = Counters::get(&outcome.counters.spans_dropped);
+    let exported = Counters::get(&outcome.counters.spans_exported);
+    match &outcome.otlp_endpoint {
+        Some(endpoint) if exported == 0 && dropped > 0 => {
+            eprintln!(
+                "loupe: error: every span ({dropped}) was dropped: the OTLP collector at {endpoint} never took one"
+            );
+            ExitCode::FAILURE
+        }
+        _ => ExitCode::SUCCESS,
+    }
+}
+
 fn init_logging() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("LOUPE_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    use std::io::IsTerminal as _;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, never in a log file or a pipe.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .init();
 }

@@ -33,6 +33,29 @@ impl<T: Send + 'static> Stage<T> {
         })
     }
 
+    /// Starts `future` on a new thread named `name` with a runtime of its own (one thread):
+    /// the tasks it spawns (e.g. a client's connections) run on that thread too, never on the
+    /// runtime the ring-buffer reader shares.
+    pub fn spawn_isolated<F>(name: &str, future: F) -> std::io::Result<Self>
+    where
+        F: Future<Output = T> + Send + 'static,
+    {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .thread_name(name)
+            .build()?;
+        let (tx, done) = oneshot::channel();
+        let thread = std::thread::Builder::new()
+            .name(name.to_owned())
+            .spawn(move || {
+                let _ = tx.send(runtime.block_on(future));
+            })?;
+        Ok(Self {
+            done: Some(done),
+            thread,
+        })
+    }
+
     /// Resolves when the stage has finished: its output, or None if it panicked. Cancel-safe
     /// (a `select!` branch); once it has resolved, it never resolves again.
     pub async fn finished(&mut self) -> Option<T> {

@@ -17,6 +17,14 @@ pub struct Counters {
     pub spans_exported: AtomicU64,
     /// Spans dropped: export queue full, or the endpoint refused or timed out.
     pub spans_dropped: AtomicU64,
+    /// Of the spans dropped, those still queued or in flight when the shutdown timeout ran out.
+    pub spans_dropped_at_exit: AtomicU64,
+    /// OTLP requests sent (each attempt), those that failed, and their total time in us.
+    pub export_requests: AtomicU64,
+    pub export_failures: AtomicU64,
+    pub export_us_total: AtomicU64,
+    /// OTLP requests sent again after a failure the collector may recover from.
+    pub export_retries: AtomicU64,
     /// Routes the terminal view's table forgot, least recently seen first, past its bound:
     /// their counts and percentiles start again if they come back.
     pub routes_evicted: AtomicU64,
@@ -85,6 +93,18 @@ impl Counters {
         counter.load(Ordering::Relaxed)
     }
 
+    /// One OTLP request attempt ended after `took`: taken (`ok`) or failed.
+    pub fn export_latency(&self, took: std::time::Duration, ok: bool) {
+        Self::add(&self.export_requests, 1);
+        if !ok {
+            Self::add(&self.export_failures, 1);
+        }
+        Self::add(
+            &self.export_us_total,
+            u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
+        );
+    }
+
     /// Every way an event, a request, a query, a span or a sample can be lost or mis-read, in
     /// pipeline order. The summary line and the terminal footer show each of them; the README
     /// says what each means.
@@ -140,6 +160,12 @@ impl Counters {
                 let _ = write!(line, " {}={}", loss.name, Self::get(loss.value));
             }
         }
+        let _ = write!(
+            line,
+            " spans_dropped_at_exit={} export_retries={}",
+            Self::get(&self.spans_dropped_at_exit),
+            Self::get(&self.export_retries)
+        );
         line
     }
 

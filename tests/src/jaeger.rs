@@ -22,6 +22,9 @@ pub struct Jaeger {
     pub otlp_grpc: u16,
     pub otlp_http: u16,
     pub query: u16,
+    query_grpc: u16,
+    /// (certificate, key) PEM files its OTLP receivers serve TLS with.
+    tls: Option<(PathBuf, PathBuf)>,
 }
 
 /// The Jaeger binary: `$LOUPE_JAEGER_BIN`, else the cache `cargo xtask setup` builds into.
@@ -43,6 +46,15 @@ impl Jaeger {
     /// it (by another test process's connections): then Jaeger exits at once, and it is
     /// started again on other ports, up to three times.
     pub fn start() -> Self {
+        Self::start_with_tls(None)
+    }
+
+    /// Starts Jaeger with OTLP over TLS (gRPC and HTTP) from the PEM `cert` and `key`.
+    pub fn start_tls(cert: &std::path::Path, key: &std::path::Path) -> Self {
+        Self::start_with_tls(Some((cert.to_path_buf(), key.to_path_buf())))
+    }
+
+    fn start_with_tls(tls: Option<(PathBuf, PathBuf)>) -> Self {
         let binary = jaeger_binary();
         assert!(
             binary.is_file(),
@@ -51,7 +63,8 @@ impl Jaeger {
         );
         let mut last = String::new();
         for _ in 0..3 {
-            match Self::try_start(&binary) {
+            let ports = (free_port(), free_port(), free_port(), free_port());
+            match Self::try_start(&binary, ports, tls.clone()) {
                 Ok(jaeger) => return jaeger,
                 Err(log) => last = log,
             }
@@ -60,10 +73,20 @@ impl Jaeger {
     }
 
     /// One start; Err(its log) when it exits before its query API answers.
-    fn try_start(binary: &std::path::Path) -> Result<Self, String> {
+    fn try_start(
+        binary: &std::path::Path,
+        (otlp_grpc, otlp_http, query, query_grpc): (u16, u16, u16, u16),
+        tls: Option<(PathBuf, PathBuf)>,
+    ) -> Result<Self, String> {
         let dir = TempDir::new("jaeger");
-        let (otlp_grpc, otlp_http, query, query_grpc) =
-            (free_port(), free_port(), free_port(), free_port());
+        let tls_block = match &tls {
+            Some((cert, key)) => format!(
+                "\n        tls:\n          cert_file: {}\n          key_file: {}",
+                cert.display(),
+                key.display()
+            ),
+            None => String::new(),
+        };
         // Only what the tests use listens: OTLP in, the query API out. No metrics, health, zpages
         // or sampling listeners, so several Jaegers never collide.
         let config = format!(
@@ -96,9 +119,9 @@ receivers:
   otlp:
     protocols:
       grpc:
-        endpoint: 127.0.0.1:{otlp_grpc}
+        endpoint: 127.0.0.1:{otlp_grpc}{tls_block}
       http:
-        endpoint: 127.0.0.1:{otlp_http}
+        endpoint: 127.0.0.1:{otlp_http}{tls_block}
 processors:
   batch:
     timeout: 100ms
@@ -123,6 +146,8 @@ exporters:
             otlp_grpc,
             otlp_http,
             query,
+            query_grpc,
+            tls,
         };
         let up = wait_until(Duration::from_secs(60), || {
             if let Ok(Some(status)) = jaeger.child.try_wait() {
@@ -140,6 +165,33 @@ exporters:
         }
     }
 
+    /// Kills Jaeger (SIGKILL, as a crash): its OTLP ports refuse connections until
+    /// [`Self::restart`]. What it held is gone (in-memory storage).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts Jaeger again on the same ports.
+    pub fn restart(&mut self) {
+        self.kill();
+        let ports = (self.otlp_grpc, self.otlp_http, self.query, self.query_grpc);
+        let mut last = String::new();
+        for _ in 0..20 {
+            match Self::try_start(&jaeger_binary(), ports, self.tls.clone()) {
+                Ok(mut started) => {
+                    // `started` is the old, reaped one now: dropping it signals nothing.
+                    std::mem::swap(self, &mut started);
+                    return;
+                }
+                // The old process's ports may linger a moment.
+                Err(log) => last = log,
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        panic!("jaeger did not restart on its ports:\n{last}");
+    }
+
     pub fn grpc_endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.otlp_grpc)
     }
@@ -150,6 +202,13 @@ exporters:
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.0.join("jaeger.log")).unwrap_or_default()
+    }
+
+    /// The spans of at most `traces` traces Jaeger holds for `service` in the last hour.
+    pub fn spans_of_traces(&self, service: &str, traces: usize) -> Vec<Span> {
+        self.traces(&format!(
+            "/api/traces?service={service}&limit={traces}&lookback=1h"
+        ))
     }
 
     /// Every span Jaeger holds for `service` in the last hour.

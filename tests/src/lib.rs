@@ -4,6 +4,7 @@
 
 pub mod calls;
 pub mod client;
+pub mod collector;
 pub mod go;
 pub mod jaeger;
 pub mod node;

@@ -450,25 +450,7 @@ impl Nginx {
 
     fn start_tls(http: &str, locations: &str) -> Self {
         let dir = TempDir::new("nginx");
-        let status = Command::new("openssl")
-            .args([
-                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-            ])
-            .args([
-                "-subj",
-                "/CN=127.0.0.1",
-                "-addext",
-                "subjectAltName=IP:127.0.0.1",
-            ])
-            .arg("-keyout")
-            .arg(dir.0.join("key.pem"))
-            .arg("-out")
-            .arg(dir.0.join("cert.pem"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .expect("run openssl (cargo xtask setup installs it)");
-        assert!(status.success(), "openssl req");
+        crate::collector::self_signed_cert(&dir.0);
         let tls = format!(
             "ssl_certificate {d}/cert.pem;\n    ssl_certificate_key {d}/key.pem;\n    {locations}",
             d = dir.0.display()
@@ -668,6 +650,11 @@ impl Loupe {
             stdout: self.stdout(),
             stderr: self.stderr(),
         }
+    }
+
+    /// SIGINT without waiting (see [`Self::stop`]).
+    pub fn interrupt(&self) {
+        signal(self.child.id(), libc::SIGINT);
     }
 
     /// SIGINT, as a user's Ctrl-C: loupe flushes, prints its summary and exits.

@@ -91,12 +91,22 @@ fn unreachable_endpoint_counts_dropped_spans_and_warns_without_panicking() {
     require_root();
     let demo = DemoApp::start();
     let closed = free_port();
+    let endpoint = format!("http://127.0.0.1:{closed}");
     let loupe = Loupe::attach(&args(&[
         "--pid",
         &demo.frontend_pid().to_string(),
         "--otlp-endpoint",
-        &format!("http://127.0.0.1:{closed}"),
+        &endpoint,
+        "--shutdown-timeout",
+        "2s",
     ]));
+    assert!(
+        loupe.stderr().contains(&format!(
+            "loupe: warning: the OTLP collector at {endpoint} cannot be reached"
+        )),
+        "a warning at start: {}",
+        loupe.stderr()
+    );
     for i in 0..5 {
         assert_eq!(
             get(&demo.frontend_addr, &format!("/api/users/{i}")).status,
@@ -110,15 +120,42 @@ fn unreachable_endpoint_counts_dropped_spans_and_warns_without_panicking() {
         "{:?}",
         quick.elapsed
     );
-    let finished = loupe.stop();
-    assert!(finished.status.success(), "{}", finished.stderr);
+    let asked = std::time::Instant::now();
+    loupe.interrupt();
+    let summary_after = loupe_tests::wait_until(Duration::from_secs(15), || {
+        loupe
+            .stderr()
+            .contains("loupe: summary")
+            .then(|| asked.elapsed())
+    });
+    assert!(
+        summary_after.is_some_and(|took| took < Duration::from_millis(3_500)),
+        "the exit is bounded by --shutdown-timeout: summary after {summary_after:?}"
+    );
+    let finished = loupe.wait(Duration::from_secs(30));
     let summary = finished.summary();
     assert!(summary["spans_dropped"] >= 6, "{summary:?}");
     assert_eq!(summary["spans_exported"], 0);
     assert!(
-        finished.stderr.contains("failed to export"),
+        finished
+            .stderr
+            .contains(&format!("OTLP export to {endpoint} failed: Unavailable")),
         "{}",
         finished.stderr
     );
     assert!(!finished.stderr.contains("panicked"), "{}", finished.stderr);
+    assert!(
+        !finished.stderr.contains('\u{1b}'),
+        "no colour codes in a pipe"
+    );
+    // Every span went nowhere: a failed run, said in one line.
+    assert_eq!(finished.status.code(), Some(1), "{}", finished.stderr);
+    assert!(
+        finished.stderr.contains(&format!(
+            "loupe: error: every span ({}) was dropped: the OTLP collector at {endpoint} never took one",
+            summary["spans_dropped"]
+        )),
+        "{}",
+        finished.stderr
+    );
 }

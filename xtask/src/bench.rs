@@ -18,7 +18,7 @@ use loupe_common::{LIBPQ_PROBES, TLS_PROBES, names::TRACEPOINT_PROGRAMS};
 
 use crate::{
     build,
-    procs::{Guard, Loupe, cpu_seconds, start_demo_app},
+    procs::{Guard, Loupe, cpu_seconds, run_checked, start_demo_app, workspace_root},
     setup,
 };
 
@@ -33,6 +33,7 @@ pub fn run(duration: Duration, adapters_only: bool, https_only: bool) -> anyhow:
     build::release()?;
     let seconds = duration.as_secs().max(1);
     if !adapters_only && !https_only {
+        export_runs()?;
         core_runs(seconds)?;
     }
     if !adapters_only {
@@ -53,6 +54,29 @@ pub fn run(duration: Duration, adapters_only: bool, https_only: bool) -> anyhow:
     for run in &adapters {
         run.summary();
     }
+    Ok(())
+}
+
+/// The exporter alone: `cargo bench --bench export` against a Jaeger started here, over OTLP
+/// gRPC and HTTP/protobuf.
+pub fn export_runs() -> anyhow::Result<()> {
+    setup::require_root("bench")?;
+    let installed = setup::run()?;
+    // SAFETY: set before any thread of this process reads the environment.
+    unsafe { std::env::set_var("LOUPE_JAEGER_BIN", &installed.jaeger) };
+    let jaeger = loupe_tests::jaeger::Jaeger::start();
+    println!(
+        "bench: the exporter to Jaeger (gRPC {}, HTTP {})",
+        jaeger.grpc_endpoint(),
+        jaeger.http_endpoint()
+    );
+    run_checked(
+        Command::new("cargo")
+            .current_dir(workspace_root())
+            .args(["bench", "-p", "loupe", "--bench", "export"])
+            .env("LOUPE_BENCH_OTLP_GRPC", jaeger.grpc_endpoint())
+            .env("LOUPE_BENCH_OTLP_HTTP", jaeger.http_endpoint()),
+    )?;
     Ok(())
 }
 

@@ -82,6 +82,9 @@ enum Command {
         /// Only the HTTPS rows (nginx over TLS).
         #[arg(long)]
         https_only: bool,
+        /// Only the exporter's throughput (recorded spans to a local Jaeger, gRPC and HTTP).
+        #[arg(long, conflicts_with_all = ["adapters_only", "https_only"])]
+        export_only: bool,
     },
     /// The demo shop under a steady mixed load with loupe exporting to Jaeger: loupe's memory
     /// minute by minute and its growth after warm-up.
@@ -123,7 +126,14 @@ fn main() -> anyhow::Result<()> {
             duration,
             adapters_only,
             https_only,
-        } => bench::run(duration, adapters_only, https_only),
+            export_only,
+        } => {
+            if export_only {
+                bench::export_runs()
+            } else {
+                bench::run(duration, adapters_only, https_only)
+            }
+        }
         Command::Soak {
             duration,
             warmup,

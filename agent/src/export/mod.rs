@@ -4,23 +4,23 @@
 
 pub mod otlp;
 pub mod resource;
+pub mod settings;
 pub mod terminal;
 
 use std::{sync::Arc, time::Duration};
 
-use tokio::sync::mpsc;
+use tokio::{
+    sync::{mpsc, watch},
+    time::Instant,
+};
 
 use crate::{spans::SpanRecord, stats::Counters};
 
 /// What can go wrong setting an exporter up.
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
-    #[error("failed to build the OTLP exporter for {endpoint}")]
-    Build {
-        endpoint: String,
-        #[source]
-        source: opentelemetry_otlp::ExporterBuildError,
-    },
+    #[error(transparent)]
+    Transport(#[from] otlp::transport::TransportError),
 }
 
 /// The configured destination.
@@ -31,45 +31,17 @@ pub enum Sink {
     Discard,
 }
 
-/// Most spans sent in one OTLP request.
-const MAX_BATCH: usize = 512;
-/// Longest a span waits in a partial batch.
-const FLUSH_INTERVAL: Duration = Duration::from_millis(500);
-
-/// Runs until the channel closes, then flushes and shuts the sink down.
+/// Runs until the channel closes, then flushes and shuts the sink down. `stop` carries the
+/// shutdown deadline once the run is stopping: the OTLP sink gives up on what is left then.
 pub async fn run(
     sink: Sink,
     mut rx: mpsc::Receiver<SpanRecord>,
     counters: Arc<Counters>,
     table_interval: Duration,
+    stop: watch::Receiver<Option<Instant>>,
 ) {
     match sink {
-        Sink::Otlp(mut sink) => {
-            let mut batch = Vec::with_capacity(MAX_BATCH);
-            let mut tick = tokio::time::interval(FLUSH_INTERVAL);
-            loop {
-                tokio::select! {
-                    span = rx.recv() => match span {
-                        Some(span) => {
-                            batch.push(span);
-                            if batch.len() >= MAX_BATCH {
-                                sink.export(std::mem::take(&mut batch)).await;
-                            }
-                        }
-                        None => break,
-                    },
-                    _ = tick.tick() => {
-                        if !batch.is_empty() {
-                            sink.export(std::mem::take(&mut batch)).await;
-                        }
-                    }
-                }
-            }
-            if !batch.is_empty() {
-                sink.export(batch).await;
-            }
-            sink.shutdown();
-        }
+        Sink::Otlp(sink) => sink.run(rx, stop).await,
         Sink::Terminal(mut view) => {
             let mut tick = tokio::time::interval(table_interval);
             tick.tick().await;

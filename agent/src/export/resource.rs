@@ -8,8 +8,10 @@
 use std::num::NonZeroUsize;
 
 use lru::LruCache;
-use opentelemetry::KeyValue;
-use opentelemetry_sdk::Resource;
+use opentelemetry_proto::tonic::{
+    common::v1::{AnyValue, KeyValue, any_value::Value},
+    resource::v1::Resource,
+};
 
 use crate::process::ProcessInfo;
 
@@ -92,21 +94,33 @@ fn build(configured: Option<&str>, host_name: &str, pid: u32) -> Resource {
         (None, None) => format!("pid-{pid}"),
     };
     let mut attributes = vec![
-        KeyValue::new("service.name", service_name),
-        KeyValue::new("process.pid", i64::from(pid)),
-        KeyValue::new("host.name", host_name.to_owned()),
-        KeyValue::new("telemetry.sdk.name", "loupe"),
-        KeyValue::new("telemetry.sdk.version", env!("CARGO_PKG_VERSION")),
+        attribute("service.name", Value::StringValue(service_name)),
+        attribute("process.pid", Value::IntValue(i64::from(pid))),
+        attribute("host.name", Value::StringValue(host_name.to_owned())),
+        attribute("telemetry.sdk.name", Value::StringValue("loupe".into())),
+        attribute(
+            "telemetry.sdk.version",
+            Value::StringValue(env!("CARGO_PKG_VERSION").into()),
+        ),
     ];
     if let Some(info) = &info {
-        attributes.push(KeyValue::new(
+        attributes.push(attribute(
             "process.executable.name",
-            info.executable_name.clone(),
+            Value::StringValue(info.executable_name.clone()),
         ));
     }
-    Resource::builder_empty()
-        .with_attributes(attributes)
-        .build()
+    Resource {
+        attributes,
+        ..Default::default()
+    }
+}
+
+fn attribute(key: &str, value: Value) -> KeyValue {
+    KeyValue {
+        key: key.to_owned(),
+        value: Some(AnyValue { value: Some(value) }),
+        ..Default::default()
+    }
 }
 
 fn process_alive(pid: u32) -> bool {
@@ -149,14 +163,17 @@ mod tests {
                 "a running process keeps its resource"
             );
         }
-        let attributes: Vec<String> = resources
+        let pid = resources
             .get(1000)
+            .attributes
             .iter()
-            .map(|(key, value)| format!("{key}={value}"))
-            .collect();
-        assert!(
-            attributes.contains(&"process.pid=1000".to_owned()),
-            "{attributes:?}"
+            .find(|kv| kv.key == "process.pid")
+            .and_then(|kv| kv.value.clone());
+        assert_eq!(
+            pid,
+            Some(AnyValue {
+                value: Some(Value::IntValue(1000))
+            })
         );
     }
 

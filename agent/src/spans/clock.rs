@@ -31,8 +31,12 @@ impl WallClock {
     }
 
     pub fn to_system_time(self, monotonic_ns: u64) -> SystemTime {
-        let wall = (monotonic_ns as i128 + self.offset_ns).max(0);
-        UNIX_EPOCH + Duration::from_nanos(wall as u64)
+        UNIX_EPOCH + Duration::from_nanos(self.to_unix_ns(monotonic_ns))
+    }
+
+    /// ns since the Unix epoch.
+    pub fn to_unix_ns(self, monotonic_ns: u64) -> u64 {
+        (monotonic_ns as i128 + self.offset_ns).clamp(0, u64::MAX as i128) as u64
     }
 }
 
