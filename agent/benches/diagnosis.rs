@@ -44,6 +44,8 @@ fn span(
         events: Vec::new(),
         call_key: None,
         cache_key: None,
+        sampling_threshold: None,
+        sampled_out: false,
     }
 }
 

@@ -61,6 +61,8 @@ fn server_span(i: u64) -> SpanRecord {
         events: Vec::new(),
         call_key: None,
         cache_key: None,
+        sampling_threshold: None,
+        sampled_out: false,
     }
 }
 

@@ -186,6 +186,9 @@ pub struct RunArgs {
     /// costs is in BENCHMARKS.md). Their calls then stay un-nested under concurrency.
     #[arg(long, env = "LOUPE_NO_RUNTIME_ADAPTERS")]
     pub no_runtime_adapters: bool,
+
+    #[command(flatten)]
+    pub sampling: crate::sampling::SamplingArgs,
 }
 
 fn parse_header_arg(text: &str) -> Result<(String, String), String> {
@@ -295,6 +298,7 @@ pub struct Config {
     pub summary_interval: Duration,
     pub runtime_adapters: bool,
     pub export_settings: ExportSettings,
+    pub sampling: crate::sampling::SamplingConfig,
 }
 
 /// Configuration that cannot work, said in one line.
@@ -308,6 +312,8 @@ pub enum ConfigError {
     PidZero,
     #[error(transparent)]
     Export(#[from] SettingsError),
+    #[error(transparent)]
+    Sampling(#[from] crate::sampling::SamplingError),
 }
 
 impl Cli {
@@ -383,6 +389,7 @@ impl RunArgs {
             .service_name
             .or_else(|| env("OTEL_SERVICE_NAME"))
             .filter(|name| !name.is_empty());
+        let sampling = self.sampling.into_config(&env, preset.sample_ratio)?;
         Ok(Config {
             pids,
             export,
@@ -410,6 +417,7 @@ impl RunArgs {
             summary_interval: self.summary_interval,
             runtime_adapters: !self.no_runtime_adapters,
             export_settings,
+            sampling,
         })
     }
 }
@@ -560,6 +568,8 @@ mod tests {
             vec![("authorization".to_owned(), "Bearer t".to_owned())]
         );
         assert_eq!(config.profile.hz, 99, "the preset's profile rate");
+        assert_eq!(config.sampling.ratio, 0.1, "the preset's sampling");
+        assert_eq!(parse(&["--pid", "1"]).unwrap().sampling.ratio, 1.0);
         assert_eq!(parse(&["--pid", "1"]).unwrap().profile.hz, 999);
         let err = parse(&["--pid", "1", "--otlp-header", "nonsense"]).unwrap_err();
         assert!(err.contains("invalid OTLP header"), "{err}");
@@ -591,6 +601,34 @@ mod tests {
             })
             .unwrap_err();
         assert!(err.to_string().contains("invalid --otlp-endpoint"), "{err}");
+    }
+
+    #[test]
+    fn sampling_flags_and_otels_sampler_reach_the_config() {
+        let config = parse(&[
+            "--pid",
+            "1",
+            "--sample-ratio",
+            "0.1",
+            "--sample",
+            "GET /a=0",
+        ])
+        .unwrap();
+        assert_eq!(config.sampling.ratio, 0.1);
+        assert_eq!(config.sampling.routes.len(), 1);
+        let cli = Cli::try_parse_from(["loupe", "--pid", "7"]).unwrap();
+        let err = cli
+            .into_config(|key| match key {
+                "OTEL_TRACES_SAMPLER" => Some("traceidratio".into()),
+                "OTEL_TRACES_SAMPLER_ARG" => Some("2".into()),
+                _ => None,
+            })
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("invalid OTEL_TRACES_SAMPLER_ARG `2`"),
+            "{err}"
+        );
     }
 
     #[test]

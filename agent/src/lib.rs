@@ -36,6 +36,7 @@ pub mod probes;
 pub mod process;
 pub mod profile;
 pub mod protocols;
+pub mod sampling;
 pub mod spans;
 pub mod sql;
 pub mod stage;
@@ -212,13 +213,15 @@ pub async fn run(config: Config) -> Result<Outcome, RunError> {
     let verdicts = Verdicts {
         counters: counters.clone(),
         thresholds: config.thresholds,
-        diagnoser: Diagnoser::new(config.diagnosis, board.clone(), counters.clone()),
+        diagnoser: Diagnoser::new(config.diagnosis, board.clone(), counters.clone())
+            .with_sampling(&config.sampling),
         resources: ResourceSampler::new(&pids),
         samples: SampleStore::default(),
         hot: HotThreads::default(),
         commands: command_tx,
         jobs,
         claimed: Default::default(),
+        tally_sampled_out: config.export == ExportTarget::Terminal,
     };
     let stitch = Stage::spawn(
         "loupe-stitch",
@@ -350,6 +353,9 @@ struct Verdicts {
     /// Samples claimed by slow spans as they finished, by span id, until the span leaves the
     /// diagnosis stage (a slow query waits for its request; its samples must not age out).
     claimed: rustc_hash::FxHashMap<u64, Vec<events::CpuSample>>,
+    /// Sampled-out spans still go to the terminal view, which counts them in its route table
+    /// without printing them; every other sink never sees them.
+    tally_sampled_out: bool,
 }
 
 impl Verdicts {
@@ -395,8 +401,14 @@ impl Verdicts {
     }
 
     /// Routes a ready span: through the symbolizer when its thread was sampled while it ran
-    /// (None: the symbolizer sends it on), else back to the caller for the exporter.
+    /// (None: the symbolizer sends it on), else back to the caller for the exporter. A span
+    /// its tree's sampling dropped ends here (None), counted, after every statistic saw it.
     fn route(&mut self, span: SpanRecord, counters: &Counters) -> Option<SpanRecord> {
+        if span.sampled_out {
+            Counters::add(&counters.spans_sampled_out, 1);
+            self.claimed.remove(&span.span_id);
+            return self.tally_sampled_out.then_some(span);
+        }
         let Some(samples) = self.claimed.remove(&span.span_id) else {
             return Some(span);
         };

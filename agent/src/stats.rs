@@ -25,6 +25,9 @@ pub struct Counters {
     pub export_us_total: AtomicU64,
     /// OTLP requests sent again after a failure the collector may recover from.
     pub export_retries: AtomicU64,
+    /// Spans of trees the tail sampler dropped (not a loss: they were counted in every
+    /// statistic, then not exported by choice).
+    pub spans_sampled_out: AtomicU64,
     /// Routes the terminal view's table forgot, least recently seen first, past its bound:
     /// their counts and percentiles start again if they come back.
     pub routes_evicted: AtomicU64,
@@ -139,7 +142,7 @@ impl Counters {
     pub fn summary_line(&self) -> String {
         use std::fmt::Write as _;
         let mut line = format!(
-            "loupe: summary events_read={} events_lost={} decode_errors={} spans_exported={} spans_dropped={} unnested_calls={} ambiguous_calls={} cpu_samples={}",
+            "loupe: summary events_read={} events_lost={} decode_errors={} spans_exported={} spans_dropped={} unnested_calls={} ambiguous_calls={} cpu_samples={} spans_sampled_out={}",
             Self::get(&self.events_read),
             Self::get(&self.events_lost_kernel),
             Self::get(&self.decode_errors),
@@ -148,6 +151,7 @@ impl Counters {
             Self::get(&self.unnested_calls),
             Self::get(&self.ambiguous_calls),
             Self::get(&self.cpu_samples),
+            Self::get(&self.spans_sampled_out),
         );
         const HEADLINE: [&str; 4] = [
             "events_lost",
@@ -200,6 +204,7 @@ mod tests {
             assert_eq!(line.matches(&key).count(), 1, "{key} in {line}");
         }
         assert!(line.contains(" requests_unseen=7"), "{line}");
+        assert_eq!(line.matches(" spans_sampled_out=0").count(), 1, "{line}");
         assert_eq!(counters.losses_line(), "requests_unseen 7");
         assert_eq!(Counters::default().losses_line(), "none");
     }

@@ -6,6 +6,9 @@
 //! undiagnosed after [`HOLD_LIMIT_NS`], and past [`MAX_HELD_BYTES`] held (each span's size
 //! estimated: its record, name, attributes and events) a new child goes out at once; both count
 //! the calls that left without a verdict (`trees_undiagnosed`).
+//!
+//! Each tree's sampling decision ([`crate::sampling`]) is written here, when the tree is whole;
+//! the calls that leave without their request follow the request's decision.
 
 use std::{
     collections::VecDeque,
@@ -17,6 +20,7 @@ use rustc_hash::FxHashMap as HashMap;
 use super::{board::ProblemBoard, round3, verdict};
 use crate::{
     config::DiagnosisConfig,
+    sampling::{SamplingConfig, TailSampler},
     spans::{AttrValue, SpanKind, SpanRecord},
     stats::Counters,
 };
@@ -49,6 +53,7 @@ pub struct Diagnoser {
     recent_order: VecDeque<(u64, u64)>,
     board: Arc<Mutex<ProblemBoard>>,
     counters: Arc<Counters>,
+    sampler: TailSampler,
 }
 
 impl Diagnoser {
@@ -66,7 +71,14 @@ impl Diagnoser {
             recent_order: VecDeque::new(),
             board,
             counters,
+            sampler: TailSampler::default(),
         }
+    }
+
+    /// Samples the trees as `config` says (the default keeps every tree).
+    pub fn with_sampling(mut self, config: &SamplingConfig) -> Self {
+        self.sampler = TailSampler::new(config);
+        self
     }
 
     /// Takes a finished span; pushes to `out` whatever is ready to export. `now_ns` is the
@@ -88,9 +100,11 @@ impl Diagnoser {
                             round3(own as f64 / total as f64),
                         );
                     }
+                    self.sampler.call(&mut span, now_ns);
                     out.push(span);
                 } else if self.held_bytes + held_size(&span) > MAX_HELD_BYTES {
                     Counters::add(&self.counters.trees_undiagnosed, 1);
+                    self.sampler.call(&mut span, now_ns);
                     out.push(span);
                 } else {
                     self.held_spans += 1;
@@ -105,7 +119,10 @@ impl Diagnoser {
                         .push(span);
                 }
             }
-            (SpanKind::Client, None) => out.push(span),
+            (SpanKind::Client, None) => {
+                self.sampler.call(&mut span, now_ns);
+                out.push(span);
+            }
         }
     }
 
@@ -134,6 +151,7 @@ impl Diagnoser {
         if !children.is_empty() {
             self.remember(parent.span_id, (parent.start_ns, parent.end_ns), now_ns);
         }
+        self.sampler.tree(&mut parent, &mut children, now_ns);
         out.push(parent);
         out.append(&mut children);
     }
@@ -157,7 +175,7 @@ impl Diagnoser {
             .map(|(id, _)| *id)
             .collect();
         for id in overdue {
-            self.release(id, out);
+            self.release(id, now_ns, out);
         }
         while let Some(&(id, at)) = self.recent_order.front() {
             if now_ns.saturating_sub(at) <= RECENT_NS {
@@ -171,15 +189,17 @@ impl Diagnoser {
     /// Releases everything still held (at shutdown).
     pub fn finish(&mut self, out: &mut Vec<SpanRecord>) {
         let ids: Vec<u64> = self.held.keys().copied().collect();
+        let now_ns = self.sampler.now_ns();
         for id in ids {
-            self.release(id, out);
+            self.release(id, now_ns, out);
         }
     }
 
-    fn release(&mut self, id: u64, out: &mut Vec<SpanRecord>) {
+    fn release(&mut self, id: u64, now_ns: u64, out: &mut Vec<SpanRecord>) {
         if let Some(mut held) = self.held.remove(&id) {
             self.forget(&held);
             Counters::add(&self.counters.trees_undiagnosed, held.children.len() as u64);
+            self.sampler.calls(&mut held.children, now_ns);
             out.append(&mut held.children);
         }
     }
@@ -325,6 +345,69 @@ mod tests {
         d.push(server(0, 100), 0, &mut out);
         assert_eq!(out.len(), fit + 1);
         assert_eq!((d.held(), d.held_bytes()), (0, 0));
+    }
+
+    /// A diagnoser sampling at `ratio`.
+    fn sampling(ratio: f64) -> Diagnoser {
+        diagnoser().with_sampling(&SamplingConfig {
+            ratio,
+            ..SamplingConfig::default()
+        })
+    }
+
+    #[test]
+    fn a_tree_is_sampled_whole_after_its_verdict_and_late_calls_follow_it() {
+        use crate::sampling::REASON_KEY;
+        // Ratio 0: only trees with a cause are kept.
+        let mut d = sampling(0.0);
+        let mut out = Vec::new();
+        // A clean request with two calls, one finishing after it: all dropped.
+        d.push(call("10.0.0.1", 80, "/a", 0, 10), 0, &mut out);
+        d.push(server(0, 100), 0, &mut out);
+        d.push(call("10.0.0.1", 80, "/late", 50, 150), 1, &mut out);
+        assert_eq!(out.len(), 3);
+        assert!(out.iter().all(|s| s.sampled_out), "{out:?}");
+        out.clear();
+        // An N+1 request: its pattern keeps it, with every call, at threshold 0.
+        let mut d = sampling(0.0);
+        for i in 0..6 {
+            d.push(
+                query(&format!("SELECT u WHERE id = {i}"), "f", i * 10, i * 10 + 5),
+                0,
+                &mut out,
+            );
+        }
+        d.push(server(0, 100), 0, &mut out);
+        assert_eq!(out.len(), 7);
+        for span in &out {
+            assert!(!span.sampled_out);
+            assert_eq!(span.attr_str(REASON_KEY), Some("pattern"));
+            assert_eq!(crate::sampling::tracestate(span).as_deref(), Some("th:0"));
+        }
+        // The problem board saw the request's findings.
+        assert_eq!(d.board.lock().unwrap().rows().len(), 1);
+    }
+
+    #[test]
+    fn released_orphans_are_sampled_together_on_their_trace_id() {
+        let mut d = sampling(0.0);
+        let mut out = Vec::new();
+        let mut slow = call("10.0.0.1", 80, "/a", 0, 10);
+        slow.set("performance.slow", true);
+        d.push(call("10.0.0.1", 80, "/b", 0, 10), 0, &mut out);
+        d.push(slow, 0, &mut out);
+        d.tick(HOLD_LIMIT_NS + 1, &mut out);
+        assert_eq!(out.len(), 2);
+        assert!(out.iter().all(|s| !s.sampled_out), "one is slow: both kept");
+        let mut alone = call("10.0.0.1", 80, "/cron", 0, 10);
+        alone.parent_span_id = None;
+        // (In the orphans' trace it would be kept: that trace has a slow span.)
+        alone.trace_id = 2;
+        d.push(alone, 0, &mut out);
+        assert!(
+            out[2].sampled_out,
+            "a clean call outside any request, at ratio 0"
+        );
     }
 
     #[test]

@@ -86,14 +86,18 @@ impl TerminalView {
         }
     }
 
+    /// Prints the span's line and counts it in its route's row; a sampled-out span is only
+    /// counted.
     pub fn on_span(&mut self, span: &SpanRecord) {
-        self.line.clear();
-        let end = self.clock.to_system_time(span.end_ns);
-        format_line_into(&mut self.line, span, end);
-        self.line.push('\n');
-        // A closed stdout (piped into `head`) must not stop loupe.
-        let _ = self.out.write_all(self.line.as_bytes());
-        Counters::add(&self.counters.spans_exported, 1);
+        if !span.sampled_out {
+            self.line.clear();
+            let end = self.clock.to_system_time(span.end_ns);
+            format_line_into(&mut self.line, span, end);
+            self.line.push('\n');
+            // A closed stdout (piped into `head`) must not stop loupe.
+            let _ = self.out.write_all(self.line.as_bytes());
+            Counters::add(&self.counters.spans_exported, 1);
+        }
         let routes = &mut self.routes[kind_index(span.kind)];
         // Looked up by &str: the key is allocated only for a new route.
         if !routes.contains(&span.name)
@@ -177,9 +181,10 @@ impl TerminalView {
             }
         }
         text.push_str(&format!(
-            "events read {}; spans exported {}, unnested calls {} (ambiguous {}); cpu samples {}, hot threads {}; losses: {}\n",
+            "events read {}; spans exported {} (sampled out {}), unnested calls {} (ambiguous {}); cpu samples {}, hot threads {}; losses: {}\n",
             Counters::get(&counters.events_read),
             Counters::get(&counters.spans_exported),
+            Counters::get(&counters.spans_sampled_out),
             Counters::get(&counters.unnested_calls),
             Counters::get(&counters.ambiguous_calls),
             Counters::get(&counters.cpu_samples),
@@ -332,6 +337,8 @@ mod tests {
             events: Vec::new(),
             call_key: None,
             cache_key: None,
+            sampling_threshold: None,
+            sampled_out: false,
         }
     }
 
@@ -464,6 +471,40 @@ mod tests {
         assert!(line("GET /orders").ends_with("n_plus_one"), "{table}");
         assert!(line("GET /health").trim_end().ends_with('%'), "{table}");
         assert!(table.contains("top problems:\n"), "{table}");
+    }
+
+    #[test]
+    fn a_sampled_out_span_counts_in_the_table_but_prints_no_line() {
+        let out = Shared::default();
+        let counters = Arc::new(Counters::default());
+        let board = Arc::new(Mutex::new(ProblemBoard::default()));
+        let mut view = TerminalView::new(Box::new(out.clone()), counters.clone(), board);
+        let mut dropped = span(SpanKind::Server, "GET /health", 1);
+        dropped.sampled_out = true;
+        for _ in 0..3 {
+            view.on_span(&dropped);
+        }
+        view.on_span(&span(SpanKind::Server, "GET /health", 1));
+        let lines = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(lines.lines().count(), 1, "{lines}");
+        assert_eq!(Counters::get(&counters.spans_exported), 1);
+        Counters::add(&counters.spans_sampled_out, 3);
+        out.0.lock().unwrap().clear();
+        view.print_table(&counters);
+        let table = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        let row = table
+            .lines()
+            .find(|line| line.starts_with("server") && line.contains("GET /health"))
+            .unwrap_or_default();
+        assert_eq!(
+            row.split_whitespace().nth(3),
+            Some("4"),
+            "all four requests in the count: {table}"
+        );
+        assert!(
+            table.contains("spans exported 1 (sampled out 3)"),
+            "{table}"
+        );
     }
 
     #[test]

@@ -151,6 +151,8 @@ pub fn new_span(
         events: Vec::new(),
         call_key: None,
         cache_key: None,
+        sampling_threshold: None,
+        sampled_out: false,
     }
 }
 

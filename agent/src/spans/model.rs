@@ -110,6 +110,12 @@ pub struct SpanRecord {
     /// The key a cache command read or wrote, hashed: pairs a miss with the write that fills it.
     /// Never exported.
     pub cache_key: Option<u64>,
+    /// The consistent-sampling threshold its tree was kept at ([`crate::sampling`]), exported
+    /// as the tracestate `ot=th:...` ([`crate::sampling::tracestate`]); None until decided.
+    pub sampling_threshold: Option<crate::sampling::Threshold>,
+    /// Its tree was sampled out: it counts in every statistic but is never exported (the
+    /// terminal view counts it in its route table without printing it).
+    pub sampled_out: bool,
 }
 
 impl SpanRecord {

@@ -142,6 +142,8 @@ pub(crate) mod testing {
             events: Vec::new(),
             call_key: None,
             cache_key: None,
+            sampling_threshold: None,
+            sampled_out: false,
         }
     }
 

@@ -67,6 +67,10 @@ impl Encoder {
 }
 
 fn encode_span(clock: WallClock, record: SpanRecord) -> Span {
+    // The sampling threshold the tail sampler kept it at (OTel's `ot=th:`).
+    let trace_state = crate::sampling::tracestate(&record)
+        .map(|threshold| format!("ot={threshold}"))
+        .unwrap_or_default();
     let mut attributes: Vec<KeyValue> = Vec::with_capacity(record.attributes.len() + 1);
     attributes.extend(
         record
@@ -95,7 +99,7 @@ fn encode_span(clock: WallClock, record: SpanRecord) -> Span {
     Span {
         trace_id: record.trace_id.to_be_bytes().to_vec(),
         span_id: record.span_id.to_be_bytes().to_vec(),
-        trace_state: String::new(),
+        trace_state,
         parent_span_id: record
             .parent_span_id
             .map(|id| id.to_be_bytes().to_vec())
@@ -191,6 +195,8 @@ mod tests {
             }],
             call_key: Some(7),
             cache_key: None,
+            sampling_threshold: None,
+            sampled_out: false,
         }
     }
 
