@@ -49,10 +49,38 @@ impl Client {
     }
 
     pub fn request(&mut self, method: &str, path: &str, body: &[u8]) -> std::io::Result<Timed> {
+        self.request_with(method, path, &[], body)
+    }
+
+    /// GET `path` with extra `headers` (e.g. a `traceparent`), which must answer 200.
+    pub fn get_ok_with(&mut self, path: &str, headers: &[(&str, &str)]) -> Timed {
+        let response = self
+            .request_with("GET", path, headers, b"")
+            .unwrap_or_else(|err| panic!("GET {path}: {err}"));
+        assert_eq!(
+            response.status,
+            200,
+            "GET {path}: {}",
+            String::from_utf8_lossy(&response.body)
+        );
+        response
+    }
+
+    /// A request with extra `headers`.
+    pub fn request_with(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> std::io::Result<Timed> {
         let mut request = format!(
             "{method} {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: loupe-tests\r\n",
             self.addr
         );
+        for (name, value) in headers {
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
         if !body.is_empty() {
             request.push_str(&format!("Content-Length: {}\r\n", body.len()));
         }

@@ -12,6 +12,7 @@ pub mod postgres;
 pub mod procs;
 pub mod queries;
 pub mod redis;
+pub mod traceparent;
 
 use std::{
     path::PathBuf,

@@ -79,6 +79,10 @@ impl DemoApp {
     pub fn frontend_pid(&self) -> u32 {
         self.frontend.id()
     }
+
+    pub fn backend_pid(&self) -> u32 {
+        self.backend.id()
+    }
 }
 
 impl Drop for DemoApp {
@@ -579,6 +583,8 @@ impl Loupe {
             "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
             "OTEL_EXPORTER_OTLP_PROTOCOL",
             "OTEL_SERVICE_NAME",
+            "OTEL_TRACES_SAMPLER",
+            "OTEL_TRACES_SAMPLER_ARG",
         ] {
             command.env_remove(var);
         }
