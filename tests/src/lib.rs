@@ -5,6 +5,7 @@
 pub mod calls;
 pub mod client;
 pub mod collector;
+pub mod collector_tier;
 pub mod go;
 pub mod jaeger;
 pub mod node;
