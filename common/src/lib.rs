@@ -14,6 +14,7 @@ pub mod libpq;
 pub mod maps;
 pub mod names;
 pub mod tls;
+pub mod watch;
 
 pub use cpu::*;
 pub use event::*;
@@ -21,3 +22,4 @@ pub use golang::*;
 pub use libpq::*;
 pub use maps::*;
 pub use tls::*;
+pub use watch::*;

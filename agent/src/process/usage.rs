@@ -11,6 +11,9 @@ pub struct Usage {
     pub threads: u64,
     /// Resident set, in pages.
     pub rss_pages: u64,
+    /// When the process started: clock ticks since boot. With the pid, what tells it from a
+    /// later process the kernel gives the same pid (`process::identity`).
+    pub start_time: u64,
 }
 
 /// Parses `/proc/PID/stat`. The command name (field 2) may hold spaces and parentheses, so
@@ -24,6 +27,7 @@ pub fn parse_stat(text: &str) -> Option<Usage> {
         utime: field(14)?,
         stime: field(15)?,
         threads: field(20)?,
+        start_time: field(22)?,
         rss_pages: field(24)?,
     })
 }
@@ -53,7 +57,8 @@ mod tests {
                 utime: 250,
                 stime: 75,
                 threads: 7,
-                rss_pages: 3000
+                rss_pages: 3000,
+                start_time: 123456,
             })
         );
     }
