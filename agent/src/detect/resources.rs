@@ -57,10 +57,26 @@ impl ResourceSampler {
         }
     }
 
+    /// Stops reading `pid` and forgets its readings (its process exited, or a new process
+    /// took its pid).
+    pub fn forget(&mut self, pid: u32) {
+        self.history.remove(&pid);
+        self.fds.remove(&pid);
+        self.latest.remove(&pid);
+    }
+
     /// Reads every watched process; forgets those gone.
     pub fn sample(&mut self, now_ns: u64) {
         self.history.retain(|&pid, readings| match read_usage(pid) {
             Some(usage) => {
+                // Another process on the pid (its start time differs): the readings were the
+                // old one's.
+                if readings
+                    .back()
+                    .is_some_and(|(_, last)| last.start_time != usage.start_time)
+                {
+                    readings.clear();
+                }
                 readings.push_back((now_ns, usage));
                 while readings
                     .front()
@@ -91,11 +107,13 @@ impl ResourceSampler {
             }
         };
         let readings = self.history.get(&span.pid);
+        // Only readings of the process the span ended in: the one on its pid now.
+        let same = |usage: &Usage| usage.start_time == end.start_time;
         let before = readings.and_then(|readings| {
             readings
                 .iter()
                 .rev()
-                .find(|(at, _)| *at <= span.start_ns)
+                .find(|(at, usage)| *at <= span.start_ns && same(usage))
                 .map(|(_, usage)| *usage)
         });
         if let Some(start) = before {
@@ -109,7 +127,7 @@ impl ResourceSampler {
         let peak_pages = readings
             .into_iter()
             .flatten()
-            .filter(|(at, _)| *at >= span.start_ns && *at <= span.end_ns)
+            .filter(|(at, usage)| *at >= span.start_ns && *at <= span.end_ns && same(usage))
             .map(|(_, usage)| usage.rss_pages)
             .chain([end.rss_pages])
             .max()
@@ -199,6 +217,45 @@ mod tests {
         sampler.annotate(&mut span, 0);
         assert_eq!(span.attr("performance.process.cpu_ms"), None);
         assert!(span.attr("performance.process.rss_bytes").is_some());
+    }
+
+    #[test]
+    fn readings_of_an_earlier_process_on_the_pid_are_not_its() {
+        let pid = std::process::id();
+        let mut sampler = ResourceSampler::new(&[pid]);
+        let now = read_usage(pid).unwrap();
+        // What an earlier process on this pid used: far more CPU and memory.
+        let earlier = Usage {
+            utime: 0,
+            stime: 0,
+            rss_pages: now.rss_pages * 100,
+            start_time: now.start_time - 1,
+            ..now
+        };
+        sampler
+            .history
+            .get_mut(&pid)
+            .unwrap()
+            .push_back((1_000, earlier));
+        let mut span = server(0, 0);
+        span.pid = pid;
+        span.start_ns = 2_000;
+        span.end_ns = 3_000;
+        sampler.annotate(&mut span, 3_000);
+        assert_eq!(
+            span.attr("performance.process.cpu_ms"),
+            None,
+            "no reading of this process before the span: no CPU time"
+        );
+        let rss = span.attr_int("performance.process.rss_bytes").unwrap();
+        assert!(rss < (earlier.rss_pages * procfs::page_size()) as i64);
+
+        sampler.sample(4_000);
+        let readings = &sampler.history[&pid];
+        assert_eq!(readings.len(), 1, "the earlier process's readings went");
+        assert_eq!(readings[0].1.start_time, now.start_time);
+        sampler.forget(pid);
+        assert!(sampler.history.is_empty());
     }
 
     #[test]

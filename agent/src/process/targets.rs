@@ -42,6 +42,40 @@ impl ProcessInfo {
     }
 }
 
+/// The names of the targets, recorded as each became one: a span exported after its process
+/// exited (a service restarted) is still labelled with it. One entry per pid (a new target on a
+/// pid replaces the old one's); bounded.
+static RECORDED: std::sync::Mutex<Option<HashMap<u32, ProcessInfo>>> = std::sync::Mutex::new(None);
+/// Names recorded at most; past it those of processes gone are dropped.
+const MAX_RECORDED: usize = 4096;
+
+impl ProcessInfo {
+    /// Reads `pid` and records what it is called (when it is there to read).
+    pub fn record(pid: u32) {
+        if let Some(info) = Self::read(pid) {
+            let mut recorded = RECORDED.lock().unwrap_or_else(|e| e.into_inner());
+            let recorded = recorded.get_or_insert_with(HashMap::new);
+            if recorded.len() >= MAX_RECORDED && !recorded.contains_key(&pid) {
+                recorded.retain(|&pid, _| is_live_process(pid));
+                if recorded.len() >= MAX_RECORDED {
+                    recorded.clear();
+                }
+            }
+            recorded.insert(pid, info);
+        }
+    }
+
+    /// What the target on `pid` was called when it became one, else what /proc says now.
+    pub fn of_target(pid: u32) -> Option<Self> {
+        let recorded = RECORDED
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .and_then(|recorded| recorded.get(&pid).cloned());
+        recorded.or_else(|| Self::read(pid))
+    }
+}
+
 /// The roots and all their live descendants, each tagged with its root.
 pub fn expand_targets(roots: &[u32]) -> Vec<Target> {
     let mut parent_of: HashMap<u32, u32> = HashMap::new();
@@ -129,6 +163,22 @@ mod tests {
             pairs,
             vec![(100, 100), (101, 100), (102, 100), (300, 300), (301, 300)]
         );
+    }
+
+    #[test]
+    fn a_recorded_name_outlives_its_process() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        ProcessInfo::record(pid);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(ProcessInfo::read(pid).is_none(), "gone from /proc");
+        let info = ProcessInfo::of_target(pid).expect("recorded while it ran");
+        assert_eq!((info.pid, info.name.as_str()), (pid, "sleep"));
+        assert_eq!(info.executable_name, "sleep");
     }
 
     #[test]
