@@ -5,8 +5,14 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::export::settings::{
-    Compression, ExportFlags, ExportSettings, Preset, SettingsError, parse_header,
+use crate::{
+    export::settings::{
+        Compression, ExportFlags, ExportSettings, Preset, SettingsError, parse_header,
+    },
+    process::{
+        CommName, ExePath, Matcher,
+        matching::{MAX_NAMES, MatchError},
+    },
 };
 
 /// OTLP transport.
@@ -47,14 +53,32 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Process to observe (repeatable). Its threads and the children it forks are observed too.
+    /// At least one --pid, --exe or --name is needed.
     #[arg(
         long = "pid",
         value_name = "PID",
-        required = true,
         env = "LOUPE_PID",
         value_delimiter = ','
     )]
     pub pids: Vec<u32>,
+
+    /// Observe every process that runs this executable, e.g. /usr/sbin/nginx (repeatable): those
+    /// running at start and those started later, until SIGINT or --duration. Symlinks are
+    /// resolved; a process matches when /proc/PID/exe is that file.
+    #[arg(long = "exe", value_name = "PATH", env = "LOUPE_EXE", value_parser = parse_exe)]
+    pub exes: Vec<ExePath>,
+
+    /// Observe every process of this name, its comm as `ps -o comm` shows it, e.g. nginx
+    /// (repeatable or comma-separated): those running at start and those started later, until
+    /// SIGINT or --duration. A name past 15 bytes is cut to 15, as the kernel cuts a comm.
+    #[arg(
+        long = "name",
+        value_name = "COMM",
+        env = "LOUPE_NAME",
+        value_delimiter = ',',
+        value_parser = parse_name
+    )]
+    pub names: Vec<CommName>,
 
     /// Where to send spans over OTLP, e.g. http://localhost:4317 (gRPC) or
     /// http://localhost:4318 (HTTP). Falls back to OTEL_EXPORTER_OTLP_TRACES_ENDPOINT and
@@ -195,6 +219,17 @@ fn parse_header_arg(text: &str) -> Result<(String, String), String> {
     parse_header(text).map_err(|err| err.to_string())
 }
 
+fn parse_exe(text: &str) -> Result<ExePath, String> {
+    ExePath::new(std::path::Path::new(text)).map_err(|err| match err {
+        MatchError::Exe { reason, .. } => reason,
+        other => other.to_string(),
+    })
+}
+
+fn parse_name(text: &str) -> Result<CommName, String> {
+    CommName::new(text).map_err(|err| err.to_string())
+}
+
 fn parse_duration(text: &str) -> Result<Duration, String> {
     let duration = humantime::parse_duration(text)
         .map_err(|err| format!("`{text}` is not a duration like 500ms or 2s: {err}"))?;
@@ -286,6 +321,8 @@ pub enum Mode {
 #[derive(Clone, Debug)]
 pub struct Config {
     pub pids: Vec<u32>,
+    /// The processes `--exe` and `--name` name, running now or started later.
+    pub matcher: Matcher,
     pub export: ExportTarget,
     pub service_name: Option<String>,
     pub thresholds: Thresholds,
@@ -314,6 +351,10 @@ pub enum ConfigError {
     Export(#[from] SettingsError),
     #[error(transparent)]
     Sampling(#[from] crate::sampling::SamplingError),
+    #[error("nothing to observe: give --pid PID, --exe PATH or --name COMM")]
+    NothingToObserve,
+    #[error("at most {max} --name values (the kernel looks each exec's name up in a table of that size)", max = MAX_NAMES)]
+    TooManyNames,
 }
 
 impl Cli {
@@ -338,6 +379,19 @@ impl RunArgs {
         let mut pids = self.pids;
         pids.sort_unstable();
         pids.dedup();
+        let mut names: Vec<CommName> = Vec::new();
+        for name in self.names {
+            if !names.iter().any(|known| known.bytes() == name.bytes()) {
+                names.push(name);
+            }
+        }
+        if names.len() > MAX_NAMES {
+            return Err(ConfigError::TooManyNames);
+        }
+        let matcher = Matcher::new(names, self.exes);
+        if pids.is_empty() && matcher.is_empty() {
+            return Err(ConfigError::NothingToObserve);
+        }
 
         let non_empty = |key: &str| env(key).filter(|value| !value.trim().is_empty());
         // (URL, whether it is the generic endpoint: OTLP/HTTP adds /v1/traces to its path).
@@ -392,6 +446,7 @@ impl RunArgs {
         let sampling = self.sampling.into_config(&env, preset.sample_ratio)?;
         Ok(Config {
             pids,
+            matcher,
             export,
             service_name,
             thresholds: Thresholds {
@@ -538,7 +593,50 @@ mod tests {
         ])
         .unwrap();
         assert!(matches!(config.export, ExportTarget::Otlp { .. }));
-        assert!(parse(&["report"]).is_err(), "report needs --pid");
+        let err = parse(&["report"]).unwrap_err();
+        assert!(err.contains("nothing to observe"), "{err}");
+    }
+
+    #[test]
+    fn exe_and_name_observe_with_or_instead_of_pids() {
+        let exe = std::env::current_exe().unwrap();
+        let exe = exe.to_str().unwrap();
+        let config = parse(&["--name", "nginx,redis-server", "--exe", exe]).unwrap();
+        assert!(config.pids.is_empty());
+        let names: Vec<&str> = config.matcher.names().iter().map(|n| n.given()).collect();
+        assert_eq!(names, ["nginx", "redis-server"]);
+        assert!(config.matcher.matches_executables());
+
+        let config = parse(&["--pid", "7", "--name", "nginx", "--name", "nginx"]).unwrap();
+        assert_eq!(config.pids, vec![7]);
+        assert_eq!(config.matcher.names().len(), 1, "a name given twice is one");
+        assert!(!config.matcher.matches_executables());
+        assert!(parse(&["--pid", "7"]).unwrap().matcher.is_empty());
+    }
+
+    #[test]
+    fn nothing_to_observe_is_one_clear_error() {
+        for args in [&[][..], &["--duration", "5s"][..]] {
+            let err = parse(args).unwrap_err();
+            assert_eq!(
+                err, "nothing to observe: give --pid PID, --exe PATH or --name COMM",
+                "{args:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_executable_must_exist_and_a_name_must_not_be_empty() {
+        let err = parse(&["--exe", "/no/such/binary"]).unwrap_err();
+        assert!(
+            err.contains("--exe") && err.contains("No such file"),
+            "{err}"
+        );
+        let err = parse(&["--name", ""]).unwrap_err();
+        assert!(err.contains("--name"), "{err}");
+        let many: Vec<String> = (0..=MAX_NAMES).map(|i| format!("svc{i}")).collect();
+        let err = parse(&["--name", &many.join(",")]).unwrap_err();
+        assert!(err.starts_with("at most 64 --name values"), "{err}");
     }
 
     #[test]

@@ -11,8 +11,8 @@
 //! cpu_sample perf events (hot threads only) --RingBuf--> (same path) --> profile::SampleStore
 //! libpq uprobes --RingBuf--> (same path) --> spans::stitcher (libpq::LibpqSource, merged
 //!   with the wire protocol's view of the same query)
-//! probes::upkeep: loss counters, exited targets, newly loaded libraries, perf events on hot
-//!   threads
+//! probes::upkeep: loss counters, targets that exited or (--exe, --name) joined, newly loaded
+//!   libraries, perf events on hot threads
 //! ```
 //!
 //! The async runtime's two workers run only what never blocks: the ring buffer reader and the
@@ -31,6 +31,7 @@ pub mod export;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod libpq;
+mod membership;
 pub mod preflight;
 pub mod probes;
 pub mod process;
@@ -58,7 +59,7 @@ use crate::{
     events::Batch,
     export::{ExportError, Sink},
     preflight::PreflightError,
-    probes::{ProbeConfig, ProbeError, ThreadSampler, Upkeep},
+    probes::{ProbeConfig, ProbeError, Targets, ThreadSampler, Upkeep},
     profile::{HotThreads, ProfileCommand, ProfileJob, SampleStore},
     spans::{
         SpanRecord, Stitcher, clock::monotonic_now_ns, parent::Unnested, stitcher::StitcherLimits,
@@ -90,6 +91,8 @@ const STITCH_TICK: Duration = Duration::from_millis(250);
 const COMMAND_QUEUE: usize = 1024;
 /// How long past the shutdown deadline loupe waits for its stages to say they ended.
 const EXIT_GRACE: Duration = Duration::from_millis(500);
+/// Execs waiting for the upkeep to match them (past it they are counted, and /proc rescanned).
+const EXEC_QUEUE: usize = 1024;
 
 /// What a run leaves behind.
 pub struct Outcome {
@@ -100,7 +103,8 @@ pub struct Outcome {
     pub otlp_endpoint: Option<String>,
 }
 
-/// Runs loupe until a signal, `--duration`, or the exit of every target.
+/// Runs loupe until a signal, `--duration`, or the exit of every target (with `--exe` or
+/// `--name`, loupe waits for the next one instead).
 pub async fn run(config: Config) -> Result<Outcome, RunError> {
     let pids = config.pids.clone();
     off_runtime(move || preflight::check(&pids)).await?;
@@ -139,17 +143,36 @@ pub async fn run(config: Config) -> Result<Outcome, RunError> {
     };
 
     process::runtime::set_adapters(config.runtime_adapters);
+    let matcher = config.matcher.clone();
+    for name in matcher.names().iter().filter(|name| name.was_cut()) {
+        eprintln!(
+            "loupe: --name {} is cut to the 15 bytes a process name holds: {}",
+            name.given(),
+            String::from_utf8_lossy(name.bytes())
+        );
+    }
     let probe_config = ProbeConfig {
         capture_bytes: config.capture_bytes,
         query_bytes: config.max_query_bytes,
         wakeup_bytes: WAKEUP_BYTES,
+        watch: probes::ExecWatch::of(&matcher),
     };
-    let roots = config.pids.clone();
-    let (targets, probes) = off_runtime(move || {
+    let pids = config.pids.clone();
+    let scan = matcher.clone();
+    let (targets, matched, probes) = off_runtime(move || {
+        let matched = scan.scan();
+        let mut roots = pids;
+        roots.extend(matched.iter().map(|(pid, _)| *pid));
+        roots.sort_unstable();
+        roots.dedup();
         let targets = process::expand_targets(&roots);
-        probes::load_and_attach(&probe_config, &targets).map(|probes| (targets, probes))
+        probes::load_and_attach(&probe_config, &targets).map(|probes| (targets, matched, probes))
     })
     .await?;
+    for (pid, by) in &matched {
+        let comm = process::ProcessInfo::read(*pid).map_or_else(|| "?".to_owned(), |p| p.name);
+        eprintln!("loupe: observing pid {pid} ({comm}), which matches {by}");
+    }
     let probes::Probes {
         mut ebpf,
         events,
@@ -184,12 +207,17 @@ pub async fn run(config: Config) -> Result<Outcome, RunError> {
     let (span_tx, span_rx) = mpsc::channel::<SpanRecord>(config.export_settings.max_queue);
     let (command_tx, command_rx) = mpsc::channel::<ProfileCommand>(COMMAND_QUEUE);
     let hz = config.profile.hz;
-    let (ebpf, sampler) = off_runtime(move || {
+    let watching = !matcher.is_empty();
+    let registered = pids.clone();
+    let (ebpf, sampler, target_set) = off_runtime(move || {
         let mut ebpf = ebpf;
         let sampler = ThreadSampler::new(&mut ebpf, hz);
-        (ebpf, sampler)
+        let targets = Targets::new(target_map, sockets, matcher, &registered);
+        (ebpf, sampler, targets)
     })
     .await;
+    let (execs_tx, execs_rx) = mpsc::channel(EXEC_QUEUE);
+    let (joins_tx, joins_rx) = mpsc::unbounded_channel();
     let sampler = match sampler {
         Ok(sampler) => Some(sampler),
         Err(reason) => {
@@ -231,6 +259,7 @@ pub async fn run(config: Config) -> Result<Outcome, RunError> {
                 news: news_tx,
                 closes: closes_rx,
             },
+            membership::TargetLines::new(execs_tx, joins_rx),
             stitcher,
             span_tx,
             verdicts,
@@ -253,10 +282,11 @@ pub async fn run(config: Config) -> Result<Outcome, RunError> {
         libraries: probes::LibraryProbes::new(),
         sampler,
         commands: command_rx,
-        targets: target_map,
-        sockets,
+        targets: target_set,
         loss,
         python,
+        execs: execs_rx,
+        news: joins_tx,
     };
     let (attached_tx, attached_rx) = tokio::sync::oneshot::channel();
     let mut upkeep = Stage::spawn(
@@ -271,6 +301,12 @@ pub async fn run(config: Config) -> Result<Outcome, RunError> {
         targets.len(),
         attached + uprobes
     );
+    if watching && targets.is_empty() {
+        eprintln!(
+            "loupe: waiting for a process matching {}",
+            config.matcher.describe()
+        );
+    }
 
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
@@ -437,6 +473,7 @@ struct FdChannels {
 async fn stitch(
     mut rx: mpsc::Receiver<Batch>,
     mut fds: FdChannels,
+    mut targets: membership::TargetLines,
     mut stitcher: Stitcher,
     tx: mpsc::Sender<SpanRecord>,
     mut verdicts: Verdicts,
@@ -447,6 +484,11 @@ async fn stitch(
     let mut out = Vec::new();
     let mut ready = Vec::new();
     loop {
+        // Before the next batch: a target that left is seen leaving before any later event of a
+        // new process on its pid.
+        while let Ok(news) = targets.news.try_recv() {
+            targets.on_news(news, &mut stitcher, &mut verdicts.resources, &mut out);
+        }
         tokio::select! {
             batch = rx.recv() => match batch {
                 Some(batch) => {
@@ -470,10 +512,7 @@ async fn stitch(
                                 verdicts.samples.push(sample);
                             }
                             Ok(event) => {
-                                // A target's child: its resource use is read from now on.
-                                if let events::Event::Fork { child, .. } = &event {
-                                    verdicts.resources.watch(*child);
-                                }
+                                targets.on_event(&event, &mut verdicts.resources, &counters);
                                 stitcher.handle(event, &mut out);
                             }
                             Err(err) => {
@@ -490,8 +529,12 @@ async fn stitch(
                     stitcher.handle(event, &mut out);
                 }
             }
+            Some(news) = targets.news.recv() => {
+                targets.on_news(news, &mut stitcher, &mut verdicts.resources, &mut out);
+            }
             _ = tick.tick() => {
                 let now = monotonic_now_ns();
+                targets.forget_left(now, &mut stitcher, &mut verdicts.resources, &mut out);
                 stitcher.tick(now, &mut out);
                 verdicts.diagnoser.tick(now, &mut ready);
                 verdicts.heat(&stitcher, now, &counters);

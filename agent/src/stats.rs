@@ -45,6 +45,9 @@ pub struct Counters {
     pub sockets_full: AtomicU64,
     /// Processes the kernel could not target because its target map was full (kernel, polled).
     pub targets_full: AtomicU64,
+    /// Execs of processes that were not targets left unchecked against `--exe`/`--name`
+    /// because the upkeep's queue was full (a rescan of /proc follows).
+    pub execs_unchecked: AtomicU64,
     /// Connections not tracked because the connection table was full.
     pub connections_dropped: AtomicU64,
     /// Bytes a parser could not read as its protocol (it resyncs at the next message).
@@ -111,13 +114,14 @@ impl Counters {
     /// Every way an event, a request, a query, a span or a sample can be lost or mis-read, in
     /// pipeline order. The summary line and the terminal footer show each of them; the README
     /// says what each means.
-    pub fn losses(&self) -> [LossCounter<'_>; 20] {
+    pub fn losses(&self) -> [LossCounter<'_>; 21] {
         let loss = |name, value| LossCounter { name, value };
         [
             loss("events_lost", &self.events_lost_kernel),
             loss("decode_errors", &self.decode_errors),
             loss("sockets_full", &self.sockets_full),
             loss("targets_full", &self.targets_full),
+            loss("execs_unchecked", &self.execs_unchecked),
             loss("iovecs_cut", &self.iovecs_cut),
             loss("tls_unplaced", &self.tls_unplaced),
             loss("connections_dropped", &self.connections_dropped),

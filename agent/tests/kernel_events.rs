@@ -13,7 +13,7 @@ use bytes::Bytes;
 use loupe::{
     events::{Event, FdNews, decode, decode_fd_news},
     preflight,
-    probes::{ProbeConfig, Probes, load_and_attach},
+    probes::{ExecWatch, ProbeConfig, Probes, load_and_attach},
     process::Target,
 };
 use loupe_common::{Direction, SocketRole};
@@ -34,6 +34,7 @@ fn attach_to(me: u32, capture_bytes: u32) -> Probes {
         capture_bytes,
         query_bytes: 2048,
         wakeup_bytes: 1,
+        watch: Default::default(),
     };
     load_and_attach(
         &config,
@@ -252,6 +253,7 @@ fn traffic_of_an_untargeted_process_is_not_seen() {
             Event::LibpqResult(r) => r.pid,
             Event::CpuSample(s) => s.pid,
             Event::ConnLocal { pid, .. } | Event::GoCall { pid, .. } => *pid,
+            Event::Exec(exec) => exec.pid,
         };
         assert_eq!(pid, me, "only the target's events: {event:?}");
     }
@@ -773,4 +775,115 @@ fn threads_of_a_target_are_not_targets_and_a_forked_child_is() {
 
     drop(forker);
     drop(clients);
+}
+
+/// A copy of sleep(1) named `name` in `dir`: its exec gives the process that name.
+fn sleeper(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
+    let path = dir.join(name);
+    std::fs::copy("/bin/sleep", &path).unwrap();
+    path
+}
+
+fn execs(events: &[Event]) -> Vec<&loupe::events::ExecRecord> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Exec(exec) => Some(exec),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Loads the programs with no target and `watch`.
+fn attach_watching(watch: ExecWatch) -> Probes {
+    preflight::check(&[]).expect("preflight");
+    let config = ProbeConfig {
+        capture_bytes: 256,
+        query_bytes: 2048,
+        wakeup_bytes: 1,
+        watch,
+    };
+    load_and_attach(&config, &[]).expect("load and attach")
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn the_exec_of_a_watched_name_is_a_target_at_once_and_other_execs_are_reported() {
+    let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let me = std::process::id();
+    let dir = std::env::temp_dir().join(format!("loupe-watch-{me}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    // Short and unique: a comm holds 15 bytes.
+    let (watched, other) = (format!("lpw{me}"), format!("lpo{me}"));
+    let (watched_bin, other_bin) = (sleeper(&dir, &watched), sleeper(&dir, &other));
+
+    let mut probes = attach_watching(ExecWatch {
+        comms: vec![loupe_common::comm_key(watched.as_bytes())],
+        every_exec: true,
+    });
+    // This process is no target: its children exec as processes loupe does not know yet.
+    let target = KillOnDrop(
+        std::process::Command::new(&watched_bin)
+            .arg("30")
+            .spawn()
+            .unwrap(),
+    );
+    let bystander = KillOnDrop(
+        std::process::Command::new(&other_bin)
+            .arg("30")
+            .spawn()
+            .unwrap(),
+    );
+    let (target_pid, bystander_pid) = (target.0.id(), bystander.0.id());
+    let events = collect_until(&mut probes, Duration::from_secs(5), |events| {
+        let seen = execs(events);
+        [target_pid, bystander_pid]
+            .iter()
+            .all(|pid| seen.iter().any(|exec| exec.pid == *pid))
+    });
+    let seen = execs(&events);
+    let of = |pid: u32| {
+        seen.iter()
+            .find(|exec| exec.pid == pid)
+            .unwrap_or_else(|| panic!("the exec of {pid} is reported: {seen:?}"))
+    };
+    assert_eq!(of(target_pid).comm, watched);
+    assert!(of(target_pid).adopted, "the kernel matched its name");
+    assert_eq!(of(bystander_pid).comm, other);
+    assert!(
+        !of(bystander_pid).adopted,
+        "reported for userspace to match its executable, not made a target"
+    );
+    let info = probes
+        .targets
+        .get(&target_pid, 0)
+        .expect("the watched name is a target from its exec on");
+    assert_eq!(info.root_pid, target_pid, "its own root");
+    assert!(probes.targets.get(&bystander_pid, 0).is_err());
+    drop(probes);
+
+    // Watching names only: the kernel reports the execs it adopted, no others.
+    let mut probes = attach_watching(ExecWatch {
+        comms: vec![loupe_common::comm_key(watched.as_bytes())],
+        every_exec: false,
+    });
+    let bystander = KillOnDrop(
+        std::process::Command::new(&other_bin)
+            .arg("30")
+            .spawn()
+            .unwrap(),
+    );
+    let target = KillOnDrop(
+        std::process::Command::new(&watched_bin)
+            .arg("30")
+            .spawn()
+            .unwrap(),
+    );
+    let events = collect_until(&mut probes, Duration::from_secs(5), |events| {
+        execs(events).iter().any(|exec| exec.pid == target.0.id())
+    });
+    let pids: Vec<u32> = execs(&events).iter().map(|exec| exec.pid).collect();
+    assert_eq!(pids, [target.0.id()], "only the adopted exec: {pids:?}");
+    drop((target, bystander));
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -41,6 +41,9 @@ pub enum EventKind {
     /// Tracked sockets of a process that userspace should check against `/proc/PID/fd`:
     /// [`ResyncEvent`].
     Resync = 13,
+    /// A process that was not a target exec'd while loupe watches for executables or names
+    /// (`crate::watch`): [`ExecEvent`].
+    Exec = 14,
 }
 
 impl TryFrom<u32> for EventKind {
@@ -60,6 +63,7 @@ impl TryFrom<u32> for EventKind {
             11 => Ok(Self::TlsData),
             12 => Ok(Self::Parked),
             13 => Ok(Self::Resync),
+            14 => Ok(Self::Exec),
             other => Err(other),
         }
     }
@@ -264,6 +268,24 @@ pub struct ResyncEvent {
 }
 const _: () = assert!(size_of::<ResyncEvent>() == 32);
 
+/// A process that was not a target exec'd (`sched:sched_process_exec`) while loupe watches for
+/// executables or names. `header.pid` is its pid (`header.tid` the thread that exec'd, now its
+/// only one). Sent for every such exec when userspace matches executables
+/// ([`crate::WATCH_EVERY_EXEC`]), else only for those the kernel adopted by name.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ExecEvent {
+    pub header: EventHeader,
+    /// When it exec'd: ns since boot, bpf_ktime_get_ns.
+    pub ts_ns: u64,
+    /// The new program's `comm` (the kernel's 15-byte cut of its file name), NUL-padded.
+    pub comm: [u8; crate::COMM_LEN],
+    /// 1 when the kernel made it a target at once (its comm is in `WATCH_COMMS`), else 0.
+    pub adopted: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<ExecEvent>() == 56);
+
 /// Connection ids userspace assigns to sockets found open at attach have this bit set, so they
 /// never collide with the kernel's.
 pub const USER_CONN_ID_BIT: u64 = 1 << 63;
@@ -285,4 +307,6 @@ mod pod {
     unsafe impl aya::Pod for super::ParkedEvent {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ResyncEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ExecEvent {}
 }

@@ -13,6 +13,8 @@ pub const MAP_LOSS: &str = "LOSS";
 pub const MAP_GO_LAYOUTS: &str = "GO_LAYOUTS";
 /// Python threads: where each keeps its current contextvars Context, by pid_tgid.
 pub const MAP_PY_CONTEXTS: &str = "PY_CONTEXTS";
+/// Process names (`--name`) the kernel makes targets of at exec, as [`crate::comm_key`]s.
+pub const MAP_WATCH_COMMS: &str = "WATCH_COMMS";
 
 /// perf_event program: one CPU sample (user and kernel stacks) of the thread its event is
 /// opened on. Userspace opens a CPU-clock event only on threads running something slow.
@@ -22,6 +24,9 @@ pub const PROGRAM_CPU_SAMPLE: &str = "cpu_sample";
 pub const GLOBAL_CAPTURE_BYTES: &str = "CAPTURE_BYTES";
 /// Global: unread ring buffer bytes above which a submit wakes the reader.
 pub const GLOBAL_WAKEUP_BYTES: &str = "WAKEUP_BYTES";
+/// Global: what the exec program does for a process that is not a target (`crate::watch`
+/// flags; 0: nothing).
+pub const GLOBAL_WATCH_EXECS: &str = "WATCH_EXECS";
 
 /// A program and the tracepoints (category, name) it attaches to.
 pub struct TracepointProgram {

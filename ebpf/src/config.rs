@@ -20,6 +20,11 @@ static NEWTASK_PID_OFFSET: u32 = 8;
 #[unsafe(no_mangle)]
 static NEWTASK_FLAGS_OFFSET: u32 = 32;
 
+/// What the exec program does for a process that is not a target: `loupe_common::WATCH_*`
+/// flags, 0 (the default) for nothing.
+#[unsafe(no_mangle)]
+static WATCH_EXECS: u32 = 0;
+
 // A volatile read keeps the compiler from folding the default in: the loader patches .rodata.
 pub fn capture_bytes() -> u32 {
     // SAFETY: a plain read of a 4-byte static.
@@ -44,4 +49,9 @@ pub fn newtask_flags_offset() -> u32 {
 pub fn query_bytes() -> u32 {
     // SAFETY: a plain read of a 4-byte static.
     unsafe { core::ptr::read_volatile(&QUERY_BYTES) }
+}
+
+pub fn watch_execs() -> u32 {
+    // SAFETY: a plain read of a 4-byte static.
+    unsafe { core::ptr::read_volatile(&WATCH_EXECS) }
 }

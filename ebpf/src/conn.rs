@@ -393,10 +393,11 @@ fn resync(pid_tgid: u64, first: u32, last: u32) -> Result<(), i64> {
 /// A target exec'd: its close-on-exec fds are closed by now, but which ones they were is not
 /// known here. Its tracked sockets among fds `0..FD_SCAN` leave SOCKETS at once (nothing the
 /// new program does on those fds is traced) and go to userspace as `ParkedEvent`s, which puts
-/// back those /proc still shows open; the fds past them userspace re-syncs the same way.
-pub fn try_process_exec(_ctx: &TracePointContext) -> Result<(), i64> {
+/// back those /proc still shows open; the fds past them userspace re-syncs the same way. The
+/// exec of a process that is not a target goes to `watch`.
+pub fn try_process_exec(ctx: &TracePointContext) -> Result<(), i64> {
     let Some(pid_tgid) = current_target() else {
-        return Ok(());
+        return crate::watch::try_exec(ctx);
     };
     let pid = (pid_tgid >> 32) as u32;
     let mut fd: u32 = 0;

@@ -3,7 +3,9 @@
 //! Syscall tracepoints on the socket paths of the target processes: accept/connect open a tracked
 //! socket, read/write and friends copy the first bytes they move into the `EVENTS` ring buffer,
 //! close (and close_range) forgets the socket, an exec sets
-//! its sockets aside for userspace to check, and a fork of a target makes its child a target too. Every program
+//! its sockets aside for userspace to check, and a fork of a target makes its child a target too;
+//! while loupe watches for names or executables, the exec of any other process is matched by
+//! name or reported (`watch`). Every program
 //! looks its key up in a map that only holds target processes before doing anything else, so an
 //! untargeted process pays one hash lookup per syscall and nothing more. libpq uprobes, attached
 //! per target process, report each query call and the result it got back. A perf_event program,
@@ -21,6 +23,7 @@ mod golang;
 mod libpq;
 mod maps;
 mod tls;
+mod watch;
 
 use aya_ebpf::{
     macros::{perf_event, tracepoint, uprobe, uretprobe},

@@ -4,17 +4,26 @@ use aya_ebpf::{
     macros::map,
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use loupe_common::{GoLayout, LOSS_SLOTS, MAX_CAPTURE, SOCKADDR_LEN, SocketInfo, TargetInfo};
+use loupe_common::{
+    COMM_LEN, GoLayout, LOSS_SLOTS, MAX_CAPTURE, MAX_WATCH_COMMS, SOCKADDR_LEN, SocketInfo,
+    TargetInfo,
+};
 
 /// Event records. Kernel writes (without a wakeup below `WAKEUP_BYTES` of backlog); userspace's
 /// `events::reader` drains it.
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
 
-/// Thread groups to trace, keyed by tgid. Userspace writes the targets at attach; the fork
-/// program adds children of targets.
+/// Thread groups to trace, keyed by tgid. Userspace writes the targets at attach and the
+/// processes it matches later by executable, and removes those that exited; the fork program
+/// adds children of targets, the exec program processes whose name is watched.
 #[map]
 pub static TARGET_PIDS: HashMap<u32, TargetInfo> = HashMap::with_max_entries(4096, 0);
+
+/// Process names to make targets of at exec (`--name`), keyed by `loupe_common::comm_key`.
+/// Userspace writes them at load; the exec program reads them.
+#[map]
+pub static WATCH_COMMS: HashMap<[u8; COMM_LEN], u8> = HashMap::with_max_entries(MAX_WATCH_COMMS, 0);
 
 /// Open sockets of target processes, keyed by `SocketKey::as_u64`. The accept/connect/dup exit
 /// programs insert; close, close_range and exec remove (exec sets its sockets aside for

@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use bytes::Bytes;
 use loupe_common::{
     CloseEvent, ConnEvent, ConnLocalEvent, CpuSampleEvent, DATA_EVENT_HEADER_LEN, DataEvent,
-    Direction, DupEvent, EventHeader, EventKind, ForkEvent, GoCallEvent, GoFunction,
+    Direction, DupEvent, EventHeader, EventKind, ExecEvent, ForkEvent, GoCallEvent, GoFunction,
     LIBPQ_CALL_HEADER_LEN, LIBPQ_HAS_RESULT, LibpqCallEvent, LibpqFunction, LibpqResultEvent,
     ParkedEvent, ResyncEvent, SocketRole, libpq_probe,
 };
@@ -131,6 +131,21 @@ pub enum Event {
     LibpqCall(LibpqCallRecord),
     LibpqResult(LibpqResultRecord),
     CpuSample(CpuSample),
+    /// A process that was not a target exec'd (loupe watches for names or executables): a new
+    /// program on `pid`, never the process loupe may have known on it before.
+    Exec(ExecRecord),
+}
+
+/// The exec of a process that was not a target.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExecRecord {
+    pub pid: u32,
+    /// ns since boot (CLOCK_MONOTONIC).
+    pub ts_ns: u64,
+    /// The new program's comm.
+    pub comm: String,
+    /// The kernel made it a target at once (its name is watched).
+    pub adopted: bool,
 }
 
 /// Where a hot thread was when the CPU clock sampled it.
@@ -294,6 +309,15 @@ pub fn decode(record: &Bytes) -> Result<Event, DecodeError> {
                 parent: header.pid,
                 child: event.child_pid,
             })
+        }
+        EventKind::Exec => {
+            let event: ExecEvent = read(record)?;
+            Ok(Event::Exec(ExecRecord {
+                pid: header.pid,
+                ts_ns: event.ts_ns,
+                comm: c_string(&event.comm),
+                adopted: event.adopted != 0,
+            }))
         }
         EventKind::Parked | EventKind::Resync => Err(DecodeError::FdNews(header.kind)),
         EventKind::LibpqCall => decode_libpq_call(record, header),
@@ -583,6 +607,32 @@ mod tests {
             decode(&Bytes::from(bogus)).unwrap_err(),
             DecodeError::Kind(99)
         );
+    }
+
+    #[test]
+    fn an_exec_record_carries_the_new_programs_name() {
+        let event = ExecEvent {
+            header: header(EventKind::Exec),
+            ts_ns: 77,
+            comm: loupe_common::comm_key(b"demo-app"),
+            adopted: 1,
+            _pad: 0,
+        };
+        let record = Bytes::from(as_bytes(&event));
+        let Event::Exec(exec) = decode(&record).unwrap() else {
+            panic!("not an exec")
+        };
+        assert_eq!(
+            exec,
+            ExecRecord {
+                pid: 10,
+                ts_ns: 77,
+                comm: "demo-app".into(),
+                adopted: true,
+            }
+        );
+        assert!(decode_fd_news(&record).is_none(), "an event, not fd news");
+        assert!(decode(&record.slice(..40)).is_err());
     }
 
     #[test]

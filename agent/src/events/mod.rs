@@ -5,7 +5,7 @@ pub mod decode;
 pub mod reader;
 
 pub use decode::{
-    ConnRecord, CpuSample, DataRecord, DecodeError, Event, FdNews, LibpqCallRecord,
+    ConnRecord, CpuSample, DataRecord, DecodeError, Event, ExecRecord, FdNews, LibpqCallRecord,
     LibpqResultRecord, PgResultInfo, decode, decode_fd_news,
 };
 pub use reader::Batch;

@@ -347,6 +347,14 @@ impl LibraryProbes {
         }
     }
 
+    /// Detaches the probes of `pid` and forgets what was tried there: it exited, or another
+    /// process has its pid now (scanned afresh on the next scan).
+    pub fn forget(&mut self, ebpf: &mut Ebpf, pid: u32) {
+        self.detach_process(ebpf, pid);
+        self.failed.remove(&pid);
+        self.checked_exe.retain(|(owner, _)| *owner != pid);
+    }
+
     fn detach_process(&mut self, ebpf: &mut Ebpf, pid: u32) {
         for library in self.attached.remove(&pid).unwrap_or_default() {
             for (program, link) in library.links {

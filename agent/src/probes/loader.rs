@@ -7,16 +7,19 @@ use aya::{
     programs::TracePoint,
 };
 use loupe_common::{
-    GoLayout, SocketInfo, SocketKey, TargetInfo,
+    COMM_LEN, SocketInfo, TargetInfo, WATCH_BY_COMM, WATCH_EVERY_EXEC,
     names::{
         GLOBAL_CAPTURE_BYTES, GLOBAL_NEWTASK_FLAGS_OFFSET, GLOBAL_NEWTASK_PID_OFFSET,
-        GLOBAL_QUERY_BYTES, GLOBAL_WAKEUP_BYTES, MAP_EVENTS, MAP_GO_LAYOUTS, MAP_LOSS,
-        MAP_PY_CONTEXTS, MAP_SOCKETS, MAP_TARGET_PIDS, TRACEPOINT_PROGRAMS,
+        GLOBAL_QUERY_BYTES, GLOBAL_WAKEUP_BYTES, GLOBAL_WATCH_EXECS, MAP_EVENTS, MAP_LOSS,
+        MAP_PY_CONTEXTS, MAP_SOCKETS, MAP_TARGET_PIDS, MAP_WATCH_COMMS, TRACEPOINT_PROGRAMS,
     },
 };
 
-use super::{FdResync, ProbeError, PythonThreads};
-use crate::process::{ExistingSocket, Target, existing_sockets, runtime::go_layout};
+use super::{
+    FdResync, ProbeError, PythonThreads,
+    targets::{register, seed_sockets},
+};
+use crate::process::{ExistingSocket, Matcher, Target};
 
 /// The compiled kernel programs, built by build.rs.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/loupe"));
@@ -32,6 +35,52 @@ pub struct ProbeConfig {
     pub query_bytes: u32,
     /// Unread ring buffer bytes above which the kernel wakes the reader.
     pub wakeup_bytes: u64,
+    /// What the exec program does for processes that are not targets.
+    pub watch: ExecWatch,
+}
+
+/// What the kernel watches execs for (`--name`, `--exe`); the default watches nothing.
+#[derive(Clone, Debug, Default)]
+pub struct ExecWatch {
+    /// Names whose exec makes a target at once (`comm_key`s).
+    pub comms: Vec<[u8; COMM_LEN]>,
+    /// Report every other exec, for userspace to match its executable.
+    pub every_exec: bool,
+}
+
+impl ExecWatch {
+    /// What `matcher` needs of the kernel.
+    pub fn of(matcher: &Matcher) -> Self {
+        Self {
+            comms: matcher.names().iter().map(|name| name.key()).collect(),
+            every_exec: matcher.matches_executables(),
+        }
+    }
+
+    /// The `WATCH_EXECS` flags.
+    fn flags(&self) -> u32 {
+        let mut flags = 0;
+        if !self.comms.is_empty() {
+            flags |= WATCH_BY_COMM;
+        }
+        if self.every_exec {
+            flags |= WATCH_EVERY_EXEC;
+        }
+        flags
+    }
+}
+
+/// Puts the watched names in `WATCH_COMMS` (the flags are a global, set at load).
+fn watch_execs(ebpf: &mut Ebpf, watch: &ExecWatch) -> Result<(), ProbeError> {
+    let mut comms: HashMap<&mut MapData, [u8; COMM_LEN], u8> = HashMap::try_from(
+        ebpf.map_mut(MAP_WATCH_COMMS)
+            .ok_or(ProbeError::MissingMap(MAP_WATCH_COMMS))?,
+    )
+    .map_err(map_err(MAP_WATCH_COMMS))?;
+    for key in &watch.comms {
+        comms.insert(key, 1, 0).map_err(map_err(MAP_WATCH_COMMS))?;
+    }
+    Ok(())
 }
 
 /// The loaded object and the maps each pipeline stage takes ownership of.
@@ -79,43 +128,21 @@ pub fn load_and_attach(config: &ProbeConfig, targets: &[Target]) -> Result<Probe
         .override_global(GLOBAL_QUERY_BYTES, &config.query_bytes, true)
         .override_global(GLOBAL_NEWTASK_PID_OFFSET, &newtask_pid, true)
         .override_global(GLOBAL_NEWTASK_FLAGS_OFFSET, &newtask_flags, true)
+        .override_global(GLOBAL_WATCH_EXECS, &config.watch.flags(), true)
         .load(EBPF_OBJECT)
         .map_err(|err| ProbeError::Load(Box::new(err)))?;
 
     let mut target_map: HashMap<MapData, u32, TargetInfo> =
         HashMap::try_from(take_map(&mut ebpf, MAP_TARGET_PIDS)?)
             .map_err(map_err(MAP_TARGET_PIDS))?;
-    // Go targets of a known version: their layout for the Go uprobes, and the goid offsets
-    // in their TargetInfo for the data programs. The map stays in `ebpf`: the uprobes that read
-    // it are loaded later, and need its fd.
-    let go_layouts: std::collections::HashMap<u32, GoLayout> = targets
-        .iter()
-        .filter_map(|target| Some((target.pid, go_layout(target.pid)?)))
-        .collect();
-    let mut layout_map: HashMap<&mut MapData, u32, GoLayout> = HashMap::try_from(
-        ebpf.map_mut(MAP_GO_LAYOUTS)
-            .ok_or(ProbeError::MissingMap(MAP_GO_LAYOUTS))?,
-    )
-    .map_err(map_err(MAP_GO_LAYOUTS))?;
-    for (pid, layout) in &go_layouts {
-        layout_map
-            .insert(pid, layout, 0)
-            .map_err(map_err(MAP_GO_LAYOUTS))?;
-    }
-    let goid_offset = |pid: u32| {
-        go_layouts.get(&pid).map_or(0, |layout| {
-            TargetInfo::pack_go_offsets(layout.g_goid, layout.g_parent_goid)
-        })
-    };
+    // Go targets of a known version get their layout in GO_LAYOUTS (the map stays in `ebpf`:
+    // the uprobes that read it are loaded later, and need its fd) and the goid offsets in
+    // their TargetInfo, for the data programs.
+    let mut goid_offsets = std::collections::HashMap::new();
     for target in targets {
-        let info = TargetInfo {
-            root_pid: target.root_pid,
-            goid_offset: goid_offset(target.pid),
-        };
-        target_map
-            .insert(target.pid, info, 0)
-            .map_err(map_err(MAP_TARGET_PIDS))?;
+        goid_offsets.insert(target.pid, register(&mut target_map, &mut ebpf, target)?);
     }
+    watch_execs(&mut ebpf, &config.watch)?;
     let socket_map = take_map(&mut ebpf, MAP_SOCKETS)?;
     let resync = FdResync::new(
         HashMap::try_from(second_handle(&socket_map).map_err(map_err(MAP_SOCKETS))?)
@@ -138,19 +165,8 @@ pub fn load_and_attach(config: &ProbeConfig, targets: &[Target]) -> Result<Probe
     // After attach, so that a connection opened meanwhile is seen by one side or the other.
     let mut existing = Vec::new();
     for target in targets {
-        for socket in existing_sockets(target.pid) {
-            let key = SocketKey {
-                pid: target.pid,
-                fd: socket.fd,
-            };
-            let info = SocketInfo {
-                role: socket.role as u32,
-                goid_offset: goid_offset(target.pid),
-                conn_id: socket.conn_id(),
-            };
-            sockets
-                .insert(key.as_u64(), info, 0)
-                .map_err(map_err(MAP_SOCKETS))?;
+        let goid_offset = goid_offsets.get(&target.pid).copied().unwrap_or(0);
+        for socket in seed_sockets(&mut sockets, target.pid, goid_offset)? {
             existing.push((target.pid, socket));
         }
     }

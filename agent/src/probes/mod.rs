@@ -7,14 +7,16 @@ pub mod loss;
 pub mod perf;
 pub mod python;
 pub mod resync;
+pub mod targets;
 pub mod upkeep;
 
 pub use libraries::{LibraryNews, LibraryProbes};
-pub use loader::{ProbeConfig, Probes, load_and_attach};
+pub use loader::{ExecWatch, ProbeConfig, Probes, load_and_attach};
 pub use loss::LossCounters;
 pub use perf::ThreadSampler;
 pub use python::PythonThreads;
 pub use resync::FdResync;
+pub use targets::{TargetNews, Targets};
 pub use upkeep::Upkeep;
 
 /// What went wrong while loading or attaching.

@@ -51,11 +51,7 @@ impl PythonThreads {
             .filter(|pid| !live.contains(pid))
             .collect();
         for pid in gone {
-            if let Some(Process::Python { installed, .. }) = self.processes.remove(&pid) {
-                for tid in installed.keys() {
-                    let _ = self.map.remove(&pid_tgid(pid, *tid));
-                }
-            }
+            self.forget(pid);
         }
         for &pid in live {
             let process =
@@ -126,6 +122,18 @@ impl PythonThreads {
                         );
                     }
                 }
+            }
+        }
+    }
+}
+
+impl PythonThreads {
+    /// Forgets `pid` and takes its threads out of the map: it exited, or another process has
+    /// its pid now (looked at afresh on the next refresh).
+    pub fn forget(&mut self, pid: u32) {
+        if let Some(Process::Python { installed, .. }) = self.processes.remove(&pid) {
+            for tid in installed.keys() {
+                let _ = self.map.remove(&pid_tgid(pid, *tid));
             }
         }
     }

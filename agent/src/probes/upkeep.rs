@@ -1,19 +1,23 @@
-//! Upkeep of the kernel side while loupe runs: polls the loss counters, forgets targets that
-//! exited (and their sockets), and probes libraries the targets loaded since the last look. It
-//! owns the loaded object: when it ends, every program is detached. Everything it does blocks
-//! (procfs, ELF files, uprobe attaches), so it runs on a thread of its own (`crate::stage`).
+//! Upkeep of the kernel side while loupe runs: polls the loss counters, keeps the targets in
+//! step with what runs (those that exited are taken out with their sockets, and with `--exe` or
+//! `--name` those that start later and match join: `targets`), and probes libraries the targets
+//! loaded since the last look. It owns the loaded object: when it ends, every program is
+//! detached. Everything it does blocks (procfs, ELF files, uprobe attaches), so it runs on a
+//! thread of its own (`crate::stage`).
 
 use std::{sync::Arc, time::Duration};
 
 use aya::{
     Ebpf,
-    maps::{HashMap, MapData, PerCpuArray},
+    maps::{MapData, PerCpuArray},
 };
-use loupe_common::{SocketInfo, SocketKey, TargetInfo};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::{LibraryNews, LibraryProbes, LossCounters, PythonThreads, ThreadSampler};
-use crate::{process::is_live_process, profile::ProfileCommand, stats::Counters};
+use super::{
+    LibraryNews, LibraryProbes, LossCounters, PythonThreads, TargetNews, Targets, ThreadSampler,
+    targets::Changes,
+};
+use crate::{events::ExecRecord, profile::ProfileCommand, stats::Counters};
 
 pub struct Upkeep {
     pub ebpf: Ebpf,
@@ -22,32 +26,65 @@ pub struct Upkeep {
     pub sampler: Option<ThreadSampler>,
     /// Heat/cool orders from the stitch stage.
     pub commands: mpsc::Receiver<ProfileCommand>,
-    pub targets: HashMap<MapData, u32, TargetInfo>,
-    pub sockets: HashMap<MapData, u64, SocketInfo>,
+    pub targets: Targets,
     pub loss: PerCpuArray<MapData, u64>,
     pub python: PythonThreads,
+    /// Execs of processes that were not targets, from the stitch stage.
+    pub execs: mpsc::Receiver<ExecRecord>,
+    /// Targets coming and going, for the stitch stage.
+    pub news: mpsc::UnboundedSender<TargetNews>,
 }
 
 /// Often enough that a library loaded or a process exec'd is probed within a fraction of a second.
 const EVERY: Duration = Duration::from_millis(250);
+/// Exec reports handled before the libraries of those that joined are probed.
+const EXECS_AT_ONCE: usize = 64;
 
 impl Upkeep {
     /// Probes the libraries the targets have mapped, sends `attached` the number of uprobes
-    /// that took, then runs until `stop`; returns early (true) when no target is left alive.
+    /// that took, then runs until `stop`; returns early (true) when no target is left alive,
+    /// unless processes that start later may join (`--exe`, `--name`).
     pub async fn run(
         mut self,
         counters: Arc<Counters>,
         mut stop: watch::Receiver<bool>,
         attached: oneshot::Sender<usize>,
     ) -> bool {
-        let pids: Vec<u32> = self.targets.keys().flatten().collect();
-        report(&self.libraries.scan(&mut self.ebpf, &pids));
+        let mut changes = Changes::default();
+        if self.targets.watching() {
+            // A process that exec'd between the first scan and the exec program's attach.
+            self.targets.rescan(&mut self.ebpf, &mut changes);
+        }
+        self.apply(changes);
+        let live = self.targets.live();
+        report(&self.libraries.scan(&mut self.ebpf, &live));
         let _ = attached.send(self.libraries.probe_count());
         let mut tick = tokio::time::interval(EVERY);
         let mut commands_open = true;
+        let mut execs_open = true;
+        let mut losses = 0;
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
+                exec = self.execs.recv(), if execs_open => {
+                    let Some(exec) = exec else {
+                        execs_open = false;
+                        continue;
+                    };
+                    let mut changes = Changes::default();
+                    self.targets.on_exec(&mut self.ebpf, &exec, &mut changes);
+                    for _ in 1..EXECS_AT_ONCE {
+                        let Ok(exec) = self.execs.try_recv() else {
+                            break;
+                        };
+                        self.targets.on_exec(&mut self.ebpf, &exec, &mut changes);
+                    }
+                    if !changes.is_empty() {
+                        self.apply(changes);
+                        self.probe_libraries();
+                    }
+                    continue;
+                }
                 command = self.commands.recv(), if commands_open => {
                     match (command, self.sampler.as_mut()) {
                         (Some(command), Some(sampler)) => {
@@ -70,14 +107,60 @@ impl Upkeep {
                 }
             }
             self.poll_loss(&counters);
-            let live = self.forget_dead();
-            if live.is_empty() {
+            let mut changes = Changes::default();
+            self.targets.check(&mut self.ebpf, &mut changes);
+            // An exec report lost (the ring was full, or the queue to here): the process it
+            // was about may be one to observe.
+            let lost = Counters::get(&counters.events_lost_kernel)
+                + Counters::get(&counters.execs_unchecked);
+            if lost > losses && self.targets.watching() {
+                self.targets.rescan(&mut self.ebpf, &mut changes);
+            }
+            losses = lost;
+            self.apply(changes);
+            if self.targets.live().is_empty() && !self.targets.watching() {
                 return true;
             }
-            self.python.refresh(&live);
-            let news = self.libraries.scan(&mut self.ebpf, &live);
-            report(&news);
+            self.probe_libraries();
         }
+    }
+
+    /// Tells the user and the stitch stage what changed, and lets go of what was attached to a
+    /// process that another one replaced on its pid.
+    fn apply(&mut self, changes: Changes) {
+        for pid in &changes.replaced {
+            self.libraries.forget(&mut self.ebpf, *pid);
+            self.python.forget(*pid);
+        }
+        for departure in changes.departures.iter().filter(|d| d.root) {
+            eprintln!("loupe: pid {} ({}) exited", departure.pid, departure.comm);
+        }
+        for arrival in &changes.arrivals {
+            eprintln!(
+                "loupe: observing pid {} ({}), which matches {}",
+                arrival.pid, arrival.comm, arrival.by
+            );
+        }
+        if !changes.departures.is_empty()
+            && self.targets.watching()
+            && self.targets.live().is_empty()
+        {
+            eprintln!(
+                "loupe: no process left to observe; waiting for one matching {}",
+                self.targets.matcher().describe()
+            );
+        }
+        for news in changes.news {
+            // The stitch stage outlives this stage's loop: a send fails only at shutdown.
+            let _ = self.news.send(news);
+        }
+    }
+
+    /// Python threads and libraries of the live targets; those of targets gone are let go.
+    fn probe_libraries(&mut self) {
+        let live = self.targets.live();
+        self.python.refresh(&live);
+        report(&self.libraries.scan(&mut self.ebpf, &live));
     }
 
     fn poll_loss(&self, counters: &Counters) {
@@ -92,32 +175,6 @@ impl Upkeep {
         ] {
             Counters::set(counter, total);
         }
-    }
-
-    /// Removes targets that are not live processes; returns those that remain.
-    fn forget_dead(&mut self) -> Vec<u32> {
-        let pids: Vec<u32> = self.targets.keys().flatten().collect();
-        let dead: Vec<u32> = pids
-            .iter()
-            .copied()
-            .filter(|&pid| !is_live_process(pid))
-            .collect();
-        for pid in &dead {
-            let _ = self.targets.remove(pid);
-        }
-        if !dead.is_empty() {
-            let stale: Vec<u64> = self
-                .sockets
-                .keys()
-                .flatten()
-                .filter(|&key| dead.contains(&SocketKey::pid_of(key)))
-                .collect();
-            for key in stale {
-                let _ = self.sockets.remove(&key);
-            }
-            tracing::debug!("forgot {} exited targets", dead.len());
-        }
-        pids.into_iter().filter(|pid| !dead.contains(pid)).collect()
     }
 }
 

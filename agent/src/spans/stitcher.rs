@@ -219,6 +219,8 @@ pub struct Stitcher {
     late_by_request: HashMap<u64, Vec<u64>>,
     /// Server spans finished while a late call they may have made was undecided, by span id.
     held_servers: HashMap<u64, SpanRecord>,
+    /// Processes it holds state for (`stitcher_processes`).
+    pids: rustc_hash::FxHashSet<u32>,
 }
 
 /// The stitcher as the libpq source sees it: ids for calls, spans for queries.
@@ -297,6 +299,7 @@ impl Stitcher {
             late: HashMap::default(),
             late_by_request: HashMap::default(),
             held_servers: HashMap::default(),
+            pids: Default::default(),
         }
     }
 
@@ -319,6 +322,7 @@ impl Stitcher {
             self.runtimes.clear();
         }
         self.runtimes.insert(pid, runtime);
+        self.pids.insert(pid);
         runtime
     }
 
@@ -362,7 +366,9 @@ impl Stitcher {
                     conn.fds += 1;
                 }
             }
-            Event::Fork { .. } => {}
+            // A new process: whatever was known of an earlier one on its pid is not its.
+            Event::Fork { child, .. } => self.forget_process(child, out),
+            Event::Exec(exec) => self.forget_process(exec.pid, out),
             Event::ConnLocal {
                 pid,
                 conn_id,
@@ -383,6 +389,7 @@ impl Stitcher {
             Event::CpuSample(_) => {}
             Event::LibpqCall(call) => {
                 self.clock_ns = call.ts_ns;
+                self.pids.insert(call.pid);
                 self.with_libpq(out, |libpq, host| libpq.on_call(call, host));
             }
             Event::LibpqResult(ret) => {
@@ -559,6 +566,7 @@ impl Stitcher {
             Counters::add(&self.counters.connections_dropped, 1);
             return false;
         }
+        self.pids.insert(key.0);
         self.conns.insert(key, conn);
         true
     }
@@ -1467,6 +1475,8 @@ fn ids_under(parent: Parent) -> SpanIds {
     }
 }
 
+#[path = "stitcher_processes.rs"]
+mod processes;
 #[cfg(test)]
 #[path = "stitcher_tests.rs"]
 mod tests;
