@@ -73,7 +73,16 @@ fn malformed_flags_are_one_line_usage_errors() {
             vec!["--pid", "1", "--otlp-protocol", "carrier-pigeon"],
             "invalid value 'carrier-pigeon'",
         ),
-        (vec![], "--pid"),
+        (
+            vec![],
+            "nothing to observe: give --pid PID, --exe PATH or --name COMM",
+        ),
+        (vec!["--duration", "5s"], "nothing to observe"),
+        (
+            vec!["--exe", "/no/such/binary"],
+            "invalid value '/no/such/binary' for '--exe <PATH>': No such file",
+        ),
+        (vec!["--name", ""], "--name must not be empty"),
     ] {
         let finished = Loupe::spawn(&args(&flags)).wait(Duration::from_secs(30));
         assert_eq!(
