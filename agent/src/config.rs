@@ -1,7 +1,7 @@
 //! Command line and configuration: parsed by clap, validated once into [`Config`] before anything
 //! is attached.
 
-use std::time::Duration;
+use std::{net::SocketAddr, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -213,6 +213,32 @@ pub struct RunArgs {
 
     #[command(flatten)]
     pub sampling: crate::sampling::SamplingArgs,
+
+    /// Serve Prometheus metrics (loupe's counters and the services' request, call and query
+    /// durations) at http://HOST:PORT/metrics, e.g. 127.0.0.1:9464 or [::]:9464.
+    #[arg(long, value_name = "HOST:PORT", value_parser = parse_listen_addr, env = "LOUPE_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+/// `HOST:PORT` to listen on: an IP address (IPv6 in brackets) or a name that resolves, and a
+/// port.
+fn parse_listen_addr(text: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs as _;
+    let bad =
+        || format!("`{text}` is not an address to listen on like 127.0.0.1:9464 or [::]:9464");
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    // A name (localhost:9464): resolved once, here, before anything starts.
+    let (host, port) = text.rsplit_once(':').ok_or_else(bad)?;
+    let name = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '.';
+    if host.is_empty() || !host.chars().all(name) || port.parse::<u16>().is_err() {
+        return Err(bad());
+    }
+    text.to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .ok_or_else(bad)
 }
 
 fn parse_header_arg(text: &str) -> Result<(String, String), String> {
@@ -336,6 +362,8 @@ pub struct Config {
     pub runtime_adapters: bool,
     pub export_settings: ExportSettings,
     pub sampling: crate::sampling::SamplingConfig,
+    /// Where `/metrics` is served, if anywhere.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// Configuration that cannot work, said in one line.
@@ -473,6 +501,7 @@ impl RunArgs {
             runtime_adapters: !self.no_runtime_adapters,
             export_settings,
             sampling,
+            metrics_addr: self.metrics_addr,
         })
     }
 }
@@ -727,6 +756,34 @@ mod tests {
                 .starts_with("invalid OTEL_TRACES_SAMPLER_ARG `2`"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn the_metrics_address_is_an_address_to_listen_on() {
+        assert_eq!(parse(&["--pid", "1"]).unwrap().metrics_addr, None);
+        let config = parse(&["--pid", "1", "--metrics-addr", "127.0.0.1:9464"]).unwrap();
+        assert_eq!(config.metrics_addr, Some("127.0.0.1:9464".parse().unwrap()));
+        let config = parse(&["--pid", "1", "--metrics-addr", "[::]:9464"]).unwrap();
+        assert_eq!(config.metrics_addr, Some("[::]:9464".parse().unwrap()));
+        let config = parse(&["--pid", "1", "--metrics-addr", "localhost:9464"]).unwrap();
+        assert!(
+            config
+                .metrics_addr
+                .is_some_and(|addr| addr.ip().is_loopback() && addr.port() == 9464)
+        );
+        for bad in [
+            "9464",
+            "127.0.0.1",
+            "127.0.0.1:99999",
+            ":9464",
+            "http://127.0.0.1:9464",
+        ] {
+            let err = parse(&["--pid", "1", "--metrics-addr", bad]).unwrap_err();
+            assert!(
+                err.contains("is not an address to listen on"),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -32,6 +32,7 @@ pub mod export;
 pub mod fuzzing;
 pub mod libpq;
 mod membership;
+pub mod metrics;
 pub mod preflight;
 pub mod probes;
 pub mod process;
@@ -77,6 +78,8 @@ pub enum RunError {
     Probe(#[from] ProbeError),
     #[error(transparent)]
     Export(#[from] ExportError),
+    #[error(transparent)]
+    Metrics(#[from] metrics::server::BindError),
     #[error("failed to set up the event loop")]
     Io(#[from] std::io::Error),
 }
@@ -110,6 +113,18 @@ pub async fn run(config: Config) -> Result<Outcome, RunError> {
     off_runtime(move || preflight::check(&pids)).await?;
     let counters = Arc::new(Counters::default());
     let board = Arc::new(Mutex::new(ProblemBoard::default()));
+    let red = Arc::new(Mutex::new(metrics::RedRegistry::default()));
+    // Listen before attaching, so a taken port fails before anything is touched.
+    let metrics_server = match config.metrics_addr {
+        Some(addr) => {
+            let source = metrics::Source {
+                counters: counters.clone(),
+                red: red.clone(),
+            };
+            Some(metrics::MetricsServer::bind(addr, source).await?)
+        }
+        None => None,
+    };
 
     // Build the sink before attaching, so a bad endpoint fails before anything is touched.
     let sink = match &config.export {
@@ -250,6 +265,9 @@ pub async fn run(config: Config) -> Result<Outcome, RunError> {
         jobs,
         claimed: Default::default(),
         tally_sampled_out: config.export == ExportTarget::Terminal,
+        red: metrics_server
+            .as_ref()
+            .map(|_| metrics::RedRecorder::new(red, counters.clone(), config.service_name.clone())),
     };
     let stitch = Stage::spawn(
         "loupe-stitch",
@@ -287,6 +305,19 @@ pub async fn run(config: Config) -> Result<Outcome, RunError> {
         python,
         execs: execs_rx,
         news: joins_tx,
+    };
+    let (metrics_stop, metrics_stopped) = tokio::sync::oneshot::channel();
+    let metrics = match metrics_server {
+        Some(server) => {
+            if let Some(addr) = server.local_addr() {
+                eprintln!("loupe: serving metrics at http://{addr}/metrics");
+            }
+            Some(Stage::spawn(
+                "loupe-metrics",
+                server.serve(metrics_stopped),
+            )?)
+        }
+        None => None,
     };
     let (attached_tx, attached_rx) = tokio::sync::oneshot::channel();
     let mut upkeep = Stage::spawn(
@@ -356,6 +387,11 @@ pub async fn run(config: Config) -> Result<Outcome, RunError> {
     // The exporter ends at the deadline at the latest; a moment more for its last count.
     let _ = tokio::time::timeout_at(deadline + EXIT_GRACE, exporter.join()).await;
     let _ = tokio::time::timeout_at(deadline + EXIT_GRACE, upkeep.join()).await;
+    // Scrapes are answered until everything was flushed (or the deadline passed).
+    let _ = metrics_stop.send(());
+    if let Some(metrics) = metrics {
+        let _ = tokio::time::timeout_at(deadline + EXIT_GRACE, metrics.join()).await;
+    }
     if let Some(logger) = logger {
         let _ = tokio::time::timeout_at(deadline + EXIT_GRACE, logger).await;
     }
@@ -392,12 +428,17 @@ struct Verdicts {
     /// Sampled-out spans still go to the terminal view, which counts them in its route table
     /// without printing them; every other sink never sees them.
     tally_sampled_out: bool,
+    /// The services' RED metrics, with `--metrics-addr`: every span counts, sampled out or not.
+    red: Option<metrics::RedRecorder>,
 }
 
 impl Verdicts {
     /// Flags slowness, snapshots resources, and hands the span to the diagnoser, which puts in
     /// `ready` whatever can be exported now. `now` is the monotonic clock, read once per batch.
     fn take(&mut self, mut span: SpanRecord, now: u64, ready: &mut Vec<SpanRecord>) {
+        if let Some(red) = &mut self.red {
+            red.record(&span);
+        }
         if span.kind == spans::SpanKind::Client && span.parent_span_id.is_none() {
             Counters::add(&self.counters.unnested_calls, 1);
             if span.attr_str("loupe.parent") == Some(Unnested::Ambiguous.as_str()) {
@@ -538,6 +579,11 @@ async fn stitch(
                 stitcher.tick(now, &mut out);
                 verdicts.diagnoser.tick(now, &mut ready);
                 verdicts.heat(&stitcher, now, &counters);
+                // The levels /metrics shows.
+                Counters::set(&counters.batch_queue_depth, rx.len() as u64);
+                Counters::set(&counters.span_queue_depth, (tx.max_capacity() - tx.capacity()) as u64);
+                Counters::set(&counters.calls_held, verdicts.diagnoser.held() as u64);
+                Counters::set(&counters.calls_held_bytes, verdicts.diagnoser.held_bytes() as u64);
             }
             _ = sample.tick() => verdicts.resources.sample(monotonic_now_ns()),
         }

@@ -2,80 +2,138 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Shared, lock-free counters (one `Arc<Counters>` for the whole pipeline).
-#[derive(Debug, Default)]
-pub struct Counters {
+/// Whether a value only ever grows (a total) or goes up and down (a level).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+}
+
+/// One entry of [`Counters::all`]: the name it is shown under, what it counts (its field's doc
+/// comment), its kind and its value.
+pub struct Described<'a> {
+    pub name: &'static str,
+    pub help: &'static str,
+    pub kind: Kind,
+    pub value: &'a AtomicU64,
+}
+
+/// Declares [`Counters`] from one list, and [`Counters::all`] from the same list: each entry is
+/// a field's doc comment (also its help text), its name, its kind, and optionally the name it is
+/// shown under when that is not the field's. A counter added to the list is on `/metrics`.
+macro_rules! counters {
+    (@name $field:ident $shown:literal) => { $shown };
+    (@name $field:ident) => { stringify!($field) };
+    ($( $(#[doc = $doc:literal])+ $field:ident: $kind:ident $(= $shown:literal)?, )+) => {
+        /// Shared, lock-free counters (one `Arc<Counters>` for the whole pipeline).
+        #[derive(Debug, Default)]
+        pub struct Counters {
+            $( $(#[doc = $doc])+ pub $field: AtomicU64, )+
+            /// Each OTLP export request's duration and outcome.
+            pub export: crate::metrics::ExportStats,
+        }
+
+        impl Counters {
+            /// How many [`Self::all`] lists.
+            pub const LISTED: usize = [$(stringify!($field)),+].len();
+
+            /// Every counter and gauge of the list, in its order: what `/metrics` shows.
+            pub fn all(&self) -> [Described<'_>; Self::LISTED] {
+                [$(
+                    Described {
+                        name: counters!(@name $field $($shown)?),
+                        help: concat!($($doc),+),
+                        kind: Kind::$kind,
+                        value: &self.$field,
+                    },
+                )+]
+            }
+        }
+    };
+}
+
+counters! {
     /// Records read from the ring buffer.
-    pub events_read: AtomicU64,
+    events_read: Counter,
+    /// Bytes of the records read from the ring buffer.
+    ring_bytes_read: Counter,
     /// Records the kernel could not deliver (ring full, in-flight map full), polled from LOSS.
-    pub events_lost_kernel: AtomicU64,
+    events_lost_kernel: Counter = "events_lost",
     /// Records that did not decode.
-    pub decode_errors: AtomicU64,
+    decode_errors: Counter,
     /// Spans built by the stitcher.
-    pub spans_built: AtomicU64,
+    spans_built: Counter,
     /// Spans the exporter acknowledged (OTLP) or printed (terminal).
-    pub spans_exported: AtomicU64,
+    spans_exported: Counter,
     /// Spans dropped: export queue full, or the endpoint refused or timed out.
-    pub spans_dropped: AtomicU64,
+    spans_dropped: Counter,
     /// Of the spans dropped, those still queued or in flight when the shutdown timeout ran out.
-    pub spans_dropped_at_exit: AtomicU64,
-    /// OTLP requests sent (each attempt), those that failed, and their total time in us.
-    pub export_requests: AtomicU64,
-    pub export_failures: AtomicU64,
-    pub export_us_total: AtomicU64,
+    spans_dropped_at_exit: Counter,
     /// OTLP requests sent again after a failure the collector may recover from.
-    pub export_retries: AtomicU64,
+    export_retries: Counter,
     /// Spans of trees the tail sampler dropped (not a loss: they were counted in every
     /// statistic, then not exported by choice).
-    pub spans_sampled_out: AtomicU64,
+    spans_sampled_out: Counter,
+    /// Batches of ring-buffer records waiting for the stitch stage (sampled 4 times a second).
+    batch_queue_depth: Gauge,
+    /// Spans waiting for the exporter (sampled 4 times a second).
+    span_queue_depth: Gauge,
     /// Routes the terminal view's table forgot, least recently seen first, past its bound:
     /// their counts and percentiles start again if they come back.
-    pub routes_evicted: AtomicU64,
+    routes_evicted: Counter,
     /// Outbound calls (HTTP and database) exported without a parent, whatever the reason.
-    pub unnested_calls: AtomicU64,
-    /// Of those, the calls that some request in flight may have made, where loupe could not
-    /// tell which (`loupe.parent=ambiguous`).
-    pub ambiguous_calls: AtomicU64,
+    unnested_calls: Counter,
+    /// Outbound calls exported without a parent because several requests in flight may have
+    /// made them and loupe could not tell which (`loupe.parent=ambiguous`).
+    ambiguous_calls: Counter,
     /// Vector reads/writes whose bytes went on past the iovecs the kernel reads (counted by the
     /// kernel, polled).
-    pub iovecs_cut: AtomicU64,
+    iovecs_cut: Counter,
     /// TLS plaintext whose connection was not known (kernel).
-    pub tls_unplaced: AtomicU64,
+    tls_unplaced: Counter,
     /// Sockets the kernel could not track because its socket map was full (kernel, polled).
-    pub sockets_full: AtomicU64,
+    sockets_full: Counter,
     /// Processes the kernel could not target because its target map was full (kernel, polled).
-    pub targets_full: AtomicU64,
+    targets_full: Counter,
     /// Execs of processes that were not targets left unchecked against `--exe`/`--name`
     /// because the upkeep's queue was full (a rescan of /proc follows).
-    pub execs_unchecked: AtomicU64,
+    execs_unchecked: Counter,
     /// Connections not tracked because the connection table was full.
-    pub connections_dropped: AtomicU64,
+    connections_dropped: Counter,
     /// Bytes a parser could not read as its protocol (it resyncs at the next message).
-    pub parse_errors: AtomicU64,
+    parse_errors: Counter,
     /// Requests a parser knows were there but could not see (past the captured bytes).
-    pub requests_unseen: AtomicU64,
+    requests_unseen: Counter,
     /// Requests and calls that started and will never finish: a lost event, an evicted
     /// request, a bound reached (they get no span).
-    pub requests_abandoned: AtomicU64,
+    requests_abandoned: Counter,
     /// HTTP requests that got no response before their connection closed.
-    pub unanswered_requests: AtomicU64,
+    unanswered_requests: Counter,
     /// libpq queries whose end went unseen (a lost return, a process gone mid-query).
-    pub queries_abandoned: AtomicU64,
+    queries_abandoned: Counter,
     /// Calls exported without their request's verdict: the request never finished within the
     /// hold limit, or the calls waiting for their requests held too many bytes.
-    pub trees_undiagnosed: AtomicU64,
+    trees_undiagnosed: Counter,
+    /// Calls held until their request ends, for its verdict (sampled 4 times a second).
+    calls_held: Gauge,
+    /// Estimated bytes of the calls held for their request's verdict (sampled 4 times a
+    /// second).
+    calls_held_bytes: Gauge,
     /// Threads being CPU-sampled right now (running something past its threshold).
-    pub hot_threads: AtomicU64,
+    hot_threads: Gauge,
     /// CPU samples taken (while a thread was hot).
-    pub cpu_samples: AtomicU64,
+    cpu_samples: Counter,
     /// CPU samples no span claimed (taken after its end, or pushed out of the bounded store).
-    pub cpu_samples_unclaimed: AtomicU64,
+    cpu_samples_unclaimed: Counter,
     /// Slow spans exported without their profile (symbolizer queue full).
-    pub profiles_skipped: AtomicU64,
+    profiles_skipped: Counter,
     /// Slow threads not sampled because the hot-thread limit was reached.
-    pub threads_over_limit: AtomicU64,
+    threads_over_limit: Counter,
     /// Slow threads not sampled because perf_event_open refused (e.g. the thread had exited).
-    pub threads_unsampleable: AtomicU64,
+    threads_unsampleable: Counter,
+    /// Observations of the services' request metrics not recorded because their metric already
+    /// had as many label sets as it keeps (a new route, status or peer past the bound).
+    metric_series_dropped: Counter,
 }
 
 /// One counter of something loupe lost or could not read: its name in the summary line, the
@@ -99,22 +157,10 @@ impl Counters {
         counter.load(Ordering::Relaxed)
     }
 
-    /// One OTLP request attempt ended after `took`: taken (`ok`) or failed.
-    pub fn export_latency(&self, took: std::time::Duration, ok: bool) {
-        Self::add(&self.export_requests, 1);
-        if !ok {
-            Self::add(&self.export_failures, 1);
-        }
-        Self::add(
-            &self.export_us_total,
-            u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
-        );
-    }
-
     /// Every way an event, a request, a query, a span or a sample can be lost or mis-read, in
     /// pipeline order. The summary line and the terminal footer show each of them; the README
     /// says what each means.
-    pub fn losses(&self) -> [LossCounter<'_>; 21] {
+    pub fn losses(&self) -> [LossCounter<'_>; 22] {
         let loss = |name, value| LossCounter { name, value };
         [
             loss("events_lost", &self.events_lost_kernel),
@@ -138,6 +184,7 @@ impl Counters {
             loss("threads_over_limit", &self.threads_over_limit),
             loss("threads_unsampleable", &self.threads_unsampleable),
             loss("ambiguous_calls", &self.ambiguous_calls),
+            loss("metric_series_dropped", &self.metric_series_dropped),
         ]
     }
 

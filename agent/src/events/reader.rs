@@ -63,6 +63,8 @@ async fn drain(ring: &mut RingBuf<MapData>, tx: &mpsc::Sender<Batch>, counters: 
         }
         let full = batch.len() == MAX_BATCH;
         Counters::add(&counters.events_read, batch.len() as u64);
+        let bytes: usize = batch.iter().map(|record| record.len()).sum();
+        Counters::add(&counters.ring_bytes_read, bytes as u64);
         // Waiting here is the backpressure: the ring fills, and the kernel counts what it drops.
         if tx.send(batch).await.is_err() {
             return false;

@@ -228,7 +228,7 @@ async fn deliver(
     loop {
         let sent = Instant::now();
         let outcome = transport.send(body.clone()).await;
-        counters.export_latency(sent.elapsed(), outcome.is_ok());
+        counters.export.record(sent.elapsed(), outcome.is_ok());
         match outcome {
             Ok(accepted) => {
                 let rejected = accepted.rejected.min(spans);
