@@ -11,6 +11,7 @@ pub mod jaeger;
 pub mod node;
 pub mod postgres;
 pub mod procs;
+pub mod prometheus;
 pub mod queries;
 pub mod redis;
 pub mod traceparent;

@@ -32,7 +32,8 @@ const APT_PACKAGES: &[&str] = &[
 
 /// What the tests' Python apps import, pinned: the PostgreSQL drivers they drive (psycopg2-binary,
 /// psycopg, pg8000, asyncpg), the asyncio web stack (FastAPI on uvicorn, on asyncio's loop or
-/// uvloop), HTTP clients (httpx, requests) and the Redis client.
+/// uvloop), HTTP clients (httpx, requests), the Redis client, and the Prometheus client library
+/// whose parser reads loupe's /metrics (named as `pip freeze` spells it).
 const PYTHON_PACKAGES: &[&str] = &[
     "psycopg2-binary==2.9.13",
     "psycopg==3.3.9",
@@ -44,9 +45,10 @@ const PYTHON_PACKAGES: &[&str] = &[
     "httpx==0.28.1",
     "requests==2.34.2",
     "redis==8.1.0",
+    "prometheus_client==0.26.0",
 ];
 /// The step's label: the packages by name.
-const PYTHON_STEP: &str = "Python venv (psycopg2-binary, psycopg, pg8000, asyncpg, fastapi, uvicorn, uvloop, httpx, requests, redis)";
+const PYTHON_STEP: &str = "Python venv (psycopg2-binary, psycopg, pg8000, asyncpg, fastapi, uvicorn, uvloop, httpx, requests, redis, prometheus_client)";
 
 /// The Node.js shop's one dependency, node-postgres; tests/apps/node_shop/package.json and its
 /// package-lock.json pin the same version.
