@@ -21,16 +21,7 @@ impl<T: Send + 'static> Stage<T> {
         F: Future<Output = T> + Send + 'static,
     {
         let runtime = tokio::runtime::Handle::current();
-        let (tx, done) = oneshot::channel();
-        let thread = std::thread::Builder::new()
-            .name(name.to_owned())
-            .spawn(move || {
-                let _ = tx.send(runtime.block_on(future));
-            })?;
-        Ok(Self {
-            done: Some(done),
-            thread,
-        })
+        Self::on_thread(name, move || runtime.block_on(future))
     }
 
     /// Starts `future` on a new thread named `name` with a runtime of its own (one thread):
@@ -44,11 +35,16 @@ impl<T: Send + 'static> Stage<T> {
             .enable_all()
             .thread_name(name)
             .build()?;
+        Self::on_thread(name, move || runtime.block_on(future))
+    }
+
+    /// Runs `work` on a new thread named `name`; its output is what [`Self::finished`] gives.
+    fn on_thread(name: &str, work: impl FnOnce() -> T + Send + 'static) -> std::io::Result<Self> {
         let (tx, done) = oneshot::channel();
         let thread = std::thread::Builder::new()
             .name(name.to_owned())
             .spawn(move || {
-                let _ = tx.send(runtime.block_on(future));
+                let _ = tx.send(work());
             })?;
         Ok(Self {
             done: Some(done),

@@ -36,16 +36,7 @@ impl Client {
 
     /// GET `path`, which must answer 200: the test fails with the body otherwise.
     pub fn get_ok(&mut self, path: &str) -> Timed {
-        let response = self
-            .get(path)
-            .unwrap_or_else(|err| panic!("GET {path}: {err}"));
-        assert_eq!(
-            response.status,
-            200,
-            "GET {path}: {}",
-            String::from_utf8_lossy(&response.body)
-        );
-        response
+        self.get_ok_with(path, &[])
     }
 
     pub fn request(&mut self, method: &str, path: &str, body: &[u8]) -> std::io::Result<Timed> {

@@ -45,11 +45,10 @@ impl Stitcher {
 mod tests {
     use std::sync::Arc;
 
-    use bytes::Bytes;
     use loupe_common::{Direction, SocketRole};
 
     use crate::{
-        events::{ConnRecord, DataRecord, Event, ExecRecord},
+        events::{ConnRecord, Event, ExecRecord},
         spans::{
             SpanKind,
             parent::Runtime,
@@ -78,20 +77,7 @@ mod tests {
     }
 
     fn data(fd: i32, direction: Direction, at: u64, bytes: &'static [u8]) -> Event {
-        Event::Data(DataRecord {
-            pid: PID,
-            tid: TID,
-            fd,
-            conn_id: 1000 + fd as u64,
-            enter_ns: at,
-            exit_ns: at + 100,
-            total_len: bytes.len() as u32,
-            direction,
-            goid: 0,
-            parent_goid: 0,
-            tls: false,
-            payload: Bytes::from_static(bytes),
-        })
+        crate::spans::stitcher::tests::data(fd, TID, direction, at, bytes)
     }
 
     /// The old process on PID serves a request on thread TID and never answers it; then

@@ -35,7 +35,13 @@ fn conn_at(fd: i32, tid: u32, role: SocketRole, peer: &str, at: u64) -> Event {
     })
 }
 
-fn data(fd: i32, tid: u32, direction: Direction, at: u64, bytes: &'static [u8]) -> Event {
+pub(super) fn data(
+    fd: i32,
+    tid: u32,
+    direction: Direction,
+    at: u64,
+    bytes: &'static [u8],
+) -> Event {
     Event::Data(DataRecord {
         pid: PID,
         tid,
