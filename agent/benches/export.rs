@@ -77,9 +77,12 @@ fn cpu_seconds() -> f64 {
     secs(usage.ru_utime) + secs(usage.ru_stime)
 }
 
-async fn one_run(endpoint: &str, protocol: OtlpProtocol) {
+async fn one_run(endpoint: &str, protocol: OtlpProtocol, settings: ExportSettings) {
     let counters = Arc::new(Counters::default());
-    let settings = ExportSettings::default();
+    let shape = format!(
+        "batches of {}, {} in flight",
+        settings.max_batch, settings.concurrency
+    );
     let queue = settings.max_queue;
     let sink = OtlpSink::new(
         endpoint,
@@ -119,7 +122,7 @@ async fn one_run(endpoint: &str, protocol: OtlpProtocol) {
     let exported = Counters::get(&counters.spans_exported);
     let dropped = Counters::get(&counters.spans_dropped);
     println!(
-        "export {:?} to {endpoint}: {SPANS} spans in {took:.2} s = {:.0} spans/s; loupe CPU {cpu:.2} s ({:.2} us/span); exported {exported}, dropped {dropped}",
+        "export {:?} to {endpoint} ({shape}): {SPANS} spans in {took:.2} s = {:.0} spans/s; loupe CPU {cpu:.2} s ({:.2} us/span); exported {exported}, dropped {dropped}",
         protocol,
         SPANS as f64 / took,
         cpu * 1e6 / SPANS as f64,
@@ -141,13 +144,25 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
+    // The defaults, and the high-traffic preset's batches and requests in flight.
+    let shapes = [
+        ExportSettings::default(),
+        ExportSettings {
+            max_queue: 65_536,
+            max_batch: 4_096,
+            concurrency: 4,
+            ..ExportSettings::default()
+        },
+    ];
     runtime.block_on(async {
-        if let Some(endpoint) = &grpc {
-            one_run(endpoint, OtlpProtocol::Grpc).await;
-        }
-        if let Some(endpoint) = &http {
-            let url = loupe::export::otlp::transport::traces_url(endpoint);
-            one_run(&url, OtlpProtocol::Http).await;
+        for settings in shapes {
+            if let Some(endpoint) = &grpc {
+                one_run(endpoint, OtlpProtocol::Grpc, settings.clone()).await;
+            }
+            if let Some(endpoint) = &http {
+                let url = loupe::export::otlp::transport::traces_url(endpoint);
+                one_run(&url, OtlpProtocol::Http, settings.clone()).await;
+            }
         }
     });
 }
