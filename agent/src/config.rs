@@ -421,7 +421,7 @@ impl RunArgs {
             return Err(ConfigError::NothingToObserve);
         }
 
-        let non_empty = |key: &str| env(key).filter(|value| !value.trim().is_empty());
+        let non_empty = |key: &str| crate::export::settings::non_empty(&env, key);
         // (URL, whether it is the generic endpoint: OTLP/HTTP adds /v1/traces to its path).
         let endpoint = match self.otlp_endpoint {
             Some(url) => Some((url, false)),

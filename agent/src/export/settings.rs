@@ -290,7 +290,8 @@ impl ExportFlags {
     }
 }
 
-fn non_empty(env: &impl Fn(&str) -> Option<String>, name: &str) -> Option<String> {
+/// The variable `name`, unless unset or blank.
+pub fn non_empty(env: &impl Fn(&str) -> Option<String>, name: &str) -> Option<String> {
     env(name).filter(|value| !value.trim().is_empty())
 }
 

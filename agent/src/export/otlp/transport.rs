@@ -252,7 +252,7 @@ impl Transport {
                 };
                 let response = post.body(body).send().await.map_err(|err| SendError {
                     retryable: true,
-                    message: http_error(&err),
+                    message: innermost(&err),
                 })?;
                 let status = response.status();
                 if status.is_success() {
@@ -333,18 +333,9 @@ fn grpc_retryable(code: tonic::Code) -> bool {
 
 /// A gRPC failure in one line: the code and the innermost cause (e.g. "connection refused").
 fn grpc_message(status: &tonic::Status) -> String {
-    let mut cause: Option<&dyn std::error::Error> = std::error::Error::source(status);
-    let mut innermost = None;
-    while let Some(err) = cause {
-        innermost = Some(err.to_string());
-        cause = err.source();
-    }
-    let detail = innermost.unwrap_or_else(|| status.message().to_owned());
+    let detail =
+        std::error::Error::source(status).map_or_else(|| status.message().to_owned(), innermost);
     format!("{:?}: {}", status.code(), detail)
-}
-
-fn http_error(err: &reqwest::Error) -> String {
-    innermost(err)
 }
 
 /// The innermost cause of an error chain (e.g. "Connection refused (os error 111)").
