@@ -149,14 +149,13 @@ fn a_collector_killed_for_30s_under_load_gets_what_fit_the_queue_and_export_resu
     assert!(counts["export_retries"] > 0);
 }
 
-/// Requests loupe sees, then waits until they are built into spans (one stitch tick and the
-/// diagnosis pass; loupe's counters show only at exit).
+/// `n` requests, each answered before the next: their events are in the ring buffer once the
+/// last answer is read, and loupe's stop drains and stitches everything in it.
 fn serve(nginx: &Nginx, prefix: &str, n: usize) {
     let mut client = loupe_tests::client::Client::connect(&nginx.addr).unwrap();
     for i in 0..n {
         client.get_ok(&format!("{prefix}{i}"));
     }
-    std::thread::sleep(Duration::from_millis(1_500));
 }
 
 /// SIGINT; the summary must come within `limit`. (The process ends a moment later: the kernel
