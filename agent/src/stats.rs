@@ -109,6 +109,10 @@ counters! {
     requests_abandoned: Counter,
     /// HTTP requests that got no response before their connection closed.
     unanswered_requests: Counter,
+    /// Requests from a caller loupe observes whose call it did not see in time (a lost event,
+    /// or the caller's write handled more than the wait after the request was answered):
+    /// exported as a trace of their own instead of under the call.
+    callers_unseen: Counter,
     /// libpq queries whose end went unseen (a lost return, a process gone mid-query).
     queries_abandoned: Counter,
     /// Calls exported without their request's verdict: the request never finished within the
@@ -160,7 +164,7 @@ impl Counters {
     /// Every way an event, a request, a query, a span or a sample can be lost or mis-read, in
     /// pipeline order. The summary line and the terminal footer show each of them; the README
     /// says what each means.
-    pub fn losses(&self) -> [LossCounter<'_>; 22] {
+    pub fn losses(&self) -> [LossCounter<'_>; 23] {
         let loss = |name, value| LossCounter { name, value };
         [
             loss("events_lost", &self.events_lost_kernel),
@@ -175,6 +179,7 @@ impl Counters {
             loss("requests_unseen", &self.requests_unseen),
             loss("requests_abandoned", &self.requests_abandoned),
             loss("unanswered_requests", &self.unanswered_requests),
+            loss("callers_unseen", &self.callers_unseen),
             loss("queries_abandoned", &self.queries_abandoned),
             loss("trees_undiagnosed", &self.trees_undiagnosed),
             loss("spans_dropped", &self.spans_dropped),

@@ -169,13 +169,54 @@ pub fn try_exit_connect(ctx: &TracePointContext) -> Result<(), i64> {
     if ret != 0 && ret != EINPROGRESS {
         return Ok(());
     }
+    let found = local.is_some();
     opened(
         pid_tgid,
         in_flight.fd,
         SocketRole::Client,
         in_flight.buf,
         local,
-    )
+    )?;
+    if !found {
+        // The handshake may have completed on another CPU between the look-up above and the
+        // socket's insert in `opened`: then its address went to CONNECT_LOCAL, for no one.
+        // Looked up again now that the socket is in SOCKETS (sock_state checks SOCKETS again
+        // after its insert), so one of the two always passes it on.
+        // SAFETY: copied out at once, deleted right after.
+        if let Some(late) = unsafe { CONNECT_LOCAL.get(pid_tgid) }
+            .copied()
+            .filter(|connecting| connecting.fd == in_flight.fd)
+            && CONNECT_LOCAL.remove(pid_tgid).is_ok()
+        {
+            return conn_local(pid_tgid, &late);
+        }
+    }
+    Ok(())
+}
+
+/// Tells userspace the own address of a client socket already in SOCKETS.
+#[inline(always)]
+fn conn_local(pid_tgid: u64, connecting: &Connecting) -> Result<(), i64> {
+    let pid = (pid_tgid >> 32) as u32;
+    let key = SocketKey {
+        pid,
+        fd: connecting.fd,
+    };
+    // SAFETY: copied out at once.
+    let Some(conn_id) = (unsafe { SOCKETS.get(key.as_u64()) }).map(|info| info.conn_id) else {
+        return Ok(());
+    };
+    let event = ConnLocalEvent {
+        header: EventHeader {
+            kind: EventKind::ConnLocal as u32,
+            pid,
+            tid: pid_tgid as u32,
+            fd: connecting.fd,
+            conn_id,
+        },
+        local: connecting.local,
+    };
+    emit::output(&event)
 }
 
 /// TCP state changes of targets' connecting sockets. Entering SYN_SENT happens inside connect,
@@ -245,32 +286,31 @@ pub fn try_sock_state(ctx: &TracePointContext) -> Result<(), i64> {
         }
         _ => return Ok(()),
     }
-    let pid = (connecting.pid_tgid >> 32) as u32;
+    let pid_tgid = connecting.pid_tgid;
     let key = SocketKey {
-        pid,
+        pid: (pid_tgid >> 32) as u32,
         fd: connecting.fd,
     };
-    // SAFETY: copied out at once.
-    match unsafe { SOCKETS.get(key.as_u64()) }.map(|info| info.conn_id) {
+    // SAFETY: presence test only.
+    if unsafe { SOCKETS.get(key.as_u64()) }.is_some() {
         // connect returned already (a non-blocking connect): tell userspace.
-        Some(conn_id) => {
-            let event = ConnLocalEvent {
-                header: EventHeader {
-                    kind: EventKind::ConnLocal as u32,
-                    pid,
-                    tid: connecting.pid_tgid as u32,
-                    fd: connecting.fd,
-                    conn_id,
-                },
-                local: connecting.local,
-            };
-            emit::output(&event)
-        }
-        // Still inside connect (a blocking one, on loopback): its exit carries it.
-        None => CONNECT_LOCAL
-            .insert(connecting.pid_tgid, connecting, 0)
-            .map_err(|err| err as i64),
+        return conn_local(pid_tgid, &connecting);
     }
+    // Still inside connect (a blocking one, on loopback): its exit carries it.
+    CONNECT_LOCAL
+        .insert(pid_tgid, connecting, 0)
+        .map_err(|err| err as i64)?;
+    // Unless connect's exit looked before this insert and has put the socket in SOCKETS since
+    // (a non-blocking connect returning on another CPU): then it is passed on here.
+    // SAFETY: presence test only.
+    if unsafe { SOCKETS.get(key.as_u64()) }.is_some()
+        // SAFETY: presence test only; whoever removes it passes it on.
+        && unsafe { CONNECT_LOCAL.get(pid_tgid) }.is_some_and(|c| c.fd == connecting.fd)
+        && CONNECT_LOCAL.remove(pid_tgid).is_ok()
+    {
+        return conn_local(pid_tgid, &connecting);
+    }
+    Ok(())
 }
 
 pub fn try_enter_close(ctx: &TracePointContext) -> Result<(), i64> {

@@ -111,6 +111,11 @@ struct Doer {
 /// Marks an [`Doer::exec`] that is a goroutine id, not a thread id.
 const GOROUTINE: u64 = 1 << 63;
 
+/// How long a request answered before its caller's write was handled waits for it (the two
+/// ends' events race through the ring buffer; the write's return can come late when the
+/// caller's thread is kept off the CPU), before it goes out as a trace of its own.
+const CALLER_WAIT_NS: u64 = 2_000_000_000;
+
 impl Protocol {
     fn unknown() -> Self {
         Self::Unknown {
@@ -179,6 +184,8 @@ pub struct Stitcher {
     runtimes: HashMap<u32, Runtime>,
     /// Reads the runtime of a process (/proc; tests put in their own).
     runtime_probe: fn(u32) -> Runtime,
+    /// Reads both addresses of a target's socket (/proc; tests put in their own).
+    socket_probe: fn(u32, i32) -> Option<SocketAddrs>,
     /// Per (pid, tid) of an event-loop process: the server request (connection id, sequence)
     /// whose bytes the thread read last, while it has read nothing else since and made no call.
     last_read: HashMap<(u32, u32), (u64, u64)>,
@@ -191,6 +198,11 @@ pub struct Stitcher {
     awaiting_caller: HashMap<(ConnKey, u64), AwaitingCaller>,
     /// The same requests by their span id: a call one of them makes ends its wait.
     awaiting_by_span: HashMap<u64, (ConnKey, u64)>,
+    /// Server spans of those requests answered before their caller's write was handled (the
+    /// caller's thread can be kept off the CPU between sending and its write's return), by
+    /// span id, with when they finished: each goes out under its call when the write comes,
+    /// or alone after [`CALLER_WAIT_NS`].
+    held_for_caller: HashMap<u64, (SpanRecord, u64)>,
     /// Go: the goroutine that handed each request to a Transport connection, by (pid,
     /// `*Request`).
     go_callers: HashMap<(u32, u64), u64>,
@@ -281,10 +293,12 @@ impl Stitcher {
             serving: HashMap::default(),
             runtimes: HashMap::default(),
             runtime_probe: runtime_of,
+            socket_probe: socket_addrs,
             last_read: HashMap::default(),
             by_local: HashMap::default(),
             awaiting_caller: HashMap::default(),
             awaiting_by_span: HashMap::default(),
+            held_for_caller: HashMap::default(),
             go_callers: HashMap::default(),
             go_writing_for: HashMap::default(),
             go_spawned: HashMap::default(),
@@ -304,6 +318,11 @@ impl Stitcher {
     }
 
     /// Reads processes' runtimes with `probe` instead of /proc.
+    pub fn with_socket_probe(mut self, probe: fn(u32, i32) -> Option<SocketAddrs>) -> Self {
+        self.socket_probe = probe;
+        self
+    }
+
     pub fn with_runtime_probe(mut self, probe: fn(u32) -> Runtime) -> Self {
         self.runtime_probe = probe;
         self
@@ -477,6 +496,15 @@ impl Stitcher {
         for id in overdue {
             self.settle(id, out);
         }
+        let unseen: Vec<u64> = self
+            .held_for_caller
+            .iter()
+            .filter(|(_, (_, since))| now_ns.saturating_sub(*since) > CALLER_WAIT_NS)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in unseen {
+            self.caller_unseen(id, out);
+        }
     }
 
     /// Finishes everything (at shutdown): each connection is closed as if by the target.
@@ -490,6 +518,10 @@ impl Stitcher {
             self.settle(id, out);
         }
         out.extend(self.held_servers.drain().map(|(_, span)| span));
+        let waiting: Vec<u64> = self.held_for_caller.keys().copied().collect();
+        for id in waiting {
+            self.caller_unseen(id, out);
+        }
     }
 
     /// The threads running something past its threshold at `now_ns`: a server request, an
@@ -595,6 +627,18 @@ impl Stitcher {
         let mut conn = Self::new_conn(record.role, record.peer, record.local, record.ts_ns);
         conn.fd = record.fd;
         conn.from_start = true;
+        if record.role == SocketRole::Server
+            && record.peer.is_none()
+            && self.lookups.take(record.ts_ns)
+        {
+            // An accept already waiting when loupe attached gave no address buffer: without
+            // its peer, a caller loupe observes would not find its request (one look-up per
+            // such accept, made while the connection is most likely still open).
+            conn.looked_up = true;
+            if let Some(addrs) = (self.socket_probe)(record.pid, record.fd) {
+                conn.ends.learn(addrs.peer, addrs.local);
+            }
+        }
         if record.role == SocketRole::Client && self.runtime(record.pid) == Runtime::RunToCompletion
         {
             self.clock_ns = record.ts_ns;
@@ -762,7 +806,7 @@ impl Stitcher {
         let conn = self.conns.get_mut(&key)?;
         if conn.ends.local.is_none() && !conn.looked_up && self.lookups.take(now_ns) {
             conn.looked_up = true;
-            if let Some(addrs) = socket_addrs(key.0, conn.fd) {
+            if let Some(addrs) = (self.socket_probe)(key.0, conn.fd) {
                 conn.ends.learn(addrs.peer, addrs.local);
             }
         }
@@ -811,7 +855,7 @@ impl Stitcher {
                 } => {
                     let doer = doer.unwrap_or(Doer::thread(0));
                     if !self.started_by_libpq(key, seq, doer) {
-                        self.request_started(key, seq, doer, traceparent.as_deref(), line);
+                        self.request_started(key, seq, doer, traceparent.as_deref(), line, out);
                     }
                 }
                 Report::Answering { seq } => {
@@ -938,6 +982,7 @@ impl Stitcher {
         doer: Doer,
         traceparent: Option<&str>,
         line: u64,
+        out: &mut Vec<SpanRecord>,
     ) {
         let Some(role) = self.conns.get(&key).map(|conn| conn.role) else {
             return;
@@ -1000,7 +1045,7 @@ impl Stitcher {
             conn.pending.insert(seq, pending);
         }
         if role == SocketRole::Client {
-            self.caller_arrived(key, seq, line, ids);
+            self.caller_arrived(key, seq, line, ids, out);
         }
     }
 
@@ -1032,7 +1077,17 @@ impl Stitcher {
         let Some(caller) = self.caller_conn(key) else {
             return;
         };
+        if self
+            .conns
+            .get(&caller)
+            .is_some_and(|conn| conn.pending.contains_key(&seq))
+        {
+            // The caller's request of that number came already, and is another: no wait.
+            return;
+        }
         if self.awaiting_caller.len() >= self.limits.max_connections {
+            // Past the bound the oldest waits are given up (a held span goes out alone at the
+            // next tick).
             self.awaiting_caller.clear();
             self.awaiting_by_span.clear();
         }
@@ -1048,12 +1103,29 @@ impl Stitcher {
 
     /// A client request started on `key`: if the other end already read it (and has made no
     /// call since), that request joins this one's trace as its child.
-    fn caller_arrived(&mut self, key: ConnKey, seq: u64, line: u64, ids: SpanIds) {
+    fn caller_arrived(
+        &mut self,
+        key: ConnKey,
+        seq: u64,
+        line: u64,
+        ids: SpanIds,
+        out: &mut Vec<SpanRecord>,
+    ) {
         let Some(awaiting) = self.awaiting_caller.remove(&(key, seq)) else {
             return;
         };
         self.awaiting_by_span.remove(&awaiting.span_id);
+        let held = self.held_for_caller.remove(&awaiting.span_id);
         if awaiting.line != line || self.late.contains_key(&ids.span_id) {
+            // Not its call (something was lost on one end), or a call without a trace yet.
+            out.extend(held.map(|(span, _)| span));
+            return;
+        }
+        if let Some((mut span, _)) = held {
+            // Answered already: it goes out now, under its call.
+            span.trace_id = ids.trace_id;
+            span.parent_span_id = Some(ids.span_id);
+            out.push(span);
             return;
         }
         let Some(request) = self
@@ -1272,7 +1344,7 @@ impl Stitcher {
         };
         if needs_lookup && !conn.looked_up && self.lookups.take(exchange.response_last.exit_ns) {
             conn.looked_up = true;
-            if let Some(addrs) = socket_addrs(key.0, conn.fd) {
+            if let Some(addrs) = (self.socket_probe)(key.0, conn.fd) {
                 conn.ends.learn(addrs.peer, addrs.local);
             }
         }
@@ -1299,8 +1371,34 @@ impl Stitcher {
         } else if self.late_by_request.contains_key(&span.span_id) {
             self.held_servers.insert(span.span_id, span);
         } else {
+            self.release(span, out);
+        }
+    }
+
+    /// A span nothing of its own process holds back goes out, unless it is a request still
+    /// waiting for its caller's write: then it waits too (bounded by [`CALLER_WAIT_NS`]).
+    fn release(&mut self, span: SpanRecord, out: &mut Vec<SpanRecord>) {
+        if self.awaiting_by_span.contains_key(&span.span_id)
+            && self.held_for_caller.len() < self.limits.max_connections
+        {
+            self.held_for_caller
+                .insert(span.span_id, (span, self.clock_ns));
+        } else {
             out.push(span);
         }
+    }
+
+    /// Request `span_id`, answered, waited for its caller's write for too long (or loupe is
+    /// stopping): it goes out as a trace of its own, counted.
+    fn caller_unseen(&mut self, span_id: u64, out: &mut Vec<SpanRecord>) {
+        let Some((span, _)) = self.held_for_caller.remove(&span_id) else {
+            return;
+        };
+        if let Some(key) = self.awaiting_by_span.remove(&span_id) {
+            self.awaiting_caller.remove(&key);
+        }
+        Counters::add(&self.counters.callers_unseen, 1);
+        out.push(span);
     }
 
     /// Ids for a call `doer` starts now as request `seq` of `key`, if it is decided late: a
@@ -1414,7 +1512,7 @@ impl Stitcher {
             if calls.is_empty() {
                 self.late_by_request.remove(&request);
                 if let Some(span) = self.held_servers.remove(&request) {
-                    out.push(span);
+                    self.release(span, out);
                 }
             }
         }

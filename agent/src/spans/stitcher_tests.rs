@@ -628,12 +628,30 @@ fn data_of(pid: u32, fd: i32, direction: Direction, at: u64, bytes: &'static [u8
 
 const CALLEE: u32 = 200;
 
+/// In which order the two ends' events come through the ring buffer, where they race.
+#[derive(Clone, Copy, Debug)]
+enum Order {
+    /// The caller's write, then the callee's read and answer.
+    WriteReadAnswer,
+    /// The callee's read, then the caller's write, then the callee's answer.
+    ReadWriteAnswer,
+    /// The callee's read and its whole answer before the caller's write returns (its thread
+    /// kept off the CPU after sending).
+    ReadAnswerWrite,
+}
+
+const ORDERS: [Order; 3] = [
+    Order::WriteReadAnswer,
+    Order::ReadWriteAnswer,
+    Order::ReadAnswerWrite,
+];
+
 /// A caller (PID, thread 7) serving REQUEST calls a callee (CALLEE) over a connection loupe saw
-/// open on both ends; `callee_first` puts the callee's read before the caller's write, as the
-/// two ends' events can race through the ring buffer.
-fn two_ends(callee_first: bool, call_seen_by_callee: &'static [u8]) -> Vec<SpanRecord> {
+/// open on both ends, the two ends' events in `order`.
+fn two_ends(order: Order, call_seen_by_callee: &'static [u8]) -> Vec<SpanRecord> {
     let caller_write = data(6, 7, Direction::Egress, 2_000, CALL);
     let callee_read = data_of(CALLEE, 9, Direction::Ingress, 2_050, call_seen_by_callee);
+    let callee_answer = data_of(CALLEE, 9, Direction::Egress, 2_500, CALL_RESPONSE);
     let mut events = vec![
         conn(5, 7, SocketRole::Server, "127.0.0.1:5000"),
         data(5, 7, Direction::Ingress, 1_000, REQUEST),
@@ -646,13 +664,12 @@ fn two_ends(callee_first: bool, call_seen_by_callee: &'static [u8]) -> Vec<SpanR
         ),
         conn_of(CALLEE, 9, SocketRole::Server, "127.0.0.1:40001", None),
     ];
-    if callee_first {
-        events.extend([callee_read, caller_write]);
-    } else {
-        events.extend([caller_write, callee_read]);
-    }
+    events.extend(match order {
+        Order::WriteReadAnswer => [caller_write, callee_read, callee_answer],
+        Order::ReadWriteAnswer => [callee_read, caller_write, callee_answer],
+        Order::ReadAnswerWrite => [callee_read, callee_answer, caller_write],
+    });
     events.extend([
-        data_of(CALLEE, 9, Direction::Egress, 2_500, CALL_RESPONSE),
         data(6, 7, Direction::Ingress, 3_000, CALL_RESPONSE),
         data(5, 7, Direction::Egress, 4_000, RESPONSE),
     ]);
@@ -661,8 +678,8 @@ fn two_ends(callee_first: bool, call_seen_by_callee: &'static [u8]) -> Vec<SpanR
 
 #[test]
 fn the_callee_of_an_observed_caller_joins_its_trace() {
-    for callee_first in [false, true] {
-        let spans = two_ends(callee_first, CALL);
+    for order in ORDERS {
+        let spans = two_ends(order, CALL);
         let find = |pid: u32, kind: SpanKind| {
             spans
                 .iter()
@@ -675,8 +692,8 @@ fn the_callee_of_an_observed_caller_joins_its_trace() {
             find(CALLEE, SpanKind::Server),
         );
         assert_eq!(call.parent_span_id, Some(request.span_id));
-        assert_eq!(callee.parent_span_id, Some(call.span_id), "{callee_first}");
-        assert_eq!(callee.trace_id, request.trace_id);
+        assert_eq!(callee.parent_span_id, Some(call.span_id), "{order:?}");
+        assert_eq!(callee.trace_id, request.trace_id, "{order:?}");
     }
 }
 
@@ -684,14 +701,98 @@ fn the_callee_of_an_observed_caller_joins_its_trace() {
 fn a_callee_whose_request_line_differs_is_not_linked() {
     // The same connection and position, another request: something was lost on one end.
     const OTHER: &[u8] = b"GET /other HTTP/1.1\r\nHost: 127.0.0.1:8081\r\n\r\n";
-    for callee_first in [false, true] {
-        let spans = two_ends(callee_first, OTHER);
+    for order in ORDERS {
+        let spans = two_ends(order, OTHER);
         let callee = spans
             .iter()
             .find(|s| s.pid == CALLEE && s.kind == SpanKind::Server)
-            .unwrap();
+            .unwrap_or_else(|| panic!("{order:?} {spans:#?}"));
         assert_eq!(callee.parent_span_id, None);
     }
+}
+
+#[test]
+fn a_callee_whose_callers_write_never_comes_goes_out_alone_after_the_wait_counted() {
+    let counters = Arc::new(Counters::default());
+    let mut stitcher = Stitcher::new(StitcherLimits::default(), counters.clone());
+    let mut out = Vec::new();
+    for event in [
+        conn_of(
+            PID,
+            6,
+            SocketRole::Client,
+            "127.0.0.1:8081",
+            Some("127.0.0.1:40001"),
+        ),
+        conn_of(CALLEE, 9, SocketRole::Server, "127.0.0.1:40001", None),
+        data_of(CALLEE, 9, Direction::Ingress, 2_050, CALL),
+        data_of(CALLEE, 9, Direction::Egress, 2_500, CALL_RESPONSE),
+    ] {
+        stitcher.handle(event, &mut out);
+    }
+    stitcher.tick(2_500 + 1_900_000_000, &mut out);
+    assert!(
+        out.is_empty(),
+        "held while its caller may still come: {out:#?}"
+    );
+    stitcher.tick(2_500 + 2_100_000_000, &mut out);
+    assert_eq!(out.len(), 1, "{out:#?}");
+    assert_eq!(out[0].parent_span_id, None);
+    assert_eq!(Counters::get(&counters.callers_unseen), 1);
+    // The write, if it comes after all, finds nothing to link: no second span.
+    stitcher.handle(data(6, PID, Direction::Egress, 2_000, CALL), &mut out);
+    assert_eq!(out.len(), 1);
+}
+
+#[test]
+fn a_callee_accepted_by_an_accept_waiting_at_attach_still_joins_its_callers_trace() {
+    // A thread already blocked in accept at attach: its accept's exit has no address buffer,
+    // so the connection's peer comes from the socket itself.
+    fn probe(pid: u32, fd: i32) -> Option<crate::process::SocketAddrs> {
+        (pid == CALLEE && fd == 9).then(|| crate::process::SocketAddrs {
+            local: "127.0.0.1:8081".parse().unwrap(),
+            peer: "127.0.0.1:40001".parse().unwrap(),
+        })
+    }
+    let mut stitcher = Stitcher::new(StitcherLimits::default(), Arc::new(Counters::default()))
+        .with_runtime_probe(|_| Runtime::Threads)
+        .with_socket_probe(probe);
+    let mut out = Vec::new();
+    for event in [
+        conn(5, 7, SocketRole::Server, "127.0.0.1:5000"),
+        data(5, 7, Direction::Ingress, 1_000, REQUEST),
+        conn_of(
+            PID,
+            6,
+            SocketRole::Client,
+            "127.0.0.1:8081",
+            Some("127.0.0.1:40001"),
+        ),
+        Event::Conn(ConnRecord {
+            pid: CALLEE,
+            tid: CALLEE,
+            fd: 9,
+            conn_id: conn_id(9),
+            ts_ns: 1,
+            role: SocketRole::Server,
+            peer: None,
+            local: None,
+        }),
+        data_of(CALLEE, 9, Direction::Ingress, 2_050, CALL),
+        data(6, 7, Direction::Egress, 2_000, CALL),
+        data_of(CALLEE, 9, Direction::Egress, 2_500, CALL_RESPONSE),
+        data(6, 7, Direction::Ingress, 3_000, CALL_RESPONSE),
+        data(5, 7, Direction::Egress, 4_000, RESPONSE),
+    ] {
+        stitcher.handle(event, &mut out);
+    }
+    let call = out.iter().find(|s| s.kind == SpanKind::Client).unwrap();
+    let callee = out
+        .iter()
+        .find(|s| s.pid == CALLEE && s.kind == SpanKind::Server)
+        .unwrap_or_else(|| panic!("{out:#?}"));
+    assert_eq!(callee.parent_span_id, Some(call.span_id));
+    assert_eq!(callee.trace_id, call.trace_id);
 }
 
 /// `event` as goroutine `goid` made it.
