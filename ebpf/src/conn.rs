@@ -10,7 +10,7 @@ use loupe_common::{
 };
 
 use crate::{
-    data::{Buffer, RET_OFFSET, Tracked, arg_offset, remember, tracked_socket},
+    data::{Buffer, RET_OFFSET, Tracked, arg_offset, remember, syscall_arg1, tracked_socket},
     emit,
     maps::{
         CONNECT_LOCAL, Connecting, IN_FLIGHT, InFlight, SOCKETS, SYN_SENT, TARGET_PIDS, count_loss,
@@ -138,11 +138,12 @@ fn opened(
 
 pub fn try_exit_accept(ctx: &TracePointContext) -> Result<(), i64> {
     // A thread already blocked in accept when loupe attached has no InFlight: its connection is
-    // still the target's, only without the peer address.
+    // still the target's, and the address buffer it passed is still in the registers saved at
+    // its entry (a caller loupe observes finds its request by that peer address).
     let (pid_tgid, addr_ptr) = match take_in_flight() {
         Some((pid_tgid, in_flight)) => (pid_tgid, in_flight.buf),
         None => match current_target() {
-            Some(pid_tgid) => (pid_tgid, 0),
+            Some(pid_tgid) => (pid_tgid, syscall_arg1()),
             None => return Ok(()),
         },
     };

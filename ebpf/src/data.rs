@@ -73,6 +73,23 @@ pub fn tracked_socket(fd: i32) -> Option<Tracked> {
 /// Offset of `r14` in the user registers the kernel saved at syscall entry (`struct pt_regs`,
 /// x86-64: r15, r14, ...).
 const PT_REGS_R14: u64 = 8;
+/// Offset of `si` there: the syscall's second argument (x86-64: ..., dx, si, di, orig_ax).
+const PT_REGS_SI: u64 = 104;
+
+/// The second argument of the syscall the current thread is in, read at its exit from the
+/// registers the kernel saved at its entry (it leaves them as they were): for a syscall whose
+/// entry loupe did not see (a thread already waiting in it at attach). 0 where it cannot be
+/// read.
+pub fn syscall_arg1() -> u64 {
+    // SAFETY: helpers on the current task; the pointer they return is only read through
+    // bpf_probe_read_kernel, which faults safely.
+    let regs = unsafe { generated::bpf_task_pt_regs(generated::bpf_get_current_task_btf()) };
+    if regs == 0 {
+        return 0;
+    }
+    // SAFETY: a kernel address read with bpf_probe_read_kernel.
+    unsafe { bpf_probe_read_kernel((regs as u64 + PT_REGS_SI) as *const u64) }.unwrap_or(0)
+}
 
 /// The ids of the goroutine making this syscall and of its parent: Go keeps the running `g` in
 /// r14 (ABIInternal, and its syscall stubs leave r14 alone), `goid` and `parentGoid` at the

@@ -1,7 +1,7 @@
 //! Two observed services, one calling the other over loopback: every backend request is in
 //! the trace of the frontend request that called it, under that request's call, from the very
-//! first request after attach (the backend's accept was already waiting when loupe attached,
-//! so that connection's peer comes from the socket, not from accept's buffer), under
+//! first request after attach (the backend's accept was already waiting when loupe attached:
+//! the address buffer it passed is read from the registers saved at its entry), under
 //! concurrent clients, on a new connection per call.
 //!
 //! Every request carries a `traceparent` with a trace id the test chose (unique, random): each

@@ -631,9 +631,9 @@ impl Stitcher {
             && record.peer.is_none()
             && self.lookups.take(record.ts_ns)
         {
-            // An accept already waiting when loupe attached gave no address buffer: without
-            // its peer, a caller loupe observes would not find its request (one look-up per
-            // such accept, made while the connection is most likely still open).
+            // An accept without an address buffer (libuv passes none): without its peer, a
+            // caller loupe observes would not find its request. One look-up per such accept,
+            // which finds the socket only while it is open (a long-lived connection).
             conn.looked_up = true;
             if let Some(addrs) = (self.socket_probe)(record.pid, record.fd) {
                 conn.ends.learn(addrs.peer, addrs.local);

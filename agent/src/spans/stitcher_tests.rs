@@ -745,9 +745,8 @@ fn a_callee_whose_callers_write_never_comes_goes_out_alone_after_the_wait_counte
 }
 
 #[test]
-fn a_callee_accepted_by_an_accept_waiting_at_attach_still_joins_its_callers_trace() {
-    // A thread already blocked in accept at attach: its accept's exit has no address buffer,
-    // so the connection's peer comes from the socket itself.
+fn a_callee_accepted_without_an_address_buffer_still_joins_its_callers_trace() {
+    // accept(fd, NULL, NULL): the connection's peer comes from the socket itself.
     fn probe(pid: u32, fd: i32) -> Option<crate::process::SocketAddrs> {
         (pid == CALLEE && fd == 9).then(|| crate::process::SocketAddrs {
             local: "127.0.0.1:8081".parse().unwrap(),
