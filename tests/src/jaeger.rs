@@ -312,6 +312,15 @@ pub struct Span {
     pub logs: Vec<HashMap<String, Value>>,
 }
 
+/// `spans` grouped by their trace id.
+pub fn by_trace(spans: &[Span]) -> HashMap<&str, Vec<&Span>> {
+    let mut traces: HashMap<&str, Vec<&Span>> = HashMap::new();
+    for span in spans {
+        traces.entry(span.trace_id.as_str()).or_default().push(span);
+    }
+    traces
+}
+
 impl Span {
     fn from_raw(raw: RawSpan, process: Option<&RawProcess>) -> Self {
         Self {

@@ -83,6 +83,20 @@ impl DemoApp {
     pub fn backend_pid(&self) -> u32 {
         self.backend.id()
     }
+
+    /// loupe on both processes, exporting to `endpoint`, then `extra` flags.
+    pub fn both_args(&self, endpoint: &str, extra: &[&str]) -> Vec<String> {
+        let mut all = args(&[
+            "--pid",
+            &self.frontend_pid().to_string(),
+            "--pid",
+            &self.backend_pid().to_string(),
+            "--otlp-endpoint",
+            endpoint,
+        ]);
+        all.extend(args(extra));
+        all
+    }
 }
 
 impl Drop for DemoApp {

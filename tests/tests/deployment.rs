@@ -4,13 +4,13 @@
 //! everything (ratio 1); the tier keeps exactly the traces with a slow or failed span, each
 //! whole across the two processes, and none of the others (its probabilistic share set to 0).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
 use loupe_tests::{
     client::Client,
     collector_tier::CollectorTier,
-    jaeger::{Jaeger, Span},
-    procs::{DemoApp, Loupe, args},
+    jaeger::{Jaeger, by_trace},
+    procs::{DemoApp, Loupe},
     require_root,
     traceparent::{TraceIds, hex, traceparent},
 };
@@ -42,14 +42,7 @@ fn loupe_through_a_tail_sampling_collector_tier_delivers_whole_traces() {
         ],
     );
     let app = DemoApp::start();
-    let loupe = Loupe::attach(&args(&[
-        "--pid",
-        &app.frontend_pid().to_string(),
-        "--pid",
-        &app.backend_pid().to_string(),
-        "--otlp-endpoint",
-        &tier.grpc_endpoint(),
-    ]));
+    let loupe = Loupe::attach(&app.both_args(&tier.grpc_endpoint(), &[]));
 
     // Per client: 20 fast checkouts, then the traces the tier must keep: a slow checkout, a
     // failed checkout (the backend answers 404, a clean server span on its side, so only the
@@ -117,13 +110,7 @@ fn loupe_through_a_tail_sampling_collector_tier_delivers_whole_traces() {
     assert_eq!(summary["spans_exported"], all_spans as u64, "{context}");
     assert_eq!(summary["spans_sampled_out"], 0, "{context}");
 
-    let mut by_trace: HashMap<&str, Vec<&Span>> = HashMap::new();
-    for span in &spans {
-        by_trace
-            .entry(span.trace_id.as_str())
-            .or_default()
-            .push(span);
-    }
+    let by_trace = by_trace(&spans);
     let exported: BTreeSet<String> = by_trace.keys().map(|id| (*id).to_owned()).collect();
     let expected: BTreeSet<String> = kept.iter().map(|s| hex(s.trace_id)).collect();
     let differ: Vec<&String> = exported.symmetric_difference(&expected).collect();

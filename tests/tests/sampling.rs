@@ -7,11 +7,11 @@
 //! Every request carries a `traceparent` with a trace id the test chose (random, unique), so the
 //! test knows each request's trace id whether or not loupe exported it.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
 use loupe_tests::{
     client::Client,
-    jaeger::{Jaeger, Span},
+    jaeger::{Jaeger, Span, by_trace},
     procs::{DemoApp, Loupe, args},
     require_root,
     traceparent::{TraceIds, hex, remote_parent, traceparent},
@@ -72,18 +72,10 @@ fn every_slow_tree_and_a_tenth_of_the_others_are_kept_whole() {
     let seed = ids.seed();
     let jaeger = Jaeger::start();
     let app = DemoApp::start();
-    let flags = args(&[
-        "--pid",
-        &app.frontend_pid().to_string(),
-        "--pid",
-        &app.backend_pid().to_string(),
-        "--otlp-endpoint",
+    let flags = app.both_args(
         &jaeger.grpc_endpoint(),
-        "--sample-ratio",
-        "0.1",
-        "--sample",
-        "GET /health=0",
-    ]);
+        &["--sample-ratio", "0.1", "--sample", "GET /health=0"],
+    );
     let loupe = Loupe::attach(&flags);
 
     // 1,000 requests, 20 of them slow (a checkout whose backend call takes 2.1 s; one on each
@@ -116,13 +108,7 @@ fn every_slow_tree_and_a_tenth_of_the_others_are_kept_whole() {
 
     let predicted_spans: usize = plan.iter().filter(|s| s.kept()).map(|s| s.spans).sum();
     let spans = jaeger.wait_for_spans("demo-app", predicted_spans, |_| true);
-    let mut by_trace: HashMap<&str, Vec<&Span>> = HashMap::new();
-    for span in &spans {
-        by_trace
-            .entry(span.trace_id.as_str())
-            .or_default()
-            .push(span);
-    }
+    let by_trace = by_trace(&spans);
     // Why each request's tree is kept: planted slow, else a cause its own spans show (on a
     // loaded machine any request can take a second, and is then rightly kept as slow), else
     // its trace id within the ratio; else it is dropped.

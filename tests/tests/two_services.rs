@@ -7,12 +7,10 @@
 //! Every request carries a `traceparent` with a trace id the test chose (unique, random): each
 //! backend span is checked against the request that made it.
 
-use std::collections::HashMap;
-
 use loupe_tests::{
     client::Client,
-    jaeger::{Jaeger, Span},
-    procs::{DemoApp, Loupe, args},
+    jaeger::{Jaeger, by_trace},
+    procs::{DemoApp, Loupe},
     require_root,
     traceparent::{TraceIds, hex, remote_parent, traceparent},
 };
@@ -27,14 +25,7 @@ fn every_backend_request_is_under_the_call_that_made_it_from_the_first_request_o
     let seed = ids.seed();
     let jaeger = Jaeger::start();
     let app = DemoApp::start();
-    let loupe = Loupe::attach(&args(&[
-        "--pid",
-        &app.frontend_pid().to_string(),
-        "--pid",
-        &app.backend_pid().to_string(),
-        "--otlp-endpoint",
-        &jaeger.grpc_endpoint(),
-    ]));
+    let loupe = Loupe::attach(&app.both_args(&jaeger.grpc_endpoint(), &[]));
 
     // The first checkout alone, so that its call is the first connection the backend's waiting
     // accept returns; then the rest from concurrent keep-alive clients.
@@ -64,13 +55,7 @@ fn every_backend_request_is_under_the_call_that_made_it_from_the_first_request_o
     assert!(finished.status.success(), "{}", finished.stderr);
 
     let spans = jaeger.wait_for_spans("demo-app", 3 * trace_ids.len(), |_| true);
-    let mut by_trace: HashMap<&str, Vec<&Span>> = HashMap::new();
-    for span in &spans {
-        by_trace
-            .entry(span.trace_id.as_str())
-            .or_default()
-            .push(span);
-    }
+    let by_trace = by_trace(&spans);
     let mut failures = Vec::new();
     for (n, &trace_id) in trace_ids.iter().enumerate() {
         let label = format!("checkout of user {} (trace {})", user(n), hex(trace_id));

@@ -628,6 +628,18 @@ fn data_of(pid: u32, fd: i32, direction: Direction, at: u64, bytes: &'static [u8
 
 const CALLEE: u32 = 200;
 
+/// The caller's connection to the callee (PID, fd 6), seen from its connect with its own
+/// address, 127.0.0.1:40001: what the callee's end sees as its peer.
+fn callers_connection() -> Event {
+    conn_of(
+        PID,
+        6,
+        SocketRole::Client,
+        "127.0.0.1:8081",
+        Some("127.0.0.1:40001"),
+    )
+}
+
 /// In which order the two ends' events come through the ring buffer, where they race.
 #[derive(Clone, Copy, Debug)]
 enum Order {
@@ -655,13 +667,7 @@ fn two_ends(order: Order, call_seen_by_callee: &'static [u8]) -> Vec<SpanRecord>
     let mut events = vec![
         conn(5, 7, SocketRole::Server, "127.0.0.1:5000"),
         data(5, 7, Direction::Ingress, 1_000, REQUEST),
-        conn_of(
-            PID,
-            6,
-            SocketRole::Client,
-            "127.0.0.1:8081",
-            Some("127.0.0.1:40001"),
-        ),
+        callers_connection(),
         conn_of(CALLEE, 9, SocketRole::Server, "127.0.0.1:40001", None),
     ];
     events.extend(match order {
@@ -717,13 +723,7 @@ fn a_callee_whose_callers_write_never_comes_goes_out_alone_after_the_wait_counte
     let mut stitcher = Stitcher::new(StitcherLimits::default(), counters.clone());
     let mut out = Vec::new();
     for event in [
-        conn_of(
-            PID,
-            6,
-            SocketRole::Client,
-            "127.0.0.1:8081",
-            Some("127.0.0.1:40001"),
-        ),
+        callers_connection(),
         conn_of(CALLEE, 9, SocketRole::Server, "127.0.0.1:40001", None),
         data_of(CALLEE, 9, Direction::Ingress, 2_050, CALL),
         data_of(CALLEE, 9, Direction::Egress, 2_500, CALL_RESPONSE),
@@ -760,13 +760,7 @@ fn a_callee_accepted_without_an_address_buffer_still_joins_its_callers_trace() {
     for event in [
         conn(5, 7, SocketRole::Server, "127.0.0.1:5000"),
         data(5, 7, Direction::Ingress, 1_000, REQUEST),
-        conn_of(
-            PID,
-            6,
-            SocketRole::Client,
-            "127.0.0.1:8081",
-            Some("127.0.0.1:40001"),
-        ),
+        callers_connection(),
         Event::Conn(ConnRecord {
             pid: CALLEE,
             tid: CALLEE,
@@ -949,13 +943,7 @@ fn a_callee_that_called_out_before_its_caller_was_seen_keeps_its_own_trace() {
     let spans = run(vec![
         conn(5, 7, SocketRole::Server, "127.0.0.1:5000"),
         data(5, 7, Direction::Ingress, 1_000, REQUEST),
-        conn_of(
-            PID,
-            6,
-            SocketRole::Client,
-            "127.0.0.1:8081",
-            Some("127.0.0.1:40001"),
-        ),
+        callers_connection(),
         conn_of(CALLEE, 9, SocketRole::Server, "127.0.0.1:40001", None),
         data_of(CALLEE, 9, Direction::Ingress, 2_050, CALL),
         conn_of(CALLEE, 11, SocketRole::Client, "127.0.0.1:9999", None),
