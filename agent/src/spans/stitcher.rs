@@ -317,12 +317,13 @@ impl Stitcher {
         }
     }
 
-    /// Reads processes' runtimes with `probe` instead of /proc.
+    /// Reads sockets' addresses with `probe` instead of /proc.
     pub fn with_socket_probe(mut self, probe: fn(u32, i32) -> Option<SocketAddrs>) -> Self {
         self.socket_probe = probe;
         self
     }
 
+    /// Reads processes' runtimes with `probe` instead of /proc.
     pub fn with_runtime_probe(mut self, probe: fn(u32) -> Runtime) -> Self {
         self.runtime_probe = probe;
         self
