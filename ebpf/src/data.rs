@@ -76,11 +76,9 @@ const PT_REGS_R14: u64 = 8;
 /// Offset of `si` there: the syscall's second argument (x86-64: ..., dx, si, di, orig_ax).
 const PT_REGS_SI: u64 = 104;
 
-/// The second argument of the syscall the current thread is in, read at its exit from the
-/// registers the kernel saved at its entry (it leaves them as they were): for a syscall whose
-/// entry loupe did not see (a thread already waiting in it at attach). 0 where it cannot be
-/// read.
-pub fn syscall_arg1() -> u64 {
+/// The user register at `offset` of those the kernel saved at the current syscall's entry (it
+/// leaves them as they were until the exit); 0 where it cannot be read.
+fn saved_user_reg(offset: u64) -> u64 {
     // SAFETY: helpers on the current task; the pointer they return is only read through
     // bpf_probe_read_kernel, which faults safely.
     let regs = unsafe { generated::bpf_task_pt_regs(generated::bpf_get_current_task_btf()) };
@@ -88,7 +86,14 @@ pub fn syscall_arg1() -> u64 {
         return 0;
     }
     // SAFETY: a kernel address read with bpf_probe_read_kernel.
-    unsafe { bpf_probe_read_kernel((regs as u64 + PT_REGS_SI) as *const u64) }.unwrap_or(0)
+    unsafe { bpf_probe_read_kernel((regs as u64 + offset) as *const u64) }.unwrap_or(0)
+}
+
+/// The second argument of the syscall the current thread is in, read at its exit: for a
+/// syscall whose entry loupe did not see (a thread already waiting in it at attach). 0 where it
+/// cannot be read.
+pub fn syscall_arg1() -> u64 {
+    saved_user_reg(PT_REGS_SI)
 }
 
 /// The ids of the goroutine making this syscall and of its parent: Go keeps the running `g` in
@@ -99,17 +104,7 @@ fn current_goids(offsets: u32) -> (u64, u64) {
     if goid_at == 0 {
         return (0, 0);
     }
-    // SAFETY: helpers on the current task; the pointer they return is only read through
-    // bpf_probe_read_kernel, which faults safely.
-    let regs = unsafe { generated::bpf_task_pt_regs(generated::bpf_get_current_task_btf()) };
-    if regs == 0 {
-        return (0, 0);
-    }
-    // SAFETY: a kernel address read with bpf_probe_read_kernel.
-    let Ok(g) = (unsafe { bpf_probe_read_kernel((regs as u64 + PT_REGS_R14) as *const u64) })
-    else {
-        return (0, 0);
-    };
+    let g = saved_user_reg(PT_REGS_R14);
     if g == 0 {
         return (0, 0);
     }
