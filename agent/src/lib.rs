@@ -170,6 +170,7 @@ pub async fn run(config: Config) -> Result<Outcome, RunError> {
         query_bytes: config.max_query_bytes,
         wakeup_bytes: WAKEUP_BYTES,
         watch: probes::ExecWatch::of(&matcher),
+        max_sockets: loupe_common::SOCKETS_MAX,
     };
     let pids = config.pids.clone();
     let scan = matcher.clone();
@@ -301,6 +302,7 @@ pub async fn run(config: Config) -> Result<Outcome, RunError> {
         commands: command_rx,
         targets: target_set,
         loss,
+        evictions: probes::EvictionAudit::new(loupe_common::SOCKETS_MAX),
         python,
         execs: execs_rx,
         news: joins_tx,

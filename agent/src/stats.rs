@@ -93,6 +93,9 @@ counters! {
     tls_unplaced: Counter,
     /// Sockets the kernel could not track because its socket map was full (kernel, polled).
     sockets_full: Counter,
+    /// Tracked sockets the kernel's LRU socket map let go of to make room for new ones: their
+    /// later bytes are not seen (from the kernel's and userspace's insert and remove counts).
+    sockets_evicted: Counter,
     /// Processes the kernel could not target because its target map was full (kernel, polled).
     targets_full: Counter,
     /// Execs of processes that were not targets left unchecked against `--exe`/`--name`
@@ -164,12 +167,13 @@ impl Counters {
     /// Every way an event, a request, a query, a span or a sample can be lost or mis-read, in
     /// pipeline order. The summary line and the terminal footer show each of them; the README
     /// says what each means.
-    pub fn losses(&self) -> [LossCounter<'_>; 23] {
+    pub fn losses(&self) -> [LossCounter<'_>; 24] {
         let loss = |name, value| LossCounter { name, value };
         [
             loss("events_lost", &self.events_lost_kernel),
             loss("decode_errors", &self.decode_errors),
             loss("sockets_full", &self.sockets_full),
+            loss("sockets_evicted", &self.sockets_evicted),
             loss("targets_full", &self.targets_full),
             loss("execs_unchecked", &self.execs_unchecked),
             loss("iovecs_cut", &self.iovecs_cut),

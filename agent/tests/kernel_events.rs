@@ -26,6 +26,10 @@ fn attach(capture_bytes: u32) -> Probes {
 }
 
 fn attach_to(me: u32, capture_bytes: u32) -> Probes {
+    attach_with(me, capture_bytes, loupe_common::SOCKETS_MAX)
+}
+
+fn attach_with(me: u32, capture_bytes: u32, max_sockets: u32) -> Probes {
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
     assert_eq!(euid, 0, "needs root: run with `cargo xtask test`");
@@ -35,6 +39,7 @@ fn attach_to(me: u32, capture_bytes: u32) -> Probes {
         query_bytes: 2048,
         wakeup_bytes: 1,
         watch: Default::default(),
+        max_sockets,
     };
     load_and_attach(
         &config,
@@ -510,6 +515,125 @@ fn a_socket_closed_by_close_range_is_forgotten_and_its_reused_fd_is_not_its_conn
     unsafe { libc::close(fd) };
 }
 
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn a_socket_replaced_by_dup2_is_closed_and_its_fd_is_not_its_connection() {
+    use std::os::{fd::IntoRawFd, unix::net::UnixStream};
+
+    let _guard = SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut probes = attach(256);
+    let me = std::process::id();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let first = TcpStream::connect(addr).unwrap().into_raw_fd();
+    let _first_server = listener.accept().unwrap();
+    let second = TcpStream::connect(addr).unwrap().into_raw_fd();
+    let _second_server = listener.accept().unwrap();
+    let events = collect_until(&mut probes, Duration::from_secs(5), |events| {
+        connected_on(events, me, first).is_some() && connected_on(events, me, second).is_some()
+    });
+    let first_conn = connected_on(&events, me, first).expect("first connect seen");
+    let second_conn = connected_on(&events, me, second).expect("second connect seen");
+
+    // An untracked socket put over a tracked one: dup2 closes the tracked one.
+    let (unix, _peer) = UnixStream::pair().unwrap();
+    // SAFETY: `first` is this test's own fd; dup2 replaces it with the unix socket.
+    assert_eq!(unsafe { libc::dup2(unix.as_raw_fd(), first) }, first);
+    // SAFETY: the buffer is live for the call.
+    let wrote = unsafe { libc::write(first, b"stale".as_ptr().cast(), 5) };
+    assert_eq!(wrote, 5);
+    // A tracked socket put over another (dup3): the one replaced is closed, the fd is the copy's.
+    // SAFETY: `second` and `first` are this test's own fds.
+    assert_eq!(unsafe { libc::dup3(second, first, libc::O_CLOEXEC) }, first);
+    // SAFETY: the buffer is live for the call.
+    let wrote = unsafe { libc::write(first, b"fresh".as_ptr().cast(), 5) };
+    assert_eq!(wrote, 5);
+
+    let events = collect_until(&mut probes, Duration::from_secs(5), |events| {
+        data_on(events, first, Direction::Egress)
+            .iter()
+            .any(|d| &d.payload[..] == b"fresh")
+    });
+    assert!(
+        closed(&events, first, first_conn),
+        "dup2 over a tracked socket reports its close"
+    );
+    let writes = data_on(&events, first, Direction::Egress);
+    assert!(
+        !writes.iter().any(|d| &d.payload[..] == b"stale"),
+        "the untracked socket dup2 put on the fd is not traced: {writes:?}"
+    );
+    assert!(
+        writes
+            .iter()
+            .all(|d| d.conn_id == second_conn && &d.payload[..] == b"fresh"),
+        "after dup3, the fd is the second connection's: {writes:?}"
+    );
+    assert!(
+        !closed(&events, second, second_conn),
+        "the socket dup3 copied stays open"
+    );
+    // SAFETY: both fds are this test's own, closed once, here.
+    unsafe {
+        libc::close(first);
+        libc::close(second);
+    }
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn sockets_the_full_socket_map_let_go_of_are_counted() {
+    const MAP: u32 = 128;
+    const PAIRS: usize = 150;
+
+    let _guard = SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut probes = attach_with(std::process::id(), 256, MAP);
+    let mut audit = loupe::probes::EvictionAudit::new(MAP);
+    assert_eq!(
+        audit.update(&probes.sockets, &probes.loss),
+        0,
+        "nothing let go of yet"
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    // Each pair is two tracked sockets of this process: the connected one and the accepted one.
+    let pairs: Vec<(TcpStream, TcpStream)> = (0..PAIRS)
+        .map(|_| {
+            let client = TcpStream::connect(addr).unwrap();
+            (client, listener.accept().unwrap().0)
+        })
+        .collect();
+    let last = pairs.last().unwrap().0.as_raw_fd();
+    let me = std::process::id();
+    collect_until(&mut probes, Duration::from_secs(5), |events| {
+        connected_on(events, me, last).is_some()
+    });
+    let present = probes.sockets.keys().count();
+    assert!(
+        present <= MAP as usize,
+        "{present} sockets in a map of {MAP}"
+    );
+    let tracked = 2 * PAIRS;
+    let evicted = audit.update(&probes.sockets, &probes.loss);
+    assert_eq!(
+        evicted as usize,
+        tracked - present,
+        "every socket not in the map was let go of ({present} there)"
+    );
+    // Closing them all takes out the ones still there; the count stays.
+    drop(pairs);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while probes.sockets.keys().count() > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(probes.sockets.keys().count(), 0, "closes took out the rest");
+    assert_eq!(audit.update(&probes.sockets, &probes.loss), evicted);
+}
+
 /// Connects two sockets to the port in argv[1] ("keep", made inheritable, then "gone", left
 /// close-on-exec as Python makes them), then execs Python again with the program in argv[2].
 const BEFORE_EXEC: &str = "import os, socket, sys
@@ -802,6 +926,7 @@ fn attach_watching(watch: ExecWatch) -> Probes {
         query_bytes: 2048,
         wakeup_bytes: 1,
         watch,
+        max_sockets: loupe_common::SOCKETS_MAX,
     };
     load_and_attach(&config, &[]).expect("load and attach")
 }

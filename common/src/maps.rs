@@ -76,9 +76,17 @@ pub enum LossSlot {
     /// Plaintext an OpenSSL call moved on a connection loupe could not tell (its socket never
     /// seen inside an OpenSSL call: the data was buffered since before attach).
     TlsUnplaced = 5,
+    /// Not a loss: keys the kernel put in `SOCKETS` that were not there. With
+    /// `SocketsRemoved`, userspace's own inserts and removes, and the keys still there, it tells
+    /// how many sockets the LRU map let go of to make room.
+    SocketsAdded = 6,
+    /// Not a loss: keys the kernel removed from `SOCKETS` that were there.
+    SocketsRemoved = 7,
 }
 /// Number of slots in `LOSS`.
-pub const LOSS_SLOTS: u32 = 6;
+pub const LOSS_SLOTS: u32 = 8;
+/// Entries of the kernel's `SOCKETS` map unless the loader sets another size.
+pub const SOCKETS_MAX: u32 = 65_536;
 
 #[cfg(feature = "user")]
 mod pod {

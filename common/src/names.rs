@@ -121,8 +121,11 @@ pub const TRACEPOINT_PROGRAMS: &[TracepointProgram] = &[
     },
     TracepointProgram {
         program: "enter_dup",
+        tracepoints: &[("syscalls", "sys_enter_dup")],
+    },
+    TracepointProgram {
+        program: "enter_dup2",
         tracepoints: &[
-            ("syscalls", "sys_enter_dup"),
             ("syscalls", "sys_enter_dup2"),
             ("syscalls", "sys_enter_dup3"),
         ],

@@ -6,15 +6,15 @@ use aya_ebpf::{
 };
 use loupe_common::{
     CloseEvent, ConnEvent, ConnLocalEvent, Direction, DupEvent, EventHeader, EventKind, FD_SCAN,
-    LossSlot, ParkedEvent, ResyncEvent, SOCKADDR_LEN, SocketInfo, SocketKey, SocketRole,
+    ParkedEvent, ResyncEvent, SOCKADDR_LEN, SocketInfo, SocketKey, SocketRole,
 };
 
 use crate::{
     data::{Buffer, RET_OFFSET, Tracked, arg_offset, remember, syscall_arg1, tracked_socket},
     emit,
     maps::{
-        CONNECT_LOCAL, Connecting, IN_FLIGHT, InFlight, SOCKETS, SYN_SENT, TARGET_PIDS, count_loss,
-        stash, take_in_flight,
+        CONNECT_LOCAL, Connecting, IN_FLIGHT, InFlight, SOCKETS, SYN_SENT, TARGET_PIDS, stash,
+        take_in_flight, track_socket, untrack_socket,
     },
 };
 
@@ -97,9 +97,7 @@ fn opened(
         goid_offset,
         conn_id,
     };
-    if SOCKETS.insert(key.as_u64(), info, 0).is_err() {
-        count_loss(LossSlot::SocketsFull);
-    }
+    track_socket(key.as_u64(), &info);
     let mut event = ConnEvent {
         header: EventHeader {
             kind: EventKind::Conn as u32,
@@ -331,7 +329,7 @@ pub fn try_enter_close(ctx: &TracePointContext) -> Result<(), i64> {
 #[inline(always)]
 fn forget(pid_tgid: u64, fd: i32, conn_id: u64) -> Result<(), i64> {
     let pid = (pid_tgid >> 32) as u32;
-    let _ = SOCKETS.remove(SocketKey { pid, fd }.as_u64());
+    untrack_socket(SocketKey { pid, fd }.as_u64());
     emit::output(&CloseEvent {
         header: EventHeader {
             kind: EventKind::Close as u32,
@@ -446,7 +444,7 @@ pub fn try_process_exec(ctx: &TracePointContext) -> Result<(), i64> {
         let key = SocketKey { pid, fd: fd as i32 }.as_u64();
         // SAFETY: copied out at once, deleted right after.
         if let Some(info) = unsafe { SOCKETS.get(key) }.copied() {
-            let _ = SOCKETS.remove(key);
+            untrack_socket(key);
             let _ = emit::output(&ParkedEvent {
                 header: EventHeader {
                     kind: EventKind::Parked as u32,
@@ -487,11 +485,39 @@ fn remember_dup(old_fd: i32) -> Result<(), i64> {
     }
 }
 
-/// dup, dup2, dup3: the old fd is arg 0.
+/// dup: the old fd is arg 0.
 pub fn try_enter_dup(ctx: &TracePointContext) -> Result<(), i64> {
-    // SAFETY: oldfd is arg 0 of dup, dup2 and dup3.
+    // SAFETY: oldfd is arg 0 of dup.
     let old_fd: u64 = unsafe { ctx.read_at(arg_offset(0)) }.map_err(i64::from)?;
     remember_dup(old_fd as i32)
+}
+
+/// dup2, dup3 (oldfd, newfd, ...): as dup when the old fd is tracked, and also when only the
+/// new one is, because the call closes whatever `newfd` was (the exit reports that close).
+pub fn try_enter_dup2(ctx: &TracePointContext) -> Result<(), i64> {
+    // SAFETY: oldfd and newfd are args 0 and 1 of dup2 and dup3.
+    let old_fd = unsafe { ctx.read_at::<u64>(arg_offset(0)) }.map_err(i64::from)? as i32;
+    // SAFETY: as above.
+    let new_fd = unsafe { ctx.read_at::<u64>(arg_offset(1)) }.map_err(i64::from)? as i32;
+    if old_fd == new_fd {
+        return Ok(());
+    }
+    if tracked_socket(old_fd).is_some() {
+        return remember_dup(old_fd);
+    }
+    let Some(replaced) = tracked_socket(new_fd) else {
+        return Ok(());
+    };
+    // The old fd is no socket of ours: `conn_id` 0 tells the exit there is nothing to copy.
+    remember(
+        Tracked {
+            conn_id: 0,
+            ..replaced
+        },
+        old_fd,
+        Buffer::Flat { buf: 0, len: 0 },
+        Direction::Ingress,
+    )
 }
 
 /// fcntl(fd, F_DUPFD or F_DUPFD_CLOEXEC, min): what Rust's `try_clone` and many runtimes use.
@@ -506,7 +532,8 @@ pub fn try_enter_fcntl(ctx: &TracePointContext) -> Result<(), i64> {
     remember_dup(old_fd as i32)
 }
 
-/// The new fd shares the old one's connection.
+/// The new fd shares the old one's connection. A tracked socket the new fd was (dup2 and dup3
+/// close it, or a close loupe never saw left it behind) is closed first.
 pub fn try_exit_dup(ctx: &TracePointContext) -> Result<(), i64> {
     let Some((pid_tgid, in_flight)) = take_in_flight() else {
         return Ok(());
@@ -518,6 +545,15 @@ pub fn try_exit_dup(ctx: &TracePointContext) -> Result<(), i64> {
     }
     let pid = (pid_tgid >> 32) as u32;
     let new_fd = ret as i32;
+    // SAFETY: copied out at once.
+    let replaced =
+        (unsafe { SOCKETS.get(SocketKey { pid, fd: new_fd }.as_u64()) }).map(|info| info.conn_id);
+    if let Some(conn_id) = replaced {
+        forget(pid_tgid, new_fd, conn_id)?;
+    }
+    if in_flight.conn_id == 0 {
+        return Ok(());
+    }
     let key = SocketKey {
         pid,
         fd: in_flight.fd,
@@ -527,12 +563,7 @@ pub fn try_exit_dup(ctx: &TracePointContext) -> Result<(), i64> {
     let Some(info) = (unsafe { SOCKETS.get(key) }).copied() else {
         return Ok(());
     };
-    if SOCKETS
-        .insert(SocketKey { pid, fd: new_fd }.as_u64(), info, 0)
-        .is_err()
-    {
-        count_loss(LossSlot::SocketsFull);
-    }
+    track_socket(SocketKey { pid, fd: new_fd }.as_u64(), &info);
     emit::output(&DupEvent {
         header: EventHeader {
             kind: EventKind::Dup as u32,

@@ -119,6 +119,11 @@ pub fn enter_dup(ctx: TracePointContext) -> u32 {
 }
 
 #[tracepoint]
+pub fn enter_dup2(ctx: TracePointContext) -> u32 {
+    finish(conn::try_enter_dup2(&ctx))
+}
+
+#[tracepoint]
 pub fn enter_fcntl(ctx: TracePointContext) -> u32 {
     finish(conn::try_enter_fcntl(&ctx))
 }

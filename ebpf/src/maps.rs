@@ -5,8 +5,8 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use loupe_common::{
-    COMM_LEN, GoLayout, LOSS_SLOTS, MAX_CAPTURE, MAX_WATCH_COMMS, SOCKADDR_LEN, SocketInfo,
-    TargetInfo,
+    COMM_LEN, GoLayout, LOSS_SLOTS, LossSlot, MAX_CAPTURE, MAX_WATCH_COMMS, SOCKADDR_LEN,
+    SOCKETS_MAX, SocketInfo, TargetInfo,
 };
 
 /// Event records. Kernel writes (without a wakeup below `WAKEUP_BYTES` of backlog); userspace's
@@ -31,9 +31,11 @@ pub static WATCH_COMMS: HashMap<[u8; COMM_LEN], u8> = HashMap::with_max_entries(
 /// attach and removes those of processes that exited or whose fds /proc shows closed. Data
 /// programs read it: only fds in it are traced. LRU: a socket whose close was never seen cannot
 /// fill it; when it is full, the socket unused the longest makes room (an insert that still
-/// fails is counted, `LossSlot::SocketsFull`).
+/// fails is counted, `LossSlot::SocketsFull`). Every insert and remove goes through
+/// `track_socket` and `untrack_socket`, which count them, so userspace can tell how many made
+/// room (`sockets_evicted`).
 #[map]
-pub static SOCKETS: LruHashMap<u64, SocketInfo> = LruHashMap::with_max_entries(65536, 0);
+pub static SOCKETS: LruHashMap<u64, SocketInfo> = LruHashMap::with_max_entries(SOCKETS_MAX, 0);
 
 /// Arguments of a syscall a target thread is inside, keyed by pid_tgid. Enter programs write,
 /// the matching exit program reads and deletes. Kernel only.
@@ -120,7 +122,7 @@ pub struct InFlight {
 /// is counted as a loss.
 pub fn stash(pid_tgid: u64, in_flight: InFlight) -> Result<(), i64> {
     IN_FLIGHT.insert(pid_tgid, in_flight, 0).map_err(|err| {
-        count_loss(loupe_common::LossSlot::InFlightFull);
+        count_loss(LossSlot::InFlightFull);
         err as i64
     })
 }
@@ -134,8 +136,29 @@ pub fn take_in_flight() -> Option<(u64, InFlight)> {
     Some((pid_tgid, in_flight))
 }
 
+/// `BPF_NOEXIST`: an update that only adds a key.
+const BPF_NOEXIST: u64 = 1;
+
+/// Puts a socket in `SOCKETS`, counting a key that was not there (`LossSlot::SocketsAdded`); a
+/// stale entry for the fd (its close never seen) is replaced. An insert that fails is counted
+/// (`LossSlot::SocketsFull`).
+pub fn track_socket(key: u64, info: &SocketInfo) {
+    if SOCKETS.insert(key, info, BPF_NOEXIST).is_ok() {
+        count_loss(LossSlot::SocketsAdded);
+    } else if SOCKETS.insert(key, info, 0).is_err() {
+        count_loss(LossSlot::SocketsFull);
+    }
+}
+
+/// Takes a socket out of `SOCKETS`, counting a key that was there (`LossSlot::SocketsRemoved`).
+pub fn untrack_socket(key: u64) {
+    if SOCKETS.remove(key).is_ok() {
+        count_loss(LossSlot::SocketsRemoved);
+    }
+}
+
 /// Adds one to a loss slot.
-pub fn count_loss(slot: loupe_common::LossSlot) {
+pub fn count_loss(slot: LossSlot) {
     if let Some(counter) = LOSS.get_ptr_mut(slot as u32) {
         // SAFETY: the pointer comes from the map lookup and is this CPU's slot; per-CPU values are
         // not shared with other CPUs while this program runs.

@@ -7,7 +7,7 @@ use aya::{
     programs::TracePoint,
 };
 use loupe_common::{
-    COMM_LEN, SocketInfo, TargetInfo, WATCH_BY_COMM, WATCH_EVERY_EXEC,
+    COMM_LEN, TargetInfo, WATCH_BY_COMM, WATCH_EVERY_EXEC,
     names::{
         GLOBAL_CAPTURE_BYTES, GLOBAL_NEWTASK_FLAGS_OFFSET, GLOBAL_NEWTASK_PID_OFFSET,
         GLOBAL_QUERY_BYTES, GLOBAL_WAKEUP_BYTES, GLOBAL_WATCH_EXECS, MAP_EVENTS, MAP_LOSS,
@@ -16,7 +16,7 @@ use loupe_common::{
 };
 
 use super::{
-    FdResync, ProbeError, PythonThreads,
+    FdResync, ProbeError, PythonThreads, SocketMap,
     targets::{register, seed_sockets},
 };
 use crate::process::{ExistingSocket, Matcher, Target};
@@ -37,6 +37,8 @@ pub struct ProbeConfig {
     pub wakeup_bytes: u64,
     /// What the exec program does for processes that are not targets.
     pub watch: ExecWatch,
+    /// Entries of the kernel's socket map (`SOCKETS_MAX` by default).
+    pub max_sockets: u32,
 }
 
 /// What the kernel watches execs for (`--name`, `--exe`); the default watches nothing.
@@ -89,7 +91,7 @@ pub struct Probes {
     pub ebpf: Ebpf,
     pub events: RingBuf<MapData>,
     pub targets: HashMap<MapData, u32, TargetInfo>,
-    pub sockets: HashMap<MapData, u64, SocketInfo>,
+    pub sockets: SocketMap,
     /// Settles the fds an exec or a long close_range closed, with a handle on `SOCKETS` of its
     /// own.
     pub resync: FdResync,
@@ -129,6 +131,7 @@ pub fn load_and_attach(config: &ProbeConfig, targets: &[Target]) -> Result<Probe
         .override_global(GLOBAL_NEWTASK_PID_OFFSET, &newtask_pid, true)
         .override_global(GLOBAL_NEWTASK_FLAGS_OFFSET, &newtask_flags, true)
         .override_global(GLOBAL_WATCH_EXECS, &config.watch.flags(), true)
+        .map_max_entries(MAP_SOCKETS, config.max_sockets)
         .load(EBPF_OBJECT)
         .map_err(|err| ProbeError::Load(Box::new(err)))?;
 
@@ -144,12 +147,10 @@ pub fn load_and_attach(config: &ProbeConfig, targets: &[Target]) -> Result<Probe
     }
     watch_execs(&mut ebpf, &config.watch)?;
     let socket_map = take_map(&mut ebpf, MAP_SOCKETS)?;
-    let resync = FdResync::new(
-        HashMap::try_from(second_handle(&socket_map).map_err(map_err(MAP_SOCKETS))?)
-            .map_err(map_err(MAP_SOCKETS))?,
-    );
-    let mut sockets: HashMap<MapData, u64, SocketInfo> =
-        HashMap::try_from(socket_map).map_err(map_err(MAP_SOCKETS))?;
+    let second = HashMap::try_from(second_handle(&socket_map).map_err(map_err(MAP_SOCKETS))?)
+        .map_err(map_err(MAP_SOCKETS))?;
+    let mut sockets = SocketMap::new(HashMap::try_from(socket_map).map_err(map_err(MAP_SOCKETS))?);
+    let resync = FdResync::new(sockets.sibling(second));
     let events =
         RingBuf::try_from(take_map(&mut ebpf, MAP_EVENTS)?).map_err(map_err(MAP_EVENTS))?;
     let loss = PerCpuArray::try_from(take_map(&mut ebpf, MAP_LOSS)?).map_err(map_err(MAP_LOSS))?;

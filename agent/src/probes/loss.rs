@@ -14,6 +14,9 @@ pub struct LossCounters {
     pub iovecs_cut: u64,
     /// TLS plaintext whose connection was not known.
     pub tls_unplaced: u64,
+    /// Not losses: keys the kernel added to and removed from `SOCKETS` (see `probes::sockets`).
+    pub sockets_added: u64,
+    pub sockets_removed: u64,
 }
 
 impl LossCounters {
@@ -32,6 +35,8 @@ impl LossCounters {
             targets_full: sums[LossSlot::TargetsFull as usize],
             iovecs_cut: sums[LossSlot::IovecsCut as usize],
             tls_unplaced: sums[LossSlot::TlsUnplaced as usize],
+            sockets_added: sums[LossSlot::SocketsAdded as usize],
+            sockets_removed: sums[LossSlot::SocketsRemoved as usize],
         }
     }
 

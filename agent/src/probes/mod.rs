@@ -7,6 +7,7 @@ pub mod loss;
 pub mod perf;
 pub mod python;
 pub mod resync;
+pub mod sockets;
 pub mod targets;
 pub mod upkeep;
 
@@ -16,6 +17,7 @@ pub use loss::LossCounters;
 pub use perf::ThreadSampler;
 pub use python::PythonThreads;
 pub use resync::FdResync;
+pub use sockets::{EvictionAudit, SocketMap};
 pub use targets::{TargetNews, Targets};
 pub use upkeep::Upkeep;
 

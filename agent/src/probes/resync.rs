@@ -6,18 +6,18 @@
 
 use std::{os::unix::ffi::OsStrExt as _, sync::mpsc, thread::JoinHandle};
 
-use aya::maps::{HashMap, MapData};
 use loupe_common::{SocketInfo, SocketKey};
 
+use super::SocketMap;
 use crate::events::{Event, FdNews};
 
 /// A handle on `SOCKETS` of its own and what it does with [`FdNews`].
 pub struct FdResync {
-    sockets: HashMap<MapData, u64, SocketInfo>,
+    sockets: SocketMap,
 }
 
 impl FdResync {
-    pub fn new(sockets: HashMap<MapData, u64, SocketInfo>) -> Self {
+    pub fn new(sockets: SocketMap) -> Self {
         Self { sockets }
     }
 
@@ -37,7 +37,7 @@ impl FdResync {
                 }
                 // A socket the new program accepted or connected on that fd since is tracked
                 // already, as a new connection: the parked one is gone.
-                if self.sockets.get(&key, 0).is_ok() {
+                if self.sockets.get(key).is_some() {
                     closed.push(close(pid, fd, conn_id, now_ns));
                     return;
                 }
@@ -48,7 +48,7 @@ impl FdResync {
                     goid_offset: 0,
                     conn_id,
                 };
-                if let Err(err) = self.sockets.insert(key, info, 0) {
+                if let Err(err) = self.sockets.insert(key, info) {
                     tracing::debug!("socket {fd} of pid {pid} not tracked again: {err}");
                     closed.push(close(pid, fd, conn_id, now_ns));
                 }
@@ -56,8 +56,7 @@ impl FdResync {
             FdNews::Resync { pid, first, last } => {
                 let stale: Vec<(u64, SocketInfo)> = self
                     .sockets
-                    .iter()
-                    .flatten()
+                    .entries()
                     .filter(|&(key, _)| SocketKey::pid_of(key) == pid)
                     .filter(|&(key, _)| {
                         let fd = key as u32;
@@ -65,7 +64,7 @@ impl FdResync {
                     })
                     .collect();
                 for (key, info) in stale {
-                    let _ = self.sockets.remove(&key);
+                    self.sockets.remove(key);
                     closed.push(close(pid, key as u32 as i32, info.conn_id, now_ns));
                 }
             }

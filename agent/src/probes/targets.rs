@@ -12,7 +12,7 @@ use aya::{
 use loupe_common::{GoLayout, SocketInfo, SocketKey, TargetInfo, names::MAP_GO_LAYOUTS};
 use rustc_hash::FxHashMap;
 
-use super::ProbeError;
+use super::{ProbeError, SocketMap};
 use crate::{
     events::ExecRecord,
     process::{
@@ -81,7 +81,7 @@ struct Known {
 /// The target set: the kernel's map and what runs on each of its pids.
 pub struct Targets {
     map: HashMap<MapData, u32, TargetInfo>,
-    sockets: HashMap<MapData, u64, SocketInfo>,
+    sockets: SocketMap,
     matcher: Matcher,
     known: FxHashMap<u32, Known>,
     /// Pids taken out since their sockets were last swept from `SOCKETS`.
@@ -93,7 +93,7 @@ impl Targets {
     /// other entry is a process the kernel made a target since: the next check finds it).
     pub fn new(
         map: HashMap<MapData, u32, TargetInfo>,
-        sockets: HashMap<MapData, u64, SocketInfo>,
+        sockets: SocketMap,
         matcher: Matcher,
         registered: &[u32],
     ) -> Self {
@@ -323,6 +323,11 @@ impl Targets {
         self.unswept.push(pid);
     }
 
+    /// The handle on `SOCKETS` (to count what the LRU let go of).
+    pub fn sockets(&self) -> &SocketMap {
+        &self.sockets
+    }
+
     /// Removes the sockets of the pids taken out from `SOCKETS`, in one pass over the map.
     fn sweep_sockets(&mut self) {
         if self.unswept.is_empty() {
@@ -331,12 +336,11 @@ impl Targets {
         let stale: Vec<u64> = self
             .sockets
             .keys()
-            .flatten()
             .filter(|&key| self.unswept.contains(&SocketKey::pid_of(key)))
             .filter(|&key| !self.known.contains_key(&SocketKey::pid_of(key)))
             .collect();
         for key in stale {
-            let _ = self.sockets.remove(&key);
+            self.sockets.remove(key);
         }
         tracing::debug!("forgot {} exited targets", self.unswept.len());
         self.unswept.clear();
@@ -383,7 +387,7 @@ pub fn register(
 /// Puts the established TCP sockets `pid` has open now in `SOCKETS` (their later bytes are
 /// traced as connections of their own); returns them.
 pub fn seed_sockets(
-    sockets: &mut HashMap<MapData, u64, SocketInfo>,
+    sockets: &mut SocketMap,
     pid: u32,
     goid_offset: u32,
 ) -> Result<Vec<ExistingSocket>, ProbeError> {
@@ -396,7 +400,7 @@ pub fn seed_sockets(
             conn_id: socket.conn_id(),
         };
         sockets
-            .insert(key.as_u64(), info, 0)
+            .insert(key.as_u64(), info)
             .map_err(|source| ProbeError::Map {
                 name: loupe_common::names::MAP_SOCKETS,
                 source: Box::new(source),

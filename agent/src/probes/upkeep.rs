@@ -14,8 +14,8 @@ use aya::{
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{
-    LibraryNews, LibraryProbes, LossCounters, PythonThreads, TargetNews, Targets, ThreadSampler,
-    targets::Changes,
+    EvictionAudit, LibraryNews, LibraryProbes, LossCounters, PythonThreads, TargetNews, Targets,
+    ThreadSampler, targets::Changes,
 };
 use crate::{events::ExecRecord, profile::ProfileCommand, stats::Counters};
 
@@ -28,6 +28,8 @@ pub struct Upkeep {
     pub commands: mpsc::Receiver<ProfileCommand>,
     pub targets: Targets,
     pub loss: PerCpuArray<MapData, u64>,
+    /// Sockets the LRU socket map let go of.
+    pub evictions: EvictionAudit,
     pub python: PythonThreads,
     /// Execs of processes that were not targets, from the stitch stage.
     pub execs: mpsc::Receiver<ExecRecord>,
@@ -163,7 +165,9 @@ impl Upkeep {
         report(&self.libraries.scan(&mut self.ebpf, &live));
     }
 
-    fn poll_loss(&self, counters: &Counters) {
+    fn poll_loss(&mut self, counters: &Counters) {
+        let evicted = self.evictions.update(self.targets.sockets(), &self.loss);
+        Counters::set(&counters.sockets_evicted, evicted);
         let loss = LossCounters::read(&self.loss);
         // The kernel's counts are totals: they replace what was polled before.
         for (counter, total) in [
