@@ -218,6 +218,39 @@ pub struct RunArgs {
     /// durations) at http://HOST:PORT/metrics, e.g. 127.0.0.1:9464 or [::]:9464.
     #[arg(long, value_name = "HOST:PORT", value_parser = parse_listen_addr, env = "LOUPE_METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,
+
+    /// Also send those metrics over OTLP, to the OTLP endpoint (or
+    /// OTEL_EXPORTER_OTLP_METRICS_ENDPOINT); OTEL_METRICS_EXPORTER=otlp does the same.
+    #[arg(long, env = "LOUPE_OTLP_METRICS")]
+    pub otlp_metrics: bool,
+
+    /// How often OTLP metrics are sent, e.g. 15s (default: OTEL_METRIC_EXPORT_INTERVAL in ms,
+    /// else 60s).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub otlp_metrics_interval: Option<Duration>,
+}
+
+/// Where and how often loupe's metrics go out over OTLP.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OtlpMetrics {
+    /// gRPC's base URL, or OTLP/HTTP's full metrics URL.
+    pub endpoint: String,
+    pub protocol: OtlpProtocol,
+    pub interval: Duration,
+}
+
+/// OTEL_METRIC_EXPORT_INTERVAL's default.
+const METRICS_INTERVAL: Duration = Duration::from_secs(60);
+
+/// The OTLP/HTTP metrics URL beside a traces URL: `.../v1/traces` becomes `.../v1/metrics`,
+/// another path the host's `/v1/metrics`.
+fn metrics_url(traces: &str) -> String {
+    if let Some(base) = traces.strip_suffix("/v1/traces") {
+        return format!("{base}/v1/metrics");
+    }
+    let (scheme, rest) = traces.split_once("://").unwrap_or(("http", traces));
+    let authority = rest.split('/').next().unwrap_or(rest);
+    format!("{scheme}://{authority}/v1/metrics")
 }
 
 /// `HOST:PORT` to listen on: an IP address (IPv6 in brackets) or a name that resolves, and a
@@ -364,6 +397,8 @@ pub struct Config {
     pub sampling: crate::sampling::SamplingConfig,
     /// Where `/metrics` is served, if anywhere.
     pub metrics_addr: Option<SocketAddr>,
+    /// Where the same metrics are pushed over OTLP, if anywhere.
+    pub otlp_metrics: Option<OtlpMetrics>,
 }
 
 /// Configuration that cannot work, said in one line.
@@ -373,6 +408,17 @@ pub enum ConfigError {
     Endpoint(String),
     #[error("invalid OTEL_EXPORTER_OTLP_PROTOCOL `{0}`: expected grpc or http/protobuf")]
     Protocol(String),
+    #[error(
+        "--otlp-metrics needs an OTLP endpoint: --otlp-endpoint URL or OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"
+    )]
+    MetricsEndpoint,
+    #[error("invalid OTLP metrics endpoint `{0}`: expected a URL such as http://localhost:4317")]
+    MetricsUrl(String),
+    #[error("invalid {name}: expected {expected}")]
+    MetricsInterval {
+        name: &'static str,
+        expected: &'static str,
+    },
     #[error("--pid 0 is not a process")]
     PidZero,
     #[error(transparent)]
@@ -472,6 +518,8 @@ impl RunArgs {
             .or_else(|| env("OTEL_SERVICE_NAME"))
             .filter(|name| !name.is_empty());
         let sampling = self.sampling.into_config(&env, preset.sample_ratio)?;
+        let otlp_metrics =
+            otlp_metrics(self.otlp_metrics, self.otlp_metrics_interval, &export, &env)?;
         Ok(Config {
             pids,
             matcher,
@@ -502,8 +550,65 @@ impl RunArgs {
             export_settings,
             sampling,
             metrics_addr: self.metrics_addr,
+            otlp_metrics,
         })
     }
+}
+
+/// Whether, where and how often metrics go out over OTLP: `--otlp-metrics` or
+/// OTEL_METRICS_EXPORTER=otlp, to OTEL_EXPORTER_OTLP_METRICS_ENDPOINT or beside the traces.
+fn otlp_metrics(
+    asked: bool,
+    interval: Option<Duration>,
+    export: &ExportTarget,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<Option<OtlpMetrics>, ConfigError> {
+    let non_empty = |key: &str| crate::export::settings::non_empty(env, key);
+    let asked =
+        asked || non_empty("OTEL_METRICS_EXPORTER").is_some_and(|value| value.trim() == "otlp");
+    if !asked {
+        return Ok(None);
+    }
+    let (endpoint, protocol) = match (non_empty("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"), export) {
+        (Some(url), ExportTarget::Otlp { protocol, .. }) => (url.trim().to_owned(), *protocol),
+        (Some(url), _) => (url.trim().to_owned(), protocol_from_env(env)?),
+        (None, ExportTarget::Otlp { endpoint, protocol }) => match protocol {
+            OtlpProtocol::Grpc => (endpoint.clone(), *protocol),
+            OtlpProtocol::Http => (metrics_url(endpoint), *protocol),
+        },
+        (None, _) => return Err(ConfigError::MetricsEndpoint),
+    };
+    if !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+        || crate::export::otlp::transport::host_port(&endpoint).is_none()
+    {
+        return Err(ConfigError::MetricsUrl(endpoint));
+    }
+    let interval = match interval {
+        Some(interval) if interval.is_zero() => {
+            return Err(ConfigError::MetricsInterval {
+                name: "--otlp-metrics-interval",
+                expected: "a duration above zero, such as 15s",
+            });
+        }
+        Some(interval) => interval,
+        None => match non_empty("OTEL_METRIC_EXPORT_INTERVAL") {
+            Some(ms) => match ms.trim().parse::<u64>() {
+                Ok(ms) if ms > 0 => Duration::from_millis(ms),
+                _ => {
+                    return Err(ConfigError::MetricsInterval {
+                        name: "OTEL_METRIC_EXPORT_INTERVAL",
+                        expected: "milliseconds above zero, such as 15000",
+                    });
+                }
+            },
+            None => METRICS_INTERVAL,
+        },
+    };
+    Ok(Some(OtlpMetrics {
+        endpoint,
+        protocol,
+        interval,
+    }))
 }
 
 fn protocol_from_env(env: &impl Fn(&str) -> Option<String>) -> Result<OtlpProtocol, ConfigError> {
@@ -728,6 +833,82 @@ mod tests {
             })
             .unwrap_err();
         assert!(err.to_string().contains("invalid --otlp-endpoint"), "{err}");
+    }
+
+    #[test]
+    fn otlp_metrics_go_beside_the_traces_or_where_the_environment_says() {
+        assert_eq!(parse(&["--pid", "1"]).unwrap().otlp_metrics, None);
+        let grpc = parse(&[
+            "--pid",
+            "1",
+            "--otlp-endpoint",
+            "http://localhost:4317",
+            "--otlp-metrics",
+            "--otlp-metrics-interval",
+            "2s",
+        ])
+        .unwrap();
+        assert_eq!(
+            grpc.otlp_metrics,
+            Some(OtlpMetrics {
+                endpoint: "http://localhost:4317".into(),
+                protocol: OtlpProtocol::Grpc,
+                interval: Duration::from_secs(2),
+            })
+        );
+        let env = |key: &str| match key {
+            "OTEL_METRICS_EXPORTER" => Some("otlp".to_owned()),
+            "OTEL_EXPORTER_OTLP_ENDPOINT" => Some("http://collector:4318/otlp".to_owned()),
+            "OTEL_EXPORTER_OTLP_PROTOCOL" => Some("http/protobuf".to_owned()),
+            "OTEL_METRIC_EXPORT_INTERVAL" => Some("15000".to_owned()),
+            _ => None,
+        };
+        let http = Cli::try_parse_from(["loupe", "--pid", "7"])
+            .unwrap()
+            .into_config(env)
+            .unwrap();
+        assert_eq!(
+            http.otlp_metrics,
+            Some(OtlpMetrics {
+                endpoint: "http://collector:4318/otlp/v1/metrics".into(),
+                protocol: OtlpProtocol::Http,
+                interval: Duration::from_secs(15),
+            })
+        );
+        assert_eq!(
+            metrics_url("http://c:4318/custom/path"),
+            "http://c:4318/v1/metrics"
+        );
+        let own = Cli::try_parse_from(["loupe", "--pid", "7", "--otlp-metrics"])
+            .unwrap()
+            .into_config(|key| {
+                (key == "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")
+                    .then(|| "http://metrics:4317".to_owned())
+            })
+            .unwrap();
+        assert_eq!(
+            own.otlp_metrics.map(|metrics| metrics.endpoint),
+            Some("http://metrics:4317".to_owned()),
+            "to its own endpoint, with spans in the terminal"
+        );
+        let err = parse(&["--pid", "1", "--otlp-metrics"]).unwrap_err();
+        assert!(
+            err.starts_with("--otlp-metrics needs an OTLP endpoint"),
+            "{err}"
+        );
+        let err = Cli::try_parse_from(["loupe", "--pid", "7", "--otlp-metrics"])
+            .unwrap()
+            .into_config(|key| match key {
+                "OTEL_EXPORTER_OTLP_ENDPOINT" => Some("http://c:4317".to_owned()),
+                "OTEL_METRIC_EXPORT_INTERVAL" => Some("soon".to_owned()),
+                _ => None,
+            })
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("invalid OTEL_METRIC_EXPORT_INTERVAL"),
+            "{err}"
+        );
     }
 
     #[test]

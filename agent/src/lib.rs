@@ -124,6 +124,17 @@ pub async fn run(config: Config) -> Result<Outcome, RunError> {
         }
         None => None,
     };
+    let metric_push = match &config.otlp_metrics {
+        Some(settings) => {
+            let source = metrics::Source {
+                counters: counters.clone(),
+                red: red.clone(),
+            };
+            let push = metrics::otlp::MetricPush::new(settings, &config.export_settings, source);
+            Some(push.map_err(ExportError::from)?)
+        }
+        None => None,
+    };
 
     // Build the sink before attaching, so a bad endpoint fails before anything is touched.
     let sink = match &config.export {
@@ -265,9 +276,8 @@ pub async fn run(config: Config) -> Result<Outcome, RunError> {
         jobs,
         claimed: Default::default(),
         tally_sampled_out: config.export == ExportTarget::Terminal,
-        red: metrics_server
-            .as_ref()
-            .map(|_| metrics::RedRecorder::new(red, counters.clone(), config.service_name.clone())),
+        red: (metrics_server.is_some() || metric_push.is_some())
+            .then(|| metrics::RedRecorder::new(red, counters.clone(), config.service_name.clone())),
     };
     let stitch = Stage::spawn(
         "loupe-stitch",
@@ -320,6 +330,10 @@ pub async fn run(config: Config) -> Result<Outcome, RunError> {
         }
         None => None,
     };
+    let (push_stop, push_stopped) = tokio::sync::oneshot::channel();
+    let push = metric_push
+        .map(|push| Stage::spawn("loupe-otlp-metrics", push.run(push_stopped)))
+        .transpose()?;
     let (attached_tx, attached_rx) = tokio::sync::oneshot::channel();
     let mut upkeep = Stage::spawn(
         "loupe-upkeep",
@@ -388,7 +402,11 @@ pub async fn run(config: Config) -> Result<Outcome, RunError> {
     // The exporter ends at the deadline at the latest; a moment more for its last count.
     let _ = tokio::time::timeout_at(deadline + EXIT_GRACE, exporter.join()).await;
     let _ = tokio::time::timeout_at(deadline + EXIT_GRACE, upkeep.join()).await;
-    // Scrapes are answered until everything was flushed (or the deadline passed).
+    // The last OTLP metrics carry the final counts; scrapes are answered until then too.
+    let _ = push_stop.send(deadline + EXIT_GRACE);
+    if let Some(push) = push {
+        let _ = tokio::time::timeout_at(deadline + 2 * EXIT_GRACE, push.join()).await;
+    }
     let _ = metrics_stop.send(());
     if let Some(metrics) = metrics {
         let _ = tokio::time::timeout_at(deadline + EXIT_GRACE, metrics.join()).await;

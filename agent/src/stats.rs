@@ -71,6 +71,10 @@ counters! {
     spans_dropped_at_exit: Counter,
     /// OTLP requests sent again after a failure the collector may recover from.
     export_retries: Counter,
+    /// OTLP metrics requests the collector took (`--otlp-metrics`).
+    metric_exports: Counter,
+    /// OTLP metrics requests that failed (the next one carries the same totals).
+    metric_exports_failed: Counter,
     /// Spans of trees the tail sampler dropped (not a loss: they were counted in every
     /// statistic, then not exported by choice).
     spans_sampled_out: Counter,

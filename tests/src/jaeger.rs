@@ -25,6 +25,8 @@ pub struct Jaeger {
     query_grpc: u16,
     /// (certificate, key) PEM files its OTLP receivers serve TLS with.
     tls: Option<(PathBuf, PathBuf)>,
+    /// Where the OTLP metrics it receives are served as Prometheus text, if it takes them.
+    pub metrics: Option<u16>,
 }
 
 /// The Jaeger binary: `$LOUPE_JAEGER_BIN`, else the cache `cargo xtask setup` builds into.
@@ -46,15 +48,22 @@ impl Jaeger {
     /// it (by another test process's connections): then Jaeger exits at once, and it is
     /// started again on other ports, up to three times.
     pub fn start() -> Self {
-        Self::start_with_tls(None)
+        Self::start_with(None, false)
     }
 
     /// Starts Jaeger with OTLP over TLS (gRPC and HTTP) from the PEM `cert` and `key`.
     pub fn start_tls(cert: &std::path::Path, key: &std::path::Path) -> Self {
-        Self::start_with_tls(Some((cert.to_path_buf(), key.to_path_buf())))
+        Self::start_with(Some((cert.to_path_buf(), key.to_path_buf())), false)
     }
 
-    fn start_with_tls(tls: Option<(PathBuf, PathBuf)>) -> Self {
+    /// Starts Jaeger taking OTLP metrics too: a metrics pipeline from its OTLP receiver to the
+    /// collector's Prometheus exporter (resource attributes as labels), served on
+    /// [`Self::metrics`].
+    pub fn start_with_metrics() -> Self {
+        Self::start_with(None, true)
+    }
+
+    fn start_with(tls: Option<(PathBuf, PathBuf)>, metrics: bool) -> Self {
         let binary = jaeger_binary();
         assert!(
             binary.is_file(),
@@ -64,7 +73,8 @@ impl Jaeger {
         let mut last = String::new();
         for _ in 0..3 {
             let ports = (free_port(), free_port(), free_port(), free_port());
-            match Self::try_start(&binary, ports, tls.clone()) {
+            let metrics = metrics.then(free_port);
+            match Self::try_start(&binary, ports, tls.clone(), metrics) {
                 Ok(jaeger) => return jaeger,
                 Err(log) => last = log,
             }
@@ -77,6 +87,7 @@ impl Jaeger {
         binary: &std::path::Path,
         (otlp_grpc, otlp_http, query, query_grpc): (u16, u16, u16, u16),
         tls: Option<(PathBuf, PathBuf)>,
+        metrics: Option<u16>,
     ) -> Result<Self, String> {
         let dir = TempDir::new("jaeger");
         let tls_block = match &tls {
@@ -87,8 +98,18 @@ impl Jaeger {
             ),
             None => String::new(),
         };
-        // Only what the tests use listens: OTLP in, the query API out. No metrics, health, zpages
-        // or sampling listeners, so several Jaegers never collide.
+        let (metrics_pipeline, metrics_exporter) = match metrics {
+            Some(port) => (
+                "\n    metrics:\n      receivers: [otlp]\n      exporters: [prometheus]".to_owned(),
+                format!(
+                    "\n  prometheus:\n    endpoint: 127.0.0.1:{port}\n    resource_to_telemetry_conversion:\n      enabled: true"
+                ),
+            ),
+            None => (String::new(), String::new()),
+        };
+        // Only what the tests use listens: OTLP in, the query API out (and, if asked, the
+        // metrics received). No health, zpages or sampling listeners, so several Jaegers never
+        // collide.
         let config = format!(
             r#"service:
   extensions: [jaeger_storage, jaeger_query]
@@ -96,7 +117,7 @@ impl Jaeger {
     traces:
       receivers: [otlp]
       processors: [batch]
-      exporters: [jaeger_storage_exporter]
+      exporters: [jaeger_storage_exporter]{metrics_pipeline}
   telemetry:
     metrics:
       level: none
@@ -127,7 +148,7 @@ processors:
     timeout: 100ms
 exporters:
   jaeger_storage_exporter:
-    trace_storage: memstore
+    trace_storage: memstore{metrics_exporter}
 "#
         );
         let config_path = dir.0.join("jaeger.yaml");
@@ -148,6 +169,7 @@ exporters:
             query,
             query_grpc,
             tls,
+            metrics,
         };
         let up = wait_until(Duration::from_secs(60), || {
             if let Ok(Some(status)) = jaeger.child.try_wait() {
@@ -178,7 +200,7 @@ exporters:
         let ports = (self.otlp_grpc, self.otlp_http, self.query, self.query_grpc);
         let mut last = String::new();
         for _ in 0..20 {
-            match Self::try_start(&jaeger_binary(), ports, self.tls.clone()) {
+            match Self::try_start(&jaeger_binary(), ports, self.tls.clone(), self.metrics) {
                 Ok(mut started) => {
                     // `started` is the old, reaped one now: dropping it signals nothing.
                     std::mem::swap(self, &mut started);

@@ -599,6 +599,9 @@ impl Loupe {
             "OTEL_SERVICE_NAME",
             "OTEL_TRACES_SAMPLER",
             "OTEL_TRACES_SAMPLER_ARG",
+            "OTEL_METRICS_EXPORTER",
+            "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+            "OTEL_METRIC_EXPORT_INTERVAL",
         ] {
             command.env_remove(var);
         }

@@ -112,7 +112,7 @@ pub fn request(addr: &str, method: &str, path: &str) -> std::io::Result<(u16, St
     stream.set_read_timeout(Some(Duration::from_secs(15)))?;
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: loupe-tests\r\nContent-Length: 0\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: loupe-tests\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     )?;
     let mut reply = Vec::new();
     stream.read_to_end(&mut reply)?;
@@ -125,7 +125,36 @@ pub fn request(addr: &str, method: &str, path: &str) -> std::io::Result<(u16, St
         .nth(1)
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| std::io::Error::other(format!("bad status line in `{head}`")))?;
-    Ok((status, body.to_owned()))
+    let chunked = head.lines().any(|line| {
+        line.to_ascii_lowercase()
+            .replace(' ', "")
+            .starts_with("transfer-encoding:chunked")
+    });
+    let body = if chunked {
+        dechunk(body)?
+    } else {
+        body.to_owned()
+    };
+    Ok((status, body))
+}
+
+/// A chunked body's data (a collector's Prometheus exporter answers that way).
+fn dechunk(mut body: &str) -> std::io::Result<String> {
+    let bad = || std::io::Error::other("a bad chunk");
+    let mut data = String::new();
+    loop {
+        let (size, rest) = body.split_once("\r\n").ok_or_else(bad)?;
+        let size = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16)
+            .map_err(|_| bad())?;
+        if size == 0 {
+            return Ok(data);
+        }
+        data.push_str(rest.get(..size).ok_or_else(bad)?);
+        body = rest
+            .get(size..)
+            .and_then(|r| r.strip_prefix("\r\n"))
+            .ok_or_else(bad)?;
+    }
 }
 
 /// `GET /metrics` from `addr`, which must answer 200: the exposition text.

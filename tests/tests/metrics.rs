@@ -447,3 +447,138 @@ fn a_metrics_address_that_cannot_be_listened_on_stops_loupe_before_it_attaches()
         finished.stderr
     );
 }
+
+/// `--otlp-metrics`: the same metrics pushed over OTLP to a collector (Jaeger v2 with a metrics
+/// pipeline into its Prometheus exporter, scraped and parsed as Prometheus would). Two loupes
+/// watch the same shop under their own service names: one over gRPC every second, one over
+/// OTLP/HTTP once an hour, whose counts arrive only by the last push at its exit.
+#[test]
+fn otlp_metrics_reach_the_collector_with_every_request_counted() {
+    const CLIENTS: usize = 4;
+    const ROUNDS: usize = 25;
+    require_root();
+    let jaeger = Jaeger::start_with_metrics();
+    let collector = format!("127.0.0.1:{}", jaeger.metrics.expect("a metrics pipeline"));
+    let demo = DemoApp::start();
+    let grpc_service = "e2e-otlp-metrics-grpc";
+    let http_service = "e2e-otlp-metrics-http";
+    let grpc = Loupe::attach(&otlp_args(
+        demo.frontend_pid(),
+        &jaeger.grpc_endpoint(),
+        grpc_service,
+        &["--otlp-metrics", "--otlp-metrics-interval", "1s"],
+    ));
+    let mut http_args = otlp_args(
+        demo.frontend_pid(),
+        &jaeger.http_endpoint(),
+        http_service,
+        &["--otlp-metrics", "--otlp-metrics-interval", "1h"],
+    );
+    http_args.extend(args(&["--otlp-protocol", "http"]));
+    let http = Loupe::attach(&http_args);
+
+    // Keep-alive clients, a unique id in every request: users (200) and failures (500).
+    std::thread::scope(|scope| {
+        for c in 0..CLIENTS {
+            let addr = demo.frontend_addr.clone();
+            scope.spawn(move || {
+                let mut client = Client::connect(&addr).expect("connect to the demo");
+                for round in 0..ROUNDS {
+                    let id = (c * 1_000 + round) as u64;
+                    let users = client.get(&format!("/api/users/{id}")).expect("request");
+                    assert_eq!(users.status, 200);
+                    if round % 5 == 0 {
+                        let fail = client.get(&format!("/api/fail?id={id}")).expect("request");
+                        assert_eq!(fail.status, 500);
+                    }
+                }
+            });
+        }
+    });
+    let users = (CLIENTS * ROUNDS) as f64;
+    let fails = (CLIENTS * ROUNDS / 5) as f64;
+    let count = format!("{SERVER}_count");
+    let counted = |scrape: &Scrape, service: &str| {
+        let of = |route: &str, status: &str| {
+            scrape.total(
+                &count,
+                &[
+                    ("service_name", service),
+                    ("http_route", route),
+                    ("http_response_status_code", status),
+                ],
+            )
+        };
+        (of("/api/users/{id}", "200"), of("/api/fail", "500"))
+    };
+
+    // The gRPC loupe's pushes: every request counted under its route and status.
+    let seen = wait_until(Duration::from_secs(60), || {
+        let scrape = scrape(&collector);
+        (counted(&scrape, grpc_service) == (users, fails)).then_some(scrape)
+    })
+    .unwrap_or_else(|| {
+        let scrape = scrape(&collector);
+        panic!(
+            "counted {:?} of {:?}\n{}\njaeger: {}",
+            counted(&scrape, grpc_service),
+            (users, fails),
+            grpc.stderr(),
+            jaeger.log()
+        )
+    });
+    let failed = seen.matching(
+        &count,
+        &[("service_name", grpc_service), ("http_route", "/api/fail")],
+    );
+    assert!(
+        failed
+            .iter()
+            .all(|s| s.labels.get("error_type").map(String::as_str) == Some("500")),
+        "error.type is the status: {failed:?}"
+    );
+    assert!(
+        seen.kind(SERVER) == Some("histogram"),
+        "a histogram: {:?}",
+        seen.kind(SERVER)
+    );
+    // loupe's own counters, under its own resource.
+    let own = |name: &str| seen.total(name, &[("service_name", "loupe")]);
+    assert!(own("loupe_events_read_total") > 0.0, "loupe's own counters");
+    // A push counts itself once the collector took it: the next push carries that.
+    let taken = wait_until(Duration::from_secs(30), || {
+        let total =
+            scrape(&collector).total("loupe_metric_exports_total", &[("service_name", "loupe")]);
+        (total >= 1.0).then_some(())
+    });
+    assert!(taken.is_some(), "pushes counted: {}", grpc.stderr());
+    assert_eq!(
+        counted(&seen, http_service),
+        (0.0, 0.0),
+        "the hourly loupe has not pushed yet"
+    );
+
+    // The HTTP loupe's only push is the one at its exit.
+    let finished = http.stop();
+    assert!(
+        !finished.stderr.contains("OTLP metrics to"),
+        "no push failed: {}",
+        finished.stderr
+    );
+    let after = wait_until(Duration::from_secs(30), || {
+        let scrape = scrape(&collector);
+        (counted(&scrape, http_service) == (users, fails)).then_some(())
+    });
+    assert!(
+        after.is_some(),
+        "the last push at exit: counted {:?}\n{}",
+        counted(&scrape(&collector), http_service),
+        finished.stderr
+    );
+    let finished = grpc.stop();
+    assert!(
+        !finished.stderr.contains("OTLP metrics to"),
+        "no push failed: {}",
+        finished.stderr
+    );
+}

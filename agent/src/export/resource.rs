@@ -168,7 +168,8 @@ fn attribute(key: &str, value: Value) -> KeyValue {
     }
 }
 
-fn host_name() -> String {
+/// This host's name (`host.name`).
+pub fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|name| name.trim().to_owned())
         .unwrap_or_else(|_| "localhost".to_owned())

@@ -50,6 +50,15 @@ impl Histogram {
         self.sum
     }
 
+    pub fn bounds(&self) -> &'static [f64] {
+        self.bounds
+    }
+
+    /// Observations per bucket, not cumulated: one more than the bounds (OTLP's form).
+    pub fn counts(&self) -> &[u64] {
+        &self.counts
+    }
+
     /// (bound, observations at most it) for every bound, then (infinity, all of them).
     pub fn cumulative(&self) -> impl Iterator<Item = (f64, u64)> + '_ {
         self.bounds

@@ -13,6 +13,7 @@
 pub mod export_stats;
 pub mod exposition;
 pub mod histogram;
+pub mod otlp;
 pub mod own;
 pub mod red;
 pub mod server;

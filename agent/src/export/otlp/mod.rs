@@ -23,7 +23,7 @@ use tokio::{
 
 use self::{
     encode::Encoder,
-    transport::{SendError, Transport},
+    transport::{SendError, Signal, Transport},
 };
 use super::{ExportError, resource::Resources, settings::ExportSettings};
 use crate::{config::OtlpProtocol, spans::SpanRecord, stats::Counters};
@@ -88,7 +88,7 @@ impl OtlpSink {
         settings: ExportSettings,
         counters: Arc<Counters>,
     ) -> Result<Self, ExportError> {
-        let transport = Transport::new(endpoint, protocol, &settings)?;
+        let transport = Transport::new(endpoint, protocol, &settings, Signal::Traces)?;
         Ok(Self {
             transport,
             encoder: Encoder::new(Resources::new(service_name)),

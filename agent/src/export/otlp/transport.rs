@@ -51,8 +51,22 @@ pub struct Accepted {
     pub rejected: u64,
 }
 
-/// The gRPC method of OTLP traces.
-const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+/// What a transport carries: its gRPC method, and how an OTLP/HTTP endpoint becomes its URL.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Signal {
+    Traces,
+    /// The endpoint given is the full metrics URL for OTLP/HTTP (the configuration derives it).
+    Metrics,
+}
+
+impl Signal {
+    fn grpc_path(self) -> &'static str {
+        match self {
+            Self::Traces => "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+            Self::Metrics => "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export",
+        }
+    }
+}
 
 /// A configured OTLP transport. Cheap to clone: clones share connections. Requests are encoded
 /// once, by the caller: a retry sends the same bytes again.
@@ -65,6 +79,7 @@ pub enum Transport {
         gzip: bool,
         metadata: MetadataMap,
         timeout: Duration,
+        path: &'static str,
     },
     Http {
         client: reqwest::Client,
@@ -75,12 +90,14 @@ pub enum Transport {
 }
 
 impl Transport {
-    /// Sets up `endpoint` (a URL: gRPC's base, or HTTP's base or full traces URL). Connects
-    /// lazily: an unreachable collector is found by the first request, not here.
+    /// Sets up `endpoint` (a URL: gRPC's base, or HTTP's base or full traces URL, or the full
+    /// metrics URL). Connects lazily: an unreachable collector is found by the first request,
+    /// not here.
     pub fn new(
         endpoint: &str,
         protocol: OtlpProtocol,
         settings: &ExportSettings,
+        signal: Signal,
     ) -> Result<Self, TransportError> {
         let certificate = match &settings.certificate {
             Some(path) => {
@@ -133,6 +150,7 @@ impl Transport {
                     gzip: settings.compression == Compression::Gzip,
                     metadata,
                     timeout: settings.timeout,
+                    path: signal.grpc_path(),
                 })
             }
             OtlpProtocol::Http => {
@@ -163,7 +181,10 @@ impl Transport {
                     .map_err(|err| TransportError::Client(err.to_string()))?;
                 Ok(Self::Http {
                     client,
-                    url: traces_url(endpoint),
+                    url: match signal {
+                        Signal::Traces => traces_url(endpoint),
+                        Signal::Metrics => endpoint.to_owned(),
+                    },
                     gzip: settings.compression == Compression::Gzip,
                     timeout: settings.timeout,
                 })
@@ -182,8 +203,9 @@ impl Transport {
         }
     }
 
-    /// Sends one encoded `ExportTraceServiceRequest`; bounded by the timeout whatever the
-    /// collector does.
+    /// Sends one encoded export request of its signal; bounded by the timeout whatever the
+    /// collector does. (The traces and metrics responses have the same wire form: a partial
+    /// success whose field 1 is the count refused, spans or data points.)
     pub async fn send(&self, request: Bytes) -> Result<Accepted, SendError> {
         let timeout = match self {
             Self::Grpc { timeout, .. } | Self::Http { timeout, .. } => *timeout,
@@ -205,6 +227,7 @@ impl Transport {
                 gzip,
                 metadata,
                 timeout,
+                path,
             } => {
                 let channel = channel.clone().unwrap_or_else(|| endpoint.connect_lazy());
                 let mut grpc =
@@ -219,7 +242,7 @@ impl Transport {
                 let mut request = tonic::Request::new(request);
                 *request.metadata_mut() = metadata.clone();
                 request.set_timeout(*timeout);
-                let path = PathAndQuery::from_static(EXPORT_PATH);
+                let path = PathAndQuery::from_static(path);
                 match grpc.unary(request, path, BytesCodec).await {
                     Ok(response) => Ok(Accepted {
                         rejected: response

@@ -45,6 +45,48 @@ impl Family {
         }
     }
 
+    /// Its OpenTelemetry name (its unit is seconds).
+    pub fn otel_name(self) -> &'static str {
+        match self {
+            Self::HttpServer => "http.server.request.duration",
+            Self::HttpClient => "http.client.request.duration",
+            Self::DbClient => "db.client.operation.duration",
+        }
+    }
+
+    /// Its labels' OpenTelemetry attribute names, in [`Self::label_names`]' order.
+    pub fn otel_attributes(self) -> &'static [&'static str] {
+        match self {
+            Self::HttpServer => &[
+                "service.name",
+                "http.request.method",
+                "url.scheme",
+                "http.route",
+                "http.response.status_code",
+                "error.type",
+            ],
+            Self::HttpClient => &[
+                "service.name",
+                "http.request.method",
+                "server.address",
+                "server.port",
+                "http.response.status_code",
+                "error.type",
+            ],
+            Self::DbClient => &[
+                "service.name",
+                "db.system.name",
+                "db.namespace",
+                "db.operation.name",
+                "db.collection.name",
+                "server.address",
+                "server.port",
+                "db.response.status_code",
+                "error.type",
+            ],
+        }
+    }
+
     /// Its labels, in the order [`labels`] gives their values.
     pub fn label_names(self) -> &'static [&'static str] {
         match self {

@@ -110,6 +110,14 @@ pub struct RedSnapshot {
 }
 
 impl RedSnapshot {
+    /// Each series: its metric, its label values (in [`Family::label_names`]' order, empty
+    /// when not known) and its histogram.
+    pub fn series(&self) -> impl Iterator<Item = (Family, &[String], &Histogram)> {
+        self.series
+            .iter()
+            .map(|(family, series)| (*family, &series.values[..], &series.histogram))
+    }
+
     /// Writes each metric (its help and type even when it has no series yet), series sorted
     /// by their label values.
     pub fn render(mut self, text: &mut Text) {
