@@ -111,12 +111,16 @@ impl EvictionAudit {
         }
     }
 
-    /// The sockets let go of so far. Walks the map when what went in less what came out (and
-    /// what was let go of already) is past half its size. What went in is read before the walk
-    /// and what came out after it, so a socket opened or closed meanwhile can only make the
-    /// count low until the next call, never high.
-    pub fn update(&mut self, sockets: &SocketMap, loss: &PerCpuArray<MapData, u64>) -> u64 {
-        let before = LossCounters::read(loss);
+    /// The sockets let go of so far, with `before` the kernel's counts read just now. Walks the
+    /// map when what went in less what came out (and what was let go of already) is past half
+    /// its size. What went in is read before the walk and what came out after it, so a socket
+    /// opened or closed meanwhile can only make the count low until the next call, never high.
+    pub fn update(
+        &mut self,
+        sockets: &SocketMap,
+        before: &LossCounters,
+        loss: &PerCpuArray<MapData, u64>,
+    ) -> u64 {
         let added = before.sockets_added + sockets.added();
         let removed = before.sockets_removed + sockets.removed();
         let live = evicted(added, removed, self.evicted);

@@ -166,9 +166,11 @@ impl Upkeep {
     }
 
     fn poll_loss(&mut self, counters: &Counters) {
-        let evicted = self.evictions.update(self.targets.sockets(), &self.loss);
-        Counters::set(&counters.sockets_evicted, evicted);
         let loss = LossCounters::read(&self.loss);
+        let evicted = self
+            .evictions
+            .update(self.targets.sockets(), &loss, &self.loss);
+        Counters::set(&counters.sockets_evicted, evicted);
         // The kernel's counts are totals: they replace what was polled before.
         for (counter, total) in [
             (&counters.events_lost_kernel, loss.events_lost()),
