@@ -24,6 +24,17 @@ pub enum OtlpProtocol {
     Http,
 }
 
+/// When libpq's uprobes are attached.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum LibpqMode {
+    /// Only to a process with a PostgreSQL session the wire cannot read: the server accepted
+    /// TLS or GSS encryption, or a session open before attach does not parse.
+    #[default]
+    Auto,
+    /// To every target that maps libpq.
+    Always,
+}
+
 /// loupe: attach to running processes and turn their traffic into spans, with no SDK and no
 /// restart. Without an OTLP endpoint it shows the spans in the terminal.
 #[derive(Debug, Parser)]
@@ -211,6 +222,18 @@ pub struct RunArgs {
     #[arg(long, env = "LOUPE_NO_RUNTIME_ADAPTERS")]
     pub no_runtime_adapters: bool,
 
+    /// When libpq's uprobes are attached: auto (only to a process whose PostgreSQL sessions
+    /// the wire cannot read: encrypted, or open before attach and unreadable) or always (to
+    /// every process that maps libpq). The spans are the same; the cost is not.
+    #[arg(
+        long,
+        value_enum,
+        value_name = "WHEN",
+        default_value = "auto",
+        env = "LOUPE_LIBPQ"
+    )]
+    pub libpq: LibpqMode,
+
     #[command(flatten)]
     pub sampling: crate::sampling::SamplingArgs,
 
@@ -393,6 +416,7 @@ pub struct Config {
     pub max_query_bytes: u32,
     pub summary_interval: Duration,
     pub runtime_adapters: bool,
+    pub libpq: LibpqMode,
     pub export_settings: ExportSettings,
     pub sampling: crate::sampling::SamplingConfig,
     /// Where `/metrics` is served, if anywhere.
@@ -547,6 +571,7 @@ impl RunArgs {
             max_query_bytes: self.max_query_bytes,
             summary_interval: self.summary_interval,
             runtime_adapters: !self.no_runtime_adapters,
+            libpq: self.libpq,
             export_settings,
             sampling,
             metrics_addr: self.metrics_addr,

@@ -244,6 +244,7 @@ pub async fn run(config: Config) -> Result<Outcome, RunError> {
     .await;
     let (execs_tx, execs_rx) = mpsc::channel(EXEC_QUEUE);
     let (joins_tx, joins_rx) = mpsc::unbounded_channel();
+    let (libpq_tx, libpq_rx) = mpsc::unbounded_channel();
     let sampler = match sampler {
         Ok(sampler) => Some(sampler),
         Err(reason) => {
@@ -287,7 +288,7 @@ pub async fn run(config: Config) -> Result<Outcome, RunError> {
                 news: news_tx,
                 closes: closes_rx,
             },
-            membership::TargetLines::new(execs_tx, joins_rx),
+            membership::TargetLines::new(execs_tx, joins_rx, libpq_tx),
             stitcher,
             span_tx,
             verdicts,
@@ -307,7 +308,7 @@ pub async fn run(config: Config) -> Result<Outcome, RunError> {
     )?;
     let upkeep = Upkeep {
         ebpf,
-        libraries: probes::LibraryProbes::new(),
+        libraries: probes::LibraryProbes::new(config.libpq),
         sampler,
         commands: command_rx,
         targets: target_set,
@@ -315,6 +316,7 @@ pub async fn run(config: Config) -> Result<Outcome, RunError> {
         evictions: probes::EvictionAudit::new(loupe_common::SOCKETS_MAX),
         python,
         execs: execs_rx,
+        libpq: libpq_rx,
         news: joins_tx,
     };
     let (metrics_stop, metrics_stopped) = tokio::sync::oneshot::channel();

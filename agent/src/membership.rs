@@ -22,15 +22,23 @@ const LEFT_GRACE_NS: u64 = 1_000_000_000;
 pub struct TargetLines {
     execs: mpsc::Sender<ExecRecord>,
     pub news: mpsc::UnboundedReceiver<TargetNews>,
+    /// Processes whose PostgreSQL sessions the wire cannot read, for the upkeep to probe
+    /// their libpq (one message per process).
+    libpq: mpsc::UnboundedSender<u32>,
     /// Targets that exited: pid, and when the upkeep said so (ns since boot).
     leaving: Vec<(u32, u64)>,
 }
 
 impl TargetLines {
-    pub fn new(execs: mpsc::Sender<ExecRecord>, news: mpsc::UnboundedReceiver<TargetNews>) -> Self {
+    pub fn new(
+        execs: mpsc::Sender<ExecRecord>,
+        news: mpsc::UnboundedReceiver<TargetNews>,
+        libpq: mpsc::UnboundedSender<u32>,
+    ) -> Self {
         Self {
             execs,
             news,
+            libpq,
             leaving: Vec::new(),
         }
     }
@@ -64,6 +72,14 @@ impl TargetLines {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// Passes on the processes the stitcher found wanting libpq's uprobes.
+    pub fn ask_for_libpq(&self, stitcher: &mut Stitcher) {
+        for pid in stitcher.take_libpq_wants() {
+            // The upkeep outlives the stitch stage: a send fails only at shutdown.
+            let _ = self.libpq.send(pid);
         }
     }
 
@@ -139,7 +155,8 @@ mod tests {
     fn lines() -> (TargetLines, mpsc::Receiver<ExecRecord>) {
         let (execs, exec_rx) = mpsc::channel(1);
         let (_news_tx, news) = mpsc::unbounded_channel();
-        (TargetLines::new(execs, news), exec_rx)
+        let (libpq, _) = mpsc::unbounded_channel();
+        (TargetLines::new(execs, news, libpq), exec_rx)
     }
 
     #[test]

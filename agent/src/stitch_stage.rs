@@ -193,6 +193,7 @@ pub(crate) async fn stitch(
             }
             _ = sample.tick() => verdicts.resources.sample(monotonic_now_ns()),
         }
+        targets.ask_for_libpq(&mut stitcher);
         if !out.is_empty() {
             let now = monotonic_now_ns();
             for span in out.drain(..) {

@@ -183,6 +183,7 @@ fn large_write_is_counted_in_full_and_captured_up_to_the_limit() {
     let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
     let (mut server, _) = listener.accept().unwrap();
     let body: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+    let server_fd = server.as_raw_fd();
     let reader = std::thread::spawn(move || {
         let mut sink = vec![0u8; 10_000];
         server.read_exact(&mut sink).unwrap();
@@ -190,13 +191,37 @@ fn large_write_is_counted_in_full_and_captured_up_to_the_limit() {
     client.write_all(&body).unwrap();
     reader.join().unwrap();
     let fd = client.as_raw_fd();
-    let events = collect_until(&mut probes, Duration::from_secs(5), |events| {
-        data_on(events, fd, Direction::Egress)
+    let moved = |events: &[Event], fd: i32, direction: Direction| {
+        data_on(events, fd, direction)
             .iter()
             .map(|d| d.total_len as usize)
             .sum::<usize>()
-            == 10_000
+    };
+    let events = collect_until(&mut probes, Duration::from_secs(5), |events| {
+        moved(events, fd, Direction::Egress) == 10_000
+            && moved(events, server_fd, Direction::Ingress) == 10_000
     });
+    // Each read longer than the capture also brings its last bytes (at most 128): where a
+    // reply ends.
+    let mut at = 0;
+    let reads = data_on(&events, server_fd, Direction::Ingress);
+    assert!(
+        reads.iter().any(|d| d.total_len > 256 + 128),
+        "{} reads",
+        reads.len()
+    );
+    for read in &reads {
+        let total = read.total_len as usize;
+        let head = total.min(256);
+        assert_eq!(&read.payload[..], &body[at..at + head], "the first bytes");
+        let tail = total.saturating_sub(256).min(128);
+        assert_eq!(
+            &read.tail[..],
+            &body[at + total - tail..at + total],
+            "the last bytes"
+        );
+        at += total;
+    }
     let writes = data_on(&events, fd, Direction::Egress);
     assert_eq!(
         writes.iter().map(|d| d.total_len as usize).sum::<usize>(),
@@ -208,6 +233,10 @@ fn large_write_is_counted_in_full_and_captured_up_to_the_limit() {
         "capture stops at --capture-bytes"
     );
     assert_eq!(&writes[0].payload[..], &body[..256]);
+    assert!(
+        writes.iter().all(|w| w.tail.is_empty()),
+        "writes have no tail"
+    );
 }
 
 #[test]

@@ -4,10 +4,14 @@
 //! come in size classes (the payload array is a const generic) so that a 40-byte write does not
 //! reserve a 4 KiB slot; userspace never relies on the class, only on `captured_len`.
 
-/// Upper bound of payload bytes captured from one syscall (the largest size class).
+/// Upper bound of the first bytes captured from one syscall (`--capture-bytes` at most).
 pub const MAX_CAPTURE: usize = 4096;
-/// Payload size classes, smallest first. Each is a constant so the verifier accepts the reserve.
-pub const CAPTURE_CLASSES: [usize; 3] = [256, 1024, MAX_CAPTURE];
+/// The last bytes of a read longer than the capture, kept after its first ones: where a reply
+/// ends (PostgreSQL's CommandComplete and ReadyForQuery after thousands of rows).
+pub const TAIL_CAPTURE: usize = 128;
+/// Payload size classes, smallest first: room for the first bytes and, from the second class
+/// up, a tail. Each is a constant so the verifier accepts the reserve.
+pub const CAPTURE_CLASSES: [usize; 3] = [256, 1024 + TAIL_CAPTURE, MAX_CAPTURE + TAIL_CAPTURE];
 
 /// What an event record is. Ids are explicit and never reused.
 #[repr(u32)]
@@ -147,14 +151,17 @@ pub struct DataEvent<const N: usize> {
     pub captured_len: u32,
     /// A [`Direction`] id.
     pub direction: u32,
-    pub _pad: u32,
+    /// Bytes at the start of the payload's last [`TAIL_CAPTURE`] that hold the *last* bytes
+    /// moved (a read longer than the capture; then `captured_len <= N - TAIL_CAPTURE`), else 0.
+    pub tail_len: u32,
     /// What made the syscall in the program's own scheduler, else 0: in a Go program of a known
     /// version the goroutine's id; in a Python thread loupe found in its interpreter, the
     /// address of the contextvars Context it ran in (in asyncio, the running task's).
     pub goid: u64,
     /// The id of the goroutine that started that one (Go), else 0.
     pub parent_goid: u64,
-    /// The first `captured_len` bytes moved; the rest of the array is undefined.
+    /// The first `captured_len` bytes moved, and from `N - TAIL_CAPTURE` the last `tail_len`;
+    /// the rest of the array is undefined.
     pub payload: [u8; N],
 }
 /// Bytes of a [`DataEvent`] before its payload.

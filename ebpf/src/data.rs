@@ -6,7 +6,8 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use loupe_common::{
-    CAPTURE_CLASSES, DataEvent, Direction, EventHeader, EventKind, LossSlot, MAX_CAPTURE, SocketKey,
+    CAPTURE_CLASSES, DataEvent, Direction, EventHeader, EventKind, LossSlot, MAX_CAPTURE,
+    SocketKey, TAIL_CAPTURE,
 };
 
 use crate::{
@@ -290,13 +291,44 @@ pub fn try_exit_data(ctx: &TracePointContext) -> Result<(), i64> {
         exit_ns,
         total,
         want: want as u32,
+        tail: tail_of(&in_flight, ret as u64, want),
     };
-    if want <= CAPTURE_CLASSES[0] as u64 {
-        emit_data::<{ CAPTURE_CLASSES[0] }>(&args)
-    } else if want <= CAPTURE_CLASSES[1] as u64 {
-        emit_data::<{ CAPTURE_CLASSES[1] }>(&args)
+    emit_sized(&args)
+}
+
+/// How many of a read's last bytes to keep after its first `want`: those past the capture, up
+/// to `TAIL_CAPTURE`, for flat-buffer reads that moved more than were captured.
+#[inline(always)]
+fn tail_of(in_flight: &InFlight, moved: u64, want: u64) -> u32 {
+    if in_flight.iovcnt > 0
+        || in_flight.direction != Direction::Ingress as u32
+        || moved <= want
+        || moved > in_flight.buf_len
+    {
+        return 0;
+    }
+    let mut tail = moved - want;
+    if tail > TAIL_CAPTURE as u64 {
+        tail = TAIL_CAPTURE as u64;
+    }
+    tail as u32
+}
+
+/// Emits `args` in the smallest size class that holds its first bytes and its tail.
+#[inline(always)]
+fn emit_sized(args: &DataArgs<'_>) -> Result<(), i64> {
+    let tail = if args.tail > 0 {
+        TAIL_CAPTURE as u32
     } else {
-        emit_data::<MAX_CAPTURE>(&args)
+        0
+    };
+    let need = args.want + tail;
+    if need <= CAPTURE_CLASSES[0] as u32 {
+        emit_data::<{ CAPTURE_CLASSES[0] }>(args)
+    } else if need <= CAPTURE_CLASSES[1] as u32 {
+        emit_data::<{ CAPTURE_CLASSES[1] }>(args)
+    } else {
+        emit_data::<{ CAPTURE_CLASSES[2] }>(args)
     }
 }
 
@@ -349,14 +381,9 @@ pub fn emit_plaintext(plain: &Plaintext) -> Result<(), i64> {
             plain.moved as u32
         },
         want: want as u32,
+        tail: tail_of(&in_flight, plain.moved, want),
     };
-    if want <= CAPTURE_CLASSES[0] as u64 {
-        emit_data::<{ CAPTURE_CLASSES[0] }>(&args)
-    } else if want <= CAPTURE_CLASSES[1] as u64 {
-        emit_data::<{ CAPTURE_CLASSES[1] }>(&args)
-    } else {
-        emit_data::<MAX_CAPTURE>(&args)
-    }
+    emit_sized(&args)
 }
 
 struct DataArgs<'a> {
@@ -370,6 +397,8 @@ struct DataArgs<'a> {
     exit_ns: u64,
     total: u32,
     want: u32,
+    /// The last bytes to keep after the first `want` (flat buffers only; see `tail_of`).
+    tail: u32,
 }
 
 /// Copies the first `want` bytes (at most `MAX_CAPTURE`) of the iovec array `iov` of `count`
@@ -440,7 +469,7 @@ fn emit_data<const N: usize>(args: &DataArgs<'_>) -> Result<(), i64> {
         (*event).exit_ns = args.exit_ns;
         (*event).total_len = args.total;
         (*event).direction = args.in_flight.direction;
-        (*event)._pad = 0;
+        (*event).tail_len = 0;
         (*event).goid = args.goid;
         (*event).parent_goid = args.parent_goid;
         let ret = match args.gathered {
@@ -456,6 +485,20 @@ fn emit_data<const N: usize>(args: &DataArgs<'_>) -> Result<(), i64> {
             ),
         };
         (*event).captured_len = if ret == 0 { len } else { 0 };
+        // The tail goes in the payload's last TAIL_CAPTURE bytes (a constant offset the
+        // verifier can check); the size class leaves them free of the first bytes.
+        let tail = args.tail & (2 * TAIL_CAPTURE as u32 - 1);
+        if ret == 0 && tail > 0 && tail <= TAIL_CAPTURE as u32 && len as usize <= N - TAIL_CAPTURE {
+            let from = args.in_flight.buf + u64::from(args.total) - u64::from(tail);
+            let copied = generated::bpf_probe_read_user(
+                (*event).payload.as_mut_ptr().add(N - TAIL_CAPTURE).cast(),
+                tail,
+                from as *const core::ffi::c_void,
+            );
+            if copied == 0 {
+                (*event).tail_len = tail;
+            }
+        }
     }
     entry.submit(emit::submit_flags());
     Ok(())

@@ -238,7 +238,14 @@ fuzz_target!(|ops: Vec<Op>| {
                     goid: u64::from(goid % 4),
                     parent_goid: u64::from(parent_goid % 4),
                     tls,
-                    payload: Bytes::from(bytes).slice(..captured),
+                    payload: Bytes::from(bytes.clone()).slice(..captured),
+                    // The last bytes of what was cut, as the kernel keeps them after a capture.
+                    tail: if egress || captured == bytes.len() || gap > 0 {
+                        Bytes::new()
+                    } else {
+                        let from = bytes.len().saturating_sub(128).max(captured);
+                        Bytes::from(bytes).slice(from..)
+                    },
                 })
             }
             Op::Close { who } => Event::Close {

@@ -83,6 +83,7 @@ pub fn parse(data: &[u8]) -> (u8, Vec<Step<'_>>) {
                     exit_ns: at + 10,
                     captured,
                     total_len: captured.len() + GAPS[usize::from(op >> 2)],
+                    tail: &[],
                 }));
             }
             2 => steps.push(Step::Flush {

@@ -1,7 +1,8 @@
-//! The libpq uprobes against a real server: queries over TLS (sslmode=require: the socket carries
-//! ciphertext; the plaintext is read where OpenSSL hands it over, so libpq and the wire both see
-//! each query, one span), a libpq loaded after loupe attached, and pgbench's asynchronous API at
-//! speed, each query once.
+//! The libpq uprobes against a real server. They are attached only where the wire cannot read a
+//! session (`--libpq auto`): over TLS (sslmode=require: the socket carries ciphertext; the first
+//! encrypted session asks for them, and from then on libpq and the plaintext OpenSSL hands over
+//! both see each query, one span), never for pgbench on plaintext; with `--libpq always`, a
+//! libpq loaded after loupe attached, and pgbench's asynchronous API at speed, each query once.
 
 use std::{
     io::Write as _,
@@ -47,6 +48,20 @@ fn queries_over_tls_are_seen_through_libpq() {
         "e2e-tls",
         &["--slow-db", "100ms"],
     ));
+    // Nothing encrypted seen yet: libpq is not probed.
+    let probing = |library: &str| {
+        loupe
+            .stderr()
+            .lines()
+            .any(|line| line.contains("probing") && line.contains(library))
+    };
+    assert!(!probing("libpq"), "{}", loupe.stderr());
+    // The first encrypted session asks for libpq's uprobes, in both libpq files the shop maps.
+    assert_eq!(get(&shop.addr, "/psycopg2/1").status, 200);
+    let probed = wait_until(Duration::from_secs(10), || {
+        (probing("psycopg2_binary.libs/libpq") && probing("/libpq.so.5")).then_some(())
+    });
+    assert!(probed.is_some(), "{}", loupe.stderr());
     let paths = [
         "/psycopg2/7",
         "/psycopg/8",
@@ -66,7 +81,10 @@ fn queries_over_tls_are_seen_through_libpq() {
         "the shop's sessions used TLS:\n{log}"
     );
 
-    let spans = jaeger.wait_for_spans("e2e-tls", 8, |_| true);
+    let spans = jaeger.wait_for_spans("e2e-tls", 10, |_| true);
+    // The session that asked: one span, whichever sources saw it (libpq raced its query).
+    let first = queries_of(&spans, "/psycopg2/1");
+    assert_eq!(first.len(), 1, "the first encrypted session's query");
     for path in paths {
         let queries = queries_of(&spans, path);
         assert_eq!(queries.len(), 1, "{path}: one query span under the request");
@@ -130,7 +148,7 @@ fn a_libpq_loaded_after_attach_is_probed_too() {
         shop.pid(),
         &jaeger.grpc_endpoint(),
         "e2e-lazy",
-        &[],
+        &["--libpq", "always"],
     ));
     let probing_libpq = |stderr: &str| {
         stderr
@@ -188,7 +206,14 @@ fn pgbench_select_only_queries_appear_once_each() {
         .expect("run pgbench -i");
     assert!(init.success());
     let jaeger = Jaeger::start();
+    // Plaintext: the wire alone, no uprobe attached. Then with libpq's uprobes as well.
+    for libpq in ["auto", "always"] {
+        pgbench_once(&jaeger, &url, libpq);
+    }
+}
 
+fn pgbench_once(jaeger: &Jaeger, url: &str, libpq: &str) {
+    let service = format!("e2e-pgbench-{libpq}");
     // pgbench waits on its stdin until loupe is attached, then replaces the shell.
     let clients = 2;
     let per_client = 300;
@@ -207,8 +232,8 @@ fn pgbench_select_only_queries_appear_once_each() {
     let loupe = Loupe::attach(&otlp_args(
         bench.id(),
         &jaeger.grpc_endpoint(),
-        "e2e-pgbench",
-        &[],
+        &service,
+        &["--libpq", libpq],
     ));
     writeln!(bench.stdin.as_mut().unwrap(), "go").unwrap();
     let exited = wait_until(Duration::from_secs(60), || bench.try_wait().ok().flatten());
@@ -225,7 +250,7 @@ fn pgbench_select_only_queries_appear_once_each() {
     assert!(finished.status.success(), "{}", finished.stderr);
 
     let text = "SELECT abalance FROM pgbench_accounts WHERE aid = $1";
-    let spans = jaeger.wait_for_spans("e2e-pgbench", processed, |s| {
+    let spans = jaeger.wait_for_spans(&service, processed, |s| {
         s.str_tag("db.query.text") == Some(text)
     });
     let selects: Vec<&Span> = spans
@@ -240,20 +265,38 @@ fn pgbench_select_only_queries_appear_once_each() {
     assert_eq!(
         selects.len(),
         processed,
-        "every transaction's query once\nloupe: {}\nother spans: {others:?}",
+        "--libpq {libpq}: every transaction's query once\nloupe: {}\nother spans: {others:?}",
         finished.stderr
-    );
-    let merged = selects
-        .iter()
-        .filter(|s| s.str_tag("loupe.db.source") == Some("libpq+wire"))
-        .count();
-    assert!(
-        merged * 2 > processed,
-        "once pgbench's libpq is probed (within a scan of its exec), its queries are seen by both: {merged} of {processed}"
     );
     assert!(
         selects
             .iter()
             .all(|s| s.int_tag("db.response.returned_rows") == Some(1) && !s.is_error())
     );
+    let merged = selects
+        .iter()
+        .filter(|s| s.str_tag("loupe.db.source") == Some("libpq+wire"))
+        .count();
+    let probed = finished
+        .stderr
+        .lines()
+        .any(|line| line.contains("probing") && line.contains("libpq"));
+    if libpq == "auto" {
+        assert!(
+            !probed && merged == 0,
+            "plaintext: no uprobe attached, the wire saw every query ({merged} merged)\n{}",
+            finished.stderr
+        );
+        assert!(
+            selects
+                .iter()
+                .all(|s| s.str_tag("loupe.db.source") == Some("wire"))
+        );
+    } else {
+        assert!(probed, "{}", finished.stderr);
+        assert!(
+            merged * 2 > processed,
+            "once pgbench's libpq is probed (within a scan of its exec), its queries are seen by both: {merged} of {processed}"
+        );
+    }
 }

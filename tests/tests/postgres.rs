@@ -211,8 +211,21 @@ fn queries_nest_under_the_http_request_that_ran_them() {
     );
 }
 
+/// On plaintext sessions the wire alone makes every query's span: libpq's uprobes are not
+/// attached (they would add their cost and nothing else).
 #[test]
 fn python_drivers_queries_appear_once_each_under_their_request() {
+    python_drivers_with("auto");
+}
+
+/// `--libpq always`: libpq's uprobes too, on both libpq files, and each query is still one
+/// span, both views merged.
+#[test]
+fn python_drivers_queries_seen_by_libpq_too_are_still_one_span_each() {
+    python_drivers_with("always");
+}
+
+fn python_drivers_with(libpq: &str) {
     require_root();
     let pg = Postgres::start();
     pg.create_orders_shop();
@@ -222,7 +235,7 @@ fn python_drivers_queries_appear_once_each_under_their_request() {
         shop.pid(),
         &jaeger.grpc_endpoint(),
         "e2e-py",
-        &[],
+        &["--libpq", libpq],
     ));
     let drivers = ["psycopg2", "psycopg", "pg8000"];
     for driver in drivers {
@@ -277,19 +290,29 @@ fn python_drivers_queries_appear_once_each_under_their_request() {
             "{driver}"
         );
         assert_eq!(query.str_tag("db.namespace"), Some("shop"), "{driver}");
-        // psycopg2-binary's bundled libpq and the system one psycopg loads were both probed,
-        // and each query they ran is one span with both views merged.
-        let source = if driver == "pg8000" {
+        // With --libpq always, psycopg2-binary's bundled libpq and the system one psycopg
+        // loads were both probed, and each query they ran is one span with both views merged.
+        let source = if driver == "pg8000" || libpq == "auto" {
             "wire"
         } else {
             "libpq+wire"
         };
         assert_eq!(query.str_tag("loupe.db.source"), Some(source), "{driver}");
     }
+    let probed = finished.stderr.contains("psycopg2_binary.libs/libpq")
+        && finished.stderr.contains("/libpq.so.5");
+    let none_probed = !finished
+        .stderr
+        .lines()
+        .any(|line| line.contains("probing") && line.contains("libpq"));
     assert!(
-        finished.stderr.contains("psycopg2_binary.libs/libpq")
-            && finished.stderr.contains("/libpq.so.5"),
-        "both libpq files are probed:\n{}",
+        if libpq == "auto" { none_probed } else { probed },
+        "--libpq {libpq}: libpq probed {}:\n{}",
+        if libpq == "auto" {
+            "nowhere"
+        } else {
+            "in both files"
+        },
         finished.stderr
     );
     for span in &spans {

@@ -8,7 +8,7 @@ use loupe_common::{
     CloseEvent, ConnEvent, ConnLocalEvent, CpuSampleEvent, DATA_EVENT_HEADER_LEN, DataEvent,
     Direction, DupEvent, EventHeader, EventKind, ExecEvent, ForkEvent, GoCallEvent, GoFunction,
     LIBPQ_CALL_HEADER_LEN, LIBPQ_HAS_RESULT, LibpqCallEvent, LibpqFunction, LibpqResultEvent,
-    ParkedEvent, ResyncEvent, SocketRole, libpq_probe,
+    ParkedEvent, ResyncEvent, SocketRole, TAIL_CAPTURE, libpq_probe,
 };
 
 /// Bytes moved by one syscall on a tracked socket.
@@ -33,6 +33,9 @@ pub struct DataRecord {
     pub tls: bool,
     /// The captured prefix of what moved (`len() <= total_len`).
     pub payload: Bytes,
+    /// The last bytes of a read longer than the capture (empty otherwise): where its reply
+    /// ended, past the bytes not captured.
+    pub tail: Bytes,
 }
 
 /// A socket accepted or connected.
@@ -399,8 +402,14 @@ fn decode_data(record: &Bytes, header: EventHeader, tls: bool) -> Result<Event, 
     let event: DataEvent<0> = read(record)?;
     let direction = Direction::try_from(event.direction).map_err(DecodeError::Direction)?;
     let captured = event.captured_len as usize;
+    let tail = event.tail_len as usize;
     let room = record.len() - DATA_EVENT_HEADER_LEN;
-    if captured > room || captured > event.total_len as usize {
+    // The tail is in the payload's last TAIL_CAPTURE bytes, after the first ones.
+    let tail_at = DATA_EVENT_HEADER_LEN + room.saturating_sub(TAIL_CAPTURE);
+    if captured > room
+        || captured + tail > event.total_len as usize
+        || (tail > 0 && (tail > TAIL_CAPTURE || captured > room.saturating_sub(TAIL_CAPTURE)))
+    {
         return Err(DecodeError::Captured {
             captured,
             room,
@@ -420,6 +429,7 @@ fn decode_data(record: &Bytes, header: EventHeader, tls: bool) -> Result<Event, 
         parent_goid: event.parent_goid,
         tls,
         payload: record.slice(DATA_EVENT_HEADER_LEN..DATA_EVENT_HEADER_LEN + captured),
+        tail: record.slice(tail_at..tail_at + tail),
     }))
 }
 
@@ -474,7 +484,7 @@ mod tests {
             total_len: total,
             captured_len: captured,
             direction: Direction::Egress as u32,
-            _pad: 0,
+            tail_len: 0,
             goid: 42,
             parent_goid: 41,
             payload: [0; 256],
@@ -496,6 +506,36 @@ mod tests {
             (100, 200, 4000)
         );
         assert_eq!(data.direction, Direction::Egress);
+    }
+
+    #[test]
+    fn a_long_read_brings_its_last_bytes_from_the_payloads_end() {
+        let mut event = DataEvent::<256> {
+            header: header(EventKind::Data),
+            enter_ns: 100,
+            exit_ns: 200,
+            total_len: 9000,
+            captured_len: 100,
+            direction: Direction::Ingress as u32,
+            tail_len: 6,
+            goid: 0,
+            parent_goid: 0,
+            payload: [b'.'; 256],
+        };
+        event.payload[256 - TAIL_CAPTURE..256 - TAIL_CAPTURE + 6].copy_from_slice(b"Z\0\0\0\x05I");
+        let Event::Data(data) = decode(&Bytes::from(as_bytes(&event))).unwrap() else {
+            panic!("not data")
+        };
+        assert_eq!(
+            (data.payload.len(), &data.tail[..]),
+            (100, &b"Z\0\0\0\x05I"[..])
+        );
+        // A tail where the first bytes reach into its room, or longer than a tail is: bad.
+        event.captured_len = 200;
+        assert!(decode(&Bytes::from(as_bytes(&event))).is_err());
+        event.captured_len = 100;
+        event.tail_len = TAIL_CAPTURE as u32 + 1;
+        assert!(decode(&Bytes::from(as_bytes(&event))).is_err());
     }
 
     fn libpq_call(function: LibpqFunction, text: &[u8], name: &[u8]) -> Bytes {

@@ -26,6 +26,7 @@ use loupe_common::{
 };
 
 use super::ProbeError;
+use crate::config::LibpqMode;
 use crate::process::{
     MappedLibrary, mapped_libraries,
     runtime::{go_function_offsets, go_layout},
@@ -56,6 +57,9 @@ struct LibrarySpec {
     /// The return probe's program, for functions `with_return`.
     return_program: Option<&'static str>,
     functions: fn() -> Vec<FunctionProbe>,
+    /// Probed in a process only once it asked for it ([`LibraryProbes::want`]), unless
+    /// `--libpq always`: libpq, whose uprobes add to the wire only where it cannot read.
+    on_demand: bool,
     /// Where the functions start (file offsets, by the order of `functions`); a function it
     /// cannot place is left to aya to find by its symbol.
     locate: Locate,
@@ -161,6 +165,7 @@ const LIBRARIES: &[LibrarySpec] = &[
         enter_program: PROGRAM_LIBPQ_ENTER,
         return_program: Some(PROGRAM_LIBPQ_RETURN),
         functions: libpq_functions,
+        on_demand: true,
         locate: elf_locate,
     },
     LibrarySpec {
@@ -168,6 +173,7 @@ const LIBRARIES: &[LibrarySpec] = &[
         enter_program: PROGRAM_TLS_ENTER,
         return_program: Some(PROGRAM_TLS_RETURN),
         functions: tls_functions,
+        on_demand: false,
         locate: elf_locate,
     },
     LibrarySpec {
@@ -175,6 +181,7 @@ const LIBRARIES: &[LibrarySpec] = &[
         enter_program: PROGRAM_TLS_ENTER,
         return_program: Some(PROGRAM_TLS_RETURN),
         functions: tls_functions,
+        on_demand: false,
         locate: elf_locate,
     },
     LibrarySpec {
@@ -182,6 +189,7 @@ const LIBRARIES: &[LibrarySpec] = &[
         enter_program: PROGRAM_GO_ENTER,
         return_program: None,
         functions: go_functions,
+        on_demand: false,
         locate: go_locate,
     },
 ];
@@ -261,11 +269,25 @@ pub struct LibraryProbes {
     loaded: Vec<&'static str>,
     /// Processes whose executable was looked at for Go.
     checked_exe: Vec<(u32, &'static str)>,
+    /// Whether on-demand libraries are probed everywhere (`--libpq always`).
+    always: bool,
+    /// Processes that asked for the on-demand libraries.
+    wanted: Vec<u32>,
 }
 
 impl LibraryProbes {
-    pub fn new() -> Self {
-        Self::default()
+    pub fn new(libpq: LibpqMode) -> Self {
+        Self {
+            always: libpq == LibpqMode::Always,
+            ..Self::default()
+        }
+    }
+
+    /// `pid` asked for the on-demand libraries (libpq): they are probed at the next scan.
+    pub fn want(&mut self, pid: u32) {
+        if !self.wanted.contains(&pid) {
+            self.wanted.push(pid);
+        }
     }
 
     /// Uprobes attached now, over all processes.
@@ -291,9 +313,13 @@ impl LibraryProbes {
         }
         self.failed.retain(|pid, _| pids.contains(pid));
         self.checked_exe.retain(|(pid, _)| pids.contains(pid));
+        self.wanted.retain(|pid| pids.contains(pid));
         let mut news = Vec::new();
         for &pid in pids {
             for spec in LIBRARIES {
+                if spec.on_demand && !self.always && !self.wanted.contains(&pid) {
+                    continue;
+                }
                 for library in find(spec, pid, &mut self.checked_exe) {
                     let known = self
                         .attached
@@ -353,6 +379,7 @@ impl LibraryProbes {
         self.detach_process(ebpf, pid);
         self.failed.remove(&pid);
         self.checked_exe.retain(|(owner, _)| *owner != pid);
+        self.wanted.retain(|owner| *owner != pid);
     }
 
     fn detach_process(&mut self, ebpf: &mut Ebpf, pid: u32) {

@@ -33,6 +33,9 @@ pub struct Upkeep {
     pub python: PythonThreads,
     /// Execs of processes that were not targets, from the stitch stage.
     pub execs: mpsc::Receiver<ExecRecord>,
+    /// Targets whose PostgreSQL sessions the wire cannot read, from the stitch stage: their
+    /// libpq is probed at once.
+    pub libpq: mpsc::UnboundedReceiver<u32>,
     /// Targets coming and going, for the stitch stage.
     pub news: mpsc::UnboundedSender<TargetNews>,
 }
@@ -64,6 +67,7 @@ impl Upkeep {
         let mut tick = tokio::time::interval(EVERY);
         let mut commands_open = true;
         let mut execs_open = true;
+        let mut libpq_open = true;
         let mut losses = 0;
         loop {
             tokio::select! {
@@ -85,6 +89,18 @@ impl Upkeep {
                         self.apply(changes);
                         self.probe_libraries();
                     }
+                    continue;
+                }
+                pid = self.libpq.recv(), if libpq_open => {
+                    let Some(pid) = pid else {
+                        libpq_open = false;
+                        continue;
+                    };
+                    self.libraries.want(pid);
+                    while let Ok(pid) = self.libpq.try_recv() {
+                        self.libraries.want(pid);
+                    }
+                    self.probe_libraries();
                     continue;
                 }
                 command = self.commands.recv(), if commands_open => {

@@ -42,6 +42,9 @@ pub enum Report {
     Finished(Finished),
     /// Something on the connection the protocol could not see or read, counted.
     Lost(Loss),
+    /// The connection's session is encrypted from here on (the server accepted TLS or GSS):
+    /// the socket's bytes tell nothing more, and another source of the protocol (libpq) may.
+    Encrypted,
 }
 
 /// What a protocol could not see or read (every loss is counted: `stats::Counters`).
@@ -239,6 +242,8 @@ pub struct Chunk<'a> {
     pub captured: &'a [u8],
     /// Every byte moved.
     pub total_len: usize,
+    /// The last bytes moved, when they were past `captured` (a long read), else empty.
+    pub tail: &'a [u8],
 }
 
 /// A chunk of `bytes` captured whole, moved at `at` (ns) in 1 ns: what the parsers' tests feed.
@@ -250,6 +255,7 @@ pub(crate) fn chunk(flow: Flow, at: u64, bytes: &[u8]) -> Chunk<'_> {
         exit_ns: at + 1,
         captured: bytes,
         total_len: bytes.len(),
+        tail: &[],
     }
 }
 

@@ -85,6 +85,7 @@ impl FirstBytes {
                 exit_ns: piece.timing.exit_ns,
                 captured,
                 total_len: piece.len,
+                tail: &[],
             });
         }
         self.clear();

@@ -233,6 +233,11 @@ pub struct Stitcher {
     held_servers: HashMap<u64, SpanRecord>,
     /// Processes it holds state for (`stitcher_processes`).
     pids: rustc_hash::FxHashSet<u32>,
+    /// Processes whose PostgreSQL sessions the wire cannot read (encrypted, or open before
+    /// attach and unreadable): libpq's uprobes would see them. Asked once per process.
+    libpq_asked: rustc_hash::FxHashSet<u32>,
+    /// Of those, the ones not yet taken by [`Stitcher::take_libpq_wants`].
+    libpq_wants: Vec<u32>,
 }
 
 /// The stitcher as the libpq source sees it: ids for calls, spans for queries.
@@ -314,6 +319,20 @@ impl Stitcher {
             late_by_request: HashMap::default(),
             held_servers: HashMap::default(),
             pids: Default::default(),
+            libpq_asked: Default::default(),
+            libpq_wants: Vec::new(),
+        }
+    }
+
+    /// The processes that asked for libpq's uprobes since the last call.
+    pub fn take_libpq_wants(&mut self) -> Vec<u32> {
+        std::mem::take(&mut self.libpq_wants)
+    }
+
+    /// `pid` has a PostgreSQL session the wire cannot read.
+    fn wants_libpq(&mut self, pid: u32) {
+        if self.libpq_asked.insert(pid) {
+            self.libpq_wants.push(pid);
         }
     }
 
@@ -770,6 +789,11 @@ impl Stitcher {
                         *sniffed += 1;
                         if *sniffed >= budget && !protocols::may_answer(&data.payload) {
                             conn.protocol = Protocol::Other;
+                            if !conn.from_start && !conn.ends.tls {
+                                // Open before attach and unreadable: perhaps a session of a
+                                // database driver that encrypted it before loupe came.
+                                self.wants_libpq(data.pid);
+                            }
                         }
                     }
                     return;
@@ -785,6 +809,7 @@ impl Stitcher {
             exit_ns: data.exit_ns,
             captured: &data.payload,
             total_len: data.total_len as usize,
+            tail: &data.tail,
         };
         if let Protocol::Known(parser) = &mut conn.protocol {
             let kind = parser.kind();
@@ -880,6 +905,7 @@ impl Stitcher {
                         Counters::add(&self.counters.requests_unseen, n);
                     }
                 },
+                Report::Encrypted => self.wants_libpq(key.0),
                 Report::Finished(Finished::Http(exchange)) => {
                     self.exchange_done(key, &exchange, out);
                 }

@@ -24,6 +24,7 @@ impl Stitcher {
             self.close(key, out);
         }
         self.runtimes.remove(&pid);
+        self.libpq_asked.remove(&pid);
         self.serving.retain(|(owner, _), _| *owner != pid);
         self.last_read.retain(|(owner, _), _| *owner != pid);
         self.go_callers.retain(|(owner, _), _| *owner != pid);

@@ -55,6 +55,7 @@ pub(super) fn data(
         parent_goid: 0,
         tls: false,
         payload: Bytes::from_static(bytes),
+        tail: Bytes::new(),
     })
 }
 
@@ -349,6 +350,7 @@ fn owned_data(fd: i32, tid: u32, direction: Direction, at: u64, bytes: Vec<u8>) 
         parent_goid: 0,
         tls: false,
         payload: Bytes::from(bytes),
+        tail: Bytes::new(),
     })
 }
 
@@ -1087,4 +1089,55 @@ fn a_first_read_shorter_than_the_method_is_held_until_the_request_can_be_told() 
     assert_eq!(spans.len(), 2, "{spans:?}");
     assert!(spans.iter().all(|s| s.kind == SpanKind::Server));
     assert_eq!(Counters::get(&counters.parse_errors), 0);
+}
+
+/// The stitcher fed `events`, and the processes it then asks libpq's uprobes for.
+fn libpq_wants_after(events: Vec<Event>) -> Vec<u32> {
+    let mut stitcher = Stitcher::new(StitcherLimits::default(), Arc::new(Counters::default()));
+    let mut out = Vec::new();
+    for event in events {
+        stitcher.handle(event, &mut out);
+    }
+    let wants = stitcher.take_libpq_wants();
+    assert!(stitcher.take_libpq_wants().is_empty(), "taken once");
+    wants
+}
+
+#[test]
+fn libpq_is_asked_for_only_where_the_wire_cannot_read_a_postgres_session() {
+    // SSLRequest (length 8, code 80877103), answered yes: the session is encrypted.
+    let ssl_request = b"\x00\x00\x00\x08\x04\xd2\x16\x2f".to_vec();
+    let encrypted = libpq_wants_after(vec![
+        conn(6, 7, SocketRole::Client, "127.0.0.1:5432"),
+        owned_data(6, 7, Direction::Egress, 1_000, ssl_request.clone()),
+        owned_data(6, 7, Direction::Ingress, 2_000, b"S".to_vec()),
+        // A second encrypted session of the same process: asked once.
+        conn(8, 7, SocketRole::Client, "127.0.0.1:5432"),
+        owned_data(8, 7, Direction::Egress, 3_000, ssl_request.clone()),
+        owned_data(8, 7, Direction::Ingress, 4_000, b"S".to_vec()),
+    ]);
+    assert_eq!(encrypted, vec![PID]);
+
+    // Refused (N), then a plaintext session: the wire reads it all.
+    let mut startup = b"\x00\x03\x00\x00user\0shop\0database\0shop\0\0".to_vec();
+    let len = (startup.len() + 4) as u32;
+    startup.splice(0..0, len.to_be_bytes());
+    let plaintext = libpq_wants_after(vec![
+        conn(6, 7, SocketRole::Client, "127.0.0.1:5432"),
+        owned_data(6, 7, Direction::Egress, 1_000, ssl_request),
+        owned_data(6, 7, Direction::Ingress, 2_000, b"N".to_vec()),
+        owned_data(6, 7, Direction::Egress, 3_000, startup),
+        owned_data(6, 7, Direction::Ingress, 4_000, pg_msg(b'Z', b"I")),
+        owned_data(6, 7, Direction::Egress, 5_000, pg_msg(b'Q', b"SELECT 1\0")),
+        owned_data(6, 7, Direction::Ingress, 6_000, pg_msg(b'Z', b"I")),
+    ]);
+    assert!(plaintext.is_empty(), "{plaintext:?}");
+
+    // A socket open before attach whose bytes are nothing loupe reads (TLS records, say).
+    let mut record = b"\x17\x03\x03\x00\x80".to_vec();
+    record.extend([0xa5; 128]);
+    let unreadable: Vec<Event> = (0..8)
+        .map(|i| owned_data(9, 7, Direction::Egress, 1_000 * (i + 1), record.clone()))
+        .collect();
+    assert_eq!(libpq_wants_after(unreadable), vec![PID]);
 }

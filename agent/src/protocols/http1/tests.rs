@@ -25,6 +25,7 @@ fn gappy(flow: Flow, at: u64, captured: &[u8], total_len: usize) -> Chunk<'_> {
         exit_ns: at + 1,
         captured,
         total_len,
+        tail: &[],
     }
 }
 

@@ -63,6 +63,8 @@ pub enum PgEvent {
     },
     /// Something on the connection that could not be read.
     Lost(Loss),
+    /// The server accepted TLS or GSS encryption: nothing more on the socket can be read.
+    Encrypted,
 }
 
 /// Counters of what did not parse or pair.
@@ -226,13 +228,15 @@ impl PgConversation {
                         Some(b'N') => self.frontend.expect_untyped(),
                         _ => {
                             self.opaque = true;
+                            out.push(PgEvent::Encrypted);
                             return;
                         }
                     }
                     captured = &captured[1..];
                     total = total.saturating_sub(1);
                 }
-                self.backend.feed(captured, total, &mut messages);
+                self.backend
+                    .feed_ending(captured, total, chunk.tail, &mut messages);
                 self.ready_ahead = messages.iter().filter(|m| m.kind == b'Z').count();
                 for message in messages.drain(..) {
                     self.on_backend(message, at, out);

@@ -168,6 +168,61 @@ impl Framer {
     }
 }
 
+impl Framer {
+    /// As [`Self::feed`] for the server's side; when the framing is lost at the chunk's end (a
+    /// header in its unseen part: a reply of thousands of rows), it is found again in `tail`,
+    /// the chunk's last bytes: messages that follow one another to its very end, the last a
+    /// ReadyForQuery. They are read, and the next chunk starts with a message.
+    pub fn feed_ending(
+        &mut self,
+        captured: &[u8],
+        total: usize,
+        tail: &[u8],
+        out: &mut Vec<Message>,
+    ) {
+        self.feed(captured, total, out);
+        if tail.is_empty() || !self.is_lost() {
+            return;
+        }
+        if let Some(found) = trailing_messages(tail, self.plausible) {
+            out.extend(found);
+            self.state = State::Header(Vec::new());
+        }
+    }
+}
+
+/// The messages `tail` ends with, from the earliest byte where whole messages follow one
+/// another exactly to its end and the last is a ReadyForQuery (`Z`, length 5, status I, T or
+/// E); None when there is no such place.
+pub fn trailing_messages(tail: &[u8], plausible: fn(u8) -> bool) -> Option<Vec<Message>> {
+    let ready = tail.len().checked_sub(6)?;
+    let ends_ready = tail[ready] == b'Z'
+        && tail[ready + 1..ready + 5] == [0, 0, 0, 5]
+        && matches!(tail[ready + 5], b'I' | b'T' | b'E');
+    if !ends_ready {
+        return None;
+    }
+    (0..=ready).find_map(|start| {
+        let mut messages = Vec::new();
+        let mut at = start;
+        while at < tail.len() {
+            let kind = *tail.get(at)?;
+            let len = tail.get(at + 1..at + 5)?;
+            let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+            if !plausible(kind) || len < 4 || at + 1 + len > tail.len() {
+                return None;
+            }
+            messages.push(Message {
+                kind,
+                body: tail[at + 5..at + 1 + len].to_vec(),
+                truncated: false,
+            });
+            at += 1 + len;
+        }
+        Some(messages)
+    })
+}
+
 fn plausible_len(bytes: &[u8]) -> bool {
     let len = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
     (4..(1 << 30)).contains(&len)

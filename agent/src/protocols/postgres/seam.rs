@@ -48,6 +48,7 @@ fn report(event: PgEvent) -> Report {
         },
         PgEvent::Skipped { seq } | PgEvent::Abandoned { seq } => Report::Abandoned { seq },
         PgEvent::Lost(loss) => Report::Lost(loss),
+        PgEvent::Encrypted => Report::Encrypted,
         PgEvent::Done(query) => Report::Finished(Finished::Postgres(Box::new(query))),
     }
 }

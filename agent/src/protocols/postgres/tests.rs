@@ -272,6 +272,7 @@ fn a_result_larger_than_the_capture_ends_when_the_client_speaks_again() {
             exit_ns: 21,
             captured: &reply[..64],
             total_len: reply.len(),
+            tail: &[],
         },
         &mut events,
     );
@@ -299,6 +300,88 @@ fn a_result_larger_than_the_capture_ends_when_the_client_speaks_again() {
         done(&events).len(),
         2,
         "the framing resyncs on the next reply"
+    );
+}
+
+/// `bytes` as the kernel reports a read of them: the first `capture` bytes, and the last 128
+/// when it moved more.
+fn read_as_captured(at: u64, bytes: &[u8], capture: usize) -> Chunk<'_> {
+    let head = capture.min(bytes.len());
+    let tail_from = bytes.len().saturating_sub(128).max(head);
+    Chunk {
+        flow: Flow::Response,
+        enter_ns: at,
+        exit_ns: at + 1,
+        captured: &bytes[..head],
+        total_len: bytes.len(),
+        tail: &bytes[tail_from..],
+    }
+}
+
+#[test]
+fn a_result_larger_than_the_capture_ends_where_its_tail_says_with_its_rows() {
+    let mut events = Vec::new();
+    let mut c = session(&mut events);
+    c.push(
+        chunk(Flow::Request, 10, &msg(b'Q', &cstr("SELECT g FROM big"))),
+        &mut events,
+    );
+    let mut reply = concat(&[msg(b'T', b"\x00\x01g\0")]);
+    for _ in 0..2000 {
+        reply.extend(row());
+    }
+    reply.extend(concat(&[msg(b'C', &cstr("SELECT 2000")), ready()]));
+    // Read in 8 KiB pieces (the last one shorter), each captured as the kernel does.
+    for (i, piece) in reply.chunks(8192).enumerate() {
+        c.push(
+            read_as_captured(20 + 10 * i as u64, piece, 1024),
+            &mut events,
+        );
+    }
+    let pieces = reply.len().div_ceil(8192) as u64;
+    let all = done(&events);
+    assert_eq!(all.len(), 1, "ended by its own ReadyForQuery");
+    assert_eq!(all[0].rows, Some(2000), "from its CommandComplete");
+    assert_eq!(
+        all[0].end.exit_ns,
+        20 + 10 * (pieces - 1) + 1,
+        "when the last piece came"
+    );
+
+    // The next query reads as usual, and so does an error at the end of a long reply.
+    c.push(
+        chunk(Flow::Request, 100, &msg(b'Q', &cstr("SELECT g FROM big"))),
+        &mut events,
+    );
+    let mut failing = concat(&[msg(b'T', b"\x00\x01g\0")]);
+    for _ in 0..500 {
+        failing.extend(row());
+    }
+    failing.extend(concat(&[
+        msg(b'E', b"SERROR\0C57014\0Mcanceled\0\0"),
+        ready(),
+    ]));
+    c.push(read_as_captured(110, &failing, 256), &mut events);
+    let all = done(&events);
+    assert_eq!(all.len(), 2);
+    assert_eq!(all[1].sqlstate.as_deref(), Some("57014"));
+}
+
+#[test]
+fn trailing_messages_are_found_only_where_they_chain_to_a_ready_for_query() {
+    use super::framing::{backend_kind, trailing_messages};
+    let end = concat(&[row(), msg(b'C', &cstr("SELECT 9")), ready()]);
+    let found = trailing_messages(&end[3..], backend_kind).expect("C then Z");
+    let kinds: Vec<u8> = found.iter().map(|m| m.kind).collect();
+    assert_eq!(kinds, vec![b'C', b'Z']);
+    assert_eq!(
+        trailing_messages(&end[..end.len() - 1], backend_kind),
+        None,
+        "cut short"
+    );
+    assert_eq!(
+        trailing_messages(b"no reply ends like this", backend_kind),
+        None
     );
 }
 
@@ -385,6 +468,7 @@ fn random_bytes_never_panic() {
                     exit_ns: i,
                     captured: &bytes[..captured],
                     total_len: bytes.len() + (next() % 3) as usize * 100,
+                    tail: &[],
                 },
                 &mut events,
             );
@@ -567,6 +651,7 @@ fn a_parse_cut_by_the_capture_marks_its_executions_truncated() {
         exit_ns: 11,
         captured: &parse[..64],
         total_len: parse.len(),
+        tail: &[],
     };
     c.push(cut, &mut events);
     let rest = concat(&[bind_named("s9", b"1"), execute_unnamed(), msg(b'S', b"")]);
@@ -865,6 +950,7 @@ fn a_header_that_is_not_postgres_is_a_parse_error() {
             exit_ns: 31,
             captured: &reply[..40],
             total_len: reply.len(),
+            tail: &[],
         },
         &mut events,
     );
@@ -947,6 +1033,7 @@ fn a_batch_whose_sync_was_past_the_capture_ends_at_its_answer() {
         exit_ns: 11,
         captured: &batch[..first.len() + 3],
         total_len: batch.len(),
+        tail: &[],
     };
     c.push(cut, &mut events);
     let one = concat(&[

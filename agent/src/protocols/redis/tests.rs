@@ -287,6 +287,7 @@ fn a_value_larger_than_the_capture_is_skipped_by_count() {
             exit_ns: 11,
             captured: &set[..1024],
             total_len: set.len(),
+            tail: &[],
         },
         &mut events,
     );
@@ -308,6 +309,7 @@ fn a_value_larger_than_the_capture_is_skipped_by_count() {
             exit_ns: 41,
             captured: &reply[..1024],
             total_len: reply.len(),
+            tail: &[],
         },
         &mut events,
     );
@@ -337,6 +339,7 @@ fn a_large_value_split_over_reads_with_small_captures_stays_framed() {
                 exit_ns: 20 + i as u64,
                 captured: &part[..part.len().min(64)],
                 total_len: part.len(),
+                tail: &[],
             },
             &mut events,
         );
@@ -578,6 +581,7 @@ fn a_reply_framing_lost_in_a_gap_ends_when_the_client_speaks_again() {
             exit_ns: 21,
             captured: &reply[..64],
             total_len: 4096,
+            tail: &[],
         },
         &mut events,
     );
@@ -588,6 +592,7 @@ fn a_reply_framing_lost_in_a_gap_ends_when_the_client_speaks_again() {
             exit_ns: 31,
             captured: &reply[4096..4096 + 64],
             total_len: reply.len() - 4096,
+            tail: &[],
         },
         &mut events,
     );
@@ -837,6 +842,7 @@ fn random_bytes_never_panic_and_every_started_command_ends_once() {
                         exit_ns: i,
                         captured: &part[..captured],
                         total_len: part.len() + (next() % 3) as usize * 100,
+                        tail: &[],
                     },
                     &mut events,
                 );
@@ -880,6 +886,7 @@ fn a_pipeline_larger_than_the_capture_pairs_what_was_seen() {
             exit_ns: 11,
             captured: &request[..1020],
             total_len: request.len(),
+            tail: &[],
         },
         &mut events,
     );
