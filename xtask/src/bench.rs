@@ -1,7 +1,8 @@
 //! Overhead, measured from one run: nginx (keep-alive, small response, wrk) with nothing
 //! attached, with a floor probe (bpftrace on the same syscall tracepoints, empty PID-filtered
 //! programs), and with loupe; the demo app's ~1 ms route with nothing and with loupe; pgbench
-//! select-only the same three ways (its floor adds the libpq uprobes and uretprobes); a Go
+//! select-only with nothing, the syscall floor, that floor plus empty libpq uprobes and
+//! uretprobes, loupe (the wire alone on plaintext) and loupe --libpq always; a Go
 //! net/http + pgx service and FastAPI on uvicorn + asyncpg at saturation, with nothing, with
 //! loupe without its runtime adapters (`--no-runtime-adapters`: no goroutine or asyncio-task
 //! reads) and with loupe.
@@ -233,7 +234,9 @@ fn core_runs(seconds: u64) -> anyhow::Result<()> {
     )?;
     let pg_none = pgbench(&url, seconds, Probe::Nothing)?;
     let pg_floor = pgbench(&url, seconds, Probe::Floor)?;
+    let pg_floor_uprobes = pgbench(&url, seconds, Probe::FloorWithLibpq)?;
     let pg_loupe = pgbench(&url, seconds, Probe::Loupe)?;
+    let pg_always = pgbench(&url, seconds, Probe::LoupeLibpqAlways)?;
     drop(postgres);
 
     let ratio = |run: &Run| run.requests_per_sec / none.requests_per_sec;
@@ -290,29 +293,44 @@ fn core_runs(seconds: u64) -> anyhow::Result<()> {
         pg_none.tps
     );
     println!(
-        "| | floor probe (bpftrace, same tracepoints + libpq uprobes, empty) | {:.0} tps | | {:.3} | | |",
+        "| | floor probe (bpftrace, same tracepoints, empty) | {:.0} tps | | {:.3} | | |",
         pg_floor.tps,
         pg_ratio(&pg_floor)
     );
     println!(
-        "| | loupe | {:.0} tps | | {:.3} | {:.2} | {:.1} |",
-        pg_loupe.tps,
-        pg_ratio(&pg_loupe),
-        pg_loupe.loupe_cpu,
-        pg_loupe.loupe_rss as f64 / 1024.0
+        "| | floor probe + libpq uprobes and uretprobes (empty) | {:.0} tps | | {:.3} | | |",
+        pg_floor_uprobes.tps,
+        pg_ratio(&pg_floor_uprobes)
     );
+    for (setup, run) in [
+        ("loupe (wire only: no uprobe attached)", &pg_loupe),
+        ("loupe --libpq always", &pg_always),
+    ] {
+        println!(
+            "| | {setup} | {:.0} tps | | {:.3} | {:.2} | {:.1} |",
+            run.tps,
+            pg_ratio(run),
+            run.loupe_cpu,
+            run.loupe_rss as f64 / 1024.0
+        );
+    }
     println!(
-        "\npgbench: floor costs {:.1}% and loupe {:.1}% (loupe - floor = {:.1} points)",
+        "\npgbench: the syscall floor costs {:.1}% and loupe {:.1}% (loupe - floor = {:.1} points); \
+         with libpq's uprobes the floor costs {:.1}% and loupe {:.1}%",
         (1.0 - pg_ratio(&pg_floor)) * 100.0,
         (1.0 - pg_ratio(&pg_loupe)) * 100.0,
-        (pg_ratio(&pg_floor) - pg_ratio(&pg_loupe)) * 100.0
+        (pg_ratio(&pg_floor) - pg_ratio(&pg_loupe)) * 100.0,
+        (1.0 - pg_ratio(&pg_floor_uprobes)) * 100.0,
+        (1.0 - pg_ratio(&pg_always)) * 100.0,
     );
     let per_query = |tps: f64| 1e6 / tps;
     println!(
-        "pgbench per query (machine time, 2 cores): nothing {:.1} us, floor +{:.1} us (5 uprobe hits and the syscall hooks), loupe +{:.1} us",
+        "pgbench per query (machine time, 2 cores): nothing {:.1} us, floor +{:.1} us (the syscall hooks), +{:.1} us with 5 uprobe hits, loupe +{:.1} us, loupe --libpq always +{:.1} us",
         per_query(pg_none.tps),
         per_query(pg_floor.tps) - per_query(pg_none.tps),
-        per_query(pg_loupe.tps) - per_query(pg_none.tps)
+        per_query(pg_floor_uprobes.tps) - per_query(pg_none.tps),
+        per_query(pg_loupe.tps) - per_query(pg_none.tps),
+        per_query(pg_always.tps) - per_query(pg_none.tps)
     );
     println!(
         "\nnginx: floor costs {:.1}% and loupe {:.1}% (loupe - floor = {:.1} points); the 1 ms route: loupe costs {:.1}%",
@@ -480,8 +498,12 @@ fn adapter_runs(
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Probe {
     Nothing,
+    /// Empty programs on loupe's syscall tracepoints.
     Floor,
+    /// The same and empty uprobes on every libpq function loupe can probe.
+    FloorWithLibpq,
     Loupe,
+    LoupeLibpqAlways,
 }
 
 struct PgRun {
@@ -503,20 +525,28 @@ fn pgbench(url: &str, seconds: u64, probe: Probe) -> anyhow::Result<PgRun> {
         .context("failed to start pgbench")?;
     let pid = child.id();
     let floor = match probe {
-        Probe::Floor => Some(floor_probe(pid, &libpq_uprobes(SYSTEM_LIBPQ))?),
+        Probe::Floor => Some(floor_probe(pid, &[])?),
+        Probe::FloorWithLibpq => Some(floor_probe(pid, &libpq_uprobes(SYSTEM_LIBPQ))?),
         _ => None,
     };
-    let loupe = match probe {
-        Probe::Loupe => Some(Loupe::start(
+    let libpq = match probe {
+        Probe::Loupe => Some("auto"),
+        Probe::LoupeLibpqAlways => Some("always"),
+        _ => None,
+    };
+    let loupe = match libpq {
+        Some(libpq) => Some(Loupe::start(
             &[
                 "--pid".to_owned(),
                 pid.to_string(),
                 "--summary-interval".into(),
                 "1h".into(),
+                "--libpq".into(),
+                libpq.into(),
             ],
             Stdio::null(),
         )?),
-        _ => None,
+        None => None,
     };
     {
         use std::io::Write as _;
