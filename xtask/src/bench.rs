@@ -28,6 +28,14 @@ struct Run {
     p99: String,
 }
 
+/// Only nginx, the demo app and pgbench.
+pub fn core_only(duration: Duration) -> anyhow::Result<()> {
+    setup::require_root("bench")?;
+    setup::run()?;
+    build::release()?;
+    core_runs(duration.as_secs().max(1))
+}
+
 pub fn run(duration: Duration, adapters_only: bool, https_only: bool) -> anyhow::Result<()> {
     setup::require_root("bench")?;
     setup::run()?;

@@ -85,6 +85,9 @@ enum Command {
         /// Only the exporter's throughput (recorded spans to a local Jaeger, gRPC and HTTP).
         #[arg(long, conflicts_with_all = ["adapters_only", "https_only"])]
         export_only: bool,
+        /// Only nginx, the demo app and pgbench (each with nothing, the floor and loupe).
+        #[arg(long, conflicts_with_all = ["adapters_only", "https_only", "export_only"])]
+        core_only: bool,
     },
     /// The demo shop under a steady mixed load with loupe exporting to Jaeger: loupe's memory
     /// minute by minute and its growth after warm-up.
@@ -127,9 +130,12 @@ fn main() -> anyhow::Result<()> {
             adapters_only,
             https_only,
             export_only,
+            core_only,
         } => {
             if export_only {
                 bench::export_runs()
+            } else if core_only {
+                bench::core_only(duration)
             } else {
                 bench::run(duration, adapters_only, https_only)
             }

@@ -116,8 +116,13 @@ pub struct Loupe {
 }
 
 impl Loupe {
+    /// Starts loupe with `args`: `$LOUPE_BENCH_BIN` when set (to measure another build of it,
+    /// an A/B), else the release build.
     pub fn start(args: &[String], stdout: Stdio) -> anyhow::Result<Self> {
-        let mut child = Command::new(release_bin("loupe"))
+        let binary = std::env::var_os("LOUPE_BENCH_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| release_bin("loupe"));
+        let mut child = Command::new(binary)
             .args(args)
             .stdout(stdout)
             .stderr(Stdio::piped())
