@@ -85,6 +85,13 @@ pub enum LossSlot {
 }
 /// Number of slots in `LOSS`.
 pub const LOSS_SLOTS: u32 = 8;
+/// `RUNTIME` bit: some target's Python threads are in `PY_CONTEXTS` (the data exits read the
+/// current Context only then).
+pub const RUNTIME_PYTHON: u32 = 1;
+/// `RUNTIME` bit: OpenSSL uprobes are attached somewhere (the data exits check whether their
+/// syscall is inside an OpenSSL call only then).
+pub const RUNTIME_TLS: u32 = 2;
+
 /// Entries of the kernel's `SOCKETS` map unless the loader sets another size.
 pub const SOCKETS_MAX: u32 = 65_536;
 

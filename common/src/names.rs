@@ -15,6 +15,9 @@ pub const MAP_GO_LAYOUTS: &str = "GO_LAYOUTS";
 pub const MAP_PY_CONTEXTS: &str = "PY_CONTEXTS";
 /// Process names (`--name`) the kernel makes targets of at exec, as [`crate::comm_key`]s.
 pub const MAP_WATCH_COMMS: &str = "WATCH_COMMS";
+/// What the data exits must look for, one word of [`crate::RUNTIME_PYTHON`] and
+/// [`crate::RUNTIME_TLS`] bits (userspace writes it as targets and probes change).
+pub const MAP_RUNTIME: &str = "RUNTIME";
 
 /// perf_event program: one CPU sample (user and kernel stacks) of the thread its event is
 /// opened on. Userspace opens a CPU-clock event only on threads running something slow.

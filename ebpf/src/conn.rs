@@ -13,7 +13,7 @@ use crate::{
     data::{Buffer, RET_OFFSET, Tracked, arg_offset, remember, syscall_arg1, tracked_socket},
     emit,
     maps::{
-        CONNECT_LOCAL, Connecting, IN_FLIGHT, InFlight, SOCKETS, SYN_SENT, TARGET_PIDS, stash,
+        CONNECT_LOCAL, Connecting, InFlight, SOCKETS, SYN_SENT, TARGET_PIDS, peek_in_flight, stash,
         take_in_flight, track_socket, untrack_socket,
     },
 };
@@ -238,8 +238,7 @@ pub fn try_sock_state(ctx: &TracePointContext) -> Result<(), i64> {
         let Some(pid_tgid) = current_target() else {
             return Ok(());
         };
-        // SAFETY: copied out at once.
-        let Some(fd) = (unsafe { IN_FLIGHT.get(pid_tgid) }).map(|in_flight| in_flight.fd) else {
+        let Some(fd) = peek_in_flight(pid_tgid).map(|in_flight| in_flight.fd) else {
             return Ok(());
         };
         let connecting = Connecting {

@@ -7,12 +7,14 @@ use aya_ebpf::{
 };
 use loupe_common::{
     CAPTURE_CLASSES, DataEvent, Direction, EventHeader, EventKind, LossSlot, MAX_CAPTURE,
-    SocketKey, TAIL_CAPTURE,
+    RUNTIME_PYTHON, RUNTIME_TLS, SocketKey, TAIL_CAPTURE,
 };
 
 use crate::{
     config, emit,
-    maps::{GATHER, InFlight, PY_CONTEXTS, SOCKETS, count_loss, stash, take_in_flight},
+    maps::{
+        GATHER, InFlight, PY_CONTEXTS, SOCKETS, count_loss, runtime_has, stash, take_in_flight,
+    },
 };
 
 /// Offset of syscall argument `n` in a `sys_enter_*` record (after the common header and
@@ -123,6 +125,9 @@ fn current_goids(offsets: u32) -> (u64, u64) {
 /// task's), read where userspace said the thread state keeps it; 0 for other threads or where it
 /// cannot be read.
 fn current_context(pid_tgid: u64) -> u64 {
+    if !runtime_has(RUNTIME_PYTHON) {
+        return 0;
+    }
     // SAFETY: copied out at once.
     let Some(field) = (unsafe { PY_CONTEXTS.get(pid_tgid) }).copied() else {
         return 0;
@@ -237,13 +242,16 @@ pub fn try_exit_data(ctx: &TracePointContext) -> Result<(), i64> {
     let Some((pid_tgid, in_flight)) = take_in_flight() else {
         return Ok(());
     };
-    if crate::tls::inside_call(pid_tgid, in_flight.conn_id, in_flight.fd) {
-        // Ciphertext of an OpenSSL call: its plaintext is reported when the call returns.
-        return Ok(());
-    }
     // SAFETY: `ret` is at RET_OFFSET in every sys_exit record.
     let ret: i64 = unsafe { ctx.read_at(RET_OFFSET) }.map_err(i64::from)?;
+    // A read that would block (EAGAIN) or failed moved nothing: dropped before any other work.
     if ret <= 0 {
+        return Ok(());
+    }
+    if runtime_has(RUNTIME_TLS)
+        && crate::tls::inside_call(pid_tgid, in_flight.conn_id, in_flight.fd)
+    {
+        // Ciphertext of an OpenSSL call: its plaintext is reported when the call returns.
         return Ok(());
     }
     let mut want = ret as u64;

@@ -2,7 +2,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use loupe_common::{
     COMM_LEN, GoLayout, LOSS_SLOTS, LossSlot, MAX_CAPTURE, MAX_WATCH_COMMS, SOCKADDR_LEN,
@@ -37,10 +37,24 @@ pub static WATCH_COMMS: HashMap<[u8; COMM_LEN], u8> = HashMap::with_max_entries(
 #[map]
 pub static SOCKETS: LruHashMap<u64, SocketInfo> = LruHashMap::with_max_entries(SOCKETS_MAX, 0);
 
-/// Arguments of a syscall a target thread is inside, keyed by pid_tgid. Enter programs write,
-/// the matching exit program reads and deletes. Kernel only.
+/// Arguments of a syscall a target thread is inside, in the slot of its thread id (modulo
+/// `IN_FLIGHT_SLOTS`): enter programs write, the matching exit program reads and empties it.
+/// An array, not a hash: no insert and delete on every syscall, one lookup each side. Two
+/// threads whose ids share a slot, inside traced syscalls at once, are a counted loss
+/// (`LossSlot::InFlightFull`). Kernel only.
 #[map]
-pub static IN_FLIGHT: HashMap<u64, InFlight> = HashMap::with_max_entries(16384, 0);
+pub static IN_FLIGHT: Array<Slot> = Array::with_max_entries(IN_FLIGHT_SLOTS, 0);
+
+/// Slots of `IN_FLIGHT`: a power of two.
+const IN_FLIGHT_SLOTS: u32 = 65_536;
+
+/// One `IN_FLIGHT` slot: whose syscall it holds (0: none) and its arguments.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Slot {
+    pub pid_tgid: u64,
+    pub in_flight: InFlight,
+}
 
 /// Connecting sockets of targets, keyed by the kernel's `struct sock` address: the TCP state
 /// change to SYN_SENT (inside connect, on the connecting thread) writes who connects it, the
@@ -89,6 +103,16 @@ pub static GO_LAYOUTS: HashMap<u32, GoLayout> = HashMap::with_max_entries(4096, 
 #[map]
 pub static PY_CONTEXTS: HashMap<u64, u64> = HashMap::with_max_entries(16384, 0);
 
+/// What the data exits must look for (`RUNTIME_PYTHON`, `RUNTIME_TLS` bits). Userspace writes;
+/// a one-entry array, so reading it costs next to nothing next to the hash lookups it spares.
+#[map]
+pub static RUNTIME: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Whether userspace set `bit` in `RUNTIME`.
+pub fn runtime_has(bit: u32) -> bool {
+    RUNTIME.get(0).is_some_and(|flags| flags & bit != 0)
+}
+
 /// Per-CPU loss counters, indexed by `LossSlot`. Kernel increments; userspace sums and shows.
 #[map]
 pub static LOSS: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOSS_SLOTS, 0);
@@ -118,21 +142,57 @@ pub struct InFlight {
     pub goid_offset: u64,
 }
 
-/// Leaves `in_flight` for the exit program of the syscall this thread is entering; a full map
-/// is counted as a loss.
+fn slot_of(pid_tgid: u64) -> Option<*mut Slot> {
+    IN_FLIGHT.get_ptr_mut((pid_tgid as u32) & (IN_FLIGHT_SLOTS - 1))
+}
+
+/// Leaves `in_flight` for the exit program of the syscall this thread is entering. A slot that
+/// holds another thread's syscall still is taken over, counted as a loss (that exit finds
+/// nothing).
 pub fn stash(pid_tgid: u64, in_flight: InFlight) -> Result<(), i64> {
-    IN_FLIGHT.insert(pid_tgid, in_flight, 0).map_err(|err| {
-        count_loss(LossSlot::InFlightFull);
-        err as i64
-    })
+    let Some(slot) = slot_of(pid_tgid) else {
+        return Err(-1);
+    };
+    // SAFETY: `slot` is a valid array value; the owner is cleared before the arguments are
+    // written and set after, so a reader on another CPU never takes half of them for its own
+    // (see `take_in_flight`).
+    unsafe {
+        let owner = core::ptr::read_volatile(&(*slot).pid_tgid);
+        if owner != 0 && owner != pid_tgid {
+            count_loss(LossSlot::InFlightFull);
+        }
+        core::ptr::write_volatile(&mut (*slot).pid_tgid, 0);
+        core::ptr::write_volatile(&mut (*slot).in_flight, in_flight);
+        core::ptr::write_volatile(&mut (*slot).pid_tgid, pid_tgid);
+    }
+    Ok(())
+}
+
+/// What the current thread's enter program left, if it left anything, without taking it.
+pub fn peek_in_flight(pid_tgid: u64) -> Option<InFlight> {
+    let slot = slot_of(pid_tgid)?;
+    // SAFETY: as in `take_in_flight`.
+    unsafe {
+        if core::ptr::read_volatile(&(*slot).pid_tgid) != pid_tgid {
+            return None;
+        }
+        let in_flight = core::ptr::read_volatile(&(*slot).in_flight);
+        (core::ptr::read_volatile(&(*slot).pid_tgid) == pid_tgid).then_some(in_flight)
+    }
 }
 
 /// Takes what the current thread's enter program left, if it left anything.
 pub fn take_in_flight() -> Option<(u64, InFlight)> {
     let pid_tgid = aya_ebpf::helpers::bpf_get_current_pid_tgid();
-    // SAFETY: copied out at once; the entry is deleted right after.
-    let in_flight = (unsafe { IN_FLIGHT.get(pid_tgid) }).copied()?;
-    let _ = IN_FLIGHT.remove(pid_tgid);
+    let in_flight = peek_in_flight(pid_tgid)?;
+    let slot = slot_of(pid_tgid)?;
+    // SAFETY: `slot` is a valid array value. Emptied only if still this thread's (another
+    // thread of the same slot may have taken it over since).
+    unsafe {
+        if core::ptr::read_volatile(&(*slot).pid_tgid) == pid_tgid {
+            core::ptr::write_volatile(&mut (*slot).pid_tgid, 0);
+        }
+    }
     Some((pid_tgid, in_flight))
 }
 

@@ -761,3 +761,61 @@ fn wait_for(addr: &str) -> anyhow::Result<()> {
     }
     bail!("nothing listens on {addr}")
 }
+
+/// nginx `return 200` on a free port, one worker (for `cargo xtask bench --programs`).
+pub struct Nginx {
+    _guard: Guard,
+    _dir: TempDir,
+    pub url: String,
+    pub master: u32,
+    pub worker: u32,
+}
+
+/// A directory removed on drop.
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl Nginx {
+    pub fn start() -> anyhow::Result<Self> {
+        let dir = std::env::temp_dir().join(format!("loupe-programs-{}", std::process::id()));
+        let (guard, port) = bench_nginx(&dir, "", "")?;
+        let master = guard.pid();
+        Ok(Self {
+            worker: worker_pid(master)?,
+            _guard: guard,
+            _dir: TempDir(dir),
+            url: format!("http://127.0.0.1:{port}/"),
+            master,
+        })
+    }
+}
+
+/// wrk's requests a second on `url` (32 connections) for `seconds`.
+pub fn wrk_rate(url: &str, seconds: u64) -> anyhow::Result<f64> {
+    Ok(wrk(url, 32, seconds)?.requests_per_sec)
+}
+
+/// `measure` while the floor probe is attached to `pid`.
+pub fn under_floor<T>(pid: u32, measure: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
+    let _probe = floor_probe(pid, &[])?;
+    measure()
+}
+
+/// `measure` while loupe is attached to `pid`.
+pub fn under_loupe<T>(pid: u32, measure: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
+    let args = [
+        "--pid".to_owned(),
+        pid.to_string(),
+        "--summary-interval".into(),
+        "1h".into(),
+    ];
+    let mut loupe = Loupe::start(&args, Stdio::null())?;
+    let result = measure();
+    loupe.guard.interrupt(Duration::from_secs(30));
+    result
+}

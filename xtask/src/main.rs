@@ -9,6 +9,7 @@ mod demo;
 mod fuzz;
 mod http;
 mod procs;
+mod programs;
 mod setup;
 mod soak;
 mod test;
@@ -88,6 +89,10 @@ enum Command {
         /// Only nginx, the demo app and pgbench (each with nothing, the floor and loupe).
         #[arg(long, conflicts_with_all = ["adapters_only", "https_only", "export_only"])]
         core_only: bool,
+        /// Only what each kernel program costs a run (the kernel's own accounting, read with
+        /// bpftool): nginx at saturation under the floor probe and under loupe.
+        #[arg(long, conflicts_with_all = ["adapters_only", "https_only", "export_only", "core_only"])]
+        programs: bool,
     },
     /// The demo shop under a steady mixed load with loupe exporting to Jaeger: loupe's memory
     /// minute by minute and its growth after warm-up.
@@ -131,8 +136,11 @@ fn main() -> anyhow::Result<()> {
             https_only,
             export_only,
             core_only,
+            programs,
         } => {
-            if export_only {
+            if programs {
+                programs::run(duration)
+            } else if export_only {
                 bench::export_runs()
             } else if core_only {
                 bench::core_only(duration)

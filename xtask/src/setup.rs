@@ -22,6 +22,8 @@ const APT_PACKAGES: &[&str] = &[
     "wrk",
     "curl",
     "bpftrace",
+    // bpftool: `cargo xtask bench --programs` reads the kernel's run counts with it.
+    "bpftool",
     "postgresql-15",
     "libpq5",
     "openssl",

@@ -290,6 +290,14 @@ impl LibraryProbes {
         }
     }
 
+    /// Whether OpenSSL's uprobes are attached in some process.
+    pub fn tls_probed(&self) -> bool {
+        self.attached
+            .values()
+            .flatten()
+            .any(|lib| lib.links.iter().any(|(name, _)| *name == PROGRAM_TLS_ENTER))
+    }
+
     /// Uprobes attached now, over all processes.
     pub fn probe_count(&self) -> usize {
         self.attached
@@ -414,6 +422,10 @@ fn attach_functions(
     loaded: &mut Vec<&'static str>,
 ) -> Result<Vec<(&'static str, UProbeLinkId)>, String> {
     let scope = UProbeScope::OneProcess(NonZeroU32::new(pid).ok_or("pid 0")?);
+    if spec.enter_program == PROGRAM_TLS_ENTER {
+        // Before the first OpenSSL call is seen: its syscalls are known for its own.
+        super::set_runtime(ebpf, loupe_common::RUNTIME_TLS, true);
+    }
     for name in std::iter::once(spec.enter_program).chain(spec.return_program) {
         if loaded.contains(&name) {
             continue;

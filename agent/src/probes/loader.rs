@@ -160,6 +160,7 @@ pub fn load_and_attach(config: &ProbeConfig, targets: &[Target]) -> Result<Probe
     );
     // Before the first syscall is traced: a warm loop's calls are keyed from the start.
     python.refresh(&targets.iter().map(|target| target.pid).collect::<Vec<_>>());
+    super::set_runtime(&mut ebpf, loupe_common::RUNTIME_PYTHON, python.any());
 
     let attached = attach_all(&mut ebpf)?;
 

@@ -21,6 +21,24 @@ pub use sockets::{EvictionAudit, SocketMap};
 pub use targets::{TargetNews, Targets};
 pub use upkeep::Upkeep;
 
+/// Tells the data exits whether to look for `bit` (`RUNTIME`): `RUNTIME_PYTHON` while some
+/// Python target's threads are known, `RUNTIME_TLS` while OpenSSL is probed somewhere (set
+/// before its uprobes are attached).
+pub fn set_runtime(ebpf: &mut aya::Ebpf, bit: u32, on: bool) {
+    use loupe_common::names::MAP_RUNTIME;
+    let Some(map) = ebpf.map_mut(MAP_RUNTIME) else {
+        return;
+    };
+    let Ok(mut word) = aya::maps::Array::<&mut aya::maps::MapData, u32>::try_from(map) else {
+        return;
+    };
+    let flags = word.get(&0, 0).unwrap_or(0);
+    let flags = if on { flags | bit } else { flags & !bit };
+    if let Err(err) = word.set(0, flags, 0) {
+        tracing::debug!("RUNTIME not written: {err}");
+    }
+}
+
 /// What went wrong while loading or attaching.
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {

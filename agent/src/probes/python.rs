@@ -38,6 +38,13 @@ impl PythonThreads {
         }
     }
 
+    /// Whether some process's threads are in the map (the kernel reads Contexts only then).
+    pub fn any(&self) -> bool {
+        self.processes.values().any(
+            |process| matches!(process, Process::Python { installed, .. } if !installed.is_empty()),
+        )
+    }
+
     /// Looks at every live target: a new Python one is walked, a known one again when its
     /// thread count changed (or its layout is not confirmed yet); exited ones are forgotten.
     pub fn refresh(&mut self, live: &[u32]) {

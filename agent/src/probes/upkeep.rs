@@ -63,6 +63,7 @@ impl Upkeep {
         self.apply(changes);
         let live = self.targets.live();
         report(&self.libraries.scan(&mut self.ebpf, &live));
+        self.set_runtime();
         let _ = attached.send(self.libraries.probe_count());
         let mut tick = tokio::time::interval(EVERY);
         let mut commands_open = true;
@@ -179,6 +180,14 @@ impl Upkeep {
         let live = self.targets.live();
         self.python.refresh(&live);
         report(&self.libraries.scan(&mut self.ebpf, &live));
+        self.set_runtime();
+    }
+
+    /// What the data exits must look for, as the targets are now.
+    fn set_runtime(&mut self) {
+        use loupe_common::{RUNTIME_PYTHON, RUNTIME_TLS};
+        super::set_runtime(&mut self.ebpf, RUNTIME_PYTHON, self.python.any());
+        super::set_runtime(&mut self.ebpf, RUNTIME_TLS, self.libraries.tls_probed());
     }
 
     fn poll_loss(&mut self, counters: &Counters) {
