@@ -473,6 +473,22 @@ fn connected_on(events: &[Event], pid: u32, fd: i32) -> Option<u64> {
     })
 }
 
+/// A socket this process connects to `listener`: its fd (the caller's to close), the accepted
+/// end, and the connection the kernel says it is once its connect was seen.
+fn tracked_connection(probes: &mut Probes, listener: &TcpListener) -> (i32, TcpStream, u64) {
+    use std::os::fd::IntoRawFd;
+    let me = std::process::id();
+    let fd = TcpStream::connect(listener.local_addr().unwrap())
+        .unwrap()
+        .into_raw_fd();
+    let (server, _) = listener.accept().unwrap();
+    let events = collect_until(probes, Duration::from_secs(5), |events| {
+        connected_on(events, me, fd).is_some()
+    });
+    let conn_id = connected_on(&events, me, fd).expect("connect seen");
+    (fd, server, conn_id)
+}
+
 fn closed(events: &[Event], fd: i32, conn_id: u64) -> bool {
     events
         .iter()
@@ -482,7 +498,7 @@ fn closed(events: &[Event], fd: i32, conn_id: u64) -> bool {
 #[test]
 #[ignore = "needs root: run with cargo xtask test"]
 fn a_socket_closed_by_close_range_is_forgotten_and_its_reused_fd_is_not_its_connection() {
-    use std::os::{fd::IntoRawFd, unix::net::UnixStream};
+    use std::os::unix::net::UnixStream;
 
     let _guard = SERIAL
         .lock()
@@ -491,12 +507,7 @@ fn a_socket_closed_by_close_range_is_forgotten_and_its_reused_fd_is_not_its_conn
     let me = std::process::id();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
-    let fd = TcpStream::connect(addr).unwrap().into_raw_fd();
-    let _server = listener.accept().unwrap();
-    let events = collect_until(&mut probes, Duration::from_secs(5), |events| {
-        connected_on(events, me, fd).is_some()
-    });
-    let old = connected_on(&events, me, fd).expect("connect seen");
+    let (fd, _server, old) = tracked_connection(&mut probes, &listener);
 
     // SAFETY: `fd` is this test's own (into_raw_fd), closed once, here.
     assert_eq!(unsafe { libc::close_range(fd as u32, fd as u32, 0) }, 0);
@@ -547,24 +558,15 @@ fn a_socket_closed_by_close_range_is_forgotten_and_its_reused_fd_is_not_its_conn
 #[test]
 #[ignore = "needs root: run with cargo xtask test"]
 fn a_socket_replaced_by_dup2_is_closed_and_its_fd_is_not_its_connection() {
-    use std::os::{fd::IntoRawFd, unix::net::UnixStream};
+    use std::os::unix::net::UnixStream;
 
     let _guard = SERIAL
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
     let mut probes = attach(256);
-    let me = std::process::id();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let first = TcpStream::connect(addr).unwrap().into_raw_fd();
-    let _first_server = listener.accept().unwrap();
-    let second = TcpStream::connect(addr).unwrap().into_raw_fd();
-    let _second_server = listener.accept().unwrap();
-    let events = collect_until(&mut probes, Duration::from_secs(5), |events| {
-        connected_on(events, me, first).is_some() && connected_on(events, me, second).is_some()
-    });
-    let first_conn = connected_on(&events, me, first).expect("first connect seen");
-    let second_conn = connected_on(&events, me, second).expect("second connect seen");
+    let (first, _first_server, first_conn) = tracked_connection(&mut probes, &listener);
+    let (second, _second_server, second_conn) = tracked_connection(&mut probes, &listener);
 
     // An untracked socket put over a tracked one: dup2 closes the tracked one.
     let (unix, _peer) = UnixStream::pair().unwrap();

@@ -264,15 +264,11 @@ fn a_result_larger_than_the_capture_ends_when_the_client_speaks_again() {
         reply.extend(row());
     }
     reply.extend(concat(&[msg(b'C', &cstr("SELECT 1000")), ready()]));
-    // Only the first 64 bytes of the result were captured.
+    // Only the first 64 bytes of the result were captured, and none of its end.
     c.push(
         Chunk {
-            flow: Flow::Response,
-            enter_ns: 20,
-            exit_ns: 21,
-            captured: &reply[..64],
-            total_len: reply.len(),
             tail: &[],
+            ..read_as_captured(20, &reply, 64)
         },
         &mut events,
     );
