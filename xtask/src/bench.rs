@@ -28,6 +28,48 @@ struct Run {
     p99: String,
 }
 
+impl Run {
+    /// wrk's p99 (`681.00us`, `3.26ms`, `1.02s`) in microseconds.
+    fn p99_us(&self) -> Option<f64> {
+        let text = self.p99.trim();
+        let (number, scale) = if let Some(us) = text.strip_suffix("us") {
+            (us, 1.0)
+        } else if let Some(ms) = text.strip_suffix("ms") {
+            (ms, 1e3)
+        } else if let Some(s) = text.strip_suffix('s') {
+            (s, 1e6)
+        } else {
+            (text, 1.0)
+        };
+        number.trim().parse::<f64>().ok().map(|n| n * scale)
+    }
+}
+
+/// The target's p99 under loupe as ratios: against nothing and, where there is one, against the
+/// floor probe's (what loupe adds to the target's tail beyond the hooks themselves).
+fn p99_line(target: &str, none: &Run, floor: Option<&Run>, loupe: &Run) {
+    let ratio = |a: &Run, b: &Run| match (a.p99_us(), b.p99_us()) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}x", a / b),
+        _ => "?".to_owned(),
+    };
+    match floor {
+        Some(floor) => println!(
+            "{target} p99: loupe {} ({} of nothing's {}, {} of the floor's {})",
+            loupe.p99,
+            ratio(loupe, none),
+            none.p99,
+            ratio(loupe, floor),
+            floor.p99
+        ),
+        None => println!(
+            "{target} p99: loupe {} ({} of nothing's {})",
+            loupe.p99,
+            ratio(loupe, none),
+            none.p99
+        ),
+    }
+}
+
 /// Only nginx, the demo app and pgbench.
 pub fn core_only(duration: Duration) -> anyhow::Result<()> {
     setup::require_root("bench")?;
@@ -187,6 +229,7 @@ fn https_runs(seconds: u64) -> anyhow::Result<()> {
         per_request(&floor) - per_request(&none),
         per_request(&with) - per_request(&none)
     );
+    p99_line("HTTPS", &none, Some(&floor), &with);
     Ok(())
 }
 
@@ -353,6 +396,8 @@ fn core_runs(seconds: u64) -> anyhow::Result<()> {
         hot_samples as f64 / seconds as f64,
         (1.0 - crunch_ratio(&crunch_hot)) * 100.0
     );
+    p99_line("nginx", &none, Some(&floor), &nginx_loupe);
+    p99_line("the 1 ms route", &work_none, None, &work_loupe);
     Ok(())
 }
 
@@ -455,6 +500,7 @@ impl AdapterRun {
             (1.0 - self.ratio(&self.with)) * 100.0,
             (self.ratio(&self.without) - self.ratio(&self.with)) * 100.0
         );
+        p99_line("  with adapters:", &self.none, None, &self.with);
         let [none, without, with] = self.service_us;
         println!(
             "  the service's CPU per request: nothing {none:.1} us, loupe without adapters {without:.1} us, with them {with:.1} us (the adapter: {:+.1} us a request)",
@@ -818,4 +864,24 @@ pub fn under_loupe<T>(pid: u32, measure: impl FnOnce() -> anyhow::Result<T>) -> 
     let result = measure();
     loupe.guard.interrupt(Duration::from_secs(30));
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Run;
+
+    #[test]
+    fn wrk_latencies_read_in_microseconds() {
+        let p99 = |text: &str| {
+            Run {
+                requests_per_sec: 0.0,
+                p99: text.into(),
+            }
+            .p99_us()
+        };
+        assert_eq!(p99("681.00us"), Some(681.0));
+        assert_eq!(p99("3.26ms"), Some(3260.0));
+        assert_eq!(p99("1.02s"), Some(1_020_000.0));
+        assert_eq!(p99(""), None);
+    }
 }
