@@ -86,8 +86,9 @@ pub enum RunError {
 
 /// How often the reader drains the ring buffer when the kernel has not woken it.
 const DRAIN_INTERVAL: Duration = Duration::from_millis(10);
-/// Backlog at which the kernel wakes the reader anyway: an eighth of the 8 MiB ring.
-const WAKEUP_BYTES: u64 = 1024 * 1024;
+/// Backlog at which the kernel wakes the reader anyway: a thirty-second of the 8 MiB ring, so a
+/// burst is drained in slices.
+const WAKEUP_BYTES: u64 = 256 * 1024;
 const BATCH_QUEUE: usize = 256;
 /// Heat/cool orders waiting for the upkeep.
 const COMMAND_QUEUE: usize = 1024;
