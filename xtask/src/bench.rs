@@ -811,30 +811,21 @@ fn wait_for(addr: &str) -> anyhow::Result<()> {
 /// nginx `return 200` on a free port, one worker (for `cargo xtask bench --programs`).
 pub struct Nginx {
     _guard: Guard,
-    _dir: TempDir,
+    _dir: loupe_tests::TempDir,
     pub url: String,
     pub master: u32,
     pub worker: u32,
 }
 
-/// A directory removed on drop.
-struct TempDir(std::path::PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 impl Nginx {
     pub fn start() -> anyhow::Result<Self> {
-        let dir = std::env::temp_dir().join(format!("loupe-programs-{}", std::process::id()));
-        let (guard, port) = bench_nginx(&dir, "", "")?;
+        let dir = loupe_tests::TempDir::new("programs");
+        let (guard, port) = bench_nginx(&dir.0, "", "")?;
         let master = guard.pid();
         Ok(Self {
             worker: worker_pid(master)?,
             _guard: guard,
-            _dir: TempDir(dir),
+            _dir: dir,
             url: format!("http://127.0.0.1:{port}/"),
             master,
         })
