@@ -41,7 +41,7 @@ fuzz_target!(|data: &[u8]| {
             PgEvent::Skipped { seq } | PgEvent::Abandoned { seq } => {
                 assert!(ended.insert(*seq), "{seq} ended twice")
             }
-            PgEvent::Lost(_) => {}
+            PgEvent::Lost(_) | PgEvent::Encrypted => {}
         }
     }
 });

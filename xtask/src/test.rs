@@ -10,8 +10,8 @@ use crate::{
     setup,
 };
 
-/// rustfmt, clippy on the host crates, clippy on the eBPF crate for the BPF target: all with
-/// warnings as errors.
+/// rustfmt, clippy on the host crates, clippy on the eBPF crate for the BPF target, rustfmt and
+/// clippy on the fuzz targets: all with warnings as errors.
 pub fn lint() -> anyhow::Result<()> {
     let root = workspace_root();
     let cargo = || {
@@ -35,6 +35,22 @@ pub fn lint() -> anyhow::Result<()> {
     ]))?;
     println!("test: clippy on the eBPF crate (BPF target)");
     run_checked(&mut ebpf_clippy(&root))?;
+    // The fuzz targets are their own workspace, so neither check above sees them, and the
+    // fuzz smoke (the only build of them) is skipped with --fuzz-time 0s: check them here, so a
+    // change to what they call cannot break them unseen.
+    println!("test: clippy on the fuzz targets");
+    let fuzz = root.join("fuzz/Cargo.toml");
+    run_checked(
+        cargo()
+            .args(["fmt", "--check", "--manifest-path"])
+            .arg(&fuzz),
+    )?;
+    run_checked(
+        cargo()
+            .args(["clippy", "--release", "--all-targets", "--manifest-path"])
+            .arg(&fuzz)
+            .args(["--", "-D", "warnings"]),
+    )?;
     Ok(())
 }
 
