@@ -54,14 +54,25 @@ impl Threshold {
     /// removed (`th:0` keeps all, `th:8` half, `th:e6666666666666` a tenth); None for
     /// [`Threshold::NEVER`], which a kept span never carries.
     pub fn tracestate(self) -> Option<String> {
+        let mut out = String::new();
+        self.write_tracestate(&mut out).then_some(out)
+    }
+
+    /// [`Threshold::tracestate`] appended to `out` (no allocation once `out` has the room);
+    /// false, and nothing written, for [`Threshold::NEVER`].
+    pub fn write_tracestate(self, out: &mut String) -> bool {
+        use std::fmt::Write as _;
         if self.0 >= SPACE {
-            return None;
+            return false;
         }
         if self.0 == 0 {
-            return Some("th:0".to_owned());
+            out.push_str("th:0");
+            return true;
         }
-        let digits = format!("{:014x}", self.0);
-        Some(format!("th:{}", digits.trim_end_matches('0')))
+        let _ = write!(out, "th:{:014x}", self.0);
+        let kept = out.trim_end_matches('0').len();
+        out.truncate(kept);
+        true
     }
 }
 

@@ -14,7 +14,6 @@ use std::{
 };
 
 use bytes::Bytes;
-use prost::Message as _;
 use tokio::{
     sync::{mpsc, watch},
     task::JoinSet,
@@ -200,7 +199,7 @@ impl OtlpSink {
     ) -> u64 {
         let spans = std::mem::replace(batch, Vec::with_capacity(self.settings.max_batch));
         let count = spans.len() as u64;
-        let body = Bytes::from(self.encoder.request(spans).encode_to_vec());
+        let body = Bytes::from(self.encoder.encode(spans));
         let transport = self.transport.clone();
         let warner = warner.clone();
         let counters = self.counters.clone();
