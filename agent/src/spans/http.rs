@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 
 use super::{
-    model::{OpType, SpanKind, SpanRecord, call_key},
+    model::{AttrValue, OpType, SpanKind, SpanRecord, call_key},
     parent::Unnested,
     route::{redact_query, route, split_target},
 };
@@ -94,7 +94,7 @@ pub fn split_host(host: &str) -> (String, Option<u16>) {
 fn base_span(exchange: &Exchange, kind: SpanKind, ids: SpanIds, actor: Actor) -> SpanRecord {
     let (path, query) = split_target(&exchange.request.target);
     let route = route(path);
-    let method = exchange.request.method.clone();
+    let method = exchange.request.method.as_str();
     let status = exchange.response.status;
     let (op, start_ns) = match kind {
         // The server's request starts when its first bytes were read.
@@ -110,7 +110,7 @@ fn base_span(exchange: &Exchange, kind: SpanKind, ids: SpanIds, actor: Actor) ->
         ids,
         actor,
     );
-    span.set("http.request.method", method);
+    span.set("http.request.method", method_value(method));
     span.set("url.path", path.to_owned());
     if let Some(query) = query.filter(|q| !q.is_empty()) {
         span.set("url.query", redact_query(query));
@@ -124,6 +124,17 @@ fn base_span(exchange: &Exchange, kind: SpanKind, ids: SpanIds, actor: Actor) ->
     );
     span.set("network.protocol.name", "http");
     span
+}
+
+/// A request method as an attribute: the standard ones borrowed, not allocated per span.
+fn method_value(method: &str) -> AttrValue {
+    const KNOWN: [&str; 9] = [
+        "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "CONNECT", "TRACE",
+    ];
+    match KNOWN.iter().find(|known| **known == method) {
+        Some(known) => AttrValue::from(*known),
+        None => AttrValue::from(method.to_owned()),
+    }
 }
 
 /// A span with `ids`, made by `actor`, from `window.0` to `window.1` (never before its start).
@@ -267,7 +278,26 @@ pub fn client_span(
 
 #[cfg(test)]
 mod tests {
+    use std::borrow::Cow;
+
     use super::*;
+
+    #[test]
+    fn standard_methods_are_borrowed_and_others_kept_as_sent() {
+        assert!(matches!(
+            method_value("GET"),
+            AttrValue::Str(Cow::Borrowed("GET"))
+        ));
+        assert!(matches!(
+            method_value("DELETE"),
+            AttrValue::Str(Cow::Borrowed("DELETE"))
+        ));
+        let AttrValue::Str(Cow::Owned(other)) = method_value("PROPFIND") else {
+            panic!("an unknown method is its own text");
+        };
+        assert_eq!(other, "PROPFIND");
+        assert!(matches!(method_value("get"), AttrValue::Str(Cow::Owned(_))));
+    }
 
     #[test]
     fn host_headers_split_into_name_and_port() {

@@ -56,20 +56,24 @@ struct Fields {
 
 impl Fields {
     fn take(&mut self, name: &str, value: &[u8]) {
-        let value = String::from_utf8_lossy(value);
-        let value = value.trim();
-        if name.eq_ignore_ascii_case("host") {
-            self.host = Some(value.to_owned());
+        // The name first: the value of a header loupe does not read is never decoded.
+        let read: fn(&mut Self, &str) = if name.eq_ignore_ascii_case("host") {
+            |fields, value| fields.host = Some(value.to_owned())
         } else if name.eq_ignore_ascii_case("content-length") {
-            self.content_length = value.parse().ok();
+            |fields, value| fields.content_length = value.parse().ok()
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            self.chunked = value
-                .rsplit(',')
-                .next()
-                .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
+            |fields, value| {
+                fields.chunked = value
+                    .rsplit(',')
+                    .next()
+                    .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"))
+            }
         } else if name.eq_ignore_ascii_case("traceparent") {
-            self.traceparent = Some(value.to_owned());
-        }
+            |fields, value| fields.traceparent = Some(value.to_owned())
+        } else {
+            return;
+        };
+        read(self, String::from_utf8_lossy(value).trim());
     }
 
     /// Header lines of a partial head, as far as whole lines were captured.
