@@ -107,23 +107,60 @@ pub fn register_readable<T: AsRawFd>(inner: T) -> std::io::Result<AsyncFd<T>> {
 }
 
 fn take_batch(ring: &mut RingBuf<MapData>) -> Batch {
-    let mut buffer = BytesMut::new();
-    let mut lengths = Vec::new();
-    while lengths.len() < MAX_BATCH {
+    let mut gather = Gather::default();
+    while gather.len() < MAX_BATCH {
         let Some(item) = ring.next() else { break };
-        buffer.extend_from_slice(&item);
-        lengths.push(item.len());
+        gather.push(&item);
     }
-    let mut frozen = buffer.freeze();
-    lengths
-        .into_iter()
-        .map(|len| frozen.split_to(len))
-        .collect()
+    gather.finish()
+}
+
+/// Records copied out of the ring into one buffer, each then a slice of it: a batch costs one
+/// buffer (grown a few times), not an allocation per record.
+#[derive(Default)]
+pub struct Gather {
+    buffer: BytesMut,
+    lengths: Vec<usize>,
+}
+
+impl Gather {
+    pub fn push(&mut self, record: &[u8]) {
+        self.buffer.extend_from_slice(record);
+        self.lengths.push(record.len());
+    }
+
+    pub fn len(&self) -> usize {
+        self.lengths.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lengths.is_empty()
+    }
+
+    pub fn finish(self) -> Batch {
+        let mut frozen = self.buffer.freeze();
+        self.lengths
+            .into_iter()
+            .map(|len| frozen.split_to(len))
+            .collect()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_gathered_batch_holds_each_record_whole_and_in_order() {
+        let mut gather = Gather::default();
+        assert!(gather.is_empty());
+        for record in [&b"first"[..], b"", b"the third"] {
+            gather.push(record);
+        }
+        assert_eq!(gather.len(), 3);
+        let batch = gather.finish();
+        assert_eq!(batch, [&b"first"[..], b"", b"the third"]);
+    }
 
     #[test]
     fn heavy_traffic_drains_sooner_and_an_idle_ring_at_the_interval() {
