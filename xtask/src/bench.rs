@@ -20,6 +20,7 @@ use loupe_common::{LIBPQ_PROBES, TLS_PROBES, names::TRACEPOINT_PROGRAMS};
 use crate::{
     build,
     procs::{Guard, Loupe, cpu_seconds, run_checked, start_demo_app, workspace_root},
+    rounds::{Phase, Rounds, Sample, Spread, micros},
     setup,
 };
 
@@ -84,6 +85,7 @@ pub fn run(duration: Duration, adapters_only: bool, https_only: bool) -> anyhow:
     build::release()?;
     let seconds = duration.as_secs().max(1);
     if !adapters_only && !https_only {
+        pipeline_runs()?;
         export_runs()?;
         core_runs(seconds)?;
     }
@@ -106,6 +108,16 @@ pub fn run(duration: Duration, adapters_only: bool, https_only: bool) -> anyhow:
         run.summary();
     }
     Ok(())
+}
+
+/// loupe's userspace cost per request and allocations per span, in process:
+/// `cargo bench --bench pipeline` (recorded ring-buffer records through the real pipeline).
+pub fn pipeline_runs() -> anyhow::Result<()> {
+    run_checked(
+        Command::new("cargo")
+            .current_dir(workspace_root())
+            .args(["bench", "-p", "loupe", "--bench", "pipeline"]),
+    )
 }
 
 /// The exporter alone: `cargo bench --bench export` against a Jaeger started here, over OTLP
@@ -189,77 +201,163 @@ fn https_runs(seconds: u64) -> anyhow::Result<()> {
     );
     let (nginx, port) = bench_nginx(&dir, " ssl", &tls)?;
     let worker = worker_pid(nginx.pid())?;
+    let master = nginx.pid();
     let url = format!("https://127.0.0.1:{port}/");
     wrk(&url, 32, 2)?; // warm-up
-    let none = wrk(&url, 32, seconds)?;
-    let floor = {
-        let _probe = floor_probe(worker, &tls_uprobes(SYSTEM_LIBSSL))?;
-        wrk(&url, 32, seconds)?
-    };
-    let (with, cpu, rss) = with_loupe(nginx.pid(), || wrk(&url, 32, seconds))?;
+    let rounds = Rounds::measure(
+        ROUNDS,
+        vec![
+            phase("nothing", || wrk_sample(&url, 32, seconds)),
+            phase(
+                "floor probe (bpftrace, same tracepoints + SSL_read/write(_ex) uprobes and uretprobes, empty)",
+                || {
+                    let _probe = floor_probe(worker, &tls_uprobes(SYSTEM_LIBSSL))?;
+                    wrk_sample(&url, 32, seconds)
+                },
+            ),
+            phase("loupe", || loupe_sample(master, &url, 32, seconds)),
+        ],
+    )?;
     drop(nginx);
     let _ = std::fs::remove_dir_all(&dir);
-    let ratio = |run: &Run| run.requests_per_sec / none.requests_per_sec;
     println!("\n| target | setup | req/s | p99 | vs nothing | loupe CPU s | loupe peak RSS MiB |");
     println!("|---|---|---|---|---|---|---|");
-    println!(
-        "| nginx over HTTPS `return 200` (wrk -t1 -c32 -d{seconds}s, keep-alive TLS) | nothing | {:.0} | {} | 1.000 | | |",
-        none.requests_per_sec, none.p99
+    rows(
+        &format!(
+            "nginx over HTTPS `return 200` (wrk -t1 -c32 -d{seconds}s, keep-alive TLS, {ROUNDS} rounds)"
+        ),
+        "",
+        &rounds,
     );
+    let per_request = |phase: usize| 1e6 / rounds.rate(phase).median;
     println!(
-        "| | floor probe (bpftrace, same tracepoints + SSL_read/write(_ex) uprobes and uretprobes, empty) | {:.0} | {} | {:.3} | | |",
-        floor.requests_per_sec,
-        floor.p99,
-        ratio(&floor)
+        "\nHTTPS: floor costs {:.1}% and loupe {:.1}% (loupe - floor = {} points); per request (machine time, 2 cores, medians): nothing {:.1} us, floor +{:.1} us (an SSL_read and an SSL_write, entry and return: 4 uprobe hits, and the syscall hooks), loupe +{:.1} us",
+        (1.0 - rounds.ratio(1).median) * 100.0,
+        (1.0 - rounds.ratio(2).median) * 100.0,
+        rounds.points_beyond(2, 1).points(),
+        per_request(0),
+        per_request(1) - per_request(0),
+        per_request(2) - per_request(0)
     );
-    println!(
-        "| | loupe | {:.0} | {} | {:.3} | {cpu:.2} | {:.1} |",
-        with.requests_per_sec,
-        with.p99,
-        ratio(&with),
-        rss as f64 / 1024.0
-    );
-    let per_request = |run: &Run| 1e6 / run.requests_per_sec;
-    println!(
-        "\nHTTPS: floor costs {:.1}% and loupe {:.1}% (loupe - floor = {:.1} points); per request (machine time, 2 cores): nothing {:.1} us, floor +{:.1} us (an SSL_read and an SSL_write, entry and return: 4 uprobe hits, and the syscall hooks), loupe +{:.1} us",
-        (1.0 - ratio(&floor)) * 100.0,
-        (1.0 - ratio(&with)) * 100.0,
-        (ratio(&floor) - ratio(&with)) * 100.0,
-        per_request(&none),
-        per_request(&floor) - per_request(&none),
-        per_request(&with) - per_request(&none)
-    );
-    p99_line("HTTPS", &none, Some(&floor), &with);
+    p99_rounds("HTTPS", &rounds, Some(1), 2);
+    if let Some(flag) = rounds.flag("HTTPS nginx") {
+        println!("{flag}");
+    }
     Ok(())
 }
 
-/// nginx, the demo app and pgbench, each with nothing, (a floor probe,) and loupe.
+/// Rounds of the alternating phases in `core_runs`.
+const ROUNDS: usize = 3;
+
+fn sample(run: &Run) -> Sample {
+    Sample {
+        rate: run.requests_per_sec,
+        p99_us: run.p99_us(),
+        ..Sample::default()
+    }
+}
+
+/// wrk on `url` as a phase's sample.
+fn wrk_sample(url: &str, connections: u32, seconds: u64) -> anyhow::Result<Sample> {
+    Ok(sample(&wrk(url, connections, seconds)?))
+}
+
+/// wrk on `url` with loupe attached to `pid`, as a phase's sample.
+fn loupe_sample(pid: u32, url: &str, connections: u32, seconds: u64) -> anyhow::Result<Sample> {
+    let (run, cpu, rss) = with_loupe(pid, || wrk(url, connections, seconds))?;
+    Ok(Sample {
+        cpu,
+        rss_kib: rss,
+        ..sample(&run)
+    })
+}
+
+fn phase<'a>(name: &str, run: impl FnMut() -> anyhow::Result<Sample> + 'a) -> Phase<'a> {
+    (name.to_owned(), Box::new(run))
+}
+
+/// One table row per phase: median rate and p99, the ratio to the baseline with its spread,
+/// loupe's CPU and RSS where it ran.
+fn rows(target: &str, unit: &str, rounds: &Rounds) {
+    for (i, name) in rounds.names.iter().enumerate() {
+        let cpu = rounds.cpu(i);
+        let (cpu, rss) = if cpu > 0.0 {
+            (format!("{cpu:.2}"), format!("{:.1}", rounds.rss_mib(i)))
+        } else {
+            (String::new(), String::new())
+        };
+        println!(
+            "| {} | {name} | {:.0}{unit} | {} | {} | {cpu} | {rss} |",
+            if i == 0 { target } else { "" },
+            rounds.rate(i).median,
+            micros(rounds.p99_us(i)),
+            if i == 0 {
+                "1.000".to_owned()
+            } else {
+                rounds.ratio(i).ratio()
+            },
+        );
+    }
+}
+
+/// The target's p99 under loupe (phase `loupe`) as ratios of the rounds' against nothing and,
+/// where there is one, the floor's.
+fn p99_rounds(target: &str, rounds: &Rounds, floor: Option<usize>, loupe: usize) {
+    let Some(none) = rounds.p99_ratio(loupe, 0) else {
+        return;
+    };
+    let mut line = format!(
+        "{target} p99: loupe {} ({}x of nothing's {}",
+        micros(rounds.p99_us(loupe)),
+        none.ratio(),
+        micros(rounds.p99_us(0))
+    );
+    if let Some(floor) = floor.and_then(|f| Some((f, rounds.p99_ratio(loupe, f)?))) {
+        line.push_str(&format!(
+            ", {}x of the floor's {}",
+            floor.1.ratio(),
+            micros(rounds.p99_us(floor.0))
+        ));
+    }
+    println!("{line})");
+}
+
+/// nginx, the demo app and pgbench: the phases (nothing, a floor probe, loupe) alternate in
+/// [`ROUNDS`] rounds; every ratio is the median of the rounds' (each against its own round's
+/// baseline), with its range.
 fn core_runs(seconds: u64) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("loupe-bench-{}", std::process::id()));
     let (nginx, port) = bench_nginx(&dir, "", "")?;
     let url = format!("http://127.0.0.1:{port}/");
     let worker = worker_pid(nginx.pid())?;
-    println!(
-        "bench: nginx master {} worker {worker} on {url}",
-        nginx.pid()
-    );
+    let master = nginx.pid();
+    println!("bench: nginx master {master} worker {worker} on {url}, {ROUNDS} rounds");
     wrk(&url, 32, 2)?; // warm-up
-
-    let none = wrk(&url, 32, seconds)?;
-    let floor = {
-        let _probe = floor_probe(worker, &[])?;
-        wrk(&url, 32, seconds)?
-    };
-    let (nginx_loupe, cpu, rss) = with_loupe(nginx.pid(), || wrk(&url, 32, seconds))?;
+    let nginx_rounds = Rounds::measure(
+        ROUNDS,
+        vec![
+            phase("nothing", || wrk_sample(&url, 32, seconds)),
+            phase("floor probe (bpftrace, same tracepoints, empty)", || {
+                let _probe = floor_probe(worker, &[])?;
+                wrk_sample(&url, 32, seconds)
+            }),
+            phase("loupe", || loupe_sample(master, &url, 32, seconds)),
+        ],
+    )?;
     drop(nginx);
 
     let (frontend, addr) =
         start_demo_app(&["frontend", "--port", "0", "--backend", "http://127.0.0.1:9"])?;
     let work_url = format!("http://{addr}/api/work");
     wrk(&work_url, 4, 2)?;
-    let work_none = wrk(&work_url, 4, seconds)?;
-    let (work_loupe, work_cpu, work_rss) =
-        with_loupe(frontend.pid(), || wrk(&work_url, 4, seconds))?;
+    let demo = frontend.pid();
+    let work_rounds = Rounds::measure(
+        ROUNDS,
+        vec![
+            phase("nothing", || wrk_sample(&work_url, 4, seconds)),
+            phase("loupe", || loupe_sample(demo, &work_url, 4, seconds)),
+        ],
+    )?;
 
     // CPU profiles: a fixed 100 ms of CPU work per request, one at a time. With the default thresholds nothing
     // is slow and nothing may be sampled; with --slow-http 10ms the serving thread is hot nearly
@@ -283,47 +381,44 @@ fn core_runs(seconds: u64) -> anyhow::Result<()> {
             .args(["-q", "-i", "-s", "1", &url])
             .stdout(Stdio::null()),
     )?;
-    let pg_none = pgbench(&url, seconds, Probe::Nothing)?;
-    let pg_floor = pgbench(&url, seconds, Probe::Floor)?;
-    let pg_floor_uprobes = pgbench(&url, seconds, Probe::FloorWithLibpq)?;
-    let pg_loupe = pgbench(&url, seconds, Probe::Loupe)?;
-    let pg_always = pgbench(&url, seconds, Probe::LoupeLibpqAlways)?;
+    let url = url.as_str();
+    let pg = |probe| move || pgbench(url, seconds, probe);
+    let pg_rounds = Rounds::measure(
+        ROUNDS,
+        vec![
+            phase("nothing", pg(Probe::Nothing)),
+            phase(
+                "floor probe (bpftrace, same tracepoints, empty)",
+                pg(Probe::Floor),
+            ),
+            phase(
+                "floor probe + libpq uprobes and uretprobes (empty)",
+                pg(Probe::FloorWithLibpq),
+            ),
+            phase("loupe (wire only: no uprobe attached)", pg(Probe::Loupe)),
+            phase("loupe --libpq always", pg(Probe::LoupeLibpqAlways)),
+        ],
+    )?;
     drop(postgres);
 
-    let ratio = |run: &Run| run.requests_per_sec / none.requests_per_sec;
-    let work_ratio = work_loupe.requests_per_sec / work_none.requests_per_sec;
+    println!(
+        "\n{ROUNDS} rounds of each phase, alternating; req/s and p99 are the rounds' medians, \"vs nothing\" the median of the rounds' ratios (each against its own round) and their range"
+    );
     println!("\n| target | setup | req/s | p99 | vs nothing | loupe CPU s | loupe peak RSS MiB |");
     println!("|---|---|---|---|---|---|---|");
-    println!(
-        "| nginx `return 200` (wrk -t1 -c32 -d{seconds}s) | nothing | {:.0} | {} | 1.000 | | |",
-        none.requests_per_sec, none.p99
+    rows(
+        &format!("nginx `return 200` (wrk -t1 -c32 -d{seconds}s)"),
+        "",
+        &nginx_rounds,
     );
-    println!(
-        "| | floor probe (bpftrace, same tracepoints, empty) | {:.0} | {} | {:.3} | | |",
-        floor.requests_per_sec,
-        floor.p99,
-        ratio(&floor)
-    );
-    println!(
-        "| | loupe | {:.0} | {} | {:.3} | {cpu:.2} | {:.1} |",
-        nginx_loupe.requests_per_sec,
-        nginx_loupe.p99,
-        ratio(&nginx_loupe),
-        rss as f64 / 1024.0
-    );
-    println!(
-        "| demo /api/work ~1 ms (wrk -t1 -c4 -d{seconds}s) | nothing | {:.0} | {} | 1.000 | | |",
-        work_none.requests_per_sec, work_none.p99
-    );
-    println!(
-        "| | loupe | {:.0} | {} | {work_ratio:.3} | {work_cpu:.2} | {:.1} |",
-        work_loupe.requests_per_sec,
-        work_loupe.p99,
-        work_rss as f64 / 1024.0
+    rows(
+        &format!("demo /api/work ~1 ms (wrk -t1 -c4 -d{seconds}s)"),
+        "",
+        &work_rounds,
     );
     let crunch_ratio = |run: &Run| run.requests_per_sec / crunch_none.requests_per_sec;
     println!(
-        "| demo /api/crunch?rounds=200, ~100 ms of CPU (wrk -t1 -c1 -d{seconds}s) | nothing | {:.1} | {} | 1.000 | | |",
+        "| demo /api/crunch?rounds=200, ~100 ms of CPU (wrk -t1 -c1 -d{seconds}s, one round) | nothing | {:.1} | {} | 1.000 | | |",
         crunch_none.requests_per_sec, crunch_none.p99
     );
     println!(
@@ -338,57 +433,45 @@ fn core_runs(seconds: u64) -> anyhow::Result<()> {
         crunch_hot.p99,
         crunch_ratio(&crunch_hot)
     );
-    let pg_ratio = |run: &PgRun| run.tps / pg_none.tps;
+    rows(
+        &format!("pgbench -S -c4 -j2 -T{seconds} (select-only, simple protocol)"),
+        " tps",
+        &pg_rounds,
+    );
+
+    let cost = |rounds: &Rounds, phase: usize| {
+        let ratio = rounds.ratio(phase);
+        Spread {
+            median: (1.0 - ratio.median) * 100.0,
+            low: (1.0 - ratio.high) * 100.0,
+            high: (1.0 - ratio.low) * 100.0,
+        }
+    };
     println!(
-        "| pgbench -S -c4 -j2 -T{seconds} (select-only, simple protocol) | nothing | {:.0} tps | | 1.000 | | |",
-        pg_none.tps
+        "\npgbench: the syscall floor costs {}% and loupe {}% (loupe - floor = {} points); \
+         with libpq's uprobes the floor costs {}% and loupe {}%",
+        cost(&pg_rounds, 1).points(),
+        cost(&pg_rounds, 3).points(),
+        pg_rounds.points_beyond(3, 1).points(),
+        cost(&pg_rounds, 2).points(),
+        cost(&pg_rounds, 4).points(),
+    );
+    let per_query = |phase: usize| 1e6 / pg_rounds.rate(phase).median;
+    println!(
+        "pgbench per query (machine time, 2 cores, medians): nothing {:.1} us, floor +{:.1} us (the syscall hooks), +{:.1} us with 5 uprobe hits, loupe +{:.1} us, loupe --libpq always +{:.1} us",
+        per_query(0),
+        per_query(1) - per_query(0),
+        per_query(2) - per_query(0),
+        per_query(3) - per_query(0),
+        per_query(4) - per_query(0)
     );
     println!(
-        "| | floor probe (bpftrace, same tracepoints, empty) | {:.0} tps | | {:.3} | | |",
-        pg_floor.tps,
-        pg_ratio(&pg_floor)
-    );
-    println!(
-        "| | floor probe + libpq uprobes and uretprobes (empty) | {:.0} tps | | {:.3} | | |",
-        pg_floor_uprobes.tps,
-        pg_ratio(&pg_floor_uprobes)
-    );
-    for (setup, run) in [
-        ("loupe (wire only: no uprobe attached)", &pg_loupe),
-        ("loupe --libpq always", &pg_always),
-    ] {
-        println!(
-            "| | {setup} | {:.0} tps | | {:.3} | {:.2} | {:.1} |",
-            run.tps,
-            pg_ratio(run),
-            run.loupe_cpu,
-            run.loupe_rss as f64 / 1024.0
-        );
-    }
-    println!(
-        "\npgbench: the syscall floor costs {:.1}% and loupe {:.1}% (loupe - floor = {:.1} points); \
-         with libpq's uprobes the floor costs {:.1}% and loupe {:.1}%",
-        (1.0 - pg_ratio(&pg_floor)) * 100.0,
-        (1.0 - pg_ratio(&pg_loupe)) * 100.0,
-        (pg_ratio(&pg_floor) - pg_ratio(&pg_loupe)) * 100.0,
-        (1.0 - pg_ratio(&pg_floor_uprobes)) * 100.0,
-        (1.0 - pg_ratio(&pg_always)) * 100.0,
-    );
-    let per_query = |tps: f64| 1e6 / tps;
-    println!(
-        "pgbench per query (machine time, 2 cores): nothing {:.1} us, floor +{:.1} us (the syscall hooks), +{:.1} us with 5 uprobe hits, loupe +{:.1} us, loupe --libpq always +{:.1} us",
-        per_query(pg_none.tps),
-        per_query(pg_floor.tps) - per_query(pg_none.tps),
-        per_query(pg_floor_uprobes.tps) - per_query(pg_none.tps),
-        per_query(pg_loupe.tps) - per_query(pg_none.tps),
-        per_query(pg_always.tps) - per_query(pg_none.tps)
-    );
-    println!(
-        "\nnginx: floor costs {:.1}% and loupe {:.1}% (loupe - floor = {:.1} points); the 1 ms route: loupe costs {:.1}%",
-        (1.0 - ratio(&floor)) * 100.0,
-        (1.0 - ratio(&nginx_loupe)) * 100.0,
-        (ratio(&floor) - ratio(&nginx_loupe)) * 100.0,
-        (1.0 - work_ratio) * 100.0
+        "\nnginx: floor costs {}% and loupe {}% (loupe - floor = {} points); loupe's CPU per request {:.2} us; the 1 ms route: loupe costs {}%",
+        cost(&nginx_rounds, 1).points(),
+        cost(&nginx_rounds, 2).points(),
+        nginx_rounds.points_beyond(2, 1).points(),
+        nginx_rounds.cpu_per_request_us(2, seconds),
+        cost(&work_rounds, 1).points(),
     );
     println!(
         "CPU profiles: nothing slow took {cold_samples} samples and cost {:.1}%; one thread hot at 999 Hz ({:.0} samples/s) cost {:.1}% of the route's throughput",
@@ -396,8 +479,17 @@ fn core_runs(seconds: u64) -> anyhow::Result<()> {
         hot_samples as f64 / seconds as f64,
         (1.0 - crunch_ratio(&crunch_hot)) * 100.0
     );
-    p99_line("nginx", &none, Some(&floor), &nginx_loupe);
-    p99_line("the 1 ms route", &work_none, None, &work_loupe);
+    p99_rounds("nginx", &nginx_rounds, Some(1), 2);
+    p99_rounds("the 1 ms route", &work_rounds, None, 1);
+    for (target, rounds) in [
+        ("nginx", &nginx_rounds),
+        ("the 1 ms route", &work_rounds),
+        ("pgbench", &pg_rounds),
+    ] {
+        if let Some(flag) = rounds.flag(target) {
+            println!("{flag}");
+        }
+    }
     Ok(())
 }
 
@@ -560,15 +652,9 @@ enum Probe {
     LoupeLibpqAlways,
 }
 
-struct PgRun {
-    tps: f64,
-    loupe_cpu: f64,
-    loupe_rss: u64,
-}
-
 /// pgbench select-only against `url`, started through `bash -c 'read; exec pgbench ...'` so the
 /// probe attaches to its pid before it sends a query.
-fn pgbench(url: &str, seconds: u64, probe: Probe) -> anyhow::Result<PgRun> {
+fn pgbench(url: &str, seconds: u64, probe: Probe) -> anyhow::Result<Sample> {
     let command = format!("read go; exec {PGBENCH} -n -S -c 4 -j 2 -T {seconds} '{url}'");
     let mut child = Command::new("bash")
         .args(["-c", &command])
@@ -624,10 +710,11 @@ fn pgbench(url: &str, seconds: u64, probe: Probe) -> anyhow::Result<PgRun> {
         .find_map(|l| l.strip_prefix("tps = "))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .with_context(|| format!("no tps in pgbench output:\n{text}"))?;
-    Ok(PgRun {
-        tps,
-        loupe_cpu: usage.0,
-        loupe_rss: usage.1,
+    Ok(Sample {
+        rate: tps,
+        p99_us: None,
+        cpu: usage.0,
+        rss_kib: usage.1,
     })
 }
 

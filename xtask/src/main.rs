@@ -10,6 +10,7 @@ mod fuzz;
 mod http;
 mod procs;
 mod programs;
+mod rounds;
 mod setup;
 mod soak;
 mod test;
@@ -83,7 +84,8 @@ enum Command {
         /// Only the HTTPS rows (nginx over TLS).
         #[arg(long)]
         https_only: bool,
-        /// Only the exporter's throughput (recorded spans to a local Jaeger, gRPC and HTTP).
+        /// Only the in-process benches: the userspace pipeline's cost per request (replayed
+        /// ring-buffer records) and the exporter's throughput (spans to a local Jaeger).
         #[arg(long, conflicts_with_all = ["adapters_only", "https_only"])]
         export_only: bool,
         /// Only nginx, the demo app and pgbench (each with nothing, the floor and loupe).
@@ -141,7 +143,7 @@ fn main() -> anyhow::Result<()> {
             if programs {
                 programs::run(duration)
             } else if export_only {
-                bench::export_runs()
+                bench::pipeline_runs().and_then(|()| bench::export_runs())
             } else if core_only {
                 bench::core_only(duration)
             } else {
