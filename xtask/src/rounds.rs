@@ -241,8 +241,10 @@ mod tests {
         assert!((beyond.median - 10.0).abs() < 1e-9, "{beyond:?}");
         assert!(r.baseline_moved().is_some_and(|m| (m - 1.0).abs() < 1e-9));
         assert!(r.flag("nginx").unwrap().contains("moved 100%"));
+        // p99 is 1000/rate here: 1.25x in the first two rounds, 100/70 in the third.
         let p99 = r.p99_ratio(2, 0).unwrap();
-        assert!((p99.median - 100.0 / 70.0).abs() < 1e-9, "{p99:?}");
+        assert!((p99.median - 1.25).abs() < 1e-9, "{p99:?}");
+        assert!((p99.high - 100.0 / 70.0).abs() < 1e-9, "{p99:?}");
     }
 
     #[test]
