@@ -408,7 +408,8 @@ fn decode_data(record: &Bytes, header: EventHeader, tls: bool) -> Result<Event, 
     let tail_at = DATA_EVENT_HEADER_LEN + room.saturating_sub(TAIL_CAPTURE);
     if captured > room
         || captured + tail > event.total_len as usize
-        || (tail > 0 && (tail > TAIL_CAPTURE || captured > room.saturating_sub(TAIL_CAPTURE)))
+        || (tail > 0
+            && (room < TAIL_CAPTURE || tail > TAIL_CAPTURE || captured > room - TAIL_CAPTURE))
     {
         return Err(DecodeError::Captured {
             captured,
@@ -536,6 +537,36 @@ mod tests {
         event.captured_len = 100;
         event.tail_len = TAIL_CAPTURE as u32 + 1;
         assert!(decode(&Bytes::from(as_bytes(&event))).is_err());
+    }
+
+    #[test]
+    fn a_tail_in_a_record_too_short_to_hold_one_is_an_error_not_a_panic() {
+        // Found by the ring_record fuzz target: 3 bytes of payload room and a 72-byte tail.
+        let record = Bytes::from_static(&[
+            0x1, 0x0, 0x0, 0x0, 0x63, 0x0, 0x0, 0x0, 0x0, 0x0, 0x0, 0x0, 0xe8, 0x3, 0x0, 0x0, 0x0,
+            0x0, 0x0, 0x0, 0xd0, 0x7, 0x0, 0x0, 0x0, 0x0, 0x0, 0x0, 0x25, 0x0, 0x0, 0x0, 0x1b, 0x0,
+            0x0, 0x0, 0x1, 0x0, 0x0, 0x0, 0x0, 0x0, 0x0, 0x5, 0x0, 0x0, 0x0, 0x0, 0x0, 0x0, 0x0,
+            0x0, 0x4b, 0x0, 0x0, 0x0, 0x0, 0x0, 0x0, 0x0, 0x47, 0x54, 0x54, 0x50, 0x2f, 0x31, 0x2e,
+            0x31, 0x3a, 0x20, 0x61, 0xd, 0xa, 0xd, 0xa,
+        ]);
+        assert!(decode(&record).is_err());
+        // The same in a record of the smallest class (256 bytes of room: no tail fits there
+        // beside a capture of its own, but a tail alone does).
+        let mut event = DataEvent::<256> {
+            header: header(EventKind::Data),
+            enter_ns: 1,
+            exit_ns: 2,
+            total_len: 5000,
+            captured_len: 0,
+            direction: Direction::Ingress as u32,
+            tail_len: 100,
+            goid: 0,
+            parent_goid: 0,
+            payload: [0; 256],
+        };
+        assert!(decode(&Bytes::from(as_bytes(&event))).is_ok());
+        event.tail_len = TAIL_CAPTURE as u32;
+        assert!(decode(&Bytes::from(as_bytes(&event))).is_ok());
     }
 
     fn libpq_call(function: LibpqFunction, text: &[u8], name: &[u8]) -> Bytes {
