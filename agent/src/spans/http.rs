@@ -8,7 +8,7 @@ use super::{
     parent::Unnested,
     route::{redact_query, route, split_target},
 };
-use crate::protocols::http1::Exchange;
+use crate::protocols::http1::{self, Exchange};
 
 /// What the connection knows of its two ends.
 #[derive(Clone, Debug, Default)]
@@ -128,11 +128,8 @@ fn base_span(exchange: &Exchange, kind: SpanKind, ids: SpanIds, actor: Actor) ->
 
 /// A request method as an attribute: the standard ones borrowed, not allocated per span.
 fn method_value(method: &str) -> AttrValue {
-    const KNOWN: [&str; 9] = [
-        "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "CONNECT", "TRACE",
-    ];
-    match KNOWN.iter().find(|known| **known == method) {
-        Some(known) => AttrValue::from(*known),
+    match http1::known_method(method) {
+        Some(known) => AttrValue::from(known),
         None => AttrValue::from(method.to_owned()),
     }
 }

@@ -191,12 +191,8 @@ pub fn labels<'a>(span: &'a SpanRecord, service: &'a str) -> (Family, [Value<'a>
 
 /// The method as the semantic conventions bound it: a known one, else `_OTHER`.
 fn method(method: Option<&str>) -> &'static str {
-    const KNOWN: [&str; 9] = [
-        "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
-    ];
     method
-        .and_then(|method| KNOWN.iter().find(|known| **known == method))
-        .copied()
+        .and_then(crate::protocols::http1::known_method)
         .unwrap_or("_OTHER")
 }
 

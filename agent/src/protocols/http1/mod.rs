@@ -90,6 +90,8 @@ pub enum HttpEvent {
     Lost(Loss),
 }
 
+/// The standard request methods (RFC 9110 and PATCH), each with the space that ends it on a
+/// request line.
 const METHODS: [&[u8]; 9] = [
     b"GET ",
     b"POST ",
@@ -101,6 +103,17 @@ const METHODS: [&[u8]; 9] = [
     b"CONNECT ",
     b"TRACE ",
 ];
+
+/// `method` as one of the standard methods (exact case), if it is one: a `&'static str`, so
+/// callers can keep it without allocating.
+pub fn known_method(method: &str) -> Option<&'static str> {
+    METHODS.iter().find_map(|token| {
+        let name = token.strip_suffix(b" ")?;
+        (name == method.as_bytes())
+            .then(|| std::str::from_utf8(name).ok())
+            .flatten()
+    })
+}
 
 /// The identity of a request line (method and target as sent).
 pub fn line_key(method: &str, target: &str) -> u64 {
