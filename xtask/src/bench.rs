@@ -601,9 +601,8 @@ impl AdapterRun {
     }
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values.get(values.len() / 2).copied().unwrap_or(0.0)
+fn median(values: Vec<f64>) -> f64 {
+    Spread::of(&values).median
 }
 
 /// The Go shop (net/http, pgx) and the asyncio shop (FastAPI, uvicorn, asyncpg) at saturation on

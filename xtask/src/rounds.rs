@@ -86,12 +86,7 @@ impl Rounds {
     }
 
     pub fn rate(&self, phase: usize) -> Spread {
-        Spread::of(
-            &self.samples[phase]
-                .iter()
-                .map(|s| s.rate)
-                .collect::<Vec<_>>(),
-        )
+        self.of(phase, |s| s.rate)
     }
 
     /// `phase`'s rate over the baseline's, round by round.
@@ -132,22 +127,13 @@ impl Rounds {
     }
 
     pub fn cpu(&self, phase: usize) -> f64 {
-        Spread::of(
-            &self.samples[phase]
-                .iter()
-                .map(|s| s.cpu)
-                .collect::<Vec<_>>(),
-        )
-        .median
+        self.of(phase, |s| s.cpu).median
     }
 
     /// loupe's CPU per request in microseconds: its CPU over the requests of each round.
     pub fn cpu_per_request_us(&self, phase: usize, seconds: u64) -> f64 {
-        let values: Vec<f64> = self.samples[phase]
-            .iter()
-            .map(|s| s.cpu * 1e6 / (s.rate * seconds as f64).max(1.0))
-            .collect();
-        Spread::of(&values).median
+        self.of(phase, |s| s.cpu * 1e6 / (s.rate * seconds as f64).max(1.0))
+            .median
     }
 
     pub fn rss_mib(&self, phase: usize) -> f64 {
@@ -182,6 +168,11 @@ impl Rounds {
                 rate.high
             )
         })
+    }
+
+    /// `f` of each of `phase`'s rounds.
+    fn of(&self, phase: usize, f: impl Fn(&Sample) -> f64) -> Spread {
+        Spread::of(&self.samples[phase].iter().map(f).collect::<Vec<_>>())
     }
 
     fn per_round(&self, phase: usize, f: impl Fn(&Sample, &Sample) -> f64) -> Vec<f64> {
