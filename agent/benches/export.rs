@@ -9,7 +9,6 @@
 //! only moves pre-built spans into the queue), and drops (must be 0).
 
 use std::{
-    borrow::Cow,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -17,7 +16,7 @@ use std::{
 use loupe::{
     config::OtlpProtocol,
     export::{self, Sink, otlp::OtlpSink, settings::ExportSettings},
-    spans::{AttrValue, OpType, SpanKind, SpanRecord},
+    spans::{AttrValue, OpType, SpanKind, SpanRecord, model::Text},
     stage::Stage,
     stats::Counters,
 };
@@ -34,14 +33,14 @@ fn server_span(i: u64) -> SpanRecord {
         parent_span_id: None,
         kind: SpanKind::Server,
         op: OpType::HttpServer,
-        name: "GET /items/{id}".to_owned(),
+        name: Text::Static("GET /items/{id}"),
         start_ns: 1_000_000_000 + i * 10_000,
         end_ns: 1_000_000_000 + i * 10_000 + 7_500,
         attributes: vec![
             ("http.request.method", AttrValue::from("GET")),
             (
                 "url.path",
-                AttrValue::Str(Cow::Owned(format!("/items/{}", i % 10_000))),
+                AttrValue::Str(Text::Owned(format!("/items/{}", i % 10_000))),
             ),
             ("url.scheme", AttrValue::from("http")),
             ("http.route", AttrValue::from("/items/{id}")),

@@ -436,6 +436,16 @@ fn main() {
     println!(
         "pipeline: {REQUESTS} requests a round over {CONNECTIONS} keep-alive connections, median of {ROUNDS} rounds"
     );
-    bench("nginx", Shape::Nginx);
-    bench("service", Shape::Service);
+    // `cargo bench -p loupe --bench pipeline -- nginx` runs one shape (cargo adds `--bench`).
+    let only: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|arg| !arg.starts_with("--"))
+        .collect();
+    let wanted = |name: &str| only.is_empty() || only.iter().any(|o| o == name);
+    if wanted("nginx") {
+        bench("nginx", Shape::Nginx);
+    }
+    if wanted("service") {
+        bench("service", Shape::Service);
+    }
 }

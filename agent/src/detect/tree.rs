@@ -80,9 +80,9 @@ pub fn label(child: &SpanRecord) -> String {
         }
         OpType::DbClient | OpType::CacheClient => match child.attr_str("db.query.text") {
             Some(text) => shorten(text, 120),
-            None => child.name.clone(),
+            None => child.name.to_string(),
         },
-        OpType::HttpServer => child.name.clone(),
+        OpType::HttpServer => child.name.to_string(),
     }
 }
 

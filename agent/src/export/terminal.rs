@@ -100,12 +100,14 @@ impl TerminalView {
         }
         let routes = &mut self.routes[kind_index(span.kind)];
         // Looked up by &str: the key is allocated only for a new route.
-        if !routes.contains(&span.name)
-            && routes.push(span.name.clone(), RouteStats::new()).is_some()
+        if !routes.contains(span.name.as_str())
+            && routes
+                .push(span.name.to_string(), RouteStats::new())
+                .is_some()
         {
             Counters::add(&self.counters.routes_evicted, 1);
         }
-        let Some(stats) = routes.get_mut(&span.name) else {
+        let Some(stats) = routes.get_mut(span.name.as_str()) else {
             return;
         };
         stats.count += 1;
@@ -327,7 +329,7 @@ mod tests {
             parent_span_id: None,
             kind,
             op: OpType::HttpServer,
-            name: name.into(),
+            name: name.to_owned().into(),
             start_ns: 0,
             end_ns: ms * 1_000_000,
             attributes: vec![("http.response.status_code", AttrValue::Int(200))],

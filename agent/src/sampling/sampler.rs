@@ -104,7 +104,11 @@ impl TailSampler {
     /// The tree's decision: its own cause, else its trace's, else its ratio (its route's or
     /// the default, lowered by the limit), else a kept tree of its trace's threshold.
     fn decide(&mut self, root: &SpanRecord, cause: Option<Reason>, now_ns: u64) -> Decision {
-        let configured = self.routes.get(&root.name).copied().unwrap_or(self.ratio);
+        let configured = self
+            .routes
+            .get(root.name.as_str())
+            .copied()
+            .unwrap_or(self.ratio);
         let decision = self.decide_at(root.trace_id, cause, configured, true, now_ns);
         self.remember_trace(root.trace_id, decision);
         decision
@@ -220,7 +224,7 @@ mod tests {
         let mut root = server(0, 100);
         root.trace_id = trace_id;
         root.span_id = span_id;
-        root.name = name.to_owned();
+        root.name = name.to_owned().into();
         let children = (0..2)
             .map(|n| {
                 let mut child = call("10.0.0.1", 80, "/score", n * 10, n * 10 + 5);

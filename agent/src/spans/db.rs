@@ -7,7 +7,7 @@
 
 use super::{
     http::{Actor, Endpoints, SpanIds, new_span, set_server_peer},
-    model::{OpType, SpanKind, SpanRecord, call_key},
+    model::{OpType, SpanKind, SpanRecord, Text, call_key},
 };
 use crate::{libpq::LibpqQuery, protocols::postgres::QueryDone, sql::Statement};
 
@@ -129,11 +129,10 @@ pub fn query_span(
     ids: SpanIds,
     actor: Actor,
 ) -> SpanRecord {
-    let name = match (&statement.operation, &statement.table, facts.statement_name) {
-        (Some(operation), Some(table), _) => format!("{operation} {table}"),
-        (Some(operation), None, _) => operation.clone(),
-        (None, _, Some(name)) if facts.text.is_none() => format!("EXECUTE {name}"),
-        _ => "postgresql".to_owned(),
+    let name = match (&statement.span_name, facts.statement_name) {
+        (Some(name), _) => name.clone(),
+        (None, Some(name)) if facts.text.is_none() => Text::Owned(format!("EXECUTE {name}")),
+        _ => Text::Static("postgresql"),
     };
     let mut span = new_span(
         SpanKind::Client,

@@ -1,12 +1,13 @@
 //! HTTP exchanges to spans, with OTel semantic-convention attributes. Bodies and headers other
 //! than Host never reach a span; query values are redacted.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, sync::Arc};
 
 use super::{
-    model::{AttrValue, OpType, SpanKind, SpanRecord, call_key},
+    model::{AttrValue, OpType, SpanKind, SpanRecord, Text, call_key},
+    names::Names,
     parent::Unnested,
-    route::{redact_query, route, split_target},
+    route::{redact_query, split_target},
 };
 use crate::protocols::http1::{self, Exchange};
 
@@ -15,8 +16,8 @@ use crate::protocols::http1::{self, Exchange};
 pub struct Endpoints {
     pub peer: Option<SocketAddr>,
     pub local: Option<SocketAddr>,
-    /// `peer`'s IP as text, formatted once per connection rather than once per span.
-    peer_ip: Option<String>,
+    /// `peer`'s IP as text, formatted once per connection and shared by its spans.
+    peer_ip: Option<Arc<str>>,
     /// Its bytes were read as plaintext from OpenSSL: the connection is TLS (`https`).
     pub tls: bool,
 }
@@ -26,7 +27,7 @@ impl Endpoints {
         Self {
             peer,
             local,
-            peer_ip: peer.map(|p| p.ip().to_string()),
+            peer_ip: peer.map(|p| Arc::from(p.ip().to_string())),
             tls: false,
         }
     }
@@ -42,8 +43,8 @@ impl Endpoints {
         }
     }
 
-    pub fn peer_ip(&self) -> Option<String> {
-        self.peer_ip.clone()
+    pub fn peer_ip(&self) -> Option<Text> {
+        self.peer_ip.clone().map(Text::Shared)
     }
 }
 
@@ -74,27 +75,33 @@ pub struct Actor {
 }
 
 /// `host[:port]` from a Host header; IPv6 literals keep no brackets.
-pub fn split_host(host: &str) -> (String, Option<u16>) {
+pub fn split_host(host: &str) -> (&str, Option<u16>) {
     let host = host.trim();
     if let Some(rest) = host.strip_prefix('[')
         && let Some((ip, tail)) = rest.split_once(']')
     {
         let port = tail.strip_prefix(':').and_then(|p| p.parse().ok());
-        return (ip.to_owned(), port);
+        return (ip, port);
     }
     match host.rsplit_once(':') {
         Some((name, port)) if !name.contains(':') => match port.parse() {
-            Ok(port) => (name.to_owned(), Some(port)),
-            Err(_) => (host.to_owned(), None),
+            Ok(port) => (name, Some(port)),
+            Err(_) => (host, None),
         },
-        _ => (host.to_owned(), None),
+        _ => (host, None),
     }
 }
 
-fn base_span(exchange: &Exchange, kind: SpanKind, ids: SpanIds, actor: Actor) -> SpanRecord {
+fn base_span(
+    exchange: &Exchange,
+    kind: SpanKind,
+    ids: SpanIds,
+    actor: Actor,
+    names: &mut Names,
+) -> SpanRecord {
     let (path, query) = split_target(&exchange.request.target);
-    let route = route(path);
-    let method = exchange.request.method.as_str();
+    let method: &str = &exchange.request.method;
+    let route = names.route(method, path);
     let status = exchange.response.status;
     let (op, start_ns) = match kind {
         // The server's request starts when its first bytes were read.
@@ -105,24 +112,30 @@ fn base_span(exchange: &Exchange, kind: SpanKind, ids: SpanIds, actor: Actor) ->
     let mut span = new_span(
         kind,
         op,
-        format!("{method} {route}"),
+        route.name,
         (start_ns, exchange.response_last.exit_ns),
         ids,
         actor,
     );
-    span.set("http.request.method", method_value(method));
-    span.set("url.path", path.to_owned());
+    span.add("http.request.method", method_value(method));
+    // A path with no id in it is its route: the same text, shared.
+    let path = if route.route == path {
+        route.route.clone()
+    } else {
+        Text::Owned(path.to_owned())
+    };
+    span.add("url.path", path);
     if let Some(query) = query.filter(|q| !q.is_empty()) {
-        span.set("url.query", redact_query(query));
+        span.add("url.query", redact_query(query));
     }
-    span.set("http.route", route);
-    span.set("http.response.status_code", i64::from(status));
-    span.set("http.request.body.size", exchange.request_body_bytes as i64);
-    span.set(
+    span.add("http.route", route.route);
+    span.add("http.response.status_code", i64::from(status));
+    span.add("http.request.body.size", exchange.request_body_bytes as i64);
+    span.add(
         "http.response.body.size",
         exchange.response_body_bytes as i64,
     );
-    span.set("network.protocol.name", "http");
+    span.add("network.protocol.name", "http");
     span
 }
 
@@ -138,7 +151,7 @@ fn method_value(method: &str) -> AttrValue {
 pub fn new_span(
     kind: SpanKind,
     op: OpType,
-    name: String,
+    name: impl Into<Text>,
     window: (u64, u64),
     ids: SpanIds,
     actor: Actor,
@@ -149,7 +162,7 @@ pub fn new_span(
         parent_span_id: ids.parent_span_id,
         kind,
         op,
-        name,
+        name: name.into(),
         start_ns: window.0,
         end_ns: window.1.max(window.0),
         attributes: Vec::with_capacity(16),
@@ -184,32 +197,44 @@ fn set_peer(span: &mut SpanRecord, ends: &Endpoints) {
     }
 }
 
+/// [`set_peer`] on a span being built that has no peer yet.
+fn add_peer(span: &mut SpanRecord, ends: &Endpoints) {
+    if let (Some(peer), Some(ip)) = (ends.peer, ends.peer_ip()) {
+        span.add("network.peer.address", ip);
+        span.add("network.peer.port", i64::from(peer.port()));
+    }
+}
+
 /// A SERVER span for an inbound request. 5xx is an error.
 pub fn server_span(
     exchange: &Exchange,
     ends: &Endpoints,
     ids: SpanIds,
     actor: Actor,
+    names: &mut Names,
 ) -> SpanRecord {
-    let mut span = base_span(exchange, SpanKind::Server, ids, actor);
+    let mut span = base_span(exchange, SpanKind::Server, ids, actor, names);
     let (host, port) = match exchange.request.host.as_deref().map(split_host) {
-        Some((host, port)) => (Some(host), port.or(ends.local.map(|l| l.port()))),
+        Some((host, port)) => (
+            Some(names.text(host)),
+            port.or(ends.local.map(|l| l.port())),
+        ),
         None => (
-            ends.local.map(|l| l.ip().to_string()),
+            ends.local.map(|l| names.text(&l.ip().to_string())),
             ends.local.map(|l| l.port()),
         ),
     };
     if let Some(host) = host {
-        span.set("server.address", host);
+        span.add("server.address", host);
     }
     if let Some(port) = port {
-        span.set("server.port", i64::from(port));
+        span.add("server.port", i64::from(port));
     }
     if let Some(ip) = ends.peer_ip() {
-        span.set("client.address", ip);
+        span.add("client.address", ip);
     }
-    set_peer(&mut span, ends);
-    span.set("url.scheme", scheme(ends));
+    add_peer(&mut span, ends);
+    span.add("url.scheme", scheme(ends));
     if exchange.response.status >= 500 {
         span.error = Some(format!("HTTP {}", exchange.response.status));
     }
@@ -226,13 +251,14 @@ pub fn client_span(
     ends: &Endpoints,
     ids: SpanIds,
     actor: Actor,
+    names: &mut Names,
 ) -> SpanRecord {
-    let mut span = base_span(exchange, SpanKind::Client, ids, actor);
+    let mut span = base_span(exchange, SpanKind::Client, ids, actor, names);
     ids.mark(&mut span);
     let from_host = exchange.request.host.as_deref().map(split_host);
     let host = from_host
         .as_ref()
-        .map(|(host, _)| host.clone())
+        .map(|(host, _)| names.text(host))
         .or_else(|| ends.peer_ip());
     let port = from_host
         .and_then(|(_, port)| port)
@@ -254,18 +280,17 @@ pub fn client_span(
     if let Some(host) = host {
         let (path, query) = split_target(&exchange.request.target);
         let default_port = if ends.tls { 443 } else { 80 };
-        let authority = match port {
-            None => host,
-            Some(port) if port == default_port => host,
-            Some(port) => format!("{host}:{port}"),
-        };
         let query = query
             .map(|q| format!("?{}", redact_query(q)))
             .unwrap_or_default();
-        span.set(
-            "url.full",
-            format!("{}://{authority}{path}{query}", scheme(ends)),
-        );
+        let scheme = scheme(ends);
+        let full = match port {
+            Some(port) if port != default_port => {
+                format!("{scheme}://{host}:{port}{path}{query}")
+            }
+            _ => format!("{scheme}://{host}{path}{query}"),
+        };
+        span.set("url.full", full);
     }
     if exchange.response.status >= 400 {
         span.error = Some(format!("HTTP {}", exchange.response.status));
@@ -275,36 +300,34 @@ pub fn client_span(
 
 #[cfg(test)]
 mod tests {
-    use std::borrow::Cow;
-
     use super::*;
 
     #[test]
     fn standard_methods_are_borrowed_and_others_kept_as_sent() {
         assert!(matches!(
             method_value("GET"),
-            AttrValue::Str(Cow::Borrowed("GET"))
+            AttrValue::Str(Text::Static("GET"))
         ));
         assert!(matches!(
             method_value("DELETE"),
-            AttrValue::Str(Cow::Borrowed("DELETE"))
+            AttrValue::Str(Text::Static("DELETE"))
         ));
-        let AttrValue::Str(Cow::Owned(other)) = method_value("PROPFIND") else {
+        let AttrValue::Str(Text::Owned(other)) = method_value("PROPFIND") else {
             panic!("an unknown method is its own text");
         };
         assert_eq!(other, "PROPFIND");
-        assert!(matches!(method_value("get"), AttrValue::Str(Cow::Owned(_))));
+        assert!(matches!(
+            method_value("get"),
+            AttrValue::Str(Text::Owned(_))
+        ));
     }
 
     #[test]
     fn host_headers_split_into_name_and_port() {
-        assert_eq!(
-            split_host("example.com:8080"),
-            ("example.com".into(), Some(8080))
-        );
-        assert_eq!(split_host("example.com"), ("example.com".into(), None));
-        assert_eq!(split_host("[::1]:443"), ("::1".into(), Some(443)));
-        assert_eq!(split_host("::1"), ("::1".into(), None));
-        assert_eq!(split_host("h:notaport"), ("h:notaport".into(), None));
+        assert_eq!(split_host("example.com:8080"), ("example.com", Some(8080)));
+        assert_eq!(split_host("example.com"), ("example.com", None));
+        assert_eq!(split_host("[::1]:443"), ("::1", Some(443)));
+        assert_eq!(split_host("::1"), ("::1", None));
+        assert_eq!(split_host("h:notaport"), ("h:notaport", None));
     }
 }

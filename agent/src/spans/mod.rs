@@ -7,6 +7,7 @@ pub mod db;
 pub mod http;
 pub mod ids;
 pub mod model;
+pub mod names;
 pub mod parent;
 pub mod route;
 pub mod stitcher;

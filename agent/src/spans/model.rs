@@ -1,6 +1,145 @@
 //! The span as loupe builds it, independent of any exporter.
 
-use std::borrow::Cow;
+use std::{borrow::Cow, fmt, ops::Deref, sync::Arc};
+
+/// A span's text (its name, a string attribute): borrowed when it is known at compile time,
+/// shared when many spans carry the same one (a connection's peer, a route, a name), owned
+/// otherwise. Cloning a shared text counts a reference; it never copies.
+#[derive(Clone)]
+pub enum Text {
+    Static(&'static str),
+    Shared(Arc<str>),
+    Owned(String),
+}
+
+impl Text {
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Static(text) => text,
+            Self::Shared(text) => text,
+            Self::Owned(text) => text,
+        }
+    }
+
+    /// The text as an owned `String` (a copy unless it was owned).
+    pub fn into_string(self) -> String {
+        match self {
+            Self::Owned(text) => text,
+            other => other.as_str().to_owned(),
+        }
+    }
+}
+
+impl Deref for Text {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl AsRef<str> for Text {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::borrow::Borrow<str> for Text {
+    fn borrow(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl PartialEq for Text {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+impl Eq for Text {}
+
+impl PartialEq<str> for Text {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+impl PartialEq<&str> for Text {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+impl PartialEq<String> for Text {
+    fn eq(&self, other: &String) -> bool {
+        self.as_str() == other
+    }
+}
+impl PartialEq<Text> for str {
+    fn eq(&self, other: &Text) -> bool {
+        self == other.as_str()
+    }
+}
+impl PartialEq<Text> for &str {
+    fn eq(&self, other: &Text) -> bool {
+        *self == other.as_str()
+    }
+}
+
+impl std::hash::Hash for Text {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
+impl PartialOrd for Text {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Text {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_str().cmp(other.as_str())
+    }
+}
+
+impl fmt::Debug for Text {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl fmt::Display for Text {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Default for Text {
+    fn default() -> Self {
+        Self::Static("")
+    }
+}
+
+impl From<&'static str> for Text {
+    fn from(text: &'static str) -> Self {
+        Self::Static(text)
+    }
+}
+impl From<String> for Text {
+    fn from(text: String) -> Self {
+        Self::Owned(text)
+    }
+}
+impl From<Arc<str>> for Text {
+    fn from(text: Arc<str>) -> Self {
+        Self::Shared(text)
+    }
+}
+impl From<Cow<'static, str>> for Text {
+    fn from(text: Cow<'static, str>) -> Self {
+        match text {
+            Cow::Borrowed(text) => Self::Static(text),
+            Cow::Owned(text) => Self::Owned(text),
+        }
+    }
+}
 
 /// Which side of a call the span describes (OTel SpanKind).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -26,7 +165,7 @@ pub enum OpType {
 /// An attribute value. Strings known at compile time are borrowed, not allocated per span.
 #[derive(Clone, Debug, PartialEq)]
 pub enum AttrValue {
-    Str(Cow<'static, str>),
+    Str(Text),
     Int(i64),
     Float(f64),
     Bool(bool),
@@ -36,12 +175,17 @@ pub enum AttrValue {
 
 impl From<&'static str> for AttrValue {
     fn from(value: &'static str) -> Self {
-        Self::Str(Cow::Borrowed(value))
+        Self::Str(Text::Static(value))
     }
 }
 impl From<String> for AttrValue {
     fn from(value: String) -> Self {
-        Self::Str(Cow::Owned(value))
+        Self::Str(Text::Owned(value))
+    }
+}
+impl From<Text> for AttrValue {
+    fn from(value: Text) -> Self {
+        Self::Str(value)
     }
 }
 impl From<i64> for AttrValue {
@@ -89,7 +233,7 @@ pub struct SpanRecord {
     pub parent_span_id: Option<u64>,
     pub kind: SpanKind,
     pub op: OpType,
-    pub name: String,
+    pub name: Text,
     /// ns since boot (CLOCK_MONOTONIC), as the kernel stamps events.
     pub start_ns: u64,
     /// ns since boot (CLOCK_MONOTONIC).
@@ -149,6 +293,13 @@ impl SpanRecord {
             .iter()
             .find(|(name, _)| *name == key)
             .map(|(_, value)| value)
+    }
+
+    /// Adds an attribute the span does not carry yet, without looking for it first (a span
+    /// being built, whose keys are each set once). [`SpanRecord::set`] replaces one.
+    pub fn add(&mut self, key: &'static str, value: impl Into<AttrValue>) {
+        debug_assert!(self.attr(key).is_none(), "{key} is set twice");
+        self.attributes.push((key, value.into()));
     }
 
     pub fn set(&mut self, key: &'static str, value: impl Into<AttrValue>) {

@@ -5,6 +5,13 @@
 /// `/api/users/42/orders/9f0c...` becomes `/api/users/{id}/orders/{id}`.
 pub fn route(path: &str) -> String {
     let mut out = String::with_capacity(path.len());
+    route_into(path, &mut out);
+    out
+}
+
+/// [`route`], appended to `out`.
+pub fn route_into(path: &str, out: &mut String) {
+    let start = out.len();
     for (i, segment) in path.split('/').enumerate() {
         if i > 0 {
             out.push('/');
@@ -15,10 +22,9 @@ pub fn route(path: &str) -> String {
             out.push_str(segment);
         }
     }
-    if out.is_empty() {
+    if out.len() == start {
         out.push('/');
     }
-    out
 }
 
 fn is_id(segment: &str) -> bool {

@@ -23,6 +23,7 @@ use super::{
     http::{Actor, Endpoints, SpanIds, client_span, server_span, split_host},
     ids::{new_span_id, new_trace_id, parse_traceparent},
     model::{OpType, SpanRecord},
+    names::Names,
     parent::{self, CallContext, InFlight, LateCall, Parent, Runtime},
 };
 use crate::{
@@ -116,6 +117,10 @@ const GOROUTINE: u64 = 1 << 63;
 /// caller's thread is kept off the CPU), before it goes out as a trace of its own.
 const CALLER_WAIT_NS: u64 = 2_000_000_000;
 
+/// How many emptied per-thread request lists are kept for reuse (one per thread that serves
+/// at a time is enough).
+const SPARE_SERVING: usize = 256;
+
 impl Protocol {
     fn unknown() -> Self {
         Self::Unknown {
@@ -180,6 +185,8 @@ pub struct Stitcher {
     conns: HashMap<ConnKey, Conn>,
     /// Server requests in progress per (pid, tid): head read, response not started.
     serving: HashMap<(u32, u64), Vec<InFlight>>,
+    /// Emptied lists of `serving`, kept for the next request so that one costs no allocation.
+    spare_serving: Vec<Vec<InFlight>>,
     /// How each process schedules requests onto threads, learnt on its first event.
     runtimes: HashMap<u32, Runtime>,
     /// Reads the runtime of a process (/proc; tests put in their own).
@@ -215,6 +222,8 @@ pub struct Stitcher {
     /// request (its goroutine's key and the request). One level: a goroutine they start is not.
     go_bound: HashMap<(u32, u64), ServedRequest>,
     limits: StitcherLimits,
+    /// Routes, span names and hosts, shared by the spans that carry them.
+    names: Names,
     counters: Arc<Counters>,
     /// What the last parser call reported, to act on.
     reports: Vec<Report>,
@@ -309,6 +318,8 @@ impl Stitcher {
             go_spawned: HashMap::default(),
             go_bound: HashMap::default(),
             limits,
+            names: Names::default(),
+            spare_serving: Vec::new(),
             counters,
             reports: Vec::new(),
             statements: StatementCache::new(4096),
@@ -1048,7 +1059,7 @@ impl Stitcher {
                 }
                 self.serving
                     .entry((key.0, doer.exec))
-                    .or_default()
+                    .or_insert_with(|| self.spare_serving.pop().unwrap_or_default())
                     .push(InFlight {
                         tid: doer.tid,
                         conn_id: key.1,
@@ -1340,8 +1351,11 @@ impl Stitcher {
     fn stop_serving(&mut self, pid: u32, exec: u64, conn_id: u64, seq: Option<u64>) {
         if let Some(list) = self.serving.get_mut(&(pid, exec)) {
             list.retain(|s| !(s.conn_id == conn_id && seq.is_none_or(|seq| s.seq == seq)));
-            if list.is_empty() {
-                self.serving.remove(&(pid, exec));
+            if list.is_empty()
+                && let Some(list) = self.serving.remove(&(pid, exec))
+                && self.spare_serving.len() < SPARE_SERVING
+            {
+                self.spare_serving.push(list);
             }
         }
     }
@@ -1381,8 +1395,10 @@ impl Stitcher {
         };
         let role = conn.role;
         let span = match role {
-            SocketRole::Client => client_span(exchange, &conn.ends, pending.ids, actor),
-            _ => server_span(exchange, &conn.ends, pending.ids, actor),
+            SocketRole::Client => {
+                client_span(exchange, &conn.ends, pending.ids, actor, &mut self.names)
+            }
+            _ => server_span(exchange, &conn.ends, pending.ids, actor, &mut self.names),
         };
         if role == SocketRole::Server {
             self.stop_serving(key.0, pending.exec, key.1, Some(exchange.seq));

@@ -10,20 +10,49 @@ use std::num::NonZeroUsize;
 use lru::LruCache;
 use rustc_hash::FxBuildHasher;
 
-/// What loupe exports about a statement.
+use crate::spans::model::Text;
+
+/// What loupe exports about a statement. Its texts are shared: every span of the statement
+/// carries them without a copy.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Statement {
     /// The text with every literal replaced by a placeholder ($1, $2, ... or ?).
-    pub normalized: String,
+    pub normalized: Text,
     /// 16 hex digits, equal for statements that differ only in their literals.
-    pub fingerprint: String,
+    pub fingerprint: Text,
     /// SELECT, INSERT, UPDATE, DELETE, BEGIN, ... (upper case), when known.
-    pub operation: Option<String>,
+    pub operation: Option<Text>,
     /// The first table the statement names, when known.
-    pub table: Option<String>,
+    pub table: Option<Text>,
+    /// Its span's name, where the statement alone says it: `SELECT users`, or `BEGIN`.
+    pub span_name: Option<Text>,
+}
+
+fn shared(text: String) -> Text {
+    Text::Shared(text.into())
 }
 
 impl Statement {
+    pub fn new(
+        normalized: String,
+        fingerprint: String,
+        operation: Option<String>,
+        table: Option<String>,
+    ) -> Self {
+        let span_name = match (&operation, &table) {
+            (Some(operation), Some(table)) => Some(shared(format!("{operation} {table}"))),
+            (Some(operation), None) => Some(shared(operation.clone())),
+            _ => None,
+        };
+        Self {
+            normalized: shared(normalized),
+            fingerprint: shared(fingerprint),
+            operation: operation.map(shared),
+            table: table.map(shared),
+            span_name,
+        }
+    }
+
     /// A statement known only by the name it was prepared under (before loupe attached, so its
     /// Parse went unseen): the name stands for it, and so does the fingerprint, which is the
     /// same wherever the name means the same statement: `scope` is where it does (one
@@ -32,12 +61,12 @@ impl Statement {
         use std::hash::{Hash as _, Hasher as _};
         let mut hasher = rustc_hash::FxHasher::default();
         ("prepared", name, scope).hash(&mut hasher);
-        Self {
-            normalized: String::new(),
-            fingerprint: format!("{:016x}", hasher.finish()),
-            operation: None,
-            table: None,
-        }
+        Self::new(
+            String::new(),
+            format!("{:016x}", hasher.finish()),
+            None,
+            None,
+        )
     }
 }
 
@@ -49,22 +78,22 @@ pub fn analyze(text: &str) -> Statement {
             let table = pg_query::parse(text, 0)
                 .ok()
                 .and_then(|parsed| parsed.tables().into_iter().next());
-            Statement {
-                normalized: without_terminator(&normalized),
-                fingerprint: fingerprint.hex,
+            Statement::new(
+                without_terminator(&normalized),
+                fingerprint.hex,
                 operation,
                 table,
-            }
+            )
         }
         _ => {
             let normalized = without_terminator(&fallback::normalize(text));
             let fingerprint = fallback::fingerprint(&normalized);
-            Statement {
+            Statement::new(
                 normalized,
                 fingerprint,
                 operation,
-                table: fallback::first_table(text),
-            }
+                fallback::first_table(text),
+            )
         }
     }
 }
@@ -108,11 +137,15 @@ impl StatementCache {
 
     pub fn analyze(&mut self, text: &str) -> Statement {
         let key = if text.contains('$') {
+            // Its own key: looked up as it is, copied only when it is new.
+            if let Some(statement) = self.entries.get(text) {
+                return statement.clone();
+            }
             text.to_owned()
         } else {
             fallback::normalize(text)
         };
-        if let Some(statement) = self.entries.get(&key) {
+        if let Some(statement) = self.entries.get(key.as_str()) {
             return statement.clone();
         }
         let statement = analyze(text);

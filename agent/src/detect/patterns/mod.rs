@@ -151,7 +151,7 @@ pub(crate) mod testing {
         let mut span = server(start_ms, end_ms);
         span.kind = SpanKind::Client;
         span.op = op;
-        span.name = name.into();
+        span.name = name.to_owned().into();
         span.span_id = start_ms * 1000 + end_ms;
         span.parent_span_id = Some(100);
         span

@@ -344,7 +344,7 @@ mod tests {
     };
 
     use super::*;
-    use crate::spans::OpType;
+    use crate::spans::{OpType, model::Text};
 
     /// The request as prost's own message structs give it (what the encoder did before it wrote
     /// bytes itself): the reference the bytes are held to.
@@ -400,7 +400,7 @@ mod tests {
                 .map(|id| id.to_be_bytes().to_vec())
                 .unwrap_or_default(),
             flags: FLAG_SAMPLED | FLAG_HAS_IS_REMOTE,
-            name: record.name,
+            name: record.name.into_string(),
             kind: match record.kind {
                 SpanKind::Server => span::SpanKind::Server,
                 SpanKind::Client => span::SpanKind::Client,
@@ -446,7 +446,7 @@ mod tests {
 
     fn any_value_of(value: AttrValue) -> AnyValue {
         let value = match value {
-            AttrValue::Str(text) => any_value::Value::StringValue(text.into_owned()),
+            AttrValue::Str(text) => any_value::Value::StringValue(text.into_string()),
             AttrValue::Int(n) => any_value::Value::IntValue(n),
             AttrValue::Float(f) => any_value::Value::DoubleValue(f),
             AttrValue::Bool(b) => any_value::Value::BoolValue(b),
@@ -471,9 +471,9 @@ mod tests {
         for i in 0..40u64 {
             let mut span = record(10 + (i % 3) as u32, i + 1, (i % 2 == 1).then_some(i));
             span.name = if i % 7 == 0 {
-                String::new()
+                Text::Static("")
             } else {
-                "x".repeat((i * 13) as usize)
+                Text::Owned("x".repeat((i * 13) as usize))
             };
             span.start_ns = if i % 5 == 0 { 0 } else { i * 1_000_003 };
             span.end_ns = span.start_ns + i * 17;
@@ -490,7 +490,7 @@ mod tests {
                 ("yes", AttrValue::Bool(i % 2 == 0)),
                 (
                     "long",
-                    AttrValue::Str(Cow::Owned("q".repeat(100 * i as usize))),
+                    AttrValue::Str(Text::Owned("q".repeat(100 * i as usize))),
                 ),
                 (
                     "list",
@@ -540,7 +540,7 @@ mod tests {
                 SpanKind::Server
             },
             op: OpType::HttpServer,
-            name: format!("GET /{span_id}"),
+            name: format!("GET /{span_id}").into(),
             start_ns: 1_000,
             end_ns: 2_000,
             attributes: vec![

@@ -250,7 +250,7 @@ mod tests {
             OpType::HttpServer => SpanKind::Server,
             _ => SpanKind::Client,
         };
-        let mut span = new_span(kind, op, "n".into(), (0, 1), ids, Actor { pid: 1, tid: 1 });
+        let mut span = new_span(kind, op, "n", (0, 1), ids, Actor { pid: 1, tid: 1 });
         for (key, value) in attributes {
             span.set(key, *value);
         }

@@ -239,7 +239,7 @@ mod tests {
         let mut span = new_span(
             kind,
             op,
-            "name".into(),
+            "name",
             (1_000_000, 1_000_000 + ms * 1_000_000),
             ids,
             Actor { pid: 7, tid: 7 },

@@ -265,19 +265,20 @@ impl Conversation {
             self.settled_chunk = chunk;
         }
         let answering = usize::from(self.current.is_some());
-        let mut kept = VecDeque::with_capacity(self.pending.len());
-        for (i, slot) in self.pending.drain(..).enumerate() {
-            if i < answering
+        let unanswered = &mut self.unanswered;
+        let mut i = 0;
+        // In place (retain keeps the order), so the queue keeps its room between requests.
+        self.pending.retain(|slot| {
+            let keep = i < answering
                 || slot.chunk() >= chunk
-                || (!abandon && matches!(slot, Slot::Request(_)))
-            {
-                kept.push_back(slot);
-            } else if let Slot::Request(request) = slot {
-                self.unanswered += 1;
+                || (!abandon && matches!(slot, Slot::Request(_)));
+            i += 1;
+            if !keep && let Slot::Request(request) = slot {
+                *unanswered += 1;
                 out.push(HttpEvent::Abandoned { seq: request.seq });
             }
-        }
-        self.pending = kept;
+            keep
+        });
     }
 
     /// Makes room for one more: the oldest waiting request is given up.

@@ -4,7 +4,8 @@
 /// What loupe keeps of a request head: never bodies, never headers other than these.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RequestHead {
-    pub method: String,
+    /// The method as sent: a standard one borrowed from [`super::known_method`]'s table.
+    pub method: std::borrow::Cow<'static, str>,
     /// The raw request-target (path and query, or absolute form).
     pub target: String,
     pub host: Option<String>,
@@ -126,6 +127,14 @@ fn lines_in(bytes: &[u8]) -> usize {
     bytes.iter().filter(|&&b| b == b'\n').count() + 1
 }
 
+/// A method as kept: the standard ones borrowed, not allocated per request.
+pub(crate) fn method_text(method: &str) -> std::borrow::Cow<'static, str> {
+    match super::known_method(method) {
+        Some(known) => std::borrow::Cow::Borrowed(known),
+        None => std::borrow::Cow::Owned(method.to_owned()),
+    }
+}
+
 fn request_with<'b>(
     bytes: &'b [u8],
     headers: &mut [httparse::Header<'b>],
@@ -139,7 +148,7 @@ fn request_with<'b>(
             }
             Parsed::Complete {
                 head: Head::Request(RequestHead {
-                    method: request.method.unwrap_or_default().to_owned(),
+                    method: method_text(request.method.unwrap_or_default()),
                     target: request.path.unwrap_or_default().to_owned(),
                     host: fields.host,
                     content_length: fields.content_length,
@@ -192,7 +201,7 @@ pub fn truncated_request(bytes: &[u8]) -> Option<RequestHead> {
     }
     let fields = Fields::from_partial(bytes);
     Some(RequestHead {
-        method: method.to_owned(),
+        method: method_text(method),
         target: target.to_owned(),
         host: fields.host,
         content_length: fields.content_length,
