@@ -136,10 +136,19 @@ counters! {
     cpu_samples: Counter,
     /// CPU samples no span claimed (taken after its end, or pushed out of the bounded store).
     cpu_samples_unclaimed: Counter,
+    /// CPU samples kept without their copy of the user stack because 64 MiB of copies were
+    /// held: their stack is the frame-pointer walk only (cut where the code has none).
+    stack_copies_dropped: Counter,
+    /// Samples whose user stack could not be unwound to its root (code without unwind
+    /// information, such as JIT code, or a copy too short): shown `[truncated]` at the root.
+    stacks_truncated: Counter,
     /// Slow spans exported without their profile (symbolizer queue full).
     profiles_skipped: Counter,
     /// Slow threads not sampled because the hot-thread limit was reached.
     threads_over_limit: Counter,
+    /// Requests and calls whose threshold was not watched (more than 65,536 of a type open at
+    /// once): a thread running one late is heated at the next stitch tick, up to 250 ms late.
+    deadlines_unwatched: Counter,
     /// Slow threads not sampled because perf_event_open refused (e.g. the thread had exited).
     threads_unsampleable: Counter,
     /// Observations of the services' request metrics not recorded because their metric already
@@ -171,7 +180,7 @@ impl Counters {
     /// Every way an event, a request, a query, a span or a sample can be lost or mis-read, in
     /// pipeline order. The summary line and the terminal footer show each of them; the README
     /// says what each means.
-    pub fn losses(&self) -> [LossCounter<'_>; 24] {
+    pub fn losses(&self) -> [LossCounter<'_>; 27] {
         let loss = |name, value| LossCounter { name, value };
         [
             loss("events_lost", &self.events_lost_kernel),
@@ -193,8 +202,11 @@ impl Counters {
             loss("spans_dropped", &self.spans_dropped),
             loss("routes_evicted", &self.routes_evicted),
             loss("cpu_samples_unclaimed", &self.cpu_samples_unclaimed),
+            loss("stack_copies_dropped", &self.stack_copies_dropped),
+            loss("stacks_truncated", &self.stacks_truncated),
             loss("profiles_skipped", &self.profiles_skipped),
             loss("threads_over_limit", &self.threads_over_limit),
+            loss("deadlines_unwatched", &self.deadlines_unwatched),
             loss("threads_unsampleable", &self.threads_unsampleable),
             loss("ambiguous_calls", &self.ambiguous_calls),
             loss("metric_series_dropped", &self.metric_series_dropped),

@@ -17,6 +17,9 @@ use crate::{
 };
 
 const STITCH_TICK: Duration = Duration::from_millis(250);
+/// How long after an operation's deadline the stage wakes to heat its thread: past it, so the
+/// operation is strictly over its threshold (the timer's own resolution is a millisecond).
+const DEADLINE_SLACK: Duration = Duration::from_millis(1);
 
 /// What the stitch stage writes on finished spans before they leave.
 pub(crate) struct Verdicts {
@@ -81,6 +84,7 @@ impl Verdicts {
         counters
             .cpu_samples_unclaimed
             .store(self.samples.unclaimed, std::sync::atomic::Ordering::Relaxed);
+        Counters::set(&counters.stack_copies_dropped, self.samples.stacks_dropped);
     }
 
     /// Routes a ready span: through the symbolizer when its thread was sampled while it ran
@@ -127,6 +131,11 @@ pub(crate) async fn stitch(
     counters: Arc<Counters>,
 ) {
     let mut tick = tokio::time::interval(STITCH_TICK);
+    // Woken when the earliest open operation passes its threshold (`armed`, the events' clock).
+    stitcher.watch_deadlines(&verdicts.thresholds);
+    let deadline = tokio::time::sleep(STITCH_TICK);
+    tokio::pin!(deadline);
+    let mut armed: Option<u64> = None;
     let mut sample = tokio::time::interval(detect::resources::SAMPLE_INTERVAL);
     let mut out = Vec::new();
     let mut ready = Vec::new();
@@ -192,6 +201,23 @@ pub(crate) async fn stitch(
                 Counters::set(&counters.calls_held_bytes, verdicts.diagnoser.held_bytes() as u64);
             }
             _ = sample.tick() => verdicts.resources.sample(monotonic_now_ns()),
+            () = &mut deadline, if armed.is_some() => {
+                armed = None;
+                let now = monotonic_now_ns();
+                if stitcher.deadlines_due(now) {
+                    verdicts.heat(&stitcher, now, &counters);
+                }
+            }
+        }
+        let next = stitcher.next_deadline();
+        if next != armed {
+            if let Some(due) = next {
+                let wait = Duration::from_nanos(due.saturating_sub(monotonic_now_ns()));
+                deadline
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + wait + DEADLINE_SLACK);
+            }
+            armed = next;
         }
         targets.ask_for_libpq(&mut stitcher);
         if !out.is_empty() {

@@ -7,6 +7,9 @@ use crate::event::EventHeader;
 pub const MAX_USER_FRAMES: usize = 64;
 /// Kernel stack frames kept per sample (innermost first).
 pub const MAX_KERNEL_FRAMES: usize = 32;
+/// Bytes of the user stack copied per sample, from the stack pointer up: what userspace unwinds
+/// with the modules' `.eh_frame` when the code has no frame pointers.
+pub const STACK_COPY: usize = 16 * 1024;
 
 /// One CPU sample of a hot thread (`header.fd` is -1, `header.conn_id` 0).
 #[repr(C)]
@@ -22,9 +25,21 @@ pub struct CpuSampleEvent {
     /// Instruction pointers, innermost first: `user[0]` is where the thread was.
     pub user: [u64; MAX_USER_FRAMES],
     pub kernel: [u64; MAX_KERNEL_FRAMES],
+    /// The thread's user registers when it was sampled (the ones saved at its last entry into
+    /// the kernel when it was sampled in kernel mode): instruction, stack and frame pointers.
+    /// All 0 when they could not be read.
+    pub ip: u64,
+    pub sp: u64,
+    pub bp: u64,
+    /// Bytes of `stack` copied (0: none could be read).
+    pub stack_bytes: u32,
+    pub _pad: u32,
+    /// The user stack from `sp` up.
+    pub stack: [u8; STACK_COPY],
 }
-const _: () =
-    assert!(size_of::<CpuSampleEvent>() == 40 + 8 * (MAX_USER_FRAMES + MAX_KERNEL_FRAMES));
+const _: () = assert!(
+    size_of::<CpuSampleEvent>() == 40 + 8 * (MAX_USER_FRAMES + MAX_KERNEL_FRAMES) + 32 + STACK_COPY
+);
 
 #[cfg(feature = "user")]
 mod pod {

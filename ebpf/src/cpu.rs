@@ -1,6 +1,8 @@
 //! CPU samples of hot threads. Userspace opens a CPU-clock perf event on a thread only while it
 //! runs something past its threshold, so this program runs only for those threads: no PID check,
-//! no map lookup. It copies the user and kernel stacks (innermost first) into one record.
+//! no map lookup. It copies the user and kernel stacks (innermost first) into one record, with
+//! the user registers and a copy of the user stack for userspace to unwind where the code has
+//! no frame pointers.
 
 use aya_ebpf::{
     EbpfContext as _,
@@ -8,9 +10,18 @@ use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, generated},
     programs::PerfEventContext,
 };
-use loupe_common::{CpuSampleEvent, EventHeader, EventKind, MAX_KERNEL_FRAMES, MAX_USER_FRAMES};
+use loupe_common::{
+    CpuSampleEvent, EventHeader, EventKind, MAX_KERNEL_FRAMES, MAX_USER_FRAMES, STACK_COPY,
+};
 
-use crate::emit;
+use crate::{
+    data::{PT_REGS_BP, PT_REGS_IP, PT_REGS_SP, saved_user_reg},
+    emit,
+};
+
+/// The sizes tried for the stack copy, largest first: a read fails whole when it crosses the
+/// stack's top into unmapped memory, so a thread sampled near its stack's top gets a smaller one.
+const COPY_SIZES: [usize; 4] = [STACK_COPY, STACK_COPY / 4, STACK_COPY / 16, STACK_COPY / 64];
 
 pub fn try_sample(ctx: &PerfEventContext) -> Result<(), i64> {
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -41,6 +52,25 @@ pub fn try_sample(ctx: &PerfEventContext) -> Result<(), i64> {
             0,
         );
         (*event).kernel_bytes = if kernel > 0 { kernel as u32 } else { 0 };
+        let sp = saved_user_reg(PT_REGS_SP);
+        (*event).ip = saved_user_reg(PT_REGS_IP);
+        (*event).sp = sp;
+        (*event).bp = saved_user_reg(PT_REGS_BP);
+        (*event)._pad = 0;
+        (*event).stack_bytes = 0;
+        if sp != 0 {
+            for size in COPY_SIZES {
+                let read = generated::bpf_probe_read_user(
+                    (*event).stack.as_mut_ptr().cast(),
+                    size as u32,
+                    sp as *const core::ffi::c_void,
+                );
+                if read == 0 {
+                    (*event).stack_bytes = size as u32;
+                    break;
+                }
+            }
+        }
     }
     entry.submit(emit::submit_flags());
     Ok(())

@@ -78,10 +78,15 @@ pub fn tracked_socket(fd: i32) -> Option<Tracked> {
 const PT_REGS_R14: u64 = 8;
 /// Offset of `si` there: the syscall's second argument (x86-64: ..., dx, si, di, orig_ax).
 const PT_REGS_SI: u64 = 104;
+/// Offsets of `bp`, `ip` and `sp` there.
+pub const PT_REGS_BP: u64 = 32;
+pub const PT_REGS_IP: u64 = 128;
+pub const PT_REGS_SP: u64 = 152;
 
-/// The user register at `offset` of those the kernel saved at the current syscall's entry (it
-/// leaves them as they were until the exit); 0 where it cannot be read.
-fn saved_user_reg(offset: u64) -> u64 {
+/// The user register at `offset` of those the kernel saved at the current thread's entry into
+/// the kernel (a syscall's: it leaves them as they were until the exit; an interrupt's, for a
+/// CPU sample taken in user mode); 0 where it cannot be read.
+pub fn saved_user_reg(offset: u64) -> u64 {
     // SAFETY: helpers on the current task; the pointer they return is only read through
     // bpf_probe_read_kernel, which faults safely.
     let regs = unsafe { generated::bpf_task_pt_regs(generated::bpf_get_current_task_btf()) };

@@ -71,11 +71,30 @@ fn a_slow_cpu_bound_request_carries_its_stacks_and_a_sleeping_one_does_not() {
     let path = crunch.str_tag("performance.profile.path").unwrap();
     let svg = std::fs::read_to_string(path).unwrap();
     assert!(svg.contains("<svg") && svg.contains("crunch_numbers"));
+    // The demo app is a Rust release binary without frame pointers and libcrypto is Debian's:
+    // unwound from the stack copy with their .eh_frame, the stacks reach the thread's root
+    // through std's frames.
+    let folded =
+        std::fs::read_to_string(std::path::Path::new(path).with_extension("folded")).unwrap();
+    let truncated = event["truncated_stacks"].as_i64().unwrap();
     assert!(
-        std::path::Path::new(path)
-            .with_extension("folded")
-            .is_file()
+        truncated * 100 <= samples,
+        "{truncated} of {samples} stacks cut:\n{folded}"
     );
+    let whole: i64 = folded
+        .lines()
+        .filter(|line| {
+            line.starts_with("libc.so.6")
+                && line.contains("std::sys::")
+                && line.contains("demo_app::")
+        })
+        .map(|line| line.rsplit_once(' ').unwrap().1.parse::<i64>().unwrap())
+        .sum();
+    assert!(
+        whole * 100 >= samples * 95,
+        "{whole} of {samples} samples reach the thread's start in libc through std:\n{folded}"
+    );
+    assert!(!folded.contains("[truncated]") || truncated > 0, "{folded}");
 
     let fast = by_name("GET /api/users/{id}");
     assert!(!fast.is_slow());
@@ -97,4 +116,51 @@ fn a_slow_cpu_bound_request_carries_its_stacks_and_a_sleeping_one_does_not() {
         "{}",
         finished.stderr
     );
+}
+
+/// The thread is heated when its request passes its threshold (a timer at the deadline), not
+/// at the next 250 ms tick: a request 100 ms over its threshold gets the samples of those
+/// 100 ms, every time.
+#[test]
+fn a_request_just_over_its_threshold_is_sampled_from_its_threshold_every_time() {
+    require_root();
+    const THRESHOLD_MS: f64 = 200.0;
+    const HZ: f64 = 999.0;
+    const REQUESTS: usize = 20;
+    let jaeger = Jaeger::start();
+    let demo = DemoApp::start();
+    let loupe = Loupe::attach(&otlp_args(
+        demo.frontend_pid(),
+        &jaeger.grpc_endpoint(),
+        "e2e-deadline",
+        &["--slow-http", "200ms"],
+    ));
+    for i in 0..REQUESTS {
+        let path = format!("/api/crunch?ms=300&req={i}");
+        assert_eq!(get(&demo.frontend_addr, &path).status, 200);
+    }
+    let finished = loupe.stop();
+    assert!(finished.status.success(), "{}", finished.stderr);
+
+    let spans = jaeger.wait_for_spans("e2e-deadline", REQUESTS, |s| {
+        s.kind() == "server" && s.operation == "GET /api/crunch"
+    });
+    let mut seen = 0;
+    for span in spans
+        .iter()
+        .filter(|s| s.kind() == "server" && s.operation == "GET /api/crunch")
+    {
+        seen += 1;
+        assert!(span.is_slow(), "{span:?}");
+        let duration_ms = span.duration_us as f64 / 1000.0;
+        let allowed = (duration_ms - THRESHOLD_MS) * HZ / 1000.0;
+        let samples = profile(span).map_or(0, |e| e["samples"].as_i64().unwrap()) as f64;
+        assert!(
+            samples >= 0.7 * allowed,
+            "{samples} samples of the {allowed:.0} that {duration_ms:.0} ms at a \
+             {THRESHOLD_MS} ms threshold allows ({:?})",
+            span.logs
+        );
+    }
+    assert_eq!(seen, REQUESTS);
 }

@@ -161,6 +161,19 @@ pub struct CpuSample {
     pub user: Vec<u64>,
     /// Kernel instruction pointers, innermost first (empty when sampled in user mode).
     pub kernel: Vec<u64>,
+    /// The user registers and a copy of the user stack from the stack pointer up, to unwind
+    /// where `user` (a frame-pointer walk) stops short. None when the kernel could read neither.
+    pub unwind: Option<UnwindInput>,
+}
+
+/// What unwinding one sample's user stack starts from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnwindInput {
+    pub ip: u64,
+    pub sp: u64,
+    pub bp: u64,
+    /// The stack's bytes from `sp` up.
+    pub stack: Vec<u8>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -355,9 +368,20 @@ pub fn decode(record: &Bytes) -> Result<Event, DecodeError> {
                 ts_ns: event.ts_ns,
                 user: frames(&event.user, event.user_bytes),
                 kernel: frames(&event.kernel, event.kernel_bytes),
+                unwind: unwind_input(&event),
             }))
         }
     }
+}
+
+fn unwind_input(event: &CpuSampleEvent) -> Option<UnwindInput> {
+    let copied = (event.stack_bytes as usize).min(event.stack.len());
+    (event.ip != 0 && event.sp != 0 && copied > 0).then(|| UnwindInput {
+        ip: event.ip,
+        sp: event.sp,
+        bp: event.bp,
+        stack: event.stack[..copied].to_vec(),
+    })
 }
 
 fn decode_libpq_call(record: &Bytes, header: EventHeader) -> Result<Event, DecodeError> {

@@ -10,27 +10,44 @@ use crate::events::CpuSample;
 
 /// Samples older than this leave (a span slow for longer keeps its last 30 s).
 const KEEP_NS: u64 = 30_000_000_000;
-/// Samples held at once: about 30 MB at most.
+/// Samples held at once: about 30 MB at most, without their stack copies.
 const MAX_SAMPLES: usize = 50_000;
+/// Bytes of stack copies held at once (4,096 copies of 16 KiB: four seconds of one thread at
+/// 999 Hz). A sample past it keeps its frame-pointer walk only, counted.
+const MAX_STACK_BYTES: usize = 64 << 20;
 
 #[derive(Default)]
 pub struct SampleStore {
     /// Per thread: (sample, claimed by a span).
     by_thread: HashMap<u32, VecDeque<(CpuSample, bool)>>,
     held: usize,
+    /// Bytes of the stack copies held.
+    stack_bytes: usize,
     /// Samples that left unclaimed (taken after their span ended, or pushed out).
     pub unclaimed: u64,
+    /// Samples whose stack copy was dropped because [`MAX_STACK_BYTES`] were held.
+    pub stacks_dropped: u64,
+}
+
+fn stack_len(sample: &CpuSample) -> usize {
+    sample.unwind.as_ref().map_or(0, |u| u.stack.len())
 }
 
 impl SampleStore {
-    pub fn push(&mut self, sample: CpuSample) {
+    pub fn push(&mut self, mut sample: CpuSample) {
         if self.held >= MAX_SAMPLES
             && let Some(queue) = self.by_thread.values_mut().max_by_key(|q| q.len())
-            && let Some((_, claimed)) = queue.pop_front()
+            && let Some((old, claimed)) = queue.pop_front()
         {
             self.held -= 1;
+            self.stack_bytes -= stack_len(&old);
             self.unclaimed += u64::from(!claimed);
         }
+        if self.stack_bytes + stack_len(&sample) > MAX_STACK_BYTES {
+            sample.unwind = None;
+            self.stacks_dropped += 1;
+        }
+        self.stack_bytes += stack_len(&sample);
         self.by_thread
             .entry(sample.tid)
             .or_default()
@@ -60,17 +77,19 @@ impl SampleStore {
     /// Drops samples older than the keep window.
     pub fn prune(&mut self, now_ns: u64) {
         let cutoff = now_ns.saturating_sub(KEEP_NS);
-        let (mut dropped, mut unclaimed) = (0, 0);
+        let (mut dropped, mut unclaimed, mut bytes) = (0, 0, 0);
         self.by_thread.retain(|_, queue| {
             while queue.front().is_some_and(|(s, _)| s.ts_ns < cutoff) {
-                if let Some((_, claimed)) = queue.pop_front() {
+                if let Some((sample, claimed)) = queue.pop_front() {
                     dropped += 1;
+                    bytes += stack_len(&sample);
                     unclaimed += u64::from(!claimed);
                 }
             }
             !queue.is_empty()
         });
         self.held -= dropped;
+        self.stack_bytes -= bytes;
         self.unclaimed += unclaimed;
     }
 
@@ -90,6 +109,7 @@ mod tests {
             ts_ns,
             user: vec![0x1000],
             kernel: Vec::new(),
+            unwind: None,
         }
     }
 
@@ -125,5 +145,37 @@ mod tests {
         store.prune(KEEP_NS + 5);
         assert_eq!(store.held(), 1);
         assert_eq!(store.unclaimed, 1, "the sample at 2 was claimed");
+    }
+
+    #[test]
+    fn stack_copies_are_bounded_by_bytes_and_the_dropped_counted() {
+        let mut store = SampleStore::default();
+        let with_copy = |ts| CpuSample {
+            unwind: Some(crate::events::UnwindInput {
+                ip: 1,
+                sp: 2,
+                bp: 3,
+                stack: vec![0; 16 * 1024],
+            }),
+            ..sample(7, ts)
+        };
+        let fit = MAX_STACK_BYTES / (16 * 1024);
+        for ts in 0..fit as u64 + 3 {
+            store.push(with_copy(ts));
+        }
+        assert_eq!(store.stacks_dropped, 3);
+        let kept = store.claim(1, 7, 0, u64::MAX);
+        assert_eq!(
+            kept.len(),
+            fit + 3,
+            "a sample past the bound stays, without its copy"
+        );
+        assert!(kept[..fit].iter().all(|s| s.unwind.is_some()));
+        assert!(kept[fit..].iter().all(|s| s.unwind.is_none()));
+        // Once old copies leave, new ones are kept again.
+        store.prune(KEEP_NS + 10);
+        store.push(with_copy(KEEP_NS + 20));
+        assert_eq!(store.stacks_dropped, 3);
+        assert!(store.claim(1, 7, KEEP_NS, u64::MAX)[0].unwind.is_some());
     }
 }

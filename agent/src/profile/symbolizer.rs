@@ -22,6 +22,7 @@ use super::{
     flame,
     maps::{Mapping, find, module_offset, parse_exec_mappings},
     stacks::{Frame, fold, top_lines},
+    unwind::Unwinders,
 };
 use crate::{
     detect::ProblemBoard,
@@ -66,8 +67,16 @@ pub fn spawn_symbolizer(
         .name("loupe-symbolize".into())
         .spawn(move || {
             let mut names = Names::new();
+            let mut unwinders = Unwinders::new();
             for job in rx {
-                let span = profile(job, &settings, &mut names, &board);
+                let span = profile(
+                    job,
+                    &settings,
+                    &mut names,
+                    &mut unwinders,
+                    &board,
+                    &counters,
+                );
                 if spans.blocking_send(span).is_err() {
                     Counters::add(&counters.spans_dropped, 1);
                 }
@@ -81,30 +90,40 @@ fn profile(
     job: ProfileJob,
     settings: &ProfileSettings,
     names: &mut Names,
+    unwinders: &mut Unwinders,
     board: &Mutex<ProblemBoard>,
+    counters: &Counters,
 ) -> SpanRecord {
     let ProfileJob { mut span, samples } = job;
     if samples.is_empty() {
         return span;
     }
-    // Resolve every distinct address once per profile, then read the frames off the cache.
-    let mut user: Vec<u64> = samples
+    let stacks: Vec<(Vec<u64>, bool)> = samples
         .iter()
-        .flat_map(|s| s.user.iter().copied())
+        .map(|sample| user_stack(sample, unwinders))
+        .collect();
+    // Resolve every distinct address once per profile, then read the frames off the cache.
+    let mut user: Vec<u64> = stacks
+        .iter()
+        .flat_map(|(frames, _)| frames.iter().copied())
         .collect();
     user.sort_unstable();
     user.dedup();
     names.resolve_user(samples[0].pid, &user);
     let resolved: Vec<(Vec<String>, Vec<Frame>)> = samples
         .iter()
-        .map(|sample| {
-            (
-                names.kernel(&sample.kernel),
-                names.user(sample.pid, &sample.user),
-            )
+        .zip(&stacks)
+        .map(|(sample, (frames, cut))| {
+            let mut user = names.user(sample.pid, frames);
+            if *cut {
+                // Where the unwinding stopped: `fold` cuts the stack there and marks it.
+                user.push(Frame::Unmapped);
+            }
+            (names.kernel(&sample.kernel), user)
         })
         .collect();
     let folded = fold(resolved.iter().map(|(k, u)| (&k[..], &u[..])));
+    Counters::add(&counters.stacks_truncated, folded.truncated);
     // Sampling starts when the span passes its threshold, not when it starts: the share is of
     // the time the thread was sampled (first sample to the span's end).
     let first = samples
@@ -149,6 +168,24 @@ fn profile(
         board.record_profile(&span.name, &folded);
     }
     span
+}
+
+/// A sample's user stack, innermost first, and whether it stops short of its root: unwound
+/// from the kernel's copy of the stack when there is one, else the kernel's frame-pointer walk
+/// (whose frames `fold` checks: a walk through code without frame pointers points nowhere).
+fn user_stack(sample: &CpuSample, unwinders: &mut Unwinders) -> (Vec<u64>, bool) {
+    match &sample.unwind {
+        Some(input) => {
+            let unwound = unwinders.unwind(sample.pid, input);
+            if unwound.frames.is_empty() {
+                (sample.user.clone(), false)
+            } else {
+                let cut = !unwound.complete;
+                (unwound.frames, cut)
+            }
+        }
+        None => (sample.user.clone(), false),
+    }
 }
 
 /// Frame names, cached per process and address: hot loops hit the same few addresses.

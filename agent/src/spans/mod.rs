@@ -4,6 +4,7 @@
 
 pub mod clock;
 pub mod db;
+pub mod deadlines;
 pub mod http;
 pub mod ids;
 pub mod model;

@@ -20,6 +20,7 @@ use loupe_common::{Direction, GoFunction, SocketRole};
 
 use super::{
     db::{QueryFacts, query_span},
+    deadlines::{Deadlines, Watched},
     http::{Actor, Endpoints, SpanIds, client_span, server_span, split_host},
     ids::{new_span_id, new_trace_id, parse_traceparent},
     model::{OpType, SpanRecord},
@@ -65,7 +66,7 @@ impl Default for StitcherLimits {
 }
 
 /// (pid, connection id): every duplicate of a socket's fd maps to one connection.
-type ConnKey = (u32, u64);
+pub(crate) type ConnKey = (u32, u64);
 
 enum Protocol {
     /// Not seen enough bytes to tell: `sniffed` chunks that could not start a message, and the
@@ -247,6 +248,8 @@ pub struct Stitcher {
     libpq_asked: rustc_hash::FxHashSet<u32>,
     /// Of those, the ones not yet taken by [`Stitcher::take_libpq_wants`].
     libpq_wants: Vec<u32>,
+    /// When each open request and call passes its threshold (none until thresholds are set).
+    deadlines: Deadlines,
 }
 
 /// The stitcher as the libpq source sees it: ids for calls, spans for queries.
@@ -328,6 +331,7 @@ impl Stitcher {
             clock_ns: 0,
             late: HashMap::default(),
             late_by_request: HashMap::default(),
+            deadlines: Deadlines::default(),
             held_servers: HashMap::default(),
             pids: Default::default(),
             libpq_asked: Default::default(),
@@ -555,6 +559,45 @@ impl Stitcher {
         }
     }
 
+    /// Watches each request and call that starts from now on against `thresholds`, so that
+    /// [`Stitcher::next_deadline`] says when the next one goes slow.
+    pub fn watch_deadlines(&mut self, thresholds: &crate::config::Thresholds) {
+        self.deadlines.set_thresholds(thresholds);
+    }
+
+    /// When the next watched operation passes its threshold, if one is watched (the events'
+    /// clock, ns since boot).
+    pub fn next_deadline(&self) -> Option<u64> {
+        self.deadlines.next()
+    }
+
+    /// Takes the operations whose threshold passed by `now_ns`: whether one of them still
+    /// runs (its thread is to be heated now). Those that ended are just forgotten.
+    pub fn deadlines_due(&mut self, now_ns: u64) -> bool {
+        let mut running = false;
+        let (serving, conns) = (&self.serving, &self.conns);
+        self.deadlines.take_due(now_ns, |what| {
+            running |= match what {
+                Watched::Request {
+                    pid,
+                    exec,
+                    conn_id,
+                    seq,
+                } => serving.get(&(pid, exec)).is_some_and(|requests| {
+                    requests
+                        .iter()
+                        .any(|r| r.conn_id == conn_id && r.seq == seq)
+                }),
+                Watched::Call { key, seq, start_ns } => conns
+                    .get(&key)
+                    .and_then(|conn| conn.pending.get(&seq))
+                    .is_some_and(|pending| pending.start_ns == start_ns),
+            };
+        });
+        Counters::set(&self.counters.deadlines_unwatched, self.deadlines.unwatched);
+        running
+    }
+
     /// The threads running something past its threshold at `now_ns`: a server request, an
     /// outbound HTTP call or a query (their CPU is worth sampling until it ends).
     pub fn slow_threads(
@@ -565,9 +608,10 @@ impl Stitcher {
         // Past ten minutes an operation is more likely lost (a request whose end was never seen)
         // than running: it is not worth a perf event.
         const MAX_AGE_NS: u64 = 600_000_000_000;
+        // A threshold of zero turns slowness off (`detect::mark_slow`): nothing is hot for it.
         let over = |start_ns: u64, limit: std::time::Duration| {
             let age = now_ns.saturating_sub(start_ns);
-            age > limit.as_nanos() as u64 && age < MAX_AGE_NS
+            !limit.is_zero() && age > limit.as_nanos() as u64 && age < MAX_AGE_NS
         };
         let limit_of = |op: OpType| threshold_for(op, thresholds);
         let mut slow = std::collections::BTreeSet::new();
@@ -1068,6 +1112,16 @@ impl Stitcher {
                         span_id: ids.span_id,
                         start_ns: self.clock_ns,
                     });
+                self.deadlines.watch(
+                    OpType::HttpServer,
+                    self.clock_ns,
+                    Watched::Request {
+                        pid: key.0,
+                        exec: doer.exec,
+                        conn_id: key.1,
+                        seq,
+                    },
+                );
                 ids
             }
         };
@@ -1081,6 +1135,19 @@ impl Stitcher {
                 libpq: None,
             };
             conn.pending.insert(seq, pending);
+            if role == SocketRole::Client
+                && let Protocol::Known(parser) = &conn.protocol
+            {
+                self.deadlines.watch(
+                    parser.kind().calls(),
+                    self.clock_ns,
+                    Watched::Call {
+                        key,
+                        seq,
+                        start_ns: self.clock_ns,
+                    },
+                );
+            }
         }
         if role == SocketRole::Client {
             self.caller_arrived(key, seq, line, ids, out);

@@ -1141,3 +1141,84 @@ fn libpq_is_asked_for_only_where_the_wire_cannot_read_a_postgres_session() {
         .collect();
     assert_eq!(libpq_wants_after(unreadable), vec![PID]);
 }
+
+#[test]
+fn a_request_and_its_call_are_due_at_their_thresholds_and_not_once_they_ended() {
+    let ms = 1_000_000;
+    let counters = Arc::new(Counters::default());
+    let mut stitcher = Stitcher::new(StitcherLimits::default(), counters);
+    stitcher.watch_deadlines(&crate::config::Thresholds {
+        http: std::time::Duration::from_millis(200),
+        external: std::time::Duration::from_millis(50),
+        db: std::time::Duration::from_millis(100),
+        cache: std::time::Duration::from_millis(10),
+    });
+    let mut out = Vec::new();
+    for event in [
+        conn(5, 7, SocketRole::Server, "127.0.0.1:5000"),
+        data(5, 7, Direction::Ingress, 10 * ms, REQUEST),
+        conn(6, 7, SocketRole::Client, "127.0.0.1:8081"),
+        data(6, 7, Direction::Egress, 20 * ms, CALL),
+    ] {
+        stitcher.handle(event, &mut out);
+    }
+    // The request was read at 10 ms + 100 ns (the read's return), the call written at 20 ms.
+    assert_eq!(
+        stitcher.next_deadline(),
+        Some(70 * ms),
+        "the call's, 50 ms on"
+    );
+    assert!(!stitcher.deadlines_due(69 * ms), "nothing is due before");
+    assert!(
+        stitcher.deadlines_due(70 * ms),
+        "the call still runs at its threshold"
+    );
+    assert_eq!(stitcher.next_deadline(), Some(210 * ms + 100));
+    // Both end before the request's threshold: its deadline finds nothing running.
+    stitcher.handle(
+        data(6, 7, Direction::Ingress, 80 * ms, CALL_RESPONSE),
+        &mut out,
+    );
+    stitcher.handle(data(5, 7, Direction::Egress, 90 * ms, RESPONSE), &mut out);
+    assert_eq!(out.len(), 2);
+    assert!(
+        !stitcher.deadlines_due(300 * ms),
+        "an operation that ended is not heated"
+    );
+    assert_eq!(stitcher.next_deadline(), None);
+
+    // A second request on the same keep-alive connection that runs past its threshold.
+    stitcher.handle(data(5, 7, Direction::Ingress, 400 * ms, REQUEST), &mut out);
+    assert!(stitcher.deadlines_due(700 * ms));
+    assert!(
+        stitcher
+            .slow_threads(
+                700 * ms,
+                &crate::config::Thresholds {
+                    http: std::time::Duration::from_millis(200),
+                    external: std::time::Duration::ZERO,
+                    db: std::time::Duration::ZERO,
+                    cache: std::time::Duration::ZERO,
+                }
+            )
+            .contains(&(PID, 7))
+    );
+}
+
+#[test]
+fn a_zero_threshold_never_makes_a_thread_hot() {
+    let counters = Arc::new(Counters::default());
+    let mut stitcher = Stitcher::new(StitcherLimits::default(), counters);
+    let off = crate::config::Thresholds {
+        http: std::time::Duration::ZERO,
+        external: std::time::Duration::ZERO,
+        db: std::time::Duration::ZERO,
+        cache: std::time::Duration::ZERO,
+    };
+    stitcher.watch_deadlines(&off);
+    let mut out = Vec::new();
+    stitcher.handle(conn(5, 7, SocketRole::Server, "127.0.0.1:5000"), &mut out);
+    stitcher.handle(data(5, 7, Direction::Ingress, 1_000, REQUEST), &mut out);
+    assert_eq!(stitcher.next_deadline(), None);
+    assert!(stitcher.slow_threads(5_000_000_000, &off).is_empty());
+}

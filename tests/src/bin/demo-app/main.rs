@@ -242,8 +242,10 @@ fn frontend(
         ),
         ("GET", "/api/crunch") => {
             // CPU-bound: `ms=` milliseconds in crunch_numbers and libcrypto's SHA256, or a fixed
-            // amount of work, `rounds=` calls of crunch_numbers (for measuring overhead).
-            let checksum = match query.split_once('=') {
+            // amount of work, `rounds=` calls of crunch_numbers (for measuring overhead). Other
+            // parameters after it (a test's request id) are ignored.
+            let first = query.split('&').next().unwrap_or("");
+            let checksum = match first.split_once('=') {
                 Some(("rounds", n)) => crunch::rounds(n.parse().unwrap_or(1)),
                 Some(("ms", ms)) => crunch::crunch(Duration::from_millis(ms.parse().unwrap_or(0))),
                 _ => crunch::crunch(Duration::from_millis(1500)),
