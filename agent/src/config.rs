@@ -144,6 +144,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "HZ", value_parser = clap::value_parser!(u64).range(1..=10_000), env = "LOUPE_PROFILE_HZ")]
     pub profile_hz: Option<u64>,
 
+    /// Also sample the targets' threads all the time, at this low rate (1..=1000; e.g. 19; off
+    /// by default), so that a slow span also gets the stacks of its part before its threshold.
+    #[arg(long, value_name = "HZ", value_parser = clap::value_parser!(u64).range(1..=1000), env = "LOUPE_PROFILE_ALWAYS")]
+    pub profile_always: Option<u64>,
+
     /// Also write each slow span's CPU profile here: a flamegraph SVG and the folded stacks,
     /// named <trace id>-<span id>.
     #[arg(long, value_name = "DIR", env = "LOUPE_PROFILE_DIR")]
@@ -563,6 +568,7 @@ impl RunArgs {
             },
             profile: crate::profile::ProfileSettings {
                 hz: self.profile_hz.or(preset.profile_hz).unwrap_or(999),
+                always_hz: self.profile_always,
                 dir: self.profile_dir,
             },
             mode,

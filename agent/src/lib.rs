@@ -234,11 +234,12 @@ pub async fn run(config: Config) -> Result<Outcome, RunError> {
     let (span_tx, span_rx) = mpsc::channel::<SpanRecord>(config.export_settings.max_queue);
     let (command_tx, command_rx) = mpsc::channel::<ProfileCommand>(COMMAND_QUEUE);
     let hz = config.profile.hz;
+    let always_hz = config.profile.always_hz;
     let watching = !matcher.is_empty();
     let registered = pids.clone();
     let (ebpf, sampler, target_set) = off_runtime(move || {
         let mut ebpf = ebpf;
-        let sampler = ThreadSampler::new(&mut ebpf, hz);
+        let sampler = ThreadSampler::new(&mut ebpf, hz, always_hz);
         let targets = Targets::new(target_map, sockets, matcher, &registered);
         (ebpf, sampler, targets)
     })

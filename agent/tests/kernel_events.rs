@@ -312,7 +312,8 @@ fn a_hot_thread_is_sampled_and_a_cooled_one_is_not() {
 
     let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let mut probes = attach(256);
-    let mut sampler = ThreadSampler::new(&mut probes.ebpf, 999).expect("perf_event program loads");
+    let mut sampler =
+        ThreadSampler::new(&mut probes.ebpf, 999, None).expect("perf_event program loads");
     let me = std::process::id();
     // SAFETY: gettid has no preconditions.
     let tid = unsafe { libc::gettid() } as u32;

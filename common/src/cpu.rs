@@ -11,7 +11,12 @@ pub const MAX_KERNEL_FRAMES: usize = 32;
 /// with the modules' `.eh_frame` when the code has no frame pointers.
 pub const STACK_COPY: usize = 16 * 1024;
 
-/// One CPU sample of a hot thread (`header.fd` is -1, `header.conn_id` 0).
+/// `header.conn_id` of a sample taken by the always-on, per-CPU event (`--profile-always`);
+/// a hot thread's samples carry 0.
+pub const SAMPLE_BACKGROUND: u64 = 1;
+
+/// One CPU sample of a thread (`header.fd` is -1, `header.conn_id` 0 for a hot thread's,
+/// [`SAMPLE_BACKGROUND`] for the always-on event's).
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct CpuSampleEvent {

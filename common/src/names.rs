@@ -22,6 +22,10 @@ pub const MAP_RUNTIME: &str = "RUNTIME";
 /// perf_event program: one CPU sample (user and kernel stacks) of the thread its event is
 /// opened on. Userspace opens a CPU-clock event only on threads running something slow.
 pub const PROGRAM_CPU_SAMPLE: &str = "cpu_sample";
+/// perf_event program: one CPU sample of whatever a CPU runs, kept only when it is a target's
+/// thread (`--profile-always`: one low-rate CPU-clock event per CPU). Its samples carry
+/// [`crate::SAMPLE_BACKGROUND`].
+pub const PROGRAM_CPU_SAMPLE_ALWAYS: &str = "cpu_sample_always";
 
 /// Global: payload bytes to capture per syscall (clamped to `MAX_CAPTURE`).
 pub const GLOBAL_CAPTURE_BYTES: &str = "CAPTURE_BYTES";

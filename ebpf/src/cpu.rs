@@ -11,12 +11,14 @@ use aya_ebpf::{
     programs::PerfEventContext,
 };
 use loupe_common::{
-    CpuSampleEvent, EventHeader, EventKind, MAX_KERNEL_FRAMES, MAX_USER_FRAMES, STACK_COPY,
+    CpuSampleEvent, EventHeader, EventKind, MAX_KERNEL_FRAMES, MAX_USER_FRAMES, SAMPLE_BACKGROUND,
+    STACK_COPY,
 };
 
 use crate::{
     data::{PT_REGS_BP, PT_REGS_IP, PT_REGS_SP, saved_user_reg},
     emit,
+    maps::TARGET_PIDS,
 };
 
 /// The sizes tried for the stack copy, largest first: a read fails whole when it crosses the
@@ -24,7 +26,22 @@ use crate::{
 const COPY_SIZES: [usize; 4] = [STACK_COPY, STACK_COPY / 4, STACK_COPY / 16, STACK_COPY / 64];
 
 pub fn try_sample(ctx: &PerfEventContext) -> Result<(), i64> {
+    sample(ctx, bpf_get_current_pid_tgid(), 0)
+}
+
+/// The always-on event of one CPU (`--profile-always`): a sample only when the CPU runs a
+/// target's thread.
+pub fn try_sample_always(ctx: &PerfEventContext) -> Result<(), i64> {
     let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: only whether the key is present is read.
+    if unsafe { TARGET_PIDS.get((pid_tgid >> 32) as u32) }.is_none() {
+        return Ok(());
+    }
+    sample(ctx, pid_tgid, SAMPLE_BACKGROUND)
+}
+
+#[inline(always)]
+fn sample(ctx: &PerfEventContext, pid_tgid: u64, source: u64) -> Result<(), i64> {
     let mut entry = emit::reserve::<CpuSampleEvent>()?;
     let event = entry.as_mut_ptr();
     // SAFETY: `event` points at a reserved, writable record of size_of::<CpuSampleEvent>();
@@ -35,7 +52,7 @@ pub fn try_sample(ctx: &PerfEventContext) -> Result<(), i64> {
             pid: (pid_tgid >> 32) as u32,
             tid: pid_tgid as u32,
             fd: -1,
-            conn_id: 0,
+            conn_id: source,
         };
         (*event).ts_ns = emit::now_ns();
         let user = generated::bpf_get_stack(

@@ -178,6 +178,11 @@ pub fn cpu_sample(ctx: PerfEventContext) -> u32 {
     finish(cpu::try_sample(&ctx))
 }
 
+#[perf_event]
+pub fn cpu_sample_always(ctx: PerfEventContext) -> u32 {
+    finish(cpu::try_sample_always(&ctx))
+}
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

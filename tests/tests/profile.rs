@@ -164,3 +164,50 @@ fn a_request_just_over_its_threshold_is_sampled_from_its_threshold_every_time() 
     }
     assert_eq!(seen, REQUESTS);
 }
+
+/// With `--profile-always`, a slow span also carries the stacks of its part before its
+/// threshold, from the low-rate event every CPU runs, folded apart from the hot thread's.
+#[test]
+fn profile_always_gives_a_slow_span_the_stacks_of_its_start() {
+    require_root();
+    const HZ: i64 = 49;
+    let jaeger = Jaeger::start();
+    let demo = DemoApp::start();
+    let loupe = Loupe::attach(&otlp_args(
+        demo.frontend_pid(),
+        &jaeger.grpc_endpoint(),
+        "e2e-always",
+        &["--slow-http", "400ms", "--profile-always", &HZ.to_string()],
+    ));
+    assert_eq!(
+        get(&demo.frontend_addr, "/api/crunch?ms=800&req=1").status,
+        200
+    );
+    assert_eq!(get(&demo.frontend_addr, "/api/users/7").status, 200);
+    let finished = loupe.stop();
+    assert!(finished.status.success(), "{}", finished.stderr);
+
+    let spans = jaeger.wait_for_spans("e2e-always", 2, |s| s.kind() == "server");
+    let crunch = spans
+        .iter()
+        .find(|s| s.operation == "GET /api/crunch")
+        .unwrap_or_else(|| panic!("no crunch span in {spans:?}"));
+    let event = profile(crunch).unwrap_or_else(|| panic!("no cpu_profile: {:?}", crunch.logs));
+    assert_eq!(event["always_hz"].as_i64(), Some(HZ));
+    // About 400 ms on a CPU before the threshold, at 49 Hz: about 19 samples.
+    let early = event["samples_before_threshold"].as_i64().unwrap();
+    assert!(
+        (8..=30).contains(&early),
+        "{early} samples before the threshold"
+    );
+    let stacks = event["stacks_before_threshold"].as_str().unwrap();
+    assert!(stacks.contains("demo_app::crunch"), "{stacks}");
+    // The hot thread's own samples are still all from the threshold on, at 999 Hz.
+    let samples = event["samples"].as_i64().unwrap();
+    assert!(samples >= 250, "{samples} hot samples");
+    let fast = spans
+        .iter()
+        .find(|s| s.operation == "GET /api/users/{id}")
+        .unwrap_or_else(|| panic!("no fast span in {spans:?}"));
+    assert!(profile(fast).is_none(), "a fast request carries no profile");
+}

@@ -164,6 +164,9 @@ pub struct CpuSample {
     /// The user registers and a copy of the user stack from the stack pointer up, to unwind
     /// where `user` (a frame-pointer walk) stops short. None when the kernel could read neither.
     pub unwind: Option<UnwindInput>,
+    /// Taken by the always-on low-rate event (`--profile-always`), not because the thread was
+    /// hot.
+    pub background: bool,
 }
 
 /// What unwinding one sample's user stack starts from.
@@ -369,6 +372,7 @@ pub fn decode(record: &Bytes) -> Result<Event, DecodeError> {
                 user: frames(&event.user, event.user_bytes),
                 kernel: frames(&event.kernel, event.kernel_bytes),
                 unwind: unwind_input(&event),
+                background: header.conn_id == loupe_common::SAMPLE_BACKGROUND,
             }))
         }
     }

@@ -1,6 +1,7 @@
 //! CPU sampling of hot threads: a CPU-clock perf event opened on one thread (never a whole CPU
 //! or process), with the `cpu_sample` program attached, while that thread runs something slow.
-//! Nothing is open while nothing is slow.
+//! Nothing is open while nothing is slow, unless `--profile-always HZ` asked for one low-rate
+//! event per CPU whose program keeps only the targets' samples.
 
 use std::collections::HashMap;
 
@@ -13,7 +14,7 @@ use aya::{
         },
     },
 };
-use loupe_common::names::PROGRAM_CPU_SAMPLE;
+use loupe_common::names::{PROGRAM_CPU_SAMPLE, PROGRAM_CPU_SAMPLE_ALWAYS};
 
 use crate::profile::ProfileCommand;
 
@@ -26,8 +27,9 @@ pub struct ThreadSampler {
 }
 
 impl ThreadSampler {
-    /// Loads the sampling program; Err says why CPU profiles are off.
-    pub fn new(ebpf: &mut Ebpf, hz: u64) -> Result<Self, String> {
+    /// Loads the sampling program, and with `always_hz` starts the always-on sampling of every
+    /// CPU; Err says why CPU profiles are off.
+    pub fn new(ebpf: &mut Ebpf, hz: u64, always_hz: Option<u64>) -> Result<Self, String> {
         let program: &mut PerfEvent = ebpf
             .program_mut(PROGRAM_CPU_SAMPLE)
             .ok_or_else(|| format!("the eBPF object has no program `{PROGRAM_CPU_SAMPLE}`"))?
@@ -36,6 +38,12 @@ impl ThreadSampler {
         program
             .load()
             .map_err(|err| format!("the kernel refused `{PROGRAM_CPU_SAMPLE}`: {err}"))?;
+        if let Some(always_hz) = always_hz {
+            // Its links live as long as the program, which lives as long as loupe.
+            if let Err(reason) = sample_always(ebpf, always_hz) {
+                eprintln!("loupe: warning: --profile-always is off: {reason}");
+            }
+        }
         Ok(Self {
             hz,
             links: HashMap::new(),
@@ -88,4 +96,31 @@ impl ThreadSampler {
     pub fn hot(&self) -> usize {
         self.links.len()
     }
+}
+
+/// One CPU-clock event per online CPU at `hz`, with the program that keeps the targets' samples.
+fn sample_always(ebpf: &mut Ebpf, hz: u64) -> Result<(), String> {
+    let program: &mut PerfEvent = ebpf
+        .program_mut(PROGRAM_CPU_SAMPLE_ALWAYS)
+        .ok_or_else(|| format!("the eBPF object has no program `{PROGRAM_CPU_SAMPLE_ALWAYS}`"))?
+        .try_into()
+        .map_err(|err| {
+            format!("`{PROGRAM_CPU_SAMPLE_ALWAYS}` is not a perf_event program: {err}")
+        })?;
+    program
+        .load()
+        .map_err(|err| format!("the kernel refused `{PROGRAM_CPU_SAMPLE_ALWAYS}`: {err}"))?;
+    let cpus =
+        aya::util::online_cpus().map_err(|(_, err)| format!("cannot list the CPUs: {err}"))?;
+    for cpu in cpus {
+        program
+            .attach(
+                PerfEventConfig::Software(SoftwareEvent::CpuClock),
+                PerfEventScope::AllProcessesOneCpu { cpu },
+                SamplePolicy::Frequency(hz),
+                false,
+            )
+            .map_err(|err| format!("cannot sample CPU {cpu}: {err}"))?;
+    }
+    Ok(())
 }

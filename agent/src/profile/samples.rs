@@ -1,6 +1,10 @@
 //! CPU samples waiting for the slow spans they belong to, per thread, oldest first. A span and
 //! its slow children share a thread and overlap in time, so claiming copies and never removes:
 //! samples leave by age or by the bound, and those no span claimed are counted.
+//!
+//! The always-on samples (`--profile-always`) wait apart, in a short ring per thread: most are
+//! of fast requests and none is missed when it leaves. A slow span takes those before its first
+//! hot sample (its part before its threshold).
 
 use std::collections::VecDeque;
 
@@ -15,6 +19,9 @@ const MAX_SAMPLES: usize = 50_000;
 /// Bytes of stack copies held at once (4,096 copies of 16 KiB: four seconds of one thread at
 /// 999 Hz). A sample past it keeps its frame-pointer walk only, counted.
 const MAX_STACK_BYTES: usize = 64 << 20;
+/// Always-on samples held per thread (27 s at 19 Hz) and in all.
+const ALWAYS_PER_THREAD: usize = 512;
+const MAX_ALWAYS: usize = 16_384;
 
 #[derive(Default)]
 pub struct SampleStore {
@@ -27,6 +34,9 @@ pub struct SampleStore {
     pub unclaimed: u64,
     /// Samples whose stack copy was dropped because [`MAX_STACK_BYTES`] were held.
     pub stacks_dropped: u64,
+    /// The always-on samples, per thread, oldest first.
+    always: HashMap<u32, VecDeque<CpuSample>>,
+    always_held: usize,
 }
 
 fn stack_len(sample: &CpuSample) -> usize {
@@ -35,6 +45,10 @@ fn stack_len(sample: &CpuSample) -> usize {
 
 impl SampleStore {
     pub fn push(&mut self, mut sample: CpuSample) {
+        if sample.background {
+            self.push_always(sample);
+            return;
+        }
         if self.held >= MAX_SAMPLES
             && let Some(queue) = self.by_thread.values_mut().max_by_key(|q| q.len())
             && let Some((old, claimed)) = queue.pop_front()
@@ -55,8 +69,51 @@ impl SampleStore {
         self.held += 1;
     }
 
-    /// Copies of the samples of thread `tid` (of `pid`) taken within `[start_ns, end_ns]`.
+    fn push_always(&mut self, mut sample: CpuSample) {
+        if self.always_held >= MAX_ALWAYS
+            && let Some(queue) = self.always.values_mut().max_by_key(|q| q.len())
+            && let Some(old) = queue.pop_front()
+        {
+            self.always_held -= 1;
+            self.stack_bytes -= stack_len(&old);
+        }
+        let queue = self.always.entry(sample.tid).or_default();
+        if queue.len() >= ALWAYS_PER_THREAD
+            && let Some(old) = queue.pop_front()
+        {
+            self.always_held -= 1;
+            self.stack_bytes -= stack_len(&old);
+        }
+        if self.stack_bytes + stack_len(&sample) > MAX_STACK_BYTES {
+            sample.unwind = None;
+            self.stacks_dropped += 1;
+        }
+        self.stack_bytes += stack_len(&sample);
+        queue.push_back(sample);
+        self.always_held += 1;
+    }
+
+    /// Copies of the samples of thread `tid` (of `pid`) taken within `[start_ns, end_ns]`: the
+    /// hot thread's, then the always-on ones taken before the first of those.
     pub fn claim(&mut self, pid: u32, tid: u32, start_ns: u64, end_ns: u64) -> Vec<CpuSample> {
+        let mut out = self.claim_hot(pid, tid, start_ns, end_ns);
+        let before = out
+            .first()
+            .map_or(end_ns, |first| first.ts_ns.saturating_sub(1));
+        if let Some(queue) = self.always.get(&tid) {
+            let first = queue.partition_point(|s| s.ts_ns < start_ns);
+            out.extend(
+                queue
+                    .range(first..)
+                    .take_while(|s| s.ts_ns <= before)
+                    .filter(|s| s.pid == pid)
+                    .cloned(),
+            );
+        }
+        out
+    }
+
+    fn claim_hot(&mut self, pid: u32, tid: u32, start_ns: u64, end_ns: u64) -> Vec<CpuSample> {
         let Some(queue) = self.by_thread.get_mut(&tid) else {
             return Vec::new();
         };
@@ -90,6 +147,18 @@ impl SampleStore {
         });
         self.held -= dropped;
         self.stack_bytes -= bytes;
+        let (mut dropped, mut bytes) = (0, 0);
+        self.always.retain(|_, queue| {
+            while queue.front().is_some_and(|s| s.ts_ns < cutoff) {
+                if let Some(sample) = queue.pop_front() {
+                    dropped += 1;
+                    bytes += stack_len(&sample);
+                }
+            }
+            !queue.is_empty()
+        });
+        self.always_held -= dropped;
+        self.stack_bytes -= bytes;
         self.unclaimed += unclaimed;
     }
 
@@ -110,6 +179,7 @@ mod tests {
             user: vec![0x1000],
             kernel: Vec::new(),
             unwind: None,
+            background: false,
         }
     }
 
@@ -177,5 +247,33 @@ mod tests {
         store.push(with_copy(KEEP_NS + 20));
         assert_eq!(store.stacks_dropped, 3);
         assert!(store.claim(1, 7, KEEP_NS, u64::MAX)[0].unwind.is_some());
+    }
+
+    #[test]
+    fn a_span_takes_the_always_on_samples_before_its_first_hot_one() {
+        let mut store = SampleStore::default();
+        let always = |ts| CpuSample {
+            background: true,
+            ..sample(7, ts)
+        };
+        for ts in [5, 10, 20, 30, 40, 50] {
+            store.push(always(ts));
+        }
+        store.push(sample(7, 35));
+        store.push(sample(7, 45));
+        let claimed = store.claim(1, 7, 10, 50);
+        let times: Vec<(u64, bool)> = claimed.iter().map(|s| (s.ts_ns, s.background)).collect();
+        assert_eq!(
+            times,
+            vec![(35, false), (45, false), (10, true), (20, true), (30, true)],
+            "the always-on samples from the span's start to its first hot one"
+        );
+        assert_eq!(store.held(), 2, "the always-on ring is apart");
+        store.prune(KEEP_NS + 100);
+        assert_eq!(
+            store.unclaimed, 0,
+            "always-on samples that leave are not losses"
+        );
+        assert!(store.claim(1, 7, 0, u64::MAX).is_empty());
     }
 }

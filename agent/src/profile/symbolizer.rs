@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 use super::{
     flame,
     maps::{Mapping, find, module_offset, parse_exec_mappings},
-    stacks::{Frame, fold, top_lines},
+    stacks::{Folded, Frame, fold, top_lines},
     unwind::Unwinders,
 };
 use crate::{
@@ -36,6 +36,8 @@ use crate::{
 pub struct ProfileSettings {
     /// Samples per second of a hot thread.
     pub hz: u64,
+    /// Samples per second of every target thread on a CPU, all the time (`--profile-always`).
+    pub always_hz: Option<u64>,
     /// Where flamegraphs go, if anywhere.
     pub dir: Option<PathBuf>,
 }
@@ -98,32 +100,16 @@ fn profile(
     if samples.is_empty() {
         return span;
     }
-    let stacks: Vec<(Vec<u64>, bool)> = samples
-        .iter()
-        .map(|sample| user_stack(sample, unwinders))
-        .collect();
-    // Resolve every distinct address once per profile, then read the frames off the cache.
-    let mut user: Vec<u64> = stacks
-        .iter()
-        .flat_map(|(frames, _)| frames.iter().copied())
-        .collect();
-    user.sort_unstable();
-    user.dedup();
-    names.resolve_user(samples[0].pid, &user);
-    let resolved: Vec<(Vec<String>, Vec<Frame>)> = samples
-        .iter()
-        .zip(&stacks)
-        .map(|(sample, (frames, cut))| {
-            let mut user = names.user(sample.pid, frames);
-            if *cut {
-                // Where the unwinding stopped: `fold` cuts the stack there and marks it.
-                user.push(Frame::Unmapped);
-            }
-            (names.kernel(&sample.kernel), user)
-        })
-        .collect();
-    let folded = fold(resolved.iter().map(|(k, u)| (&k[..], &u[..])));
-    Counters::add(&counters.stacks_truncated, folded.truncated);
+    // The always-on samples are the span's part before its threshold, at another rate: they
+    // are folded apart, never mixed into the hot thread's counts.
+    let (early, samples): (Vec<CpuSample>, Vec<CpuSample>) =
+        samples.into_iter().partition(|s| s.background);
+    let folded = fold_samples(&samples, names, unwinders);
+    let early_folded = fold_samples(&early, names, unwinders);
+    Counters::add(
+        &counters.stacks_truncated,
+        folded.truncated + early_folded.truncated,
+    );
     // Sampling starts when the span passes its threshold, not when it starts: the share is of
     // the time the thread was sampled (first sample to the span's end).
     let first = samples
@@ -149,6 +135,19 @@ fn profile(
         ),
         ("truncated_stacks", (folded.truncated as i64).into()),
     ];
+    if let Some(always_hz) = settings.always_hz {
+        attributes.push((
+            "samples_before_threshold",
+            (early_folded.samples as i64).into(),
+        ));
+        attributes.push(("always_hz", (always_hz as i64).into()));
+        if early_folded.samples > 0 {
+            attributes.push((
+                "stacks_before_threshold",
+                top_lines(&early_folded, TOP_STACKS, MAX_STACK_BYTES).into(),
+            ));
+        }
+    }
     if let Some(dir) = &settings.dir {
         match flame::write(dir, span.trace_id, span.span_id, &span.name, &folded) {
             Ok(path) => {
@@ -168,6 +167,38 @@ fn profile(
         board.record_profile(&span.name, &folded);
     }
     span
+}
+
+/// The samples' stacks, unwound, named and folded (all of one process).
+fn fold_samples(samples: &[CpuSample], names: &mut Names, unwinders: &mut Unwinders) -> Folded {
+    let Some(pid) = samples.first().map(|s| s.pid) else {
+        return Folded::default();
+    };
+    let stacks: Vec<(Vec<u64>, bool)> = samples
+        .iter()
+        .map(|sample| user_stack(sample, unwinders))
+        .collect();
+    // Resolve every distinct address once per profile, then read the frames off the cache.
+    let mut user: Vec<u64> = stacks
+        .iter()
+        .flat_map(|(frames, _)| frames.iter().copied())
+        .collect();
+    user.sort_unstable();
+    user.dedup();
+    names.resolve_user(pid, &user);
+    let resolved: Vec<(Vec<String>, Vec<Frame>)> = samples
+        .iter()
+        .zip(&stacks)
+        .map(|(sample, (frames, cut))| {
+            let mut user = names.user(sample.pid, frames);
+            if *cut {
+                // Where the unwinding stopped: `fold` cuts the stack there and marks it.
+                user.push(Frame::Unmapped);
+            }
+            (names.kernel(&sample.kernel), user)
+        })
+        .collect();
+    fold(resolved.iter().map(|(k, u)| (&k[..], &u[..])))
 }
 
 /// A sample's user stack, innermost first, and whether it stops short of its root: unwound
