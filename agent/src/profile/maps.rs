@@ -13,43 +13,53 @@ pub struct Mapping {
     pub module: String,
 }
 
+/// One executable mapping line of a maps file: its addresses, file offset and path (empty for
+/// anonymous memory; `[vdso]` and the like as written; " (deleted)" kept).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExecLine<'a> {
+    pub start: u64,
+    pub end: u64,
+    pub offset: u64,
+    pub path: &'a str,
+}
+
+/// The executable mapping on one line of a maps file (`address perms offset dev inode path`),
+/// None for any other line.
+pub fn exec_line(line: &str) -> Option<ExecLine<'_>> {
+    let mut fields = line.splitn(6, ' ');
+    let (range, perms, offset) = (fields.next()?, fields.next()?, fields.next()?);
+    if !perms.contains('x') {
+        return None;
+    }
+    let path = fields.nth(2).unwrap_or("").trim();
+    let (start, end) = range.split_once('-')?;
+    Some(ExecLine {
+        start: u64::from_str_radix(start, 16).ok()?,
+        end: u64::from_str_radix(end, 16).ok()?,
+        offset: u64::from_str_radix(offset, 16).ok()?,
+        path,
+    })
+}
+
 /// The executable mappings in a maps file, by start address.
 pub fn parse_exec_mappings(maps: &str) -> Vec<Mapping> {
-    let mut out = Vec::new();
-    for line in maps.lines() {
-        let mut fields = line.split_ascii_whitespace();
-        let (Some(range), Some(perms), Some(offset)) =
-            (fields.next(), fields.next(), fields.next())
-        else {
-            continue;
-        };
-        if !perms.contains('x') {
-            continue;
-        }
-        let path = fields.nth(2).unwrap_or("");
-        let Some((start, end)) = range.split_once('-') else {
-            continue;
-        };
-        let (Ok(start), Ok(end), Ok(offset)) = (
-            u64::from_str_radix(start, 16),
-            u64::from_str_radix(end, 16),
-            u64::from_str_radix(offset, 16),
-        ) else {
-            continue;
-        };
-        let module = path.rsplit('/').next().unwrap_or("").to_owned();
-        let module = if module.is_empty() {
-            "[anon]".to_owned()
-        } else {
-            module
-        };
-        out.push(Mapping {
-            start,
-            end,
-            offset,
-            module,
-        });
-    }
+    let mut out: Vec<Mapping> = maps
+        .lines()
+        .filter_map(exec_line)
+        .map(|line| {
+            let module = line.path.rsplit('/').next().unwrap_or("");
+            Mapping {
+                start: line.start,
+                end: line.end,
+                offset: line.offset,
+                module: if module.is_empty() {
+                    "[anon]".to_owned()
+                } else {
+                    module.to_owned()
+                },
+            }
+        })
+        .collect();
     out.sort_by_key(|m| m.start);
     out
 }

@@ -164,32 +164,13 @@ pub struct FileMapping {
 /// The executable mappings of files in a maps file, one per file, by address.
 pub fn file_mappings(maps: &str) -> Vec<FileMapping> {
     let mut out: Vec<FileMapping> = Vec::new();
-    for line in maps.lines() {
-        let mut fields = line.split_ascii_whitespace();
-        let (Some(range), Some(perms), Some(offset), Some(_dev), Some(_inode), Some(path)) = (
-            fields.next(),
-            fields.next(),
-            fields.next(),
-            fields.next(),
-            fields.next(),
-            fields.next(),
-        ) else {
-            continue;
-        };
+    for line in maps.lines().filter_map(super::maps::exec_line) {
+        let (start, end, offset) = (line.start, line.end, line.offset);
         // A deleted file is still mapped ("(deleted)" follows): map_files still opens it.
-        if !perms.contains('x') || !path.starts_with('/') {
+        let path = line.path.trim_end_matches(" (deleted)");
+        if !path.starts_with('/') {
             continue;
         }
-        let Some((start, end)) = range.split_once('-') else {
-            continue;
-        };
-        let (Ok(start), Ok(end), Ok(offset)) = (
-            u64::from_str_radix(start, 16),
-            u64::from_str_radix(end, 16),
-            u64::from_str_radix(offset, 16),
-        ) else {
-            continue;
-        };
         match out.iter_mut().find(|m| m.path == path) {
             Some(known) => {
                 known.range.start = known.range.start.min(start);
