@@ -84,7 +84,10 @@ impl Verdicts {
         counters
             .cpu_samples_unclaimed
             .store(self.samples.unclaimed, std::sync::atomic::Ordering::Relaxed);
-        Counters::set(&counters.stack_copies_dropped, self.samples.stacks_dropped);
+        Counters::set(
+            &counters.stack_copies_dropped,
+            self.samples.stacks_dropped(),
+        );
     }
 
     /// Routes a ready span: through the symbolizer when its thread was sampled while it ran

@@ -1,6 +1,7 @@
-//! CPU samples of hot threads. Userspace opens a CPU-clock perf event on a thread only while it
-//! runs something past its threshold, so this program runs only for those threads: no PID check,
-//! no map lookup. It copies the user and kernel stacks (innermost first) into one record, with
+//! CPU samples. Userspace opens a CPU-clock perf event on a thread only while it runs something
+//! past its threshold, so `cpu_sample` runs only for those threads: no PID check, no map lookup.
+//! With `--profile-always`, `cpu_sample_always` runs on every CPU at a low rate and keeps a
+//! sample only when the CPU runs a target's thread (one map lookup). Each copies the user and kernel stacks (innermost first) into one record, with
 //! the user registers and a copy of the user stack for userspace to unwind where the code has
 //! no frame pointers.
 

@@ -30,14 +30,7 @@ impl ThreadSampler {
     /// Loads the sampling program, and with `always_hz` starts the always-on sampling of every
     /// CPU; Err says why CPU profiles are off.
     pub fn new(ebpf: &mut Ebpf, hz: u64, always_hz: Option<u64>) -> Result<Self, String> {
-        let program: &mut PerfEvent = ebpf
-            .program_mut(PROGRAM_CPU_SAMPLE)
-            .ok_or_else(|| format!("the eBPF object has no program `{PROGRAM_CPU_SAMPLE}`"))?
-            .try_into()
-            .map_err(|err| format!("`{PROGRAM_CPU_SAMPLE}` is not a perf_event program: {err}"))?;
-        program
-            .load()
-            .map_err(|err| format!("the kernel refused `{PROGRAM_CPU_SAMPLE}`: {err}"))?;
+        load(ebpf, PROGRAM_CPU_SAMPLE)?;
         if let Some(always_hz) = always_hz {
             // Its links live as long as the program, which lives as long as loupe.
             if let Err(reason) = sample_always(ebpf, always_hz) {
@@ -98,18 +91,22 @@ impl ThreadSampler {
     }
 }
 
-/// One CPU-clock event per online CPU at `hz`, with the program that keeps the targets' samples.
-fn sample_always(ebpf: &mut Ebpf, hz: u64) -> Result<(), String> {
+/// Loads perf_event program `name`; Err says why it cannot run.
+fn load<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut PerfEvent, String> {
     let program: &mut PerfEvent = ebpf
-        .program_mut(PROGRAM_CPU_SAMPLE_ALWAYS)
-        .ok_or_else(|| format!("the eBPF object has no program `{PROGRAM_CPU_SAMPLE_ALWAYS}`"))?
+        .program_mut(name)
+        .ok_or_else(|| format!("the eBPF object has no program `{name}`"))?
         .try_into()
-        .map_err(|err| {
-            format!("`{PROGRAM_CPU_SAMPLE_ALWAYS}` is not a perf_event program: {err}")
-        })?;
+        .map_err(|err| format!("`{name}` is not a perf_event program: {err}"))?;
     program
         .load()
-        .map_err(|err| format!("the kernel refused `{PROGRAM_CPU_SAMPLE_ALWAYS}`: {err}"))?;
+        .map_err(|err| format!("the kernel refused `{name}`: {err}"))?;
+    Ok(program)
+}
+
+/// One CPU-clock event per online CPU at `hz`, with the program that keeps the targets' samples.
+fn sample_always(ebpf: &mut Ebpf, hz: u64) -> Result<(), String> {
+    let program = load(ebpf, PROGRAM_CPU_SAMPLE_ALWAYS)?;
     let cpus =
         aya::util::online_cpus().map_err(|(_, err)| format!("cannot list the CPUs: {err}"))?;
     for cpu in cpus {

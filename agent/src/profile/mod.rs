@@ -3,8 +3,8 @@
 //! its samples ([`samples`]) wait in the stitch stage. When the slow span finishes, the samples in
 //! its thread and time window go with it to the symbolizer thread ([`symbolizer`]: blazesym,
 //! whose Symbolizer is not Send), which unwinds each user stack from the copy the kernel took
-//! ([`unwind`]: `.eh_frame`, so code without frame pointers gives whole stacks), folds the stacks ([`stacks`]) into a `cpu_profile` span
-//! event, writes a flamegraph with --profile-dir ([`flame`]), and hands the span to the exporter.
+//! ([`unwind`]: `.eh_frame`, so code without frame pointers gives whole stacks), folds the
+//! stacks ([`stacks`]) into a `cpu_profile` span event, writes a flamegraph with --profile-dir ([`flame`]), and hands the span to the exporter.
 //! Nothing is opened while nothing is slow.
 
 pub mod flame;

@@ -28,12 +28,10 @@ pub struct SampleStore {
     /// Per thread: (sample, claimed by a span).
     by_thread: HashMap<u32, VecDeque<(CpuSample, bool)>>,
     held: usize,
-    /// Bytes of the stack copies held.
-    stack_bytes: usize,
+    /// The stack copies of both kinds of samples.
+    stacks: StackBudget,
     /// Samples that left unclaimed (taken after their span ended, or pushed out).
     pub unclaimed: u64,
-    /// Samples whose stack copy was dropped because [`MAX_STACK_BYTES`] were held.
-    pub stacks_dropped: u64,
     /// The always-on samples, per thread, oldest first.
     always: HashMap<u32, VecDeque<CpuSample>>,
     always_held: usize,
@@ -41,6 +39,30 @@ pub struct SampleStore {
 
 fn stack_len(sample: &CpuSample) -> usize {
     sample.unwind.as_ref().map_or(0, |u| u.stack.len())
+}
+
+/// The bytes of stack copies held, at most [`MAX_STACK_BYTES`].
+#[derive(Default)]
+struct StackBudget {
+    held: usize,
+    /// Samples whose copy was dropped because the budget was spent.
+    dropped: u64,
+}
+
+impl StackBudget {
+    /// Takes the sample's copy into the budget, or drops the copy (counted) when it does not fit.
+    fn admit(&mut self, sample: &mut CpuSample) {
+        if self.held + stack_len(sample) > MAX_STACK_BYTES {
+            sample.unwind = None;
+            self.dropped += 1;
+        }
+        self.held += stack_len(sample);
+    }
+
+    /// A sample that leaves gives its copy's bytes back.
+    fn release(&mut self, sample: &CpuSample) {
+        self.held -= stack_len(sample);
+    }
 }
 
 impl SampleStore {
@@ -54,14 +76,10 @@ impl SampleStore {
             && let Some((old, claimed)) = queue.pop_front()
         {
             self.held -= 1;
-            self.stack_bytes -= stack_len(&old);
+            self.stacks.release(&old);
             self.unclaimed += u64::from(!claimed);
         }
-        if self.stack_bytes + stack_len(&sample) > MAX_STACK_BYTES {
-            sample.unwind = None;
-            self.stacks_dropped += 1;
-        }
-        self.stack_bytes += stack_len(&sample);
+        self.stacks.admit(&mut sample);
         self.by_thread
             .entry(sample.tid)
             .or_default()
@@ -75,20 +93,16 @@ impl SampleStore {
             && let Some(old) = queue.pop_front()
         {
             self.always_held -= 1;
-            self.stack_bytes -= stack_len(&old);
+            self.stacks.release(&old);
         }
         let queue = self.always.entry(sample.tid).or_default();
         if queue.len() >= ALWAYS_PER_THREAD
             && let Some(old) = queue.pop_front()
         {
             self.always_held -= 1;
-            self.stack_bytes -= stack_len(&old);
+            self.stacks.release(&old);
         }
-        if self.stack_bytes + stack_len(&sample) > MAX_STACK_BYTES {
-            sample.unwind = None;
-            self.stacks_dropped += 1;
-        }
-        self.stack_bytes += stack_len(&sample);
+        self.stacks.admit(&mut sample);
         queue.push_back(sample);
         self.always_held += 1;
     }
@@ -134,36 +148,40 @@ impl SampleStore {
     /// Drops samples older than the keep window.
     pub fn prune(&mut self, now_ns: u64) {
         let cutoff = now_ns.saturating_sub(KEEP_NS);
-        let (mut dropped, mut unclaimed, mut bytes) = (0, 0, 0);
+        let (mut dropped, mut unclaimed) = (0, 0);
+        let stacks = &mut self.stacks;
         self.by_thread.retain(|_, queue| {
             while queue.front().is_some_and(|(s, _)| s.ts_ns < cutoff) {
                 if let Some((sample, claimed)) = queue.pop_front() {
                     dropped += 1;
-                    bytes += stack_len(&sample);
+                    stacks.release(&sample);
                     unclaimed += u64::from(!claimed);
                 }
             }
             !queue.is_empty()
         });
         self.held -= dropped;
-        self.stack_bytes -= bytes;
-        let (mut dropped, mut bytes) = (0, 0);
+        let mut dropped = 0;
         self.always.retain(|_, queue| {
             while queue.front().is_some_and(|s| s.ts_ns < cutoff) {
                 if let Some(sample) = queue.pop_front() {
                     dropped += 1;
-                    bytes += stack_len(&sample);
+                    stacks.release(&sample);
                 }
             }
             !queue.is_empty()
         });
         self.always_held -= dropped;
-        self.stack_bytes -= bytes;
         self.unclaimed += unclaimed;
     }
 
     pub fn held(&self) -> usize {
         self.held
+    }
+
+    /// Samples whose stack copy was dropped because [`MAX_STACK_BYTES`] were held.
+    pub fn stacks_dropped(&self) -> u64 {
+        self.stacks.dropped
     }
 }
 
@@ -233,7 +251,7 @@ mod tests {
         for ts in 0..fit as u64 + 3 {
             store.push(with_copy(ts));
         }
-        assert_eq!(store.stacks_dropped, 3);
+        assert_eq!(store.stacks_dropped(), 3);
         let kept = store.claim(1, 7, 0, u64::MAX);
         assert_eq!(
             kept.len(),
@@ -245,7 +263,7 @@ mod tests {
         // Once old copies leave, new ones are kept again.
         store.prune(KEEP_NS + 10);
         store.push(with_copy(KEEP_NS + 20));
-        assert_eq!(store.stacks_dropped, 3);
+        assert_eq!(store.stacks_dropped(), 3);
         assert!(store.claim(1, 7, KEEP_NS, u64::MAX)[0].unwind.is_some());
     }
 
