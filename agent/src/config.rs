@@ -149,8 +149,13 @@ pub struct RunArgs {
     #[arg(long, value_name = "HZ", value_parser = clap::value_parser!(u64).range(1..=1000), env = "LOUPE_PROFILE_ALWAYS")]
     pub profile_always: Option<u64>,
 
+    /// Do not watch hot threads leave the CPU (no off_cpu_profile; sched:sched_switch is then
+    /// never hooked).
+    #[arg(long, env = "LOUPE_NO_OFF_CPU")]
+    pub no_off_cpu: bool,
+
     /// Also write each slow span's CPU profile here: a flamegraph SVG and the folded stacks,
-    /// named <trace id>-<span id>.
+    /// named <trace id>-<span id> (and its off-CPU profile, <trace id>-<span id>.offcpu).
     #[arg(long, value_name = "DIR", env = "LOUPE_PROFILE_DIR")]
     pub profile_dir: Option<std::path::PathBuf>,
 
@@ -569,6 +574,7 @@ impl RunArgs {
             profile: crate::profile::ProfileSettings {
                 hz: self.profile_hz.or(preset.profile_hz).unwrap_or(999),
                 always_hz: self.profile_always,
+                off_cpu: !self.no_off_cpu,
                 dir: self.profile_dir,
             },
             mode,

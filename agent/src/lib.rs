@@ -183,6 +183,7 @@ pub async fn run(config: Config) -> Result<Outcome, RunError> {
         wakeup_bytes: WAKEUP_BYTES,
         watch: probes::ExecWatch::of(&matcher),
         max_sockets: loupe_common::SOCKETS_MAX,
+        off_cpu_gap_ns: 1_000_000_000 / config.profile.hz.max(1),
     };
     let pids = config.pids.clone();
     let scan = matcher.clone();
@@ -235,11 +236,13 @@ pub async fn run(config: Config) -> Result<Outcome, RunError> {
     let (command_tx, command_rx) = mpsc::channel::<ProfileCommand>(COMMAND_QUEUE);
     let hz = config.profile.hz;
     let always_hz = config.profile.always_hz;
+    let off_cpu = config.profile.off_cpu;
     let watching = !matcher.is_empty();
     let registered = pids.clone();
+    let (heated_tx, heated_rx) = mpsc::unbounded_channel();
     let (ebpf, sampler, target_set) = off_runtime(move || {
         let mut ebpf = ebpf;
-        let sampler = ThreadSampler::new(&mut ebpf, hz, always_hz);
+        let sampler = ThreadSampler::new(&mut ebpf, hz, always_hz, off_cpu.then_some(heated_tx));
         let targets = Targets::new(target_map, sockets, matcher, &registered);
         (ebpf, sampler, targets)
     })
@@ -289,6 +292,7 @@ pub async fn run(config: Config) -> Result<Outcome, RunError> {
             FdChannels {
                 news: news_tx,
                 closes: closes_rx,
+                heated: heated_rx,
             },
             membership::TargetLines::new(execs_tx, joins_rx, libpq_tx),
             stitcher,

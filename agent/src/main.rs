@@ -24,6 +24,11 @@ fn report(problems: &ProblemBoard) -> String {
             "loupe report: hottest frames of slow spans\n{frames}"
         ));
     }
+    if let Some(waits) = problems.render_waits(HOT_ROUTES, HOT_FRAMES) {
+        text.push_str(&format!(
+            "loupe report: longest waits of slow spans (off-CPU)\n{waits}"
+        ));
+    }
     if let Some(cache) = problems.render_cache(TOP_IN_REPORT) {
         text.push_str(&format!("loupe report: cache hit rates\n{cache}"));
     }
@@ -90,6 +95,9 @@ fn main() -> ExitCode {
                     if let Some(frames) = outcome.problems.render_hot_frames(HOT_ROUTES, HOT_FRAMES)
                     {
                         eprint!("loupe: hottest frames of slow spans\n{frames}");
+                    }
+                    if let Some(waits) = outcome.problems.render_waits(HOT_ROUTES, HOT_FRAMES) {
+                        eprint!("loupe: longest waits of slow spans (off-CPU)\n{waits}");
                     }
                     if let Some(cache) = outcome.problems.render_cache(HOT_ROUTES) {
                         eprint!("loupe: cache hit rates\n{cache}");

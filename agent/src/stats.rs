@@ -136,6 +136,13 @@ counters! {
     cpu_samples: Counter,
     /// CPU samples no span claimed (taken after its end, or pushed out of the bounded store).
     cpu_samples_unclaimed: Counter,
+    /// Stacks recorded as hot threads left a CPU (at most one per sampling period a thread).
+    off_cpu_stacks: Counter,
+    /// Times a hot thread came back on a CPU after a wait off it.
+    off_cpu_waits: Counter,
+    /// Waits off the CPU timed without their stack (a second wait within one sampling period,
+    /// or a wait begun before the heating that did not end in a syscall's return).
+    waits_unstacked: Counter,
     /// CPU samples kept without their copy of the user stack because 64 MiB of copies were
     /// held: their stack is the frame-pointer walk only (cut where the code has none).
     stack_copies_dropped: Counter,
@@ -180,7 +187,7 @@ impl Counters {
     /// Every way an event, a request, a query, a span or a sample can be lost or mis-read, in
     /// pipeline order. The summary line and the terminal footer show each of them; the README
     /// says what each means.
-    pub fn losses(&self) -> [LossCounter<'_>; 27] {
+    pub fn losses(&self) -> [LossCounter<'_>; 28] {
         let loss = |name, value| LossCounter { name, value };
         [
             loss("events_lost", &self.events_lost_kernel),
@@ -203,6 +210,7 @@ impl Counters {
             loss("routes_evicted", &self.routes_evicted),
             loss("cpu_samples_unclaimed", &self.cpu_samples_unclaimed),
             loss("stack_copies_dropped", &self.stack_copies_dropped),
+            loss("waits_unstacked", &self.waits_unstacked),
             loss("stacks_truncated", &self.stacks_truncated),
             loss("profiles_skipped", &self.profiles_skipped),
             loss("threads_over_limit", &self.threads_over_limit),

@@ -11,7 +11,10 @@ use crate::{
     detect::{self, Diagnoser, ResourceSampler},
     events::{self, Batch},
     membership, metrics,
-    profile::{HotThreads, ProfileCommand, ProfileJob, SampleStore},
+    profile::{
+        HotThreads, ProfileCommand, ProfileJob, SampleStore,
+        samples::{Heated, Wait},
+    },
     spans::{self, SpanRecord, Stitcher, clock::monotonic_now_ns, parent::Unnested},
     stats::Counters,
 };
@@ -31,9 +34,10 @@ pub(crate) struct Verdicts {
     pub(crate) hot: HotThreads,
     pub(crate) commands: mpsc::Sender<ProfileCommand>,
     pub(crate) jobs: std::sync::mpsc::SyncSender<ProfileJob>,
-    /// Samples claimed by slow spans as they finished, by span id, until the span leaves the
-    /// diagnosis stage (a slow query waits for its request; its samples must not age out).
-    pub(crate) claimed: rustc_hash::FxHashMap<u64, Vec<events::CpuSample>>,
+    /// Samples and waits claimed by slow spans as they finished, by span id, until the span
+    /// leaves the diagnosis stage (a slow query waits for its request; its samples must not age
+    /// out).
+    pub(crate) claimed: rustc_hash::FxHashMap<u64, (Vec<events::CpuSample>, Vec<Wait>)>,
     /// Sampled-out spans still go to the terminal view, which counts them in its route table
     /// without printing them; every other sink never sees them.
     pub(crate) tally_sampled_out: bool,
@@ -59,8 +63,11 @@ impl Verdicts {
             let samples = self
                 .samples
                 .claim(span.pid, span.tid, span.start_ns, span.end_ns);
-            if !samples.is_empty() {
-                self.claimed.insert(span.span_id, samples);
+            let waits = self
+                .samples
+                .claim_waits(span.pid, span.tid, span.start_ns, span.end_ns);
+            if !samples.is_empty() || !waits.is_empty() {
+                self.claimed.insert(span.span_id, (samples, waits));
             }
         }
         self.diagnoser.push(span, now, ready);
@@ -88,6 +95,7 @@ impl Verdicts {
             &counters.stack_copies_dropped,
             self.samples.stacks_dropped(),
         );
+        Counters::set(&counters.waits_unstacked, self.samples.waits_unstacked);
     }
 
     /// Routes a ready span: through the symbolizer when its thread was sampled while it ran
@@ -99,10 +107,14 @@ impl Verdicts {
             self.claimed.remove(&span.span_id);
             return self.tally_sampled_out.then_some(span);
         }
-        let Some(samples) = self.claimed.remove(&span.span_id) else {
+        let Some((samples, waits)) = self.claimed.remove(&span.span_id) else {
             return Some(span);
         };
-        match self.jobs.try_send(ProfileJob { span, samples }) {
+        match self.jobs.try_send(ProfileJob {
+            span,
+            samples,
+            waits,
+        }) {
             Ok(()) => None,
             Err(
                 std::sync::mpsc::TrySendError::Full(job)
@@ -120,6 +132,8 @@ impl Verdicts {
 pub(crate) struct FdChannels {
     pub(crate) news: std::sync::mpsc::Sender<events::FdNews>,
     pub(crate) closes: mpsc::UnboundedReceiver<Vec<events::Event>>,
+    /// What the upkeep saw of each thread it heated (asleep where, for off-CPU profiles).
+    pub(crate) heated: mpsc::UnboundedReceiver<Heated>,
 }
 
 /// The stitching stage: decode, stitch, write verdicts, hand spans to the exporter without ever
@@ -167,8 +181,16 @@ pub(crate) async fn stitch(
                         }
                         match events::decode(record) {
                             Ok(events::Event::CpuSample(sample)) => {
-                                Counters::add(&counters.cpu_samples, 1);
+                                if matches!(sample.source, events::SampleSource::OffCpu { .. }) {
+                                    Counters::add(&counters.off_cpu_stacks, 1);
+                                } else {
+                                    Counters::add(&counters.cpu_samples, 1);
+                                }
                                 verdicts.samples.push(sample);
+                            }
+                            Ok(events::Event::OffCpu(record)) => {
+                                Counters::add(&counters.off_cpu_waits, 1);
+                                verdicts.samples.push_off_cpu(record);
                             }
                             Ok(event) => {
                                 targets.on_event(&event, &mut verdicts.resources, &counters);
@@ -183,6 +205,7 @@ pub(crate) async fn stitch(
                 }
                 None => break,
             },
+            Some(heated) = fds.heated.recv() => verdicts.samples.push_heated(heated),
             Some(closed) = fds.closes.recv() => {
                 for event in closed {
                     stitcher.handle(event, &mut out);

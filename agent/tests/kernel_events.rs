@@ -11,7 +11,7 @@ use std::{
 
 use bytes::Bytes;
 use loupe::{
-    events::{Event, FdNews, decode, decode_fd_news},
+    events::{Event, FdNews, SampleSource, decode, decode_fd_news},
     preflight,
     probes::{EvictionAudit, ExecWatch, LossCounters, ProbeConfig, Probes, load_and_attach},
     process::Target,
@@ -40,6 +40,7 @@ fn attach_with(me: u32, capture_bytes: u32, max_sockets: u32) -> Probes {
         wakeup_bytes: 1,
         watch: Default::default(),
         max_sockets,
+        off_cpu_gap_ns: 1_001_001,
     };
     load_and_attach(
         &config,
@@ -286,6 +287,7 @@ fn traffic_of_an_untargeted_process_is_not_seen() {
             Event::LibpqCall(c) => c.pid,
             Event::LibpqResult(r) => r.pid,
             Event::CpuSample(s) => s.pid,
+            Event::OffCpu(w) => w.pid,
             Event::ConnLocal { pid, .. } | Event::GoCall { pid, .. } => *pid,
             Event::Exec(exec) => exec.pid,
         };
@@ -312,8 +314,9 @@ fn a_hot_thread_is_sampled_and_a_cooled_one_is_not() {
 
     let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let mut probes = attach(256);
-    let mut sampler =
-        ThreadSampler::new(&mut probes.ebpf, 999, None).expect("perf_event program loads");
+    let (heated, _reports) = tokio::sync::mpsc::unbounded_channel();
+    let mut sampler = ThreadSampler::new(&mut probes.ebpf, 999, None, Some(heated))
+        .expect("perf_event program loads");
     let me = std::process::id();
     // SAFETY: gettid has no preconditions.
     let tid = unsafe { libc::gettid() } as u32;
@@ -324,7 +327,7 @@ fn a_hot_thread_is_sampled_and_a_cooled_one_is_not() {
         events
             .iter()
             .filter_map(|e| match e {
-                Event::CpuSample(s) => Some(s.clone()),
+                Event::CpuSample(s) if s.source == SampleSource::Hot => Some(s.clone()),
                 _ => None,
             })
             .collect()
@@ -372,6 +375,150 @@ fn iovecs(parts: &[&[u8]]) -> Vec<libc::iovec> {
         .collect()
 }
 
+/// A hot thread that sleeps: each time it comes back on a CPU it reports how long it was off,
+/// with the stack it left with (kernel and user); a thread asleep on a lock when heated is
+/// reported asleep there, and its wait ends when it wakes. Cooled, nothing more comes.
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn a_hot_thread_off_the_cpu_reports_each_wait_with_its_stack() {
+    use loupe::{probes::ThreadSampler, profile::ProfileCommand};
+
+    let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut probes = attach(256);
+    let (heated, mut reports) = tokio::sync::mpsc::unbounded_channel();
+    let mut sampler =
+        ThreadSampler::new(&mut probes.ebpf, 99, None, Some(heated)).expect("programs load");
+    let me = std::process::id();
+    // SAFETY: gettid has no preconditions.
+    let tid = unsafe { libc::gettid() } as u32;
+
+    // A second thread, blocked on a lock this one holds before it is heated.
+    let lock = std::sync::Arc::new(std::sync::Mutex::new(()));
+    let held = lock.lock().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let waiter = {
+        let lock = lock.clone();
+        std::thread::spawn(move || {
+            // SAFETY: gettid has no preconditions.
+            tx.send(unsafe { libc::gettid() } as u32).unwrap();
+            drop(lock.lock().unwrap());
+        })
+    };
+    let waiter_tid = rx.recv().unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+
+    sampler.apply(&mut probes.ebpf, ProfileCommand::Heat { pid: me, tid });
+    sampler.apply(
+        &mut probes.ebpf,
+        ProfileCommand::Heat {
+            pid: me,
+            tid: waiter_tid,
+        },
+    );
+    let report = reports.try_recv().expect("a report of the first heat");
+    assert_eq!(report.tid, tid);
+    let report = reports.try_recv().expect("a report of the waiter's heat");
+    assert_eq!(report.tid, waiter_tid);
+    let asleep = report.asleep.expect("the waiter is asleep on the lock");
+    assert!(
+        asleep.kernel.iter().any(|f| f.contains("futex")),
+        "{:?}",
+        asleep.kernel
+    );
+    assert!(asleep.in_syscall, "it waits in futex(2)");
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    std::thread::sleep(Duration::from_millis(20));
+    drop(held);
+    waiter.join().unwrap();
+    let waits = |events: &[Event], who: u32| -> Vec<loupe::events::OffCpuRecord> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                Event::OffCpu(w) if w.tid == who => Some(*w),
+                _ => None,
+            })
+            .collect()
+    };
+    let events = collect_until(&mut probes, Duration::from_secs(5), |events| {
+        waits(events, tid)
+            .iter()
+            .filter(|w| w.on_ns - w.off_ns >= 25_000_000)
+            .count()
+            >= 3
+            && !waits(events, waiter_tid).is_empty()
+    });
+    let mine = waits(&events, tid);
+    let long: Vec<_> = mine
+        .iter()
+        .filter(|w| w.on_ns - w.off_ns >= 25_000_000)
+        .collect();
+    assert!(long.len() >= 3, "{mine:?}");
+    assert!(
+        mine.iter()
+            .all(|w| w.pid == me && w.off_ns != 0 && w.on_ns > w.off_ns)
+    );
+    // The sleeps' stacks: recorded at the switch-out, with the nanosleep in the kernel.
+    let stacks: Vec<&loupe::events::CpuSample> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::CpuSample(s) if matches!(s.source, SampleSource::OffCpu { .. }) => Some(s),
+            _ => None,
+        })
+        .collect();
+    let stacked = long
+        .iter()
+        .filter(|w| w.stacked && stacks.iter().any(|s| s.tid == tid && s.ts_ns == w.off_ns))
+        .count();
+    assert!(stacked >= 3, "each 30 ms sleep has its stack: {stacked}");
+    assert!(
+        stacks
+            .iter()
+            .all(|s| !s.kernel.is_empty() && s.unwind.is_some()),
+        "kernel frames and a user stack copy: {:?}",
+        stacks
+            .iter()
+            .map(|s| (
+                s.source,
+                s.kernel.len(),
+                s.user.len(),
+                s.unwind.as_ref().map(|u| u.stack.len())
+            ))
+            .collect::<Vec<_>>()
+    );
+    let theirs = waits(&events, waiter_tid);
+    assert_eq!(
+        theirs[0].off_ns, 0,
+        "off since before its heating: {theirs:?}"
+    );
+    // Its stack, recorded as its futex(2) returned, stamped with its switch-in.
+    assert!(
+        stacks
+            .iter()
+            .any(|s| s.tid == waiter_tid && s.ts_ns == theirs[0].on_ns && s.unwind.is_some()),
+        "the waiter's stack as it returned"
+    );
+
+    sampler.apply(&mut probes.ebpf, ProfileCommand::Cool { tid });
+    sampler.apply(&mut probes.ebpf, ProfileCommand::Cool { tid: waiter_tid });
+    let _ = collect_until(&mut probes, Duration::from_millis(200), |_| false);
+    std::thread::sleep(Duration::from_millis(50));
+    let cold = collect_until(&mut probes, Duration::from_millis(300), |_| false);
+    assert!(
+        waits(&cold, tid).is_empty(),
+        "a cooled thread is not watched: {:?}",
+        waits(&cold, tid)
+    );
+    // With nothing hot the programs go, a second later.
+    assert!(sampler.watching_off_cpu());
+    std::thread::sleep(Duration::from_millis(1100));
+    sampler.settle(&mut probes.ebpf);
+    assert!(
+        !sampler.watching_off_cpu(),
+        "nothing is paid while nothing is slow"
+    );
+}
 #[test]
 #[ignore = "needs root: run with cargo xtask test"]
 fn vector_writes_and_reads_are_captured_across_their_iovecs() {
@@ -964,6 +1111,7 @@ fn attach_watching(watch: ExecWatch) -> Probes {
         wakeup_bytes: 1,
         watch,
         max_sockets: loupe_common::SOCKETS_MAX,
+        off_cpu_gap_ns: 1_001_001,
     };
     load_and_attach(&config, &[]).expect("load and attach")
 }

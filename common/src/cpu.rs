@@ -15,8 +15,12 @@ pub const STACK_COPY: usize = 16 * 1024;
 /// a hot thread's samples carry 0.
 pub const SAMPLE_BACKGROUND: u64 = 1;
 
+/// `header.conn_id` of the stack a hot thread left the CPU with (the `off_cpu` program, at
+/// sched_switch): its `ts_ns` is the switch-out, its `state` the task state it left in.
+pub const SAMPLE_OFF_CPU: u64 = 2;
+
 /// One CPU sample of a thread (`header.fd` is -1, `header.conn_id` 0 for a hot thread's,
-/// [`SAMPLE_BACKGROUND`] for the always-on event's).
+/// [`SAMPLE_BACKGROUND`] for the always-on event's, [`SAMPLE_OFF_CPU`] for a switch-out's).
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct CpuSampleEvent {
@@ -38,7 +42,9 @@ pub struct CpuSampleEvent {
     pub bp: u64,
     /// Bytes of `stack` copied (0: none could be read).
     pub stack_bytes: u32,
-    pub _pad: u32,
+    /// For a switch-out ([`SAMPLE_OFF_CPU`]): the `prev_state` sched_switch reported (0 or
+    /// [`STATE_PREEMPTED`]: still runnable; 1 sleeping, 2 uninterruptible). 0 otherwise.
+    pub state: u32,
     /// The user stack from `sp` up.
     pub stack: [u8; STACK_COPY],
 }
@@ -46,8 +52,57 @@ const _: () = assert!(
     size_of::<CpuSampleEvent>() == 40 + 8 * (MAX_USER_FRAMES + MAX_KERNEL_FRAMES) + 32 + STACK_COPY
 );
 
+/// sched_switch's `prev_state` of a task preempted (Linux's TASK_REPORT_MAX): runnable, waiting
+/// for a CPU rather than for something.
+pub const STATE_PREEMPTED: u32 = 0x100;
+
+/// A hot thread came back on a CPU ([`crate::EventKind::OffCpu`]): how long it was off.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct OffCpuEvent {
+    pub header: EventHeader,
+    /// When it left the CPU (ns since boot), or 0: it was off already when it was heated.
+    pub off_ns: u64,
+    /// When it came back.
+    pub on_ns: u64,
+    /// The `prev_state` it left in (see [`CpuSampleEvent::state`]).
+    pub state: u32,
+    /// 1 when the switch-out's stack was recorded (a [`SAMPLE_OFF_CPU`] sample at `off_ns`).
+    pub stacked: u32,
+}
+const _: () = assert!(size_of::<OffCpuEvent>() == 24 + 24);
+
+/// A hot thread, in `HOT_THREADS` (keyed by thread id): userspace inserts it with `pid` set and
+/// the rest 0 when it heats the thread and removes it when it cools; the `off_cpu` program keeps
+/// the rest.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HotThread {
+    pub pid: u32,
+    /// `prev_state` at the last switch-out.
+    pub state: u32,
+    /// The last switch-out not yet followed by a switch-in (0: none).
+    pub off_ns: u64,
+    /// When the last switch-out stack was recorded: at most one per `OFF_CPU_GAP_NS`.
+    pub stack_ns: u64,
+    /// 1 when the stack of the switch-out at `off_ns` was recorded.
+    pub stacked: u32,
+    /// 1 when the thread woke from a wait it began before it was heated: its next syscall
+    /// exit (the return from that wait, with the same user stack) records the stack, stamped
+    /// `woke_ns`.
+    pub want_stack: u32,
+    pub woke_ns: u64,
+}
+
+/// Threads hot at once, at most (userspace heats at most 64).
+pub const HOT_THREADS_MAX: u32 = 256;
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: repr(C) integers and integer arrays without padding; every bit pattern is valid.
     unsafe impl aya::Pod for super::CpuSampleEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::OffCpuEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::HotThread {}
 }

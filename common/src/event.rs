@@ -48,6 +48,8 @@ pub enum EventKind {
     /// A process that was not a target exec'd while loupe watches for executables or names
     /// (`crate::watch`): [`ExecEvent`].
     Exec = 14,
+    /// A hot thread came back on a CPU after leaving it: [`crate::OffCpuEvent`].
+    OffCpu = 15,
 }
 
 impl TryFrom<u32> for EventKind {
@@ -68,6 +70,7 @@ impl TryFrom<u32> for EventKind {
             12 => Ok(Self::Parked),
             13 => Ok(Self::Resync),
             14 => Ok(Self::Exec),
+            15 => Ok(Self::OffCpu),
             other => Err(other),
         }
     }

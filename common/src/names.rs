@@ -27,6 +27,23 @@ pub const PROGRAM_CPU_SAMPLE: &str = "cpu_sample";
 /// [`crate::SAMPLE_BACKGROUND`].
 pub const PROGRAM_CPU_SAMPLE_ALWAYS: &str = "cpu_sample_always";
 
+/// tracepoint program at sched:sched_switch, attached only while some thread is hot: where a hot
+/// thread waits off the CPU (its stack at switch-out, [`crate::SAMPLE_OFF_CPU`]) and for how long
+/// ([`crate::OffCpuEvent`]).
+pub const PROGRAM_OFF_CPU: &str = "off_cpu";
+/// tracepoint program at raw_syscalls:sys_exit, attached with [`PROGRAM_OFF_CPU`]: the stack of
+/// a hot thread returning from a wait it began before it was heated.
+pub const PROGRAM_OFF_CPU_RETURN: &str = "off_cpu_return";
+/// Hot threads by thread id ([`crate::HotThread`]): userspace inserts and removes, `off_cpu`
+/// keeps their switch-outs.
+pub const MAP_HOT_THREADS: &str = "HOT_THREADS";
+/// Globals: where `sched_switch`'s fields are, and the least time between two switch-out stacks
+/// of one thread.
+pub const GLOBAL_SWITCH_PREV_PID_OFFSET: &str = "SWITCH_PREV_PID_OFFSET";
+pub const GLOBAL_SWITCH_PREV_STATE_OFFSET: &str = "SWITCH_PREV_STATE_OFFSET";
+pub const GLOBAL_SWITCH_NEXT_PID_OFFSET: &str = "SWITCH_NEXT_PID_OFFSET";
+pub const GLOBAL_OFF_CPU_GAP_NS: &str = "OFF_CPU_GAP_NS";
+
 /// Global: payload bytes to capture per syscall (clamped to `MAX_CAPTURE`).
 pub const GLOBAL_CAPTURE_BYTES: &str = "CAPTURE_BYTES";
 /// Global: unread ring buffer bytes above which a submit wakes the reader.

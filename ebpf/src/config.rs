@@ -20,6 +20,20 @@ static NEWTASK_PID_OFFSET: u32 = 8;
 #[unsafe(no_mangle)]
 static NEWTASK_FLAGS_OFFSET: u32 = 32;
 
+/// Offsets of `prev_pid`, `prev_state` and `next_pid` in the `sched_switch` record: userspace
+/// reads them from the tracepoint's format file (the defaults are Linux 6.x's).
+#[unsafe(no_mangle)]
+static SWITCH_PREV_PID_OFFSET: u32 = 24;
+#[unsafe(no_mangle)]
+static SWITCH_PREV_STATE_OFFSET: u32 = 32;
+#[unsafe(no_mangle)]
+static SWITCH_NEXT_PID_OFFSET: u32 = 56;
+
+/// The least time between two recorded switch-out stacks of one hot thread (userspace sets it
+/// to one sampling period): a thread that blocks often is not a flood.
+#[unsafe(no_mangle)]
+static OFF_CPU_GAP_NS: u64 = 1_001_001;
+
 /// What the exec program does for a process that is not a target: `loupe_common::WATCH_*`
 /// flags, 0 (the default) for nothing.
 #[unsafe(no_mangle)]
@@ -54,4 +68,24 @@ pub fn query_bytes() -> u32 {
 pub fn watch_execs() -> u32 {
     // SAFETY: a plain read of a 4-byte static.
     unsafe { core::ptr::read_volatile(&WATCH_EXECS) }
+}
+
+pub fn switch_prev_pid_offset() -> u32 {
+    // SAFETY: a plain read of a 4-byte static.
+    unsafe { core::ptr::read_volatile(&SWITCH_PREV_PID_OFFSET) }
+}
+
+pub fn switch_prev_state_offset() -> u32 {
+    // SAFETY: a plain read of a 4-byte static.
+    unsafe { core::ptr::read_volatile(&SWITCH_PREV_STATE_OFFSET) }
+}
+
+pub fn switch_next_pid_offset() -> u32 {
+    // SAFETY: a plain read of a 4-byte static.
+    unsafe { core::ptr::read_volatile(&SWITCH_NEXT_PID_OFFSET) }
+}
+
+pub fn off_cpu_gap_ns() -> u64 {
+    // SAFETY: a plain read of an 8-byte static.
+    unsafe { core::ptr::read_volatile(&OFF_CPU_GAP_NS) }
 }

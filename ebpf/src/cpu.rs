@@ -1,25 +1,34 @@
 //! CPU samples. Userspace opens a CPU-clock perf event on a thread only while it runs something
 //! past its threshold, so `cpu_sample` runs only for those threads: no PID check, no map lookup.
 //! With `--profile-always`, `cpu_sample_always` runs on every CPU at a low rate and keeps a
-//! sample only when the CPU runs a target's thread (one map lookup). Each copies the user and kernel stacks (innermost first) into one record, with
-//! the user registers and a copy of the user stack for userspace to unwind where the code has
-//! no frame pointers.
+//! sample only when the CPU runs a target's thread (one map lookup). Each copies the user and
+//! kernel stacks (innermost first) into one record, with the user registers and a copy of the
+//! user stack for userspace to unwind where the code has no frame pointers.
+//!
+//! Off-CPU: `off_cpu` runs at sched:sched_switch, attached only while some thread is hot. A hot
+//! thread leaving the CPU has its switch-out time kept in `HOT_THREADS` and its stack recorded
+//! (at most one stack per `OFF_CPU_GAP_NS` per thread); coming back, it gets one small
+//! [`OffCpuEvent`] with both times. A thread asleep since before its heating has its stack
+//! recorded by `off_cpu_return` as its wait's syscall returns.
+
+use core::ffi::c_void;
 
 use aya_ebpf::{
     EbpfContext as _,
     bindings::BPF_F_USER_STACK,
     helpers::{bpf_get_current_pid_tgid, generated},
-    programs::PerfEventContext,
+    programs::{PerfEventContext, TracePointContext},
 };
 use loupe_common::{
-    CpuSampleEvent, EventHeader, EventKind, MAX_KERNEL_FRAMES, MAX_USER_FRAMES, SAMPLE_BACKGROUND,
-    STACK_COPY,
+    CpuSampleEvent, EventHeader, EventKind, MAX_KERNEL_FRAMES, MAX_USER_FRAMES, OffCpuEvent,
+    SAMPLE_BACKGROUND, SAMPLE_OFF_CPU, STACK_COPY,
 };
 
 use crate::{
+    config,
     data::{PT_REGS_BP, PT_REGS_IP, PT_REGS_SP, saved_user_reg},
     emit,
-    maps::TARGET_PIDS,
+    maps::{HOT_THREADS, TARGET_PIDS},
 };
 
 /// The sizes tried for the stack copy, largest first: a read fails whole when it crosses the
@@ -27,7 +36,13 @@ use crate::{
 const COPY_SIZES: [usize; 4] = [STACK_COPY, STACK_COPY / 4, STACK_COPY / 16, STACK_COPY / 64];
 
 pub fn try_sample(ctx: &PerfEventContext) -> Result<(), i64> {
-    sample(ctx, bpf_get_current_pid_tgid(), 0)
+    sample(
+        ctx.as_ptr(),
+        bpf_get_current_pid_tgid(),
+        0,
+        0,
+        emit::now_ns(),
+    )
 }
 
 /// The always-on event of one CPU (`--profile-always`): a sample only when the CPU runs a
@@ -38,11 +53,100 @@ pub fn try_sample_always(ctx: &PerfEventContext) -> Result<(), i64> {
     if unsafe { TARGET_PIDS.get((pid_tgid >> 32) as u32) }.is_none() {
         return Ok(());
     }
-    sample(ctx, pid_tgid, SAMPLE_BACKGROUND)
+    sample(ctx.as_ptr(), pid_tgid, SAMPLE_BACKGROUND, 0, emit::now_ns())
+}
+
+/// sched_switch's `prev_state` bits of a thread exiting.
+const STATE_DEAD: u32 = 0x10;
+const STATE_ZOMBIE: u32 = 0x20;
+
+/// sched:sched_switch: the current task is the one leaving (`prev`).
+pub fn try_switch(ctx: &TracePointContext) -> Result<(), i64> {
+    // SAFETY: reads within the tracepoint's record, at offsets its format file gave.
+    let (prev, state, next) = unsafe {
+        (
+            ctx.read_at::<i32>(config::switch_prev_pid_offset() as usize)? as u32,
+            ctx.read_at::<i64>(config::switch_prev_state_offset() as usize)? as u32,
+            ctx.read_at::<i32>(config::switch_next_pid_offset() as usize)? as u32,
+        )
+    };
+    let now = emit::now_ns();
+    if let Some(hot) = HOT_THREADS.get_ptr_mut(prev) {
+        // SAFETY: a value pointer of a map entry, valid for this program's run.
+        let (pid, stack_ns) = unsafe { ((*hot).pid, (*hot).stack_ns) };
+        // A thread leaving for good (TASK_DEAD, EXIT_ZOMBIE) waits on nothing.
+        let exiting = state & (STATE_DEAD | STATE_ZOMBIE) != 0;
+        let stacked = !exiting
+            && (stack_ns == 0 || now.wrapping_sub(stack_ns) >= config::off_cpu_gap_ns())
+            && sample(
+                ctx.as_ptr(),
+                (u64::from(pid) << 32) | u64::from(prev),
+                SAMPLE_OFF_CPU,
+                state,
+                now,
+            )
+            .is_ok();
+        // SAFETY: as above.
+        unsafe {
+            (*hot).off_ns = now;
+            (*hot).state = state;
+            (*hot).stacked = u32::from(stacked);
+            if stacked {
+                (*hot).stack_ns = now;
+            }
+        }
+    }
+    if let Some(hot) = HOT_THREADS.get_ptr_mut(next) {
+        // SAFETY: as above.
+        let (pid, off_ns, state, stacked) =
+            unsafe { ((*hot).pid, (*hot).off_ns, (*hot).state, (*hot).stacked) };
+        // SAFETY: as above.
+        unsafe {
+            (*hot).off_ns = 0;
+            (*hot).stacked = 0;
+            if off_ns == 0 {
+                // Off since before its heating: its stack is taken as the wait returns.
+                (*hot).want_stack = 1;
+                (*hot).woke_ns = now;
+            }
+        }
+        emit::output(&OffCpuEvent {
+            header: EventHeader {
+                kind: EventKind::OffCpu as u32,
+                pid,
+                tid: next,
+                fd: -1,
+                conn_id: 0,
+            },
+            off_ns,
+            on_ns: now,
+            state,
+            stacked,
+        })?;
+    }
+    Ok(())
+}
+
+/// raw_syscalls:sys_exit, while some thread is hot: a hot thread that woke from a wait begun
+/// before its heating returns from it here, its user stack as it was in the wait.
+pub fn try_return(ctx: &TracePointContext) -> Result<(), i64> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let Some(hot) = HOT_THREADS.get_ptr_mut(pid_tgid as u32) else {
+        return Ok(());
+    };
+    // SAFETY: a value pointer of a map entry, valid for this program's run.
+    let woke_ns = unsafe {
+        if (*hot).want_stack == 0 {
+            return Ok(());
+        }
+        (*hot).want_stack = 0;
+        (*hot).woke_ns
+    };
+    sample(ctx.as_ptr(), pid_tgid, SAMPLE_OFF_CPU, 1, woke_ns)
 }
 
 #[inline(always)]
-fn sample(ctx: &PerfEventContext, pid_tgid: u64, source: u64) -> Result<(), i64> {
+fn sample(ctx: *mut c_void, pid_tgid: u64, source: u64, state: u32, ts_ns: u64) -> Result<(), i64> {
     let mut entry = emit::reserve::<CpuSampleEvent>()?;
     let event = entry.as_mut_ptr();
     // SAFETY: `event` points at a reserved, writable record of size_of::<CpuSampleEvent>();
@@ -55,16 +159,16 @@ fn sample(ctx: &PerfEventContext, pid_tgid: u64, source: u64) -> Result<(), i64>
             fd: -1,
             conn_id: source,
         };
-        (*event).ts_ns = emit::now_ns();
+        (*event).ts_ns = ts_ns;
         let user = generated::bpf_get_stack(
-            ctx.as_ptr(),
+            ctx,
             (*event).user.as_mut_ptr().cast(),
             (MAX_USER_FRAMES * 8) as u32,
             BPF_F_USER_STACK as u64,
         );
         (*event).user_bytes = if user > 0 { user as u32 } else { 0 };
         let kernel = generated::bpf_get_stack(
-            ctx.as_ptr(),
+            ctx,
             (*event).kernel.as_mut_ptr().cast(),
             (MAX_KERNEL_FRAMES * 8) as u32,
             0,
@@ -74,14 +178,14 @@ fn sample(ctx: &PerfEventContext, pid_tgid: u64, source: u64) -> Result<(), i64>
         (*event).ip = saved_user_reg(PT_REGS_IP);
         (*event).sp = sp;
         (*event).bp = saved_user_reg(PT_REGS_BP);
-        (*event)._pad = 0;
+        (*event).state = state;
         (*event).stack_bytes = 0;
         if sp != 0 {
             for size in COPY_SIZES {
                 let read = generated::bpf_probe_read_user(
                     (*event).stack.as_mut_ptr().cast(),
                     size as u32,
-                    sp as *const core::ffi::c_void,
+                    sp as *const c_void,
                 );
                 if read == 0 {
                     (*event).stack_bytes = size as u32;

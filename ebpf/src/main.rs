@@ -183,6 +183,16 @@ pub fn cpu_sample_always(ctx: PerfEventContext) -> u32 {
     finish(cpu::try_sample_always(&ctx))
 }
 
+#[tracepoint]
+pub fn off_cpu(ctx: TracePointContext) -> u32 {
+    finish(cpu::try_switch(&ctx))
+}
+
+#[tracepoint]
+pub fn off_cpu_return(ctx: TracePointContext) -> u32 {
+    finish(cpu::try_return(&ctx))
+}
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

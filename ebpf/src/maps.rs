@@ -5,8 +5,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use loupe_common::{
-    COMM_LEN, GoLayout, LOSS_SLOTS, LossSlot, MAX_CAPTURE, MAX_WATCH_COMMS, SOCKADDR_LEN,
-    SOCKETS_MAX, SocketInfo, TargetInfo,
+    COMM_LEN, GoLayout, HOT_THREADS_MAX, HotThread, LOSS_SLOTS, LossSlot, MAX_CAPTURE,
+    MAX_WATCH_COMMS, SOCKADDR_LEN, SOCKETS_MAX, SocketInfo, TargetInfo,
 };
 
 /// Event records. Kernel writes (without a wakeup below `WAKEUP_BYTES` of backlog); userspace's
@@ -19,6 +19,12 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
 /// adds children of targets, the exec program processes whose name is watched.
 #[map]
 pub static TARGET_PIDS: HashMap<u32, TargetInfo> = HashMap::with_max_entries(4096, 0);
+
+/// Hot threads (those running something past its threshold), keyed by thread id: userspace
+/// inserts one when it heats the thread and removes it when it cools; the `off_cpu` program
+/// keeps its last switch-out there.
+#[map]
+pub static HOT_THREADS: HashMap<u32, HotThread> = HashMap::with_max_entries(HOT_THREADS_MAX, 0);
 
 /// Process names to make targets of at exec (`--name`), keyed by `loupe_common::comm_key`.
 /// Userspace writes them at load; the exec program reads them.

@@ -211,3 +211,157 @@ fn profile_always_gives_a_slow_span_the_stacks_of_its_start() {
         .unwrap_or_else(|| panic!("no fast span in {spans:?}"));
     assert!(profile(fast).is_none(), "a fast request carries no profile");
 }
+
+/// The time per kind in an `off_cpu_profile`'s `kinds` (`lock=812ms socket=3ms`).
+fn wait_ms(event: &std::collections::HashMap<String, Value>, kind: &str) -> i64 {
+    event["kinds"]
+        .as_str()
+        .unwrap_or("")
+        .split_whitespace()
+        .find_map(|part| {
+            let (name, ms) = part.split_once('=')?;
+            (name == kind).then(|| ms.trim_end_matches("ms").parse().ok())?
+        })
+        .unwrap_or(0)
+}
+
+fn off_cpu(span: &Span) -> Option<&std::collections::HashMap<String, Value>> {
+    span.events("off_cpu_profile").first().copied()
+}
+
+/// Off-CPU profiles: a request blocked on a lock another request holds waited on that lock,
+/// in the demo app's `reserve_ledger`, for the time it was watched; the request holding it
+/// slept; one waiting on its downstream waited on a socket as long as its CLIENT span ran
+/// while watched; a CPU-bound one hardly waited at all.
+#[test]
+fn off_cpu_profiles_say_where_slow_requests_waited() {
+    require_root();
+    const THRESHOLD_MS: u64 = 200;
+    let jaeger = Jaeger::start();
+    let demo = DemoApp::start();
+    let dir = TempDir::new("offcpu");
+    let profile_dir = dir.0.display().to_string();
+    let loupe = Loupe::attach(&otlp_args(
+        demo.frontend_pid(),
+        &jaeger.grpc_endpoint(),
+        "e2e-offcpu",
+        &[
+            "--slow-http",
+            &format!("{THRESHOLD_MS}ms"),
+            "--profile-dir",
+            &profile_dir,
+        ],
+    ));
+    let holder = {
+        let addr = demo.frontend_addr.clone();
+        std::thread::spawn(move || get(&addr, "/api/ledger/hold?ms=1200&req=hold").status)
+    };
+    // The hold takes the lock at once; the reservation comes well after it.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let reserve = get(&demo.frontend_addr, "/api/ledger/reserve?req=reserve");
+    assert_eq!(reserve.status, 200);
+    assert_eq!(holder.join().unwrap(), 200);
+    assert_eq!(get(&demo.frontend_addr, "/api/checkout/slow").status, 200);
+    assert_eq!(get(&demo.frontend_addr, "/api/crunch?ms=800").status, 200);
+    let finished = loupe.stop();
+    assert!(finished.status.success(), "{}", finished.stderr);
+
+    let spans = jaeger.wait_for_spans("e2e-offcpu", 5, |s| s.is_slow());
+    let by_name = |name: &str| {
+        spans
+            .iter()
+            .find(|s| s.operation == name)
+            .unwrap_or_else(|| panic!("no {name} in {spans:?}"))
+    };
+
+    // Blocked on the lock from its start, watched from its threshold on.
+    let reserved = by_name("GET /api/ledger/reserve");
+    let event =
+        off_cpu(reserved).unwrap_or_else(|| panic!("no off_cpu_profile: {:?}", reserved.logs));
+    let watched_ms = reserved.duration_us as i64 / 1000 - THRESHOLD_MS as i64;
+    assert!(
+        watched_ms >= 400,
+        "the reservation waited only {watched_ms} ms past its threshold"
+    );
+    let lock_ms = wait_ms(event, "lock");
+    assert!(
+        lock_ms * 10 >= watched_ms * 8 && lock_ms <= watched_ms + 20,
+        "{lock_ms} ms on a lock of {watched_ms} ms watched: {event:?}"
+    );
+    assert_eq!(event["began_before_watch"].as_bool(), Some(true));
+    let stacks = event["stacks"].as_str().unwrap();
+    assert!(stacks.contains("futex"), "{stacks}");
+    assert!(stacks.contains("demo_app::reserve_ledger"), "{stacks}");
+    let diagnosis = reserved.str_tag("performance.diagnosis").unwrap_or("");
+    assert!(
+        diagnosis.starts_with("at least ")
+            && diagnosis.contains(
+                "% of the request waited on a lock in `demo_app::reserve_ledger` (off-CPU)"
+            ),
+        "{diagnosis}\n{stacks}"
+    );
+    assert_eq!(reserved.str_tag("performance.wait_kind"), Some("lock"));
+    let path = reserved
+        .str_tag("performance.off_cpu_profile.path")
+        .unwrap();
+    let svg = std::fs::read_to_string(path).unwrap();
+    assert!(svg.contains("<svg") && svg.contains("reserve_ledger"));
+
+    // The holder slept with the lock held.
+    let hold = by_name("GET /api/ledger/hold");
+    let event = off_cpu(hold).unwrap_or_else(|| panic!("no off_cpu_profile: {:?}", hold.logs));
+    let held_ms = hold.duration_us as i64 / 1000 - THRESHOLD_MS as i64;
+    assert!(wait_ms(event, "sleep") * 10 >= held_ms * 8, "{event:?}");
+    assert!(
+        hold.str_tag("performance.diagnosis")
+            .unwrap_or("")
+            .contains("waited on a sleep"),
+        "{:?}",
+        hold.tags
+    );
+
+    // Waiting on the backend: the socket wait is the CLIENT span's time while watched.
+    let checkout = by_name("GET /api/checkout/slow");
+    let client = spans
+        .iter()
+        .find(|s| s.kind() == "client" && s.parent.as_deref() == Some(checkout.span_id.as_str()))
+        .unwrap_or_else(|| panic!("no client span under the checkout in {spans:?}"));
+    let event =
+        off_cpu(checkout).unwrap_or_else(|| panic!("no off_cpu_profile: {:?}", checkout.logs));
+    let watch_start = checkout.start_us + THRESHOLD_MS * 1000;
+    let client_end = client.start_us + client.duration_us;
+    let expected_ms = (client_end.saturating_sub(client.start_us.max(watch_start)) / 1000) as i64;
+    let socket_ms = wait_ms(event, "socket");
+    assert!(
+        (socket_ms - expected_ms).abs() <= 50.max(expected_ms / 10),
+        "{socket_ms} ms on a socket, the client span ran {expected_ms} ms while watched: {event:?}"
+    );
+    assert!(
+        checkout
+            .str_tag("performance.diagnosis")
+            .unwrap_or("")
+            .contains("waited on a socket"),
+        "{:?}",
+        checkout.tags
+    );
+
+    // On a CPU the whole time: it waited on nothing (time runnable but preempted, on a busy
+    // machine, is its `cpu` kind, not a wait).
+    let crunch = by_name("GET /api/crunch");
+    let crunch_watched = crunch.duration_us as i64 / 1000 - THRESHOLD_MS as i64;
+    let crunch_waited =
+        off_cpu(crunch).map_or(0, |e| e["off_cpu_ms"].as_i64().unwrap() - wait_ms(e, "cpu"));
+    assert!(
+        crunch_waited * 20 <= crunch_watched,
+        "a CPU-bound request waited {crunch_waited} ms of {crunch_watched} ms: {:?}",
+        off_cpu(crunch)
+    );
+    assert!(
+        !crunch
+            .str_tag("performance.diagnosis")
+            .unwrap_or("")
+            .contains("off-CPU"),
+        "{:?}",
+        crunch.tags
+    );
+}

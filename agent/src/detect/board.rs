@@ -32,6 +32,9 @@ pub struct ProblemBoard {
     pub frames_overflow: u64,
     /// Cache reads per route: (hits, misses).
     cache: HashMap<String, (u64, u64)>,
+    /// Time slow spans waited off the CPU per route, in ns, by what they waited on
+    /// (`lock in orders::reserve`).
+    waits: HashMap<String, HashMap<String, u64>>,
 }
 
 /// Routes and frames kept in the hot-frame table at most.
@@ -125,6 +128,51 @@ impl ProblemBoard {
                 *frames.entry(leaf.clone()).or_default() += count;
             }
         }
+    }
+
+    /// Adds what one slow span waited on off the CPU: (what, ns) pairs.
+    pub fn record_waits(&mut self, route: &str, waits: &[(String, u64)]) {
+        if !self.waits.contains_key(route) && self.waits.len() >= MAX_PROFILED_ROUTES {
+            self.frames_overflow += 1;
+            return;
+        }
+        let kept = self.waits.entry(route.to_owned()).or_default();
+        for (what, ns) in waits {
+            if kept.len() < MAX_FRAMES_PER_ROUTE || kept.contains_key(what) {
+                *kept.entry(what.clone()).or_default() += ns;
+            }
+        }
+    }
+
+    /// The longest waits of the routes that waited most: `route (812 ms off-CPU): 95% lock in
+    /// f, 5% sleep` lines, or None when no slow span waited.
+    pub fn render_waits(&self, routes: usize, frames: usize) -> Option<String> {
+        let mut ranked: Vec<(&String, u64)> = self
+            .waits
+            .iter()
+            .map(|(route, times)| (route, times.values().sum()))
+            .filter(|(_, total)| *total > 0)
+            .collect();
+        if ranked.is_empty() {
+            return None;
+        }
+        ranked.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+        let mut text = String::new();
+        for (route, total) in ranked.into_iter().take(routes) {
+            let mut times: Vec<(&String, &u64)> = self.waits[route].iter().collect();
+            times.sort_by(|a, b| b.1.cmp(a.1).then_with(|| a.0.cmp(b.0)));
+            let top: Vec<String> = times
+                .into_iter()
+                .take(frames)
+                .map(|(what, ns)| format!("{:.0}% {what}", 100.0 * *ns as f64 / total as f64))
+                .collect();
+            text.push_str(&format!(
+                "{route} ({} ms off-CPU): {}\n",
+                total / 1_000_000,
+                top.join(", ")
+            ));
+        }
+        Some(text)
     }
 
     /// The hottest frames of the most sampled routes: `route: 62% frame, 30% frame` lines, or
@@ -306,6 +354,27 @@ mod tests {
         assert_eq!(
             text,
             "GET /hash (3 samples): 67% libcrypto.so.3!sha256, 33% app!burn\nGET /slow (1 samples): 100% app!burn\n"
+        );
+    }
+
+    #[test]
+    fn the_longest_waits_rank_the_routes_that_waited_most() {
+        let mut board = ProblemBoard::default();
+        assert_eq!(board.render_waits(5, 3), None);
+        board.record_waits(
+            "GET /reserve",
+            &[
+                ("lock in reserve".into(), 900_000_000),
+                ("sleep".into(), 100_000_000),
+            ],
+        );
+        board.record_waits("GET /slow", &[("sleep".into(), 300_000_000)]);
+        board.record_waits("GET /reserve", &[("lock in reserve".into(), 1_000_000_000)]);
+        assert_eq!(
+            board.render_waits(5, 2).as_deref(),
+            Some(
+                "GET /reserve (2000 ms off-CPU): 95% lock in reserve, 5% sleep\nGET /slow (300 ms off-CPU): 100% sleep\n"
+            )
         );
     }
 

@@ -8,7 +8,7 @@ use loupe_common::{
     CloseEvent, ConnEvent, ConnLocalEvent, CpuSampleEvent, DATA_EVENT_HEADER_LEN, DataEvent,
     Direction, DupEvent, EventHeader, EventKind, ExecEvent, ForkEvent, GoCallEvent, GoFunction,
     LIBPQ_CALL_HEADER_LEN, LIBPQ_HAS_RESULT, LibpqCallEvent, LibpqFunction, LibpqResultEvent,
-    ParkedEvent, ResyncEvent, SocketRole, TAIL_CAPTURE, libpq_probe,
+    OffCpuEvent, ParkedEvent, ResyncEvent, SocketRole, TAIL_CAPTURE, libpq_probe,
 };
 
 /// Bytes moved by one syscall on a tracked socket.
@@ -134,6 +134,8 @@ pub enum Event {
     LibpqCall(LibpqCallRecord),
     LibpqResult(LibpqResultRecord),
     CpuSample(CpuSample),
+    /// A hot thread came back on a CPU.
+    OffCpu(OffCpuRecord),
     /// A process that was not a target exec'd (loupe watches for names or executables): a new
     /// program on `pid`, never the process loupe may have known on it before.
     Exec(ExecRecord),
@@ -164,9 +166,34 @@ pub struct CpuSample {
     /// The user registers and a copy of the user stack from the stack pointer up, to unwind
     /// where `user` (a frame-pointer walk) stops short. None when the kernel could read neither.
     pub unwind: Option<UnwindInput>,
-    /// Taken by the always-on low-rate event (`--profile-always`), not because the thread was
-    /// hot.
-    pub background: bool,
+    /// Why the stack was taken.
+    pub source: SampleSource,
+}
+
+/// What took a [`CpuSample`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SampleSource {
+    /// The CPU clock of a hot thread.
+    Hot,
+    /// The always-on low-rate event (`--profile-always`), not because the thread was hot.
+    Background,
+    /// A hot thread leaving the CPU (sched_switch), in task state `state` (sched_switch's
+    /// `prev_state`): the stack it waits in. Its `ts_ns` is the switch-out.
+    OffCpu { state: u32 },
+}
+
+/// A hot thread came back on a CPU: it was off from `off_ns` (0: since before it was heated)
+/// to `on_ns`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OffCpuRecord {
+    pub pid: u32,
+    pub tid: u32,
+    pub off_ns: u64,
+    pub on_ns: u64,
+    /// The task state it left in (sched_switch's `prev_state`).
+    pub state: u32,
+    /// Its switch-out's stack was recorded (an [`SampleSource::OffCpu`] sample at `off_ns`).
+    pub stacked: bool,
 }
 
 /// What unwinding one sample's user stack starts from.
@@ -372,7 +399,22 @@ pub fn decode(record: &Bytes) -> Result<Event, DecodeError> {
                 user: frames(&event.user, event.user_bytes),
                 kernel: frames(&event.kernel, event.kernel_bytes),
                 unwind: unwind_input(&event),
-                background: header.conn_id == loupe_common::SAMPLE_BACKGROUND,
+                source: match header.conn_id {
+                    loupe_common::SAMPLE_BACKGROUND => SampleSource::Background,
+                    loupe_common::SAMPLE_OFF_CPU => SampleSource::OffCpu { state: event.state },
+                    _ => SampleSource::Hot,
+                },
+            }))
+        }
+        EventKind::OffCpu => {
+            let event: OffCpuEvent = read(record)?;
+            Ok(Event::OffCpu(OffCpuRecord {
+                pid: header.pid,
+                tid: header.tid,
+                off_ns: event.off_ns,
+                on_ns: event.on_ns,
+                state: event.state,
+                stacked: event.stacked != 0,
             }))
         }
     }

@@ -6,6 +6,7 @@ pub mod reader;
 
 pub use decode::{
     ConnRecord, CpuSample, DataRecord, DecodeError, Event, ExecRecord, FdNews, LibpqCallRecord,
-    LibpqResultRecord, PgResultInfo, UnwindInput, decode, decode_fd_news,
+    LibpqResultRecord, OffCpuRecord, PgResultInfo, SampleSource, UnwindInput, decode,
+    decode_fd_news,
 };
 pub use reader::Batch;

@@ -10,8 +10,10 @@ use loupe_common::{
     COMM_LEN, TargetInfo, WATCH_BY_COMM, WATCH_EVERY_EXEC,
     names::{
         GLOBAL_CAPTURE_BYTES, GLOBAL_NEWTASK_FLAGS_OFFSET, GLOBAL_NEWTASK_PID_OFFSET,
-        GLOBAL_QUERY_BYTES, GLOBAL_WAKEUP_BYTES, GLOBAL_WATCH_EXECS, MAP_EVENTS, MAP_LOSS,
-        MAP_PY_CONTEXTS, MAP_SOCKETS, MAP_TARGET_PIDS, MAP_WATCH_COMMS, TRACEPOINT_PROGRAMS,
+        GLOBAL_OFF_CPU_GAP_NS, GLOBAL_QUERY_BYTES, GLOBAL_SWITCH_NEXT_PID_OFFSET,
+        GLOBAL_SWITCH_PREV_PID_OFFSET, GLOBAL_SWITCH_PREV_STATE_OFFSET, GLOBAL_WAKEUP_BYTES,
+        GLOBAL_WATCH_EXECS, MAP_EVENTS, MAP_LOSS, MAP_PY_CONTEXTS, MAP_SOCKETS, MAP_TARGET_PIDS,
+        MAP_WATCH_COMMS, TRACEPOINT_PROGRAMS,
     },
 };
 
@@ -39,6 +41,8 @@ pub struct ProbeConfig {
     pub watch: ExecWatch,
     /// Entries of the kernel's socket map (`SOCKETS_MAX` by default).
     pub max_sockets: u32,
+    /// The least time between two switch-out stacks of one hot thread (a sampling period).
+    pub off_cpu_gap_ns: u64,
 }
 
 /// What the kernel watches execs for (`--name`, `--exe`); the default watches nothing.
@@ -124,6 +128,14 @@ pub fn load_and_attach(config: &ProbeConfig, targets: &[Target]) -> Result<Probe
     .unwrap_or_default();
     let newtask_pid = parse_field_offset(&newtask, "pid").unwrap_or(8);
     let newtask_flags = parse_field_offset(&newtask, "clone_flags").unwrap_or(32);
+    let switch = std::fs::read_to_string(format!(
+        "{}/events/sched/sched_switch/format",
+        crate::preflight::TRACEFS
+    ))
+    .unwrap_or_default();
+    let prev_pid = parse_field_offset(&switch, "prev_pid").unwrap_or(24);
+    let prev_state = parse_field_offset(&switch, "prev_state").unwrap_or(32);
+    let next_pid = parse_field_offset(&switch, "next_pid").unwrap_or(56);
     let mut ebpf = EbpfLoader::new()
         .override_global(GLOBAL_CAPTURE_BYTES, &config.capture_bytes, true)
         .override_global(GLOBAL_WAKEUP_BYTES, &config.wakeup_bytes, true)
@@ -131,6 +143,10 @@ pub fn load_and_attach(config: &ProbeConfig, targets: &[Target]) -> Result<Probe
         .override_global(GLOBAL_NEWTASK_PID_OFFSET, &newtask_pid, true)
         .override_global(GLOBAL_NEWTASK_FLAGS_OFFSET, &newtask_flags, true)
         .override_global(GLOBAL_WATCH_EXECS, &config.watch.flags(), true)
+        .override_global(GLOBAL_SWITCH_PREV_PID_OFFSET, &prev_pid, true)
+        .override_global(GLOBAL_SWITCH_PREV_STATE_OFFSET, &prev_state, true)
+        .override_global(GLOBAL_SWITCH_NEXT_PID_OFFSET, &next_pid, true)
+        .override_global(GLOBAL_OFF_CPU_GAP_NS, &config.off_cpu_gap_ns, true)
         .map_max_entries(MAP_SOCKETS, config.max_sockets)
         .load(EBPF_OBJECT)
         .map_err(|err| ProbeError::Load(Box::new(err)))?;

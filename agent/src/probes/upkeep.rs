@@ -126,6 +126,9 @@ impl Upkeep {
                 }
             }
             self.poll_loss(&counters);
+            if let Some(sampler) = self.sampler.as_mut() {
+                sampler.settle(&mut self.ebpf);
+            }
             let mut changes = Changes::default();
             self.targets.check(&mut self.ebpf, &mut changes);
             // An exec report lost (the ring was full, or the queue to here): the process it

@@ -5,16 +5,18 @@ use std::path::{Path, PathBuf};
 
 use super::stacks::Folded;
 
-/// Writes `<trace>-<span>.folded` and `.svg` into `dir`; returns the SVG's path.
+/// Writes `<trace>-<span><part>.folded` and `.svg` into `dir` (`part`: "" for the CPU
+/// profile, ".offcpu" for the off-CPU one); returns the SVG's path.
 pub fn write(
     dir: &Path,
     trace_id: u128,
     span_id: u64,
     title: &str,
     folded: &Folded,
+    part: &str,
 ) -> std::io::Result<PathBuf> {
     std::fs::create_dir_all(dir)?;
-    let stem = format!("{trace_id:032x}-{span_id:016x}");
+    let stem = format!("{trace_id:032x}-{span_id:016x}{part}");
     let lines: Vec<String> = folded
         .stacks
         .iter()
@@ -24,6 +26,13 @@ pub fn write(
     let svg = dir.join(format!("{stem}.svg"));
     let mut options = inferno::flamegraph::Options::default();
     options.title = title.to_owned();
+    if !part.is_empty() {
+        // Off-CPU time: blue, as is the custom (Brendan Gregg's off-CPU flame graphs).
+        options.colors = inferno::flamegraph::color::Palette::Basic(
+            inferno::flamegraph::color::BasicPalette::Blue,
+        );
+        options.count_name = "us".to_owned();
+    }
     let file = std::io::BufWriter::new(std::fs::File::create(&svg)?);
     inferno::flamegraph::from_lines(&mut options, lines.iter().map(String::as_str), file)
         .map_err(std::io::Error::other)?;
@@ -43,7 +52,7 @@ mod tests {
             Frame::Named("app!main".into()),
         ];
         let folded = fold([(&[][..], &user[..])]);
-        let svg = write(&dir, 1, 2, "GET /burn", &folded).unwrap();
+        let svg = write(&dir, 1, 2, "GET /burn", &folded, "").unwrap();
         let text = std::fs::read_to_string(&svg).unwrap();
         assert!(text.contains("<svg") && text.contains("app!burn"), "{text}");
         let folded_text = std::fs::read_to_string(svg.with_extension("folded")).unwrap();

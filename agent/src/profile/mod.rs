@@ -7,9 +7,11 @@
 //! stacks ([`stacks`]) into a `cpu_profile` span event, writes a flamegraph with --profile-dir ([`flame`]), and hands the span to the exporter.
 //! Nothing is opened while nothing is slow.
 
+pub mod asleep;
 pub mod flame;
 pub mod hot;
 pub mod maps;
+pub mod offcpu;
 pub mod samples;
 pub mod stacks;
 pub mod symbolizer;

@@ -21,12 +21,14 @@ use tokio::sync::mpsc;
 use super::{
     flame,
     maps::{Mapping, find, module_offset, parse_exec_mappings},
+    offcpu,
+    samples::Wait,
     stacks::{Folded, Frame, fold, top_lines},
     unwind::Unwinders,
 };
 use crate::{
     detect::ProblemBoard,
-    events::CpuSample,
+    events::{CpuSample, SampleSource},
     spans::{SpanEvent, SpanRecord},
     stats::Counters,
 };
@@ -38,14 +40,17 @@ pub struct ProfileSettings {
     pub hz: u64,
     /// Samples per second of every target thread on a CPU, all the time (`--profile-always`).
     pub always_hz: Option<u64>,
+    /// Watch hot threads off the CPU (off_cpu_profile).
+    pub off_cpu: bool,
     /// Where flamegraphs go, if anywhere.
     pub dir: Option<PathBuf>,
 }
 
-/// A slow span and the samples of its thread within it.
+/// A slow span and the samples and waits of its thread within it.
 pub struct ProfileJob {
     pub span: SpanRecord,
     pub samples: Vec<CpuSample>,
+    pub waits: Vec<Wait>,
 }
 
 /// Folded stacks in the event: at most this many lines and bytes.
@@ -96,14 +101,42 @@ fn profile(
     board: &Mutex<ProblemBoard>,
     counters: &Counters,
 ) -> SpanRecord {
-    let ProfileJob { mut span, samples } = job;
-    if samples.is_empty() {
-        return span;
+    let ProfileJob {
+        mut span,
+        samples,
+        waits,
+    } = job;
+    let first_sample = samples.iter().map(|s| s.ts_ns).min();
+    if !samples.is_empty() {
+        cpu_profile(
+            &mut span, samples, settings, names, unwinders, board, counters,
+        );
     }
+    if !waits.is_empty() {
+        let folded = fold_waits(&waits, names, unwinders);
+        offcpu::attach(&mut span, &folded, first_sample, settings.dir.as_deref());
+        if let Ok(mut board) = board.lock() {
+            board.record_waits(&span.name, &folded.by_place());
+        }
+    }
+    span
+}
+
+/// The `cpu_profile` event, and with --profile-dir its flamegraph.
+fn cpu_profile(
+    span: &mut SpanRecord,
+    samples: Vec<CpuSample>,
+    settings: &ProfileSettings,
+    names: &mut Names,
+    unwinders: &mut Unwinders,
+    board: &Mutex<ProblemBoard>,
+    counters: &Counters,
+) {
     // The always-on samples are the span's part before its threshold, at another rate: they
     // are folded apart, never mixed into the hot thread's counts.
-    let (early, samples): (Vec<CpuSample>, Vec<CpuSample>) =
-        samples.into_iter().partition(|s| s.background);
+    let (early, samples): (Vec<CpuSample>, Vec<CpuSample>) = samples
+        .into_iter()
+        .partition(|s| s.source == SampleSource::Background);
     let folded = fold_samples(&samples, names, unwinders);
     let early_folded = fold_samples(&early, names, unwinders);
     Counters::add(
@@ -149,7 +182,7 @@ fn profile(
         }
     }
     if let Some(dir) = &settings.dir {
-        match flame::write(dir, span.trace_id, span.span_id, &span.name, &folded) {
+        match flame::write(dir, span.trace_id, span.span_id, &span.name, &folded, "") {
             Ok(path) => {
                 let path = path.display().to_string();
                 attributes.push(("path", path.clone().into()));
@@ -160,13 +193,54 @@ fn profile(
     }
     span.events.push(SpanEvent {
         name: "cpu_profile",
-        time_ns: span.end_ns,
+        time_ns: inside(span),
         attributes,
     });
     if let Ok(mut board) = board.lock() {
         board.record_profile(&span.name, &folded);
     }
-    span
+}
+
+/// When a profile event is stamped: just inside its span (Jaeger's UI hides an event stamped
+/// at or after its span's end, in its microseconds).
+pub(super) fn inside(span: &SpanRecord) -> u64 {
+    span.end_ns.saturating_sub(1_000).max(span.start_ns)
+}
+
+/// The waits' stacks, unwound and named, each with its kernel frames (trimmed of the
+/// scheduler's) and its time; a wait without a stack has none.
+fn fold_waits(waits: &[Wait], names: &mut Names, unwinders: &mut Unwinders) -> offcpu::WaitStacks {
+    let Some(pid) = waits.first().map(|w| w.pid) else {
+        return offcpu::WaitStacks::default();
+    };
+    let stacks: Vec<Option<(Vec<u64>, bool)>> = waits
+        .iter()
+        .map(|wait| wait.stack.as_ref().map(|s| user_stack(s, unwinders)))
+        .collect();
+    let mut user: Vec<u64> = stacks
+        .iter()
+        .flatten()
+        .flat_map(|(frames, _)| frames.iter().copied())
+        .collect();
+    user.sort_unstable();
+    user.dedup();
+    names.resolve_user(pid, &user);
+    let resolved = waits.iter().zip(&stacks).map(|(wait, stack)| {
+        let kernel = match (&wait.stack, wait.kernel_names.is_empty()) {
+            (_, false) => wait.kernel_names.clone(),
+            (Some(sample), true) => names.kernel(&sample.kernel),
+            (None, true) => Vec::new(),
+        };
+        let user = stack.as_ref().map(|(frames, cut)| {
+            let mut user = names.user(wait.pid, frames);
+            if *cut {
+                user.push(Frame::Unmapped);
+            }
+            user
+        });
+        (wait, kernel, user)
+    });
+    offcpu::fold(resolved)
 }
 
 /// The samples' stacks, unwound, named and folded (all of one process).

@@ -440,7 +440,7 @@ impl Stitcher {
                 self.bind_child(pid, goid, parent_goid);
                 self.go_call(pid, goid, function, object);
             }
-            Event::CpuSample(_) => {}
+            Event::CpuSample(_) | Event::OffCpu(_) => {}
             Event::LibpqCall(call) => {
                 self.clock_ns = call.ts_ns;
                 self.pids.insert(call.pid);

@@ -220,6 +220,21 @@ fn frontend(
             std::thread::sleep(Duration::from_millis(1200));
             Response::new(200, r#"{"slow":true}"#)
         }
+        ("GET", "/api/ledger/hold") => {
+            // Holds the ledger's lock for `ms=` milliseconds (asleep while holding it).
+            let ms = query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("ms="))
+                .and_then(|ms| ms.parse().ok())
+                .unwrap_or(1000);
+            let _ledger = LEDGER.lock().unwrap_or_else(|e| e.into_inner());
+            std::thread::sleep(Duration::from_millis(ms));
+            Response::new(200, r#"{"held":true}"#)
+        }
+        ("GET", "/api/ledger/reserve") => {
+            let entries = reserve_ledger();
+            Response::new(200, format!(r#"{{"reserved":{entries}}}"#))
+        }
         ("GET", "/api/checkout") => {
             let user = query.strip_prefix("user=").unwrap_or("0");
             proxy(backend, &format!("/score?user={user}"), 200)
@@ -300,6 +315,17 @@ fn frontend(
         }
         _ => Response::new(404, r#"{"error":"not found"}"#),
     }
+}
+
+/// The shop's ledger: one lock every reservation takes (and /api/ledger/hold keeps).
+static LEDGER: std::sync::Mutex<u64> = std::sync::Mutex::new(0);
+
+/// Takes the ledger's lock to add an entry: blocks while another request holds it.
+#[inline(never)]
+fn reserve_ledger() -> u64 {
+    let mut ledger = LEDGER.lock().unwrap_or_else(|e| e.into_inner());
+    *ledger += 1;
+    std::hint::black_box(*ledger)
 }
 
 /// Calls the backend; on success answers `ok_status` with its body, else 502.
