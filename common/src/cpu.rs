@@ -20,10 +20,20 @@ pub const SAMPLE_BACKGROUND: u64 = 1;
 pub const SAMPLE_OFF_CPU: u64 = 2;
 
 /// One CPU sample of a thread (`header.fd` is -1, `header.conn_id` 0 for a hot thread's,
-/// [`SAMPLE_BACKGROUND`] for the always-on event's, [`SAMPLE_OFF_CPU`] for a switch-out's).
+/// [`SAMPLE_BACKGROUND`] for the always-on event's, [`SAMPLE_OFF_CPU`] for a switch-out's): its
+/// fixed part, then the stack copy (userspace reads the two apart, and copies the stack once).
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct CpuSampleEvent {
+    pub head: CpuSampleHead,
+    /// The user stack from `head.sp` up.
+    pub stack: [u8; STACK_COPY],
+}
+
+/// A CPU sample's fixed part.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct CpuSampleHead {
     pub header: EventHeader,
     /// When the sample was taken: ns since boot, bpf_ktime_get_ns.
     pub ts_ns: u64,
@@ -45,12 +55,10 @@ pub struct CpuSampleEvent {
     /// For a switch-out ([`SAMPLE_OFF_CPU`]): the `prev_state` sched_switch reported (0 or
     /// [`STATE_PREEMPTED`]: still runnable; 1 sleeping, 2 uninterruptible). 0 otherwise.
     pub state: u32,
-    /// The user stack from `sp` up.
-    pub stack: [u8; STACK_COPY],
 }
-const _: () = assert!(
-    size_of::<CpuSampleEvent>() == 40 + 8 * (MAX_USER_FRAMES + MAX_KERNEL_FRAMES) + 32 + STACK_COPY
-);
+const _: () =
+    assert!(size_of::<CpuSampleHead>() == 40 + 8 * (MAX_USER_FRAMES + MAX_KERNEL_FRAMES) + 32);
+const _: () = assert!(size_of::<CpuSampleEvent>() == size_of::<CpuSampleHead>() + STACK_COPY);
 
 /// sched_switch's `prev_state` of a task preempted (Linux's TASK_REPORT_MAX): runnable, waiting
 /// for a CPU rather than for something.
@@ -101,6 +109,8 @@ pub const HOT_THREADS_MAX: u32 = 256;
 mod pod {
     // SAFETY: repr(C) integers and integer arrays without padding; every bit pattern is valid.
     unsafe impl aya::Pod for super::CpuSampleEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::CpuSampleHead {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::OffCpuEvent {}
     // SAFETY: as above.

@@ -152,34 +152,34 @@ fn sample(ctx: *mut c_void, pid_tgid: u64, source: u64, state: u32, ts_ns: u64) 
     // SAFETY: `event` points at a reserved, writable record of size_of::<CpuSampleEvent>();
     // bpf_get_stack writes at most the size it is given into the array it is given.
     unsafe {
-        (*event).header = EventHeader {
+        (*event).head.header = EventHeader {
             kind: EventKind::CpuSample as u32,
             pid: (pid_tgid >> 32) as u32,
             tid: pid_tgid as u32,
             fd: -1,
             conn_id: source,
         };
-        (*event).ts_ns = ts_ns;
+        (*event).head.ts_ns = ts_ns;
         let user = generated::bpf_get_stack(
             ctx,
-            (*event).user.as_mut_ptr().cast(),
+            (*event).head.user.as_mut_ptr().cast(),
             (MAX_USER_FRAMES * 8) as u32,
             BPF_F_USER_STACK as u64,
         );
-        (*event).user_bytes = if user > 0 { user as u32 } else { 0 };
+        (*event).head.user_bytes = if user > 0 { user as u32 } else { 0 };
         let kernel = generated::bpf_get_stack(
             ctx,
-            (*event).kernel.as_mut_ptr().cast(),
+            (*event).head.kernel.as_mut_ptr().cast(),
             (MAX_KERNEL_FRAMES * 8) as u32,
             0,
         );
-        (*event).kernel_bytes = if kernel > 0 { kernel as u32 } else { 0 };
+        (*event).head.kernel_bytes = if kernel > 0 { kernel as u32 } else { 0 };
         let sp = saved_user_reg(PT_REGS_SP);
-        (*event).ip = saved_user_reg(PT_REGS_IP);
-        (*event).sp = sp;
-        (*event).bp = saved_user_reg(PT_REGS_BP);
-        (*event).state = state;
-        (*event).stack_bytes = 0;
+        (*event).head.ip = saved_user_reg(PT_REGS_IP);
+        (*event).head.sp = sp;
+        (*event).head.bp = saved_user_reg(PT_REGS_BP);
+        (*event).head.state = state;
+        (*event).head.stack_bytes = 0;
         if sp != 0 {
             for size in COPY_SIZES {
                 let read = generated::bpf_probe_read_user(
@@ -188,7 +188,7 @@ fn sample(ctx: *mut c_void, pid_tgid: u64, source: u64, state: u32, ts_ns: u64) 
                     sp as *const c_void,
                 );
                 if read == 0 {
-                    (*event).stack_bytes = size as u32;
+                    (*event).head.stack_bytes = size as u32;
                     break;
                 }
             }

@@ -95,6 +95,12 @@ fn a_slow_cpu_bound_request_carries_its_stacks_and_a_sleeping_one_does_not() {
         "{whole} of {samples} samples reach the thread's start in libc through std:\n{folded}"
     );
     assert!(!folded.contains("[truncated]") || truncated > 0, "{folded}");
+    // libc's own thread start is not in its symbol table; its debug file (libc6-dbg, through
+    // the build id its .gnu_debuglink names) names it.
+    assert!(
+        folded.contains("libc.so.6!start_thread"),
+        "libc's frames named from its debug file:\n{folded}"
+    );
 
     let fast = by_name("GET /api/users/{id}");
     assert!(!fast.is_slow());

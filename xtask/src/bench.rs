@@ -79,6 +79,14 @@ pub fn core_only(duration: Duration) -> anyhow::Result<()> {
     core_runs(duration.as_secs().max(1))
 }
 
+/// Only the off-CPU profiles' cost.
+pub fn off_cpu_only(duration: Duration) -> anyhow::Result<()> {
+    setup::require_root("bench")?;
+    setup::run()?;
+    build::release()?;
+    offcpu_runs(duration.as_secs().max(1))
+}
+
 pub fn run(duration: Duration, adapters_only: bool, https_only: bool) -> anyhow::Result<()> {
     setup::require_root("bench")?;
     setup::run()?;
@@ -371,20 +379,6 @@ fn core_runs(seconds: u64) -> anyhow::Result<()> {
         with_loupe_flags(frontend.pid(), &["--slow-http", "10ms"], || {
             wrk(&crunch_url, 1, seconds)
         })?;
-    // Off-CPU: /api/checkout waits ~5 ms on the backend per request; at --slow-http 1ms each
-    // request's thread is hot for most of it, once with hot threads watched off the CPU
-    // (sched_switch and sys_exit hooked, /proc read at each heating) and once without.
-    let wait_url = format!("http://{addr}/api/checkout?user=1");
-    wrk(&wait_url, 4, 2)?;
-    let (wait_on, wait_on_cpu, _, _) =
-        with_loupe_flags(frontend.pid(), &["--slow-http", "1ms"], || {
-            wrk(&wait_url, 4, seconds)
-        })?;
-    let (wait_off, wait_off_cpu, _, _) = with_loupe_flags(
-        frontend.pid(),
-        &["--slow-http", "1ms", "--no-off-cpu"],
-        || wrk(&wait_url, 4, seconds),
-    )?;
     drop(frontend);
     let _ = std::fs::remove_dir_all(&dir);
 
@@ -447,15 +441,6 @@ fn core_runs(seconds: u64) -> anyhow::Result<()> {
         crunch_hot.p99,
         crunch_ratio(&crunch_hot)
     );
-    let wait_ratio = wait_on.requests_per_sec / wait_off.requests_per_sec.max(1e-9);
-    println!(
-        "| demo /api/checkout, ~5 ms waiting on the backend (wrk -t1 -c4 -d{seconds}s, one round) | loupe --slow-http 1ms --no-off-cpu: every request hot, CPU samples only | {:.1} | {} | 1.000 | {wait_off_cpu:.2} | |",
-        wait_off.requests_per_sec, wait_off.p99
-    );
-    println!(
-        "| | loupe --slow-http 1ms: and watched off the CPU | {:.1} | {} | {wait_ratio:.3} | {wait_on_cpu:.2} | |",
-        wait_on.requests_per_sec, wait_on.p99
-    );
     rows(
         &format!("pgbench -S -c4 -j2 -T{seconds} (select-only, simple protocol)"),
         " tps",
@@ -502,11 +487,7 @@ fn core_runs(seconds: u64) -> anyhow::Result<()> {
         hot_samples as f64 / seconds as f64,
         (1.0 - crunch_ratio(&crunch_hot)) * 100.0
     );
-    println!(
-        "Off-CPU: watching hot threads off the CPU cost {:.1}% of a waiting route's throughput (every request hot) and {:+.2} s of loupe's CPU",
-        (1.0 - wait_ratio) * 100.0,
-        wait_on_cpu - wait_off_cpu
-    );
+    offcpu_runs(seconds)?;
     p99_rounds("nginx", &nginx_rounds, Some(1), 2);
     p99_rounds("the 1 ms route", &work_rounds, None, 1);
     for (target, rounds) in [
@@ -969,6 +950,48 @@ pub fn under_loupe<T>(pid: u32, measure: impl FnOnce() -> anyhow::Result<T>) -> 
     let result = measure();
     loupe.guard.interrupt(Duration::from_secs(30));
     result
+}
+
+/// Off-CPU profiles' cost: /api/checkout waits ~5 ms on the backend per request; at
+/// --slow-http 1ms each request's thread is hot for most of it, once watched off the CPU too
+/// (sched_switch and sys_exit hooked, /proc read at each heating) and once not (`--no-off-cpu`).
+pub fn offcpu_runs(seconds: u64) -> anyhow::Result<()> {
+    let (backend, backend_addr) = start_demo_app(&["backend", "--port", "0"])?;
+    let (waiting, waiting_addr) = start_demo_app(&[
+        "frontend",
+        "--port",
+        "0",
+        "--backend",
+        &format!("http://{backend_addr}"),
+    ])?;
+    let wait_url = format!("http://{waiting_addr}/api/checkout?user=1");
+    wrk(&wait_url, 4, 2)?;
+    let (wait_on, wait_on_cpu, _, _) =
+        with_loupe_flags(waiting.pid(), &["--slow-http", "1ms"], || {
+            wrk(&wait_url, 4, seconds)
+        })?;
+    let (wait_off, wait_off_cpu, _, _) = with_loupe_flags(
+        waiting.pid(),
+        &["--slow-http", "1ms", "--no-off-cpu"],
+        || wrk(&wait_url, 4, seconds),
+    )?;
+    drop(waiting);
+    drop(backend);
+    let wait_ratio = wait_on.requests_per_sec / wait_off.requests_per_sec.max(1e-9);
+    println!(
+        "| demo /api/checkout, ~5 ms waiting on the backend (wrk -t1 -c4 -d{seconds}s, one round) | loupe --slow-http 1ms --no-off-cpu: every request hot, CPU samples only | {:.1} | {} | 1.000 | {wait_off_cpu:.2} | |",
+        wait_off.requests_per_sec, wait_off.p99
+    );
+    println!(
+        "| | loupe --slow-http 1ms: and watched off the CPU | {:.1} | {} | {wait_ratio:.3} | {wait_on_cpu:.2} | |",
+        wait_on.requests_per_sec, wait_on.p99
+    );
+    println!(
+        "Off-CPU: watching hot threads off the CPU cost {:.1}% of a waiting route's throughput (every request hot) and {:+.2} s of loupe's CPU",
+        (1.0 - wait_ratio) * 100.0,
+        wait_on_cpu - wait_off_cpu
+    );
+    Ok(())
 }
 
 #[cfg(test)]

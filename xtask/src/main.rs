@@ -95,6 +95,10 @@ enum Command {
         /// bpftool): nginx at saturation under the floor probe and under loupe.
         #[arg(long, conflicts_with_all = ["adapters_only", "https_only", "export_only", "core_only"])]
         programs: bool,
+        /// Only the off-CPU profiles' cost: a route waiting on its backend, every request hot,
+        /// watched off the CPU and not.
+        #[arg(long, conflicts_with_all = ["adapters_only", "https_only", "export_only", "core_only", "programs"])]
+        off_cpu_only: bool,
     },
     /// The demo shop under a steady mixed load with loupe exporting to Jaeger: loupe's memory
     /// minute by minute and its growth after warm-up.
@@ -139,8 +143,11 @@ fn main() -> anyhow::Result<()> {
             export_only,
             core_only,
             programs,
+            off_cpu_only,
         } => {
-            if programs {
+            if off_cpu_only {
+                bench::off_cpu_only(duration)
+            } else if programs {
                 programs::run(duration)
             } else if export_only {
                 bench::pipeline_runs().and_then(|()| bench::export_runs())

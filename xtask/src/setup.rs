@@ -30,6 +30,9 @@ const APT_PACKAGES: &[&str] = &[
     "redis-server",
     // Debian's own interpreter (static, stripped): the asyncio tests run on it too.
     "python3.11",
+    // libc's separate debug file (/usr/lib/debug/.build-id): CPU profiles name libc's own
+    // functions through its .gnu_debuglink.
+    "libc6-dbg",
 ];
 
 /// What the tests' Python apps import, pinned: the PostgreSQL drivers they drive (psycopg2-binary,

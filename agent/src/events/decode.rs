@@ -5,7 +5,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use bytes::Bytes;
 use loupe_common::{
-    CloseEvent, ConnEvent, ConnLocalEvent, CpuSampleEvent, DATA_EVENT_HEADER_LEN, DataEvent,
+    CloseEvent, ConnEvent, ConnLocalEvent, CpuSampleHead, DATA_EVENT_HEADER_LEN, DataEvent,
     Direction, DupEvent, EventHeader, EventKind, ExecEvent, ForkEvent, GoCallEvent, GoFunction,
     LIBPQ_CALL_HEADER_LEN, LIBPQ_HAS_RESULT, LibpqCallEvent, LibpqFunction, LibpqResultEvent,
     OffCpuEvent, ParkedEvent, ResyncEvent, SocketRole, TAIL_CAPTURE, libpq_probe,
@@ -387,7 +387,8 @@ pub fn decode(record: &Bytes) -> Result<Event, DecodeError> {
             }))
         }
         EventKind::CpuSample => {
-            let event: CpuSampleEvent = read(record)?;
+            // The fixed part, then the stack copy straight from the record: one copy of it.
+            let event: CpuSampleHead = read(record)?;
             let frames = |ips: &[u64], bytes: u32| -> Vec<u64> {
                 let n = (bytes as usize / 8).min(ips.len());
                 ips[..n].iter().copied().filter(|&ip| ip != 0).collect()
@@ -398,7 +399,7 @@ pub fn decode(record: &Bytes) -> Result<Event, DecodeError> {
                 ts_ns: event.ts_ns,
                 user: frames(&event.user, event.user_bytes),
                 kernel: frames(&event.kernel, event.kernel_bytes),
-                unwind: unwind_input(&event),
+                unwind: unwind_input(&event, &record[size_of::<CpuSampleHead>()..]),
                 source: match header.conn_id {
                     loupe_common::SAMPLE_BACKGROUND => SampleSource::Background,
                     loupe_common::SAMPLE_OFF_CPU => SampleSource::OffCpu { state: event.state },
@@ -420,13 +421,13 @@ pub fn decode(record: &Bytes) -> Result<Event, DecodeError> {
     }
 }
 
-fn unwind_input(event: &CpuSampleEvent) -> Option<UnwindInput> {
-    let copied = (event.stack_bytes as usize).min(event.stack.len());
+fn unwind_input(event: &CpuSampleHead, stack: &[u8]) -> Option<UnwindInput> {
+    let copied = (event.stack_bytes as usize).min(stack.len());
     (event.ip != 0 && event.sp != 0 && copied > 0).then(|| UnwindInput {
         ip: event.ip,
         sp: event.sp,
         bp: event.bp,
-        stack: event.stack[..copied].to_vec(),
+        stack: stack[..copied].to_vec(),
     })
 }
 

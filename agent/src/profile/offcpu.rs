@@ -363,12 +363,12 @@ pub fn attach(
         attributes,
     });
     span.set("performance.off_cpu_ms", ms(waits.total_ns));
-    if let Some(line) = diagnosis(span.end_ns.saturating_sub(span.start_ns), waits) {
+    if let Some((kind, line)) = diagnosis(span.end_ns.saturating_sub(span.start_ns), waits) {
         let line = match span.attr_str("performance.diagnosis") {
             Some(rest) if !rest.is_empty() => format!("{line}; {rest}"),
             _ => line,
         };
-        span.set("performance.wait_kind", waits.kinds[0].0.as_str());
+        span.set("performance.wait_kind", kind.as_str());
         span.set("performance.diagnosis", line);
     }
 }
@@ -376,10 +376,15 @@ pub fn attach(
 /// "71% of the request waited on a lock in `orders::reserve` (off-CPU)", when the largest kind
 /// of wait took at least [`LEADS_AT`] of the request ("at least" when a wait began before the
 /// thread was watched).
-fn diagnosis(duration_ns: u64, waits: &WaitStacks) -> Option<String> {
-    let &(kind, ns) = waits.kinds.first()?;
+fn diagnosis(duration_ns: u64, waits: &WaitStacks) -> Option<(WaitKind, String)> {
+    // An event loop idle in its poll, a thread waiting for a CPU, or a wait without a stack is
+    // not what the request waited on: the largest of the others leads, if any.
+    let &(kind, ns) = waits
+        .kinds
+        .iter()
+        .find(|(kind, _)| !matches!(kind, WaitKind::Poll | WaitKind::Cpu | WaitKind::Unknown))?;
     let share = ns as f64 / duration_ns.max(1) as f64;
-    if share < LEADS_AT || kind == WaitKind::Unknown {
+    if share < LEADS_AT {
         return None;
     }
     let at_least = if waits.before_heat { "at least " } else { "" };
@@ -391,10 +396,13 @@ fn diagnosis(duration_ns: u64, waits: &WaitStacks) -> Option<String> {
             format!(" in `{function}`")
         })
         .unwrap_or_default();
-    Some(format!(
-        "{at_least}{:.0}% of the request waited on {}{place} (off-CPU)",
-        (share * 100.0).min(100.0),
-        kind.phrase()
+    Some((
+        kind,
+        format!(
+            "{at_least}{:.0}% of the request waited on {}{place} (off-CPU)",
+            (share * 100.0).min(100.0),
+            kind.phrase()
+        ),
     ))
 }
 
@@ -504,10 +512,22 @@ mod tests {
         );
         assert_eq!(folded.frames[&WaitKind::Lock], "demo-app!demo_app::reserve");
         assert_eq!(
-            diagnosis(1_000_000_000, &folded).as_deref(),
-            Some("at least 80% of the request waited on a lock in `demo_app::reserve` (off-CPU)")
+            diagnosis(1_000_000_000, &folded),
+            Some((
+                WaitKind::Lock,
+                "at least 80% of the request waited on a lock in `demo_app::reserve` (off-CPU)"
+                    .to_owned()
+            ))
         );
         // A request mostly on a CPU is not said to wait.
         assert_eq!(diagnosis(10_000_000_000, &folded), None);
+        // An event loop idle in its poll is not what a request waited on.
+        let idle = wait(0, 900_000_000, false);
+        let polled = fold([(
+            &idle,
+            names(&["vmlinux!do_epoll_wait"]),
+            user(&["libc.so.6!epoll_wait"]),
+        )]);
+        assert_eq!(diagnosis(1_000_000_000, &polled), None);
     }
 }

@@ -301,6 +301,21 @@ struct Names {
     maps: HashMap<u32, Vec<Mapping>>,
 }
 
+/// The symbols of process `pid`'s addresses, from the modules' symbol tables or, with
+/// `debug_syms`, from their debug information and separate debug files.
+fn symbolize<'s>(
+    symbolizer: &'s Symbolizer,
+    pid: u32,
+    addrs: &[u64],
+    debug_syms: bool,
+) -> Vec<Symbolized<'s>> {
+    let mut process = Process::new(Pid::from(pid));
+    process.debug_syms = debug_syms;
+    symbolizer
+        .symbolize(&Source::Process(process), Input::AbsAddr(addrs))
+        .unwrap_or_default()
+}
+
 /// Cached names at most (the cache is dropped whole past it).
 const MAX_CACHED: usize = 100_000;
 
@@ -345,13 +360,21 @@ impl Names {
             if mapped.is_empty() {
                 return;
             }
-            let mut process = Process::new(Pid::from(pid));
-            process.debug_syms = false;
-            let source = Source::Process(process);
-            let symbolized = self
-                .symbolizer
-                .symbolize(&source, Input::AbsAddr(&mapped))
-                .unwrap_or_default();
+            // The symbol tables first; what they do not name, a module's separate debug file
+            // may (its .gnu_debuglink, or its build id under /usr/lib/debug), when installed.
+            let mut symbolized = symbolize(&self.symbolizer, pid, &mapped, false);
+            let unnamed: Vec<usize> = (0..mapped.len())
+                .filter(|&i| !matches!(symbolized.get(i), Some(Symbolized::Sym(_))))
+                .collect();
+            if !unnamed.is_empty() && symbolized.len() == mapped.len() {
+                let retry: Vec<u64> = unnamed.iter().map(|&i| mapped[i]).collect();
+                let from_debug = symbolize(&self.symbolizer, pid, &retry, true);
+                for (i, found) in unnamed.into_iter().zip(from_debug) {
+                    if matches!(found, Symbolized::Sym(_)) {
+                        symbolized[i] = found;
+                    }
+                }
+            }
             for (i, addr) in mapped.iter().enumerate() {
                 let mapping = find(maps, *addr);
                 let frame = match (symbolized.get(i), mapping) {
@@ -442,5 +465,70 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(frames[1], Frame::Unmapped, "0x10 is in no mapping");
+    }
+
+    /// A program stripped of its symbol table, with its debug file beside it through a
+    /// .gnu_debuglink (as distributions ship them): its own static function is named from the
+    /// debug file, and without that file it is not.
+    #[test]
+    fn a_stripped_binary_is_named_from_its_debug_link() {
+        use std::{io::BufRead as _, process::Command};
+        let dir = std::env::temp_dir().join(format!("loupe-debuglink-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let source = dir.join("prog.c");
+        std::fs::write(
+            &source,
+            "#include <stdio.h>\n\
+             static volatile unsigned long sink;\n\
+             __attribute__((noinline)) static void hidden_worker(void) { for (;;) sink++; }\n\
+             int main(void) { printf(\"%p\\n\", (void *)hidden_worker); fflush(stdout);\n\
+             hidden_worker(); }\n",
+        )
+        .unwrap();
+        let prog = dir.join("prog");
+        let run = |cmd: &mut Command| {
+            let status = cmd
+                .status()
+                .expect("gcc and binutils (objcopy, strip) are installed");
+            assert!(status.success(), "{cmd:?}");
+        };
+        run(Command::new("gcc")
+            .args(["-g", "-O1", "-o"])
+            .arg(&prog)
+            .arg(&source));
+        run(Command::new("objcopy")
+            .arg("--only-keep-debug")
+            .arg(&prog)
+            .arg(dir.join("prog.debug")));
+        run(Command::new("strip").arg("--strip-all").arg(&prog));
+        run(Command::new("objcopy")
+            .arg("--add-gnu-debuglink=prog.debug")
+            .arg(&prog)
+            .current_dir(&dir));
+        let mut child = Command::new(&prog)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = u64::from_str_radix(line.trim().trim_start_matches("0x"), 16).unwrap();
+        let pid = child.id();
+        let name = |names: &mut Names| {
+            names.resolve_user(pid, &[addr]);
+            names.user(pid, &[addr]).remove(0)
+        };
+        let named = name(&mut Names::new());
+        std::fs::remove_file(dir.join("prog.debug")).unwrap();
+        let unnamed = name(&mut Names::new());
+        let _ = child.kill();
+        let _ = child.wait();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(named, Frame::Named("prog!hidden_worker".into()));
+        assert!(
+            !matches!(&unnamed, Frame::Named(n) if n.contains("hidden_worker")),
+            "{unnamed:?}"
+        );
     }
 }
