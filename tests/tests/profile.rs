@@ -271,6 +271,19 @@ fn off_cpu_profiles_say_where_slow_requests_waited() {
     assert_eq!(get(&demo.frontend_addr, "/api/crunch?ms=800").status, 200);
     let finished = loupe.stop();
     assert!(finished.status.success(), "{}", finished.stderr);
+    // The longest waits per route, at exit.
+    let waits = finished
+        .stderr
+        .split_once("loupe: longest waits of slow spans (off-CPU)\n")
+        .map(|(_, rest)| rest)
+        .unwrap_or_else(|| panic!("no longest waits at exit: {}", finished.stderr));
+    assert!(
+        waits
+            .lines()
+            .any(|line| line.starts_with("GET /api/ledger/reserve (")
+                && line.contains("% lock in demo_app::reserve_ledger")),
+        "{waits}"
+    );
 
     let spans = jaeger.wait_for_spans("e2e-offcpu", 5, |s| s.is_slow());
     let by_name = |name: &str| {
