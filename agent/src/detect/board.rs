@@ -41,6 +41,41 @@ pub struct ProblemBoard {
 const MAX_PROFILED_ROUTES: usize = 1_000;
 const MAX_FRAMES_PER_ROUTE: usize = 1_000;
 
+/// The routes with the largest totals, each with the shares of its largest parts:
+/// `route (<what the total is>): 62% part, 30% part` lines; None when no route has any.
+fn render_shares(
+    by_route: &HashMap<String, HashMap<String, u64>>,
+    routes: usize,
+    parts: usize,
+    total_is: impl Fn(u64) -> String,
+) -> Option<String> {
+    let mut ranked: Vec<(&String, u64)> = by_route
+        .iter()
+        .map(|(route, counts)| (route, counts.values().sum()))
+        .filter(|(_, total)| *total > 0)
+        .collect();
+    if ranked.is_empty() {
+        return None;
+    }
+    ranked.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+    let mut text = String::new();
+    for (route, total) in ranked.into_iter().take(routes) {
+        let mut counts: Vec<(&String, &u64)> = by_route[route].iter().collect();
+        counts.sort_by(|a, b| b.1.cmp(a.1).then_with(|| a.0.cmp(b.0)));
+        let top: Vec<String> = counts
+            .into_iter()
+            .take(parts)
+            .map(|(part, n)| format!("{:.0}% {part}", 100.0 * *n as f64 / total as f64))
+            .collect();
+        text.push_str(&format!(
+            "{route} ({}): {}\n",
+            total_is(total),
+            top.join(", ")
+        ));
+    }
+    Some(text)
+}
+
 impl ProblemBoard {
     pub const MAX_ROWS: usize = 10_000;
 
@@ -147,58 +182,17 @@ impl ProblemBoard {
     /// The longest waits of the routes that waited most: `route (812 ms off-CPU): 95% lock in
     /// f, 5% sleep` lines, or None when no slow span waited.
     pub fn render_waits(&self, routes: usize, frames: usize) -> Option<String> {
-        let mut ranked: Vec<(&String, u64)> = self
-            .waits
-            .iter()
-            .map(|(route, times)| (route, times.values().sum()))
-            .filter(|(_, total)| *total > 0)
-            .collect();
-        if ranked.is_empty() {
-            return None;
-        }
-        ranked.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
-        let mut text = String::new();
-        for (route, total) in ranked.into_iter().take(routes) {
-            let mut times: Vec<(&String, &u64)> = self.waits[route].iter().collect();
-            times.sort_by(|a, b| b.1.cmp(a.1).then_with(|| a.0.cmp(b.0)));
-            let top: Vec<String> = times
-                .into_iter()
-                .take(frames)
-                .map(|(what, ns)| format!("{:.0}% {what}", 100.0 * *ns as f64 / total as f64))
-                .collect();
-            text.push_str(&format!(
-                "{route} ({} ms off-CPU): {}\n",
-                total / 1_000_000,
-                top.join(", ")
-            ));
-        }
-        Some(text)
+        render_shares(&self.waits, routes, frames, |total| {
+            format!("{} ms off-CPU", total / 1_000_000)
+        })
     }
 
     /// The hottest frames of the most sampled routes: `route: 62% frame, 30% frame` lines, or
     /// None when no slow span was profiled.
     pub fn render_hot_frames(&self, routes: usize, frames: usize) -> Option<String> {
-        let mut ranked: Vec<(&String, u64)> = self
-            .frames
-            .iter()
-            .map(|(route, counts)| (route, counts.values().sum()))
-            .collect();
-        if ranked.is_empty() {
-            return None;
-        }
-        ranked.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
-        let mut text = String::new();
-        for (route, total) in ranked.into_iter().take(routes) {
-            let mut counts: Vec<(&String, &u64)> = self.frames[route].iter().collect();
-            counts.sort_by(|a, b| b.1.cmp(a.1).then_with(|| a.0.cmp(b.0)));
-            let top: Vec<String> = counts
-                .into_iter()
-                .take(frames)
-                .map(|(frame, n)| format!("{:.0}% {frame}", 100.0 * *n as f64 / total as f64))
-                .collect();
-            text.push_str(&format!("{route} ({total} samples): {}\n", top.join(", ")));
-        }
-        Some(text)
+        render_shares(&self.frames, routes, frames, |total| {
+            format!("{total} samples")
+        })
     }
 
     /// Rows, costliest first.

@@ -10,7 +10,7 @@ use loupe_common::STATE_PREEMPTED;
 use super::{
     flame,
     samples::Wait,
-    stacks::{Folded, Frame, top_lines},
+    stacks::{Folded, Frame, top_lines, trusted},
     symbolizer::inside,
 };
 use crate::spans::{SpanEvent, SpanRecord};
@@ -216,18 +216,7 @@ pub fn fold<'a>(
             .skip_while(|frame| is_scheduler(frame))
             .collect();
         let mut parts: Vec<&str> = Vec::new();
-        let mut cut = false;
-        let mut kept: Vec<&str> = Vec::new();
-        for (i, frame) in user.iter().enumerate() {
-            match frame {
-                Frame::Named(name) => kept.push(name),
-                Frame::Unmapped if i == 0 => kept.push("[unknown]"),
-                Frame::Unmapped => {
-                    cut = true;
-                    break;
-                }
-            }
-        }
+        let (kept, cut) = trusted(&user);
         if cut {
             parts.push(super::stacks::TRUNCATED);
             out.folded.truncated += 1;

@@ -54,20 +54,23 @@ fn ranked(counts: HashMap<String, u64>) -> Vec<(String, u64)> {
     out
 }
 
-/// One stack: (folded line, leaf frame, whether it was cut).
-fn fold_one(kernel: &[String], user: &[Frame]) -> (String, String, bool) {
+/// The user frames that can be trusted (innermost first), and whether the stack was cut at an
+/// unmapped frame past the first.
+pub fn trusted(user: &[Frame]) -> (Vec<&str>, bool) {
     let mut kept: Vec<&str> = Vec::new();
-    let mut cut = false;
     for (i, frame) in user.iter().enumerate() {
         match frame {
             Frame::Named(name) => kept.push(name),
             Frame::Unmapped if i == 0 => kept.push("[unknown]"),
-            Frame::Unmapped => {
-                cut = true;
-                break;
-            }
+            Frame::Unmapped => return (kept, true),
         }
     }
+    (kept, false)
+}
+
+/// One stack: (folded line, leaf frame, whether it was cut).
+fn fold_one(kernel: &[String], user: &[Frame]) -> (String, String, bool) {
+    let (kept, cut) = trusted(user);
     let mut parts: Vec<&str> = Vec::with_capacity(kept.len() + kernel.len() + 1);
     if cut {
         parts.push(TRUNCATED);
