@@ -4,6 +4,48 @@
 use std::path::{Path, PathBuf};
 
 use super::stacks::Folded;
+use crate::spans::{AttrValue, SpanEvent, SpanRecord};
+
+/// One profile of a slow span, ready to go on it.
+pub struct Profile<'a> {
+    /// The span event's name (`cpu_profile`, `off_cpu_profile`).
+    pub event: &'static str,
+    pub attributes: Vec<(&'static str, AttrValue)>,
+    pub folded: &'a Folded,
+    /// The flamegraph's title and file part (see [`write`]), and the span attribute its path
+    /// goes in.
+    pub title: String,
+    pub part: &'static str,
+    pub path_key: &'static str,
+}
+
+/// Puts `profile` on `span` as an event just inside its end (Jaeger's UI hides an event stamped
+/// at or after its span's end, in its microseconds), after writing its flamegraph into `dir`
+/// when there is one (its path in the event's `path` and the span's `path_key`).
+pub fn attach(span: &mut SpanRecord, mut profile: Profile<'_>, dir: Option<&Path>) {
+    if let Some(dir) = dir {
+        match write(
+            dir,
+            span.trace_id,
+            span.span_id,
+            &profile.title,
+            profile.folded,
+            profile.part,
+        ) {
+            Ok(path) => {
+                let path = path.display().to_string();
+                profile.attributes.push(("path", path.clone().into()));
+                span.set(profile.path_key, path);
+            }
+            Err(err) => tracing::warn!("cannot write a flamegraph into {}: {err}", dir.display()),
+        }
+    }
+    span.events.push(SpanEvent {
+        name: profile.event,
+        time_ns: span.end_ns.saturating_sub(1_000).max(span.start_ns),
+        attributes: profile.attributes,
+    });
+}
 
 /// Writes `<trace>-<span><part>.folded` and `.svg` into `dir` (`part`: "" for the CPU
 /// profile, ".offcpu" for the off-CPU one); returns the SVG's path.

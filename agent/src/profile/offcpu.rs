@@ -11,9 +11,8 @@ use super::{
     flame,
     samples::Wait,
     stacks::{Folded, Frame, top_lines, trusted},
-    symbolizer::inside,
 };
-use crate::spans::{SpanEvent, SpanRecord};
+use crate::spans::SpanRecord;
 
 /// What a wait waited on, from its kernel frames.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -310,7 +309,7 @@ pub fn attach(
         .map(|(kind, ns)| format!("{}={}ms", kind.as_str(), ns / 1_000_000))
         .collect::<Vec<_>>()
         .join(" ");
-    let mut attributes = vec![
+    let attributes = vec![
         ("off_cpu_ms", ms(waits.total_ns).into()),
         (
             "off_cpu_share",
@@ -329,28 +328,19 @@ pub fn attach(
         ("unstacked_ms", ms(waits.unstacked_ns).into()),
         ("began_before_watch", waits.before_heat.into()),
     ];
-    if let Some(dir) = dir {
-        match flame::write(
-            dir,
-            span.trace_id,
-            span.span_id,
-            &format!("{} (off-CPU)", span.name),
-            &waits.folded,
-            ".offcpu",
-        ) {
-            Ok(path) => {
-                let path = path.display().to_string();
-                attributes.push(("path", path.clone().into()));
-                span.set("performance.off_cpu_profile.path", path);
-            }
-            Err(err) => tracing::warn!("cannot write a flamegraph into {}: {err}", dir.display()),
-        }
-    }
-    span.events.push(SpanEvent {
-        name: "off_cpu_profile",
-        time_ns: inside(span),
-        attributes,
-    });
+    let title = format!("{} (off-CPU)", span.name);
+    flame::attach(
+        span,
+        flame::Profile {
+            event: "off_cpu_profile",
+            attributes,
+            folded: &waits.folded,
+            title,
+            part: ".offcpu",
+            path_key: "performance.off_cpu_profile.path",
+        },
+        dir,
+    );
     span.set("performance.off_cpu_ms", ms(waits.total_ns));
     if let Some((kind, line)) = diagnosis(span.end_ns.saturating_sub(span.start_ns), waits) {
         let line = match span.attr_str("performance.diagnosis") {

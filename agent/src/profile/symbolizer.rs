@@ -29,7 +29,7 @@ use super::{
 use crate::{
     detect::ProblemBoard,
     events::{CpuSample, SampleSource},
-    spans::{SpanEvent, SpanRecord},
+    spans::SpanRecord,
     stats::Counters,
 };
 
@@ -181,30 +181,22 @@ fn cpu_profile(
             ));
         }
     }
-    if let Some(dir) = &settings.dir {
-        match flame::write(dir, span.trace_id, span.span_id, &span.name, &folded, "") {
-            Ok(path) => {
-                let path = path.display().to_string();
-                attributes.push(("path", path.clone().into()));
-                span.set("performance.profile.path", path);
-            }
-            Err(err) => tracing::warn!("cannot write a flamegraph into {}: {err}", dir.display()),
-        }
-    }
-    span.events.push(SpanEvent {
-        name: "cpu_profile",
-        time_ns: inside(span),
-        attributes,
-    });
+    let title = span.name.to_string();
+    flame::attach(
+        span,
+        flame::Profile {
+            event: "cpu_profile",
+            attributes,
+            folded: &folded,
+            title,
+            part: "",
+            path_key: "performance.profile.path",
+        },
+        settings.dir.as_deref(),
+    );
     if let Ok(mut board) = board.lock() {
         board.record_profile(&span.name, &folded);
     }
-}
-
-/// When a profile event is stamped: just inside its span (Jaeger's UI hides an event stamped
-/// at or after its span's end, in its microseconds).
-pub(super) fn inside(span: &SpanRecord) -> u64 {
-    span.end_ns.saturating_sub(1_000).max(span.start_ns)
 }
 
 /// The waits' stacks, unwound and named, each with its kernel frames (trimmed of the
