@@ -4,9 +4,10 @@
 //! event per CPU whose program keeps only the targets' samples.
 //!
 //! Off-CPU: while at least one thread is hot, the `off_cpu` program is attached to
-//! sched:sched_switch and the hot threads are in `HOT_THREADS`; with none hot it is detached,
-//! so nothing is paid while nothing is slow. A thread found asleep as it is heated has its
-//! stack read from /proc ([`crate::profile::asleep`]).
+//! sched:sched_switch (and `off_cpu_return` to raw_syscalls:sys_exit) and the hot threads are in
+//! `HOT_THREADS`; a second after the last one cools they are detached, so nothing is paid while
+//! nothing is slow. A thread found asleep as it is heated has what it waits on read from /proc
+//! ([`crate::profile::asleep`]).
 
 use std::collections::HashMap;
 
@@ -51,8 +52,8 @@ struct OffCpu {
     hot: BpfHashMap<MapData, u32, HotThread>,
     links: Option<(TracePointLinkId, TracePointLinkId)>,
     heated: mpsc::UnboundedSender<Heated>,
-    /// Threads in `hot`, and since when none has been.
-    count: usize,
+    /// The threads in `hot`, and since when none has been.
+    watched: std::collections::HashSet<u32>,
     idle_since: Option<std::time::Instant>,
 }
 
@@ -82,7 +83,7 @@ impl ThreadSampler {
                 hot,
                 links: None,
                 heated,
-                count: 0,
+                watched: Default::default(),
                 idle_since: None,
             }),
             Some((_, Err(reason))) => {
@@ -195,7 +196,7 @@ impl OffCpu {
             tracing::debug!("cannot watch thread {tid} off the CPU: {err}");
             return;
         }
-        self.count += 1;
+        self.watched.insert(tid);
         self.idle_since = None;
         // Read after the insert: a thread asleep now is seen by the programs when it wakes.
         let asleep = asleep::read(pid, tid);
@@ -208,9 +209,9 @@ impl OffCpu {
     }
 
     fn cool(&mut self, tid: u32) {
-        if self.hot.remove(&tid).is_ok() {
-            self.count = self.count.saturating_sub(1);
-            if self.count == 0 {
+        if self.watched.remove(&tid) {
+            let _ = self.hot.remove(&tid);
+            if self.watched.is_empty() {
                 self.idle_since = Some(std::time::Instant::now());
             }
         }
@@ -220,7 +221,7 @@ impl OffCpu {
         let idle_long = self
             .idle_since
             .is_some_and(|since| since.elapsed() >= LINGER);
-        if self.count > 0 || !idle_long {
+        if !self.watched.is_empty() || !idle_long {
             return;
         }
         if let Some((switch, exit)) = self.links.take() {

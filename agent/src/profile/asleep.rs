@@ -9,32 +9,26 @@
 
 use super::samples::Asleep;
 
-/// The registers `/proc/PID/task/TID/syscall` shows for a blocked thread.
+/// How a thread is blocked, as `/proc/PID/task/TID/syscall` shows it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Blocked {
     /// The syscall it waits in (None: blocked outside one, as in a page fault).
     pub syscall: Option<u64>,
-    pub sp: u64,
-    pub pc: u64,
 }
 
-/// Parses `/proc/PID/task/TID/syscall`: `running` (None), `-1 SP PC`, or `NR A1..A6 SP PC`.
+/// Parses `/proc/PID/task/TID/syscall`: `running` (None), `-1 SP PC`, or `NR A1..A6 SP PC`
+/// (the stack and instruction pointers must be hex, or the line is not understood: None).
 pub fn parse_syscall(text: &str) -> Option<Blocked> {
     let fields: Vec<&str> = text.split_whitespace().collect();
     let hex = |field: &str| u64::from_str_radix(field.strip_prefix("0x")?, 16).ok();
-    match fields.as_slice() {
-        ["-1", sp, pc] => Some(Blocked {
-            syscall: None,
-            sp: hex(sp)?,
-            pc: hex(pc)?,
-        }),
-        [nr, _, _, _, _, _, _, sp, pc] => Some(Blocked {
-            syscall: Some(nr.parse().ok()?),
-            sp: hex(sp)?,
-            pc: hex(pc)?,
-        }),
-        _ => None,
-    }
+    let (syscall, sp, pc) = match fields.as_slice() {
+        ["-1", sp, pc] => (None, sp, pc),
+        [nr, _, _, _, _, _, _, sp, pc] => (Some(nr.parse().ok()?), sp, pc),
+        _ => return None,
+    };
+    hex(sp)?;
+    hex(pc)?;
+    Some(Blocked { syscall })
 }
 
 /// Parses `/proc/PID/task/TID/stack` (`[<0>] futex_wait_queue+0x60/0x90` lines) into
@@ -74,19 +68,11 @@ mod tests {
             parse_syscall(
                 "202 0x55f8c8eb2a10 0x189 0x0 0x0 0x0 0xffffffff 0x7fec1e82faa0 0x7fec1eea3f16\n"
             ),
-            Some(Blocked {
-                syscall: Some(202),
-                sp: 0x7fec1e82faa0,
-                pc: 0x7fec1eea3f16
-            })
+            Some(Blocked { syscall: Some(202) })
         );
         assert_eq!(
             parse_syscall("-1 0x7ffd0 0x401000\n"),
-            Some(Blocked {
-                syscall: None,
-                sp: 0x7ffd0,
-                pc: 0x401000
-            })
+            Some(Blocked { syscall: None })
         );
         assert_eq!(parse_syscall("202 0x1 zz"), None);
         assert_eq!(parse_syscall(""), None);

@@ -402,22 +402,17 @@ impl SampleStore {
         });
         self.waits_held -= dropped;
         self.waits_unstacked += unstacked;
-        self.off_stacks.retain(|_, sample| {
-            let keep = sample.ts_ns >= cutoff;
-            if !keep {
-                stacks.release(sample);
-            }
-            keep
-        });
+        for pending in [&mut self.off_stacks, &mut self.returns] {
+            pending.retain(|_, sample| {
+                let keep = sample.ts_ns >= cutoff;
+                if !keep {
+                    stacks.release(sample);
+                }
+                keep
+            });
+        }
         self.heated.retain(|_, heated| heated.heat_ns >= cutoff);
         self.early.retain(|_, record| record.on_ns >= cutoff);
-        self.returns.retain(|_, sample| {
-            let keep = sample.ts_ns >= cutoff;
-            if !keep {
-                stacks.release(sample);
-            }
-            keep
-        });
     }
 
     pub fn held(&self) -> usize {

@@ -199,37 +199,24 @@ fn cpu_profile(
     }
 }
 
-/// The waits' stacks, unwound and named, each with its kernel frames (trimmed of the
-/// scheduler's) and its time; a wait without a stack has none.
+/// The waits' stacks, unwound and named, each with its kernel frames and its time; a wait
+/// without a stack has none.
 fn fold_waits(waits: &[Wait], names: &mut Names, unwinders: &mut Unwinders) -> offcpu::WaitStacks {
     let Some(pid) = waits.first().map(|w| w.pid) else {
         return offcpu::WaitStacks::default();
     };
-    let stacks: Vec<Option<(Vec<u64>, bool)>> = waits
-        .iter()
-        .map(|wait| wait.stack.as_ref().map(|s| user_stack(s, unwinders)))
-        .collect();
-    let mut user: Vec<u64> = stacks
-        .iter()
-        .flatten()
-        .flat_map(|(frames, _)| frames.iter().copied())
-        .collect();
-    user.sort_unstable();
-    user.dedup();
-    names.resolve_user(pid, &user);
-    let resolved = waits.iter().zip(&stacks).map(|(wait, stack)| {
+    let users = named_user_stacks(
+        pid,
+        waits.iter().map(|w| w.stack.as_ref()),
+        names,
+        unwinders,
+    );
+    let resolved = waits.iter().zip(users).map(|(wait, user)| {
         let kernel = match (&wait.stack, wait.kernel_names.is_empty()) {
             (_, false) => wait.kernel_names.clone(),
             (Some(sample), true) => names.kernel(&sample.kernel),
             (None, true) => Vec::new(),
         };
-        let user = stack.as_ref().map(|(frames, cut)| {
-            let mut user = names.user(wait.pid, frames);
-            if *cut {
-                user.push(Frame::Unmapped);
-            }
-            user
-        });
         (wait, kernel, user)
     });
     offcpu::fold(resolved)
@@ -240,31 +227,47 @@ fn fold_samples(samples: &[CpuSample], names: &mut Names, unwinders: &mut Unwind
     let Some(pid) = samples.first().map(|s| s.pid) else {
         return Folded::default();
     };
-    let stacks: Vec<(Vec<u64>, bool)> = samples
+    let users = named_user_stacks(pid, samples.iter().map(Some), names, unwinders);
+    let resolved: Vec<(Vec<String>, Vec<Frame>)> = samples
         .iter()
-        .map(|sample| user_stack(sample, unwinders))
+        .zip(users)
+        .map(|(sample, user)| (names.kernel(&sample.kernel), user.unwrap_or_default()))
         .collect();
-    // Resolve every distinct address once per profile, then read the frames off the cache.
+    fold(resolved.iter().map(|(k, u)| (&k[..], &u[..])))
+}
+
+/// The user stacks of samples of process `pid` (None stays None), unwound and named: every
+/// distinct address is resolved once, then the frames are read off the cache. A stack whose
+/// unwinding stopped short ends in `Frame::Unmapped`, where `fold` cuts and marks it.
+fn named_user_stacks<'a>(
+    pid: u32,
+    samples: impl Iterator<Item = Option<&'a CpuSample>>,
+    names: &mut Names,
+    unwinders: &mut Unwinders,
+) -> Vec<Option<Vec<Frame>>> {
+    let stacks: Vec<Option<(Vec<u64>, bool)>> = samples
+        .map(|sample| sample.map(|s| user_stack(s, unwinders)))
+        .collect();
     let mut user: Vec<u64> = stacks
         .iter()
+        .flatten()
         .flat_map(|(frames, _)| frames.iter().copied())
         .collect();
     user.sort_unstable();
     user.dedup();
     names.resolve_user(pid, &user);
-    let resolved: Vec<(Vec<String>, Vec<Frame>)> = samples
-        .iter()
-        .zip(&stacks)
-        .map(|(sample, (frames, cut))| {
-            let mut user = names.user(sample.pid, frames);
-            if *cut {
-                // Where the unwinding stopped: `fold` cuts the stack there and marks it.
-                user.push(Frame::Unmapped);
-            }
-            (names.kernel(&sample.kernel), user)
+    stacks
+        .into_iter()
+        .map(|stack| {
+            stack.map(|(frames, cut)| {
+                let mut user = names.user(pid, &frames);
+                if cut {
+                    user.push(Frame::Unmapped);
+                }
+                user
+            })
         })
-        .collect();
-    fold(resolved.iter().map(|(k, u)| (&k[..], &u[..])))
+        .collect()
 }
 
 /// A sample's user stack, innermost first, and whether it stops short of its root: unwound
