@@ -14,6 +14,11 @@ fn main() -> anyhow::Result<()> {
     let root_dir = root
         .to_str()
         .ok_or_else(|| anyhow!("non-UTF-8 path {}", root.display()))?;
+    // aya-build replays the inner cargo's stderr as `cargo:warning` lines, which cargo then
+    // shows on every build of the agent, cached or not: keep the inner cargo quiet, so only
+    // the eBPF crate's real diagnostics (rendered compiler messages) are replayed.
+    // SAFETY: the build script is single-threaded here; nothing else reads the environment.
+    unsafe { std::env::set_var("CARGO_TERM_QUIET", "true") };
     aya_build::build_ebpf(
         [aya_build::Package {
             name: "loupe-ebpf",

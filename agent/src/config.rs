@@ -323,8 +323,18 @@ fn parse_name(text: &str) -> Result<CommName, String> {
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
-    let duration = humantime::parse_duration(text)
-        .map_err(|err| format!("`{text}` is not a duration like 500ms or 2s: {err}"))?;
+    // What was expected, in the flag's terms: never the parser's own wording (byte offsets).
+    let duration = humantime::parse_duration(text).map_err(|err| {
+        let why = match err {
+            humantime::DurationError::UnknownUnit { unit, .. } => {
+                format!("`{unit}` is not a unit (ns, us, ms, s, m, h, d)")
+            }
+            humantime::DurationError::NumberOverflow => "it is too long".to_owned(),
+            humantime::DurationError::Empty => "it is empty".to_owned(),
+            _ => "give a number and a unit".to_owned(),
+        };
+        format!("`{text}` is not a duration like 500ms, 2s or 1m: {why}")
+    })?;
     if duration.is_zero() {
         return Err(format!("`{text}` must be longer than zero"));
     }
@@ -689,6 +699,15 @@ mod tests {
     fn bad_duration_is_rejected_with_the_offending_text() {
         let err = parse(&["--pid", "1", "--slow-http", "fast"]).unwrap_err();
         assert!(err.contains("`fast` is not a duration"), "{err}");
+        for (text, why) in [
+            ("abc", "give a number and a unit"),
+            ("5 parsecs", "`parsecs` is not a unit"),
+            ("", "it is empty"),
+        ] {
+            let err = parse(&["--pid", "1", "--slow-http", text]).unwrap_err();
+            assert!(err.contains(why), "{text}: {err}");
+            assert!(!err.contains(" at "), "no parser offsets: {err}");
+        }
     }
 
     #[test]

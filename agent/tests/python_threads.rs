@@ -3,7 +3,7 @@
 //! the machine (pyenv builds with a shared libpython). Each runs a function inside a Context of
 //! its own, from its main thread and from a second thread, and prints which Context; loupe must
 //! find the interpreter, its version, both threads, and read that very Context where it says the
-//! thread keeps it.
+//! thread keeps it, and find a code object where it reads a thread's innermost frame.
 
 use std::{
     fs::File,
@@ -13,7 +13,7 @@ use std::{
     process::{Command, Stdio},
 };
 
-use loupe::process::python::{context_fields, interpreter};
+use loupe::process::python::{contexts_fit, frames_fit, interpreter, thread_states};
 
 /// Runs `hold` in a fresh Context on the main thread and on a second one; each prints the id of
 /// its Context (the object's address) and its native thread id, then waits for stdin.
@@ -97,15 +97,26 @@ fn each_threads_current_context_is_found_where_loupe_reads_it() {
         let found = interpreter(pid)
             .unwrap_or_else(|| panic!("{}: no interpreter found", python.display()));
         assert_eq!(found.version, version, "{}", python.display());
-        let fields = context_fields(pid, &found, false)
-            .unwrap_or_else(|err| panic!("{}: {err}", python.display()));
+        let states =
+            thread_states(pid, &found).unwrap_or_else(|err| panic!("{}: {err}", python.display()));
+        assert!(
+            matches!(contexts_fit(pid, &found, &states), Ok(true)),
+            "{}: the context offset is proven",
+            python.display()
+        );
+        // Both threads run Python code: their innermost frames hold code objects.
+        assert!(
+            matches!(frames_fit(pid, &found, &states), Ok(true)),
+            "{}: the frame offsets are proven",
+            python.display()
+        );
         for (context, tid) in &held {
-            let field = fields
+            let state = states
                 .iter()
-                .find(|field| field.tid == *tid)
+                .find(|state| state.tid == *tid)
                 .unwrap_or_else(|| panic!("{}: thread {tid} not found", python.display()));
             assert_eq!(
-                read_u64(pid, field.address),
+                read_u64(pid, state.tstate + found.layout.thread_context),
                 *context,
                 "{}: thread {tid}'s Context",
                 python.display()

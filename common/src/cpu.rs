@@ -10,6 +10,9 @@ pub const MAX_KERNEL_FRAMES: usize = 32;
 /// Bytes of the user stack copied per sample, from the stack pointer up: what userspace unwinds
 /// with the modules' `.eh_frame` when the code has no frame pointers.
 pub const STACK_COPY: usize = 16 * 1024;
+/// Python frames kept per sample (innermost first), read from a CPython thread's chain of
+/// interpreter frames when its thread is in `PY_THREADS`.
+pub const MAX_PY_FRAMES: usize = 48;
 
 /// `header.conn_id` of a sample taken by the always-on, per-CPU event (`--profile-always`);
 /// a hot thread's samples carry 0.
@@ -55,9 +58,21 @@ pub struct CpuSampleHead {
     /// For a switch-out ([`SAMPLE_OFF_CPU`]): the `prev_state` sched_switch reported (0 or
     /// [`STATE_PREEMPTED`]: still runnable; 1 sleeping, 2 uninterruptible). 0 otherwise.
     pub state: u32,
+    /// Python frames read into `py_*` (0: not a thread of a CPython loupe reads).
+    pub py_frames: u32,
+    pub _pad: u32,
+    /// Each Python frame's code object (`f_code`; `f_executable` on 3.13), innermost first.
+    pub py_code: [u64; MAX_PY_FRAMES],
+    /// Each frame's instruction pointer (`prev_instr`; `instr_ptr` on 3.13).
+    pub py_instr: [u64; MAX_PY_FRAMES],
+    /// Each frame's marker byte ([`PyThread::frame_marker`]): 3.11's `is_entry`, 3.12's and
+    /// 3.13's `owner`. Userspace reads it by version.
+    pub py_marker: [u8; MAX_PY_FRAMES],
 }
-const _: () =
-    assert!(size_of::<CpuSampleHead>() == 40 + 8 * (MAX_USER_FRAMES + MAX_KERNEL_FRAMES) + 32);
+const _: () = assert!(
+    size_of::<CpuSampleHead>()
+        == 40 + 8 * (MAX_USER_FRAMES + MAX_KERNEL_FRAMES) + 40 + 17 * MAX_PY_FRAMES
+);
 const _: () = assert!(size_of::<CpuSampleEvent>() == size_of::<CpuSampleHead>() + STACK_COPY);
 
 /// sched_switch's `prev_state` of a task preempted (Linux's TASK_REPORT_MAX): runnable, waiting
@@ -102,6 +117,31 @@ pub struct HotThread {
     pub woke_ns: u64,
 }
 
+/// A CPython thread, in `PY_THREADS` (keyed by pid_tgid): where the samples read its frame
+/// chain. Userspace writes it from the interpreter's thread list with the offsets of its
+/// version; the kernel follows `tstate + frame_field` (then `+ cframe_current`, unless
+/// [`PY_DIRECT`]) to the innermost frame, then reads each frame's fields at these offsets.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PyThread {
+    /// The thread's `PyThreadState`.
+    pub tstate: u64,
+    /// Offset in the thread state of `cframe` (3.11, 3.12) or `current_frame` (3.13).
+    pub frame_field: u32,
+    /// Offset of `current_frame` in the `_PyCFrame`, or [`PY_DIRECT`].
+    pub cframe_current: u32,
+    /// Offsets in a `_PyInterpreterFrame` of its code object, its previous frame, its
+    /// instruction pointer (each a u64) and its marker byte.
+    pub frame_code: u32,
+    pub frame_previous: u32,
+    pub frame_instr: u32,
+    pub frame_marker: u32,
+}
+const _: () = assert!(size_of::<PyThread>() == 32);
+
+/// [`PyThread::cframe_current`] of a version whose thread state points at its frame directly.
+pub const PY_DIRECT: u32 = u32::MAX;
+
 /// Threads hot at once, at most (userspace heats at most 64).
 pub const HOT_THREADS_MAX: u32 = 256;
 
@@ -115,4 +155,6 @@ mod pod {
     unsafe impl aya::Pod for super::OffCpuEvent {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::HotThread {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::PyThread {}
 }

@@ -13,6 +13,8 @@ pub const MAP_LOSS: &str = "LOSS";
 pub const MAP_GO_LAYOUTS: &str = "GO_LAYOUTS";
 /// Python threads: where each keeps its current contextvars Context, by pid_tgid.
 pub const MAP_PY_CONTEXTS: &str = "PY_CONTEXTS";
+/// Python threads: where each one's frame chain starts ([`crate::PyThread`]), by pid_tgid.
+pub const MAP_PY_THREADS: &str = "PY_THREADS";
 /// Process names (`--name`) the kernel makes targets of at exec, as [`crate::comm_key`]s.
 pub const MAP_WATCH_COMMS: &str = "WATCH_COMMS";
 /// What the data exits must look for, one word of [`crate::RUNTIME_PYTHON`] and

@@ -16,19 +16,20 @@ use core::ffi::c_void;
 use aya_ebpf::{
     EbpfContext as _,
     bindings::BPF_F_USER_STACK,
-    helpers::{bpf_get_current_pid_tgid, generated},
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user, generated},
     programs::{PerfEventContext, TracePointContext},
 };
 use loupe_common::{
-    CpuSampleEvent, EventHeader, EventKind, MAX_KERNEL_FRAMES, MAX_USER_FRAMES, OffCpuEvent,
-    SAMPLE_BACKGROUND, SAMPLE_OFF_CPU, STACK_COPY,
+    CpuSampleEvent, CpuSampleHead, EventHeader, EventKind, MAX_KERNEL_FRAMES, MAX_PY_FRAMES,
+    MAX_USER_FRAMES, OffCpuEvent, PY_DIRECT, PyThread, SAMPLE_BACKGROUND, SAMPLE_OFF_CPU,
+    STACK_COPY,
 };
 
 use crate::{
     config,
     data::{PT_REGS_BP, PT_REGS_IP, PT_REGS_SP, saved_user_reg},
     emit,
-    maps::{HOT_THREADS, TARGET_PIDS},
+    maps::{HOT_THREADS, PY_THREADS, TARGET_PIDS},
 };
 
 /// The sizes tried for the stack copy, largest first: a read fails whole when it crosses the
@@ -145,6 +146,54 @@ pub fn try_return(ctx: &TracePointContext) -> Result<(), i64> {
     sample(ctx.as_ptr(), pid_tgid, SAMPLE_OFF_CPU, 1, woke_ns)
 }
 
+/// The current thread's Python frames, innermost first, from its thread state: each frame's
+/// code object, instruction pointer and marker, as many as fit; a read that fails ends the
+/// chain there.
+#[inline(always)]
+fn python_frames(head: &mut CpuSampleHead, thread: &PyThread) {
+    let read = |at: u64| -> Option<u64> {
+        // SAFETY: bpf_probe_read_user checks the address; a bad one only fails the read.
+        unsafe { bpf_probe_read_user(at as *const u64) }.ok()
+    };
+    let Some(mut frame) = read(thread.tstate + u64::from(thread.frame_field)) else {
+        return;
+    };
+    if thread.cframe_current != PY_DIRECT {
+        if frame == 0 {
+            return;
+        }
+        let Some(current) = read(frame + u64::from(thread.cframe_current)) else {
+            return;
+        };
+        frame = current;
+    }
+    let mut count = 0;
+    for i in 0..MAX_PY_FRAMES {
+        if frame == 0 {
+            break;
+        }
+        let (Some(code), Some(previous), Some(instr)) = (
+            read(frame + u64::from(thread.frame_code)),
+            read(frame + u64::from(thread.frame_previous)),
+            read(frame + u64::from(thread.frame_instr)),
+        ) else {
+            break;
+        };
+        // SAFETY: as above.
+        let Ok(marker) =
+            (unsafe { bpf_probe_read_user((frame + u64::from(thread.frame_marker)) as *const u8) })
+        else {
+            break;
+        };
+        head.py_code[i] = code;
+        head.py_instr[i] = instr;
+        head.py_marker[i] = marker;
+        count = i as u32 + 1;
+        frame = previous;
+    }
+    head.py_frames = count;
+}
+
 #[inline(always)]
 fn sample(ctx: *mut c_void, pid_tgid: u64, source: u64, state: u32, ts_ns: u64) -> Result<(), i64> {
     let mut entry = emit::reserve::<CpuSampleEvent>()?;
@@ -180,6 +229,10 @@ fn sample(ctx: *mut c_void, pid_tgid: u64, source: u64, state: u32, ts_ns: u64) 
         (*event).head.bp = saved_user_reg(PT_REGS_BP);
         (*event).head.state = state;
         (*event).head.stack_bytes = 0;
+        (*event).head.py_frames = 0;
+        if let Some(thread) = PY_THREADS.get(pid_tgid) {
+            python_frames(&mut (*event).head, thread);
+        }
         if sp != 0 {
             for size in COPY_SIZES {
                 let read = generated::bpf_probe_read_user(

@@ -6,7 +6,7 @@ use aya_ebpf::{
 };
 use loupe_common::{
     COMM_LEN, GoLayout, HOT_THREADS_MAX, HotThread, LOSS_SLOTS, LossSlot, MAX_CAPTURE,
-    MAX_WATCH_COMMS, SOCKADDR_LEN, SOCKETS_MAX, SocketInfo, TargetInfo,
+    MAX_WATCH_COMMS, PyThread, SOCKADDR_LEN, SOCKETS_MAX, SocketInfo, TargetInfo,
 };
 
 /// Event records. Kernel writes (without a wakeup below `WAKEUP_BYTES` of backlog); userspace's
@@ -25,6 +25,12 @@ pub static TARGET_PIDS: HashMap<u32, TargetInfo> = HashMap::with_max_entries(409
 /// keeps its last switch-out there.
 #[map]
 pub static HOT_THREADS: HashMap<u32, HotThread> = HashMap::with_max_entries(HOT_THREADS_MAX, 0);
+
+/// CPython threads of targets, by pid_tgid: where a sample reads the thread's Python frames
+/// (userspace writes them from the interpreter's thread list, and removes them with their
+/// process).
+#[map]
+pub static PY_THREADS: HashMap<u64, PyThread> = HashMap::with_max_entries(16384, 0);
 
 /// Process names to make targets of at exec (`--name`), keyed by `loupe_common::comm_key`.
 /// Userspace writes them at load; the exec program reads them.

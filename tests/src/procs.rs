@@ -395,23 +395,22 @@ pub fn pythons() -> Vec<(String, std::path::PathBuf)> {
     found
 }
 
-/// The standard-library asyncio service (tests/apps/stdlib_async.py) on interpreter `python`:
-/// a task per client connection, a pool of keep-alive connections to `downstream` (host:port).
-pub struct StdlibAsync {
+/// A test app of tests/apps on interpreter `python`, once it listens.
+pub struct PythonApp {
     child: Child,
     pub addr: String,
 }
 
-impl StdlibAsync {
-    pub fn start(python: &std::path::Path, downstream: &str) -> Self {
-        let script = crate::workspace_root().join("tests/apps/stdlib_async.py");
+impl PythonApp {
+    pub fn start(python: &std::path::Path, script: &str, args: &[&str]) -> Self {
+        let path = crate::workspace_root().join("tests/apps").join(script);
         let mut child = Command::new(python)
-            .arg(script)
-            .args(["--port", "0", "--downstream", downstream])
+            .arg(path)
+            .args(args)
             .stdout(Stdio::piped())
             .spawn()
-            .unwrap_or_else(|err| panic!("start stdlib_async.py on {}: {err}", python.display()));
-        let addr = listening_addr(&mut child, "stdlib_async.py");
+            .unwrap_or_else(|err| panic!("start {script} on {}: {err}", python.display()));
+        let addr = listening_addr(&mut child, script);
         Self { child, addr }
     }
 
@@ -420,10 +419,24 @@ impl StdlibAsync {
     }
 }
 
-impl Drop for StdlibAsync {
+impl Drop for PythonApp {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// The standard-library asyncio service (tests/apps/stdlib_async.py) on interpreter `python`:
+/// a task per client connection, a pool of keep-alive connections to `downstream` (host:port).
+pub struct StdlibAsync;
+
+impl StdlibAsync {
+    pub fn start(python: &std::path::Path, downstream: &str) -> PythonApp {
+        PythonApp::start(
+            python,
+            "stdlib_async.py",
+            &["--port", "0", "--downstream", downstream],
+        )
     }
 }
 

@@ -127,7 +127,7 @@ fn calls_nest_on(event_loop: &str, service: &'static str) {
         shop.pid()
     ));
     finished.assert_told(&format!(
-        "loupe: pid {} is CPython 3.11: reading its threads' asyncio contexts",
+        "loupe: pid {} (CPython 3.11): reading its threads' asyncio contexts",
         shop.pid()
     ));
 

@@ -64,6 +64,10 @@ fn malformed_flags_are_one_line_usage_errors() {
             vec!["--pid", "1", "--slow-http", "fast"],
             "`fast` is not a duration",
         ),
+        (
+            vec!["--pid", "1", "--slow-http", "abc"],
+            "`abc` is not a duration like 500ms, 2s or 1m: give a number and a unit",
+        ),
         (vec!["--pid", "x"], "invalid value 'x'"),
         (
             vec!["--pid", "1", "--otlp-endpoint", "localhost:4317"],

@@ -152,6 +152,12 @@ fn each_pattern_is_named_on_its_route_and_nowhere_else() {
         expected.sort();
         assert_eq!(routes, expected, "search for {pattern}");
     }
+    // As the README says: the array is for reading; a search matches the boolean tags.
+    assert!(
+        jaeger
+            .search("e2e-diag", "performance.patterns", "n_plus_one")
+            .is_empty()
+    );
     let slow: Vec<String> = jaeger
         .search("e2e-diag", "performance.slow", "true")
         .iter()

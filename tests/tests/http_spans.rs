@@ -197,6 +197,14 @@ fn demo_requests_become_nested_spans_in_jaeger_with_slow_flags_and_attributes() 
             .find(|s| Some(&s.span_id) == call.parent.as_ref())
             .unwrap_or_else(|| panic!("{} has no server parent", call.operation));
         assert_eq!(parent.trace_id, call.trace_id);
+        // `http.route` is a server's attribute; a client's templated path is `url.template`.
+        assert_eq!(call.str_tag("http.route"), None, "{}", call.operation);
+        assert_eq!(
+            call.str_tag("url.template"),
+            call.operation.split_once(' ').map(|(_, route)| route),
+            "{}",
+            call.operation
+        );
         assert!(call.start_us >= parent.start_us);
         assert!(call.start_us + call.duration_us <= parent.start_us + parent.duration_us);
         assert_eq!(call.int_tag("server.port"), Some(backend_port));

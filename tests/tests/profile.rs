@@ -2,13 +2,13 @@
 //! its own (`crunch_numbers`) and in libcrypto's SHA256; loupe samples the thread once the
 //! request passes its threshold and the slow span in Jaeger carries a `cpu_profile` event naming
 //! both, with a flamegraph on disk. A fast request carries none; a request slow because it
-//! sleeps shows few or no samples.
+//! sleeps shows few or no samples. A CPython service's stacks name its Python functions.
 
 use loupe_tests::{
     TempDir,
-    client::get,
+    client::{concurrently, get},
     jaeger::{Jaeger, Span},
-    procs::{DemoApp, Loupe, otlp_args},
+    procs::{DemoApp, Loupe, PythonApp, otlp_args, pythons},
     require_root,
 };
 use serde_json::Value;
@@ -383,4 +383,94 @@ fn off_cpu_profiles_say_where_slow_requests_waited() {
         "{:?}",
         crunch.tags
     );
+}
+
+/// A CPython service's profiles name its Python functions, on Debian's stock python3.11
+/// (stripped) and each pyenv 3.12 and 3.13 build the machine has: tests/apps/py_burn.py burns
+/// CPU in `crunch_numbers` (Python) and in `hash_password` (hashlib's PBKDF2, in libcrypto),
+/// two requests at a time. The Python frames stand where the interpreter's eval loop was, with
+/// their module, function and line, and libcrypto's frames sit under `hash_password`.
+#[test]
+fn python_profiles_name_the_python_functions_on_every_known_cpython() {
+    require_root();
+    let jaeger = Jaeger::start();
+    for (version, python) in pythons() {
+        let app = PythonApp::start(&python, "py_burn.py", &["--port", "0"]);
+        let service = format!("e2e-pyprofile-{}", version.replace('.', ""));
+        let dir = TempDir::new("pyprofiles");
+        let profile_dir = dir.0.display().to_string();
+        let loupe = Loupe::attach(&otlp_args(
+            app.pid(),
+            &jaeger.grpc_endpoint(),
+            &service,
+            &["--slow-http", "100ms", "--profile-dir", &profile_dir],
+        ));
+        concurrently(&app.addr, 2, 2, |client, i| {
+            (format!("/burn/c{client}-{i}?ms=250"), ())
+        });
+        assert_eq!(get(&app.addr, "/fast/f1").status, 200);
+        let finished = loupe.stop();
+        assert!(finished.status.success(), "{}", finished.stderr);
+        let who = format!("{service} ({})", python.display());
+        assert!(
+            finished
+                .stderr
+                .contains("its profiles name its Python functions"),
+            "{who}: {}",
+            finished.stderr
+        );
+
+        let spans = jaeger.wait_for_spans(&service, 5, |s| s.kind() == "server");
+        let burns: Vec<&Span> = spans
+            .iter()
+            .filter(|s| s.operation.starts_with("GET /burn"))
+            .collect();
+        assert_eq!(burns.len(), 4, "{who}: {spans:?}");
+        for span in burns {
+            let event =
+                profile(span).unwrap_or_else(|| panic!("{who}: no cpu_profile: {:?}", span.logs));
+            let stacks = event["stacks"].as_str().unwrap();
+            assert!(
+                stacks.contains("py_burn.Handler.do_GET (py_burn.py:"),
+                "{who}: {stacks}"
+            );
+            let path = span.str_tag("performance.profile.path").unwrap();
+            let folded =
+                std::fs::read_to_string(std::path::Path::new(path).with_extension("folded"))
+                    .unwrap();
+            let samples_where = |what: &dyn Fn(&str) -> bool| -> i64 {
+                folded
+                    .lines()
+                    .filter(|line| what(line))
+                    .map(|line| line.rsplit_once(' ').unwrap().1.parse::<i64>().unwrap())
+                    .sum()
+            };
+            let all = samples_where(&|_| true);
+            let crunch = samples_where(&|l| l.contains("py_burn.crunch_numbers (py_burn.py:"));
+            // Python code, then the C it calls: libcrypto's frames come after (under) it.
+            let hashing = samples_where(&|l| {
+                l.find("py_burn.hash_password (py_burn.py:")
+                    .is_some_and(|at| l[at..].contains("libcrypto.so.3!"))
+            });
+            let evals = samples_where(&|l| l.contains("!_PyEval_EvalFrameDefault"));
+            // Each part burns for about as long, but two requests share the GIL in
+            // crunch_numbers (which stops at a deadline) while PBKDF2 runs without it.
+            assert!(
+                crunch * 8 >= all && hashing * 4 >= all,
+                "{who}: {crunch} in crunch_numbers, {hashing} in PBKDF2 under hash_password, of {all}:\n{folded}"
+            );
+            assert!(
+                evals * 20 <= all,
+                "{who}: {evals} of {all} samples still show the eval loop:\n{folded}"
+            );
+        }
+        let fast = spans
+            .iter()
+            .find(|s| s.operation.starts_with("GET /fast"))
+            .unwrap_or_else(|| panic!("{who}: no fast span in {spans:?}"));
+        assert!(
+            profile(fast).is_none(),
+            "{who}: a fast request is never sampled"
+        );
+    }
 }

@@ -69,7 +69,7 @@ fn asyncio_calls_nest_on_every_known_cpython() {
         let finished = loupe.stop();
         assert!(finished.status.success(), "{}", finished.stderr);
         finished.assert_told(&format!(
-            "loupe: pid {} is CPython {version}: reading its threads' asyncio contexts",
+            "loupe: pid {} (CPython {version}): reading its threads' asyncio contexts",
             app.pid()
         ));
 

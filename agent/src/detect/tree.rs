@@ -72,7 +72,7 @@ pub fn label(child: &SpanRecord) -> String {
     match child.op {
         OpType::HttpClient => {
             let method = child.attr_str("http.request.method").unwrap_or("HTTP");
-            let route = child.attr_str("http.route").unwrap_or("");
+            let route = child.attr_str("url.template").unwrap_or("");
             match peer(child) {
                 Some(peer) => format!("{method} {peer}{route}"),
                 None => format!("{method} {route}"),

@@ -168,6 +168,18 @@ pub struct CpuSample {
     pub unwind: Option<UnwindInput>,
     /// Why the stack was taken.
     pub source: SampleSource,
+    /// The thread's Python frames when it was sampled, innermost first (empty: not a thread of
+    /// a CPython loupe reads).
+    pub python: Vec<PyRawFrame>,
+}
+
+/// One Python frame as the kernel read it: its code object, instruction pointer and marker
+/// byte (`process::python::Marker` tells what the marker means for the interpreter's version).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PyRawFrame {
+    pub code: u64,
+    pub instr: u64,
+    pub marker: u8,
 }
 
 /// What took a [`CpuSample`].
@@ -405,6 +417,13 @@ pub fn decode(record: &Bytes) -> Result<Event, DecodeError> {
                     loupe_common::SAMPLE_OFF_CPU => SampleSource::OffCpu { state: event.state },
                     _ => SampleSource::Hot,
                 },
+                python: (0..(event.py_frames as usize).min(loupe_common::MAX_PY_FRAMES))
+                    .map(|i| PyRawFrame {
+                        code: event.py_code[i],
+                        instr: event.py_instr[i],
+                        marker: event.py_marker[i],
+                    })
+                    .collect(),
             }))
         }
         EventKind::OffCpu => {

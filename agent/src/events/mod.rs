@@ -6,7 +6,7 @@ pub mod reader;
 
 pub use decode::{
     ConnRecord, CpuSample, DataRecord, DecodeError, Event, ExecRecord, FdNews, LibpqCallRecord,
-    LibpqResultRecord, OffCpuRecord, PgResultInfo, SampleSource, UnwindInput, decode,
+    LibpqResultRecord, OffCpuRecord, PgResultInfo, PyRawFrame, SampleSource, UnwindInput, decode,
     decode_fd_news,
 };
 pub use reader::Batch;

@@ -135,7 +135,7 @@ fn build(configured: Option<&str>, host_name: &str, pid: u32) -> Resource {
     let info = ProcessInfo::of_target(pid);
     let service_name = match (configured, &info) {
         (Some(name), _) => name.to_owned(),
-        (None, Some(info)) => info.name.clone(),
+        (None, Some(info)) => info.service_name.clone(),
         (None, None) => format!("pid-{pid}"),
     };
     let mut attributes = vec![

@@ -12,8 +12,8 @@ use loupe_common::{
         GLOBAL_CAPTURE_BYTES, GLOBAL_NEWTASK_FLAGS_OFFSET, GLOBAL_NEWTASK_PID_OFFSET,
         GLOBAL_OFF_CPU_GAP_NS, GLOBAL_QUERY_BYTES, GLOBAL_SWITCH_NEXT_PID_OFFSET,
         GLOBAL_SWITCH_PREV_PID_OFFSET, GLOBAL_SWITCH_PREV_STATE_OFFSET, GLOBAL_WAKEUP_BYTES,
-        GLOBAL_WATCH_EXECS, MAP_EVENTS, MAP_LOSS, MAP_PY_CONTEXTS, MAP_SOCKETS, MAP_TARGET_PIDS,
-        MAP_WATCH_COMMS, TRACEPOINT_PROGRAMS,
+        GLOBAL_WATCH_EXECS, MAP_EVENTS, MAP_LOSS, MAP_PY_CONTEXTS, MAP_PY_THREADS, MAP_SOCKETS,
+        MAP_TARGET_PIDS, MAP_WATCH_COMMS, TRACEPOINT_PROGRAMS,
     },
 };
 
@@ -173,6 +173,7 @@ pub fn load_and_attach(config: &ProbeConfig, targets: &[Target]) -> Result<Probe
     let mut python = PythonThreads::new(
         HashMap::try_from(take_map(&mut ebpf, MAP_PY_CONTEXTS)?)
             .map_err(map_err(MAP_PY_CONTEXTS))?,
+        HashMap::try_from(take_map(&mut ebpf, MAP_PY_THREADS)?).map_err(map_err(MAP_PY_THREADS))?,
     );
     // Before the first syscall is traced: a warm loop's calls are keyed from the start.
     python.refresh(&targets.iter().map(|target| target.pid).collect::<Vec<_>>());

@@ -1,52 +1,71 @@
-//! Keeps the kernel's `PY_CONTEXTS` map in step with the Python targets' threads: where each
-//! thread's current Context is, so the data exit program can read it (`process::python` walks
-//! the interpreter; this owns the map).
+//! Keeps the kernel's `PY_CONTEXTS` and `PY_THREADS` maps in step with the Python targets'
+//! threads: where each thread's current Context is, so the data exit program can read it, and
+//! where its frame chain starts, so a CPU sample can read its Python frames
+//! (`process::python` walks the interpreter; this owns the maps).
 
 use aya::maps::{HashMap, MapData};
+use loupe_common::{PY_DIRECT, PyThread};
 use rustc_hash::FxHashMap;
 
-use crate::process::python::{self, Interpreter};
+use crate::process::python::{self, FrameLayout, Interpreter, ThreadState};
+
+/// One of the two things loupe reads of a Python thread, and whether its layout is proven on
+/// the process.
+#[derive(Default)]
+struct Reading<V> {
+    /// The layout's offsets fit this process (seen through them once).
+    confirmed: bool,
+    /// Threads in the map, and the value written.
+    installed: FxHashMap<u32, V>,
+    /// Told the user why it is not read (once).
+    failed: bool,
+}
 
 /// What loupe knows of one target.
 enum Process {
     /// Not a CPython of a known version (looked at once).
     Other,
-    Python {
-        interpreter: Interpreter,
-        /// A Context was seen through the layout: it fits this process.
-        confirmed: bool,
-        /// Threads whose field is in the map, and the address written.
-        installed: FxHashMap<u32, u64>,
-        /// Threads the process had at the last walk.
-        threads_seen: usize,
-        /// Told the user why its Contexts are not read (once).
-        failed: bool,
-    },
+    Python(Box<Known>),
 }
 
-/// The Python threads in the map, per process.
+/// A CPython target of a known version.
+struct Known {
+    interpreter: Interpreter,
+    contexts: Reading<u64>,
+    frames: Reading<PyThread>,
+    /// Threads the process had at the last walk.
+    threads_seen: usize,
+}
+
+/// The Python threads in the maps, per process.
 pub struct PythonThreads {
-    map: HashMap<MapData, u64, u64>,
+    contexts: HashMap<MapData, u64, u64>,
+    frames: HashMap<MapData, u64, PyThread>,
     processes: FxHashMap<u32, Process>,
 }
 
 impl PythonThreads {
-    pub fn new(map: HashMap<MapData, u64, u64>) -> Self {
+    pub fn new(
+        contexts: HashMap<MapData, u64, u64>,
+        frames: HashMap<MapData, u64, PyThread>,
+    ) -> Self {
         Self {
-            map,
+            contexts,
+            frames,
             processes: FxHashMap::default(),
         }
     }
 
-    /// Whether some process's threads are in the map (the kernel reads Contexts only then).
+    /// Whether some process's threads are in the Context map (the kernel reads Contexts only
+    /// then).
     pub fn any(&self) -> bool {
-        self.processes.values().any(
-            |process| matches!(process, Process::Python { installed, .. } if !installed.is_empty()),
-        )
+        self.processes.values().any(|process| {
+            matches!(process, Process::Python(known) if !known.contexts.installed.is_empty())
+        })
     }
 
     /// Looks at every live target: a new Python one is walked, a known one again when its
-    /// thread count changed (or its layout is not confirmed yet); exited ones are forgotten.
+    /// thread count changed (or a layout is not confirmed yet); exited ones are forgotten.
     pub fn refresh(&mut self, live: &[u32]) {
         if !crate::process::runtime::adapters() {
             return;
@@ -61,88 +80,163 @@ impl PythonThreads {
             self.forget(pid);
         }
         for &pid in live {
-            let process =
-                self.processes
-                    .entry(pid)
-                    .or_insert_with(|| match python::interpreter(pid) {
-                        Some(interpreter) => Process::Python {
-                            interpreter,
-                            confirmed: false,
-                            installed: FxHashMap::default(),
-                            threads_seen: 0,
-                            failed: false,
-                        },
-                        None => Process::Other,
-                    });
-            let Process::Python {
-                interpreter,
-                confirmed,
-                installed,
-                threads_seen,
-                failed,
-            } = process
-            else {
-                continue;
-            };
-            let threads = thread_count(pid);
-            if *confirmed && threads == *threads_seen {
-                continue;
+            self.walk(pid, false);
+        }
+    }
+
+    /// Makes sure a thread about to be sampled is in the frame map: a thread-per-request server
+    /// starts a thread per request, and the next refresh would come too late for its slow part.
+    pub fn ensure(&mut self, pid: u32, tid: u32) {
+        if !crate::process::runtime::adapters() {
+            return;
+        }
+        let known = match self.processes.get(&pid) {
+            Some(Process::Other) => true,
+            Some(Process::Python(known)) => known.frames.installed.contains_key(&tid),
+            None => false,
+        };
+        if !known {
+            self.walk(pid, true);
+        }
+    }
+
+    /// Walks `pid` when it is new, its thread count changed, a layout is not confirmed yet, or
+    /// `force`.
+    fn walk(&mut self, pid: u32, force: bool) {
+        let process = self
+            .processes
+            .entry(pid)
+            .or_insert_with(|| match python::interpreter(pid) {
+                Some(interpreter) => Process::Python(Box::new(Known {
+                    interpreter,
+                    contexts: Reading::default(),
+                    frames: Reading::default(),
+                    threads_seen: 0,
+                })),
+                None => Process::Other,
+            });
+        let Process::Python(known) = process else {
+            return;
+        };
+        let Known {
+            interpreter,
+            contexts,
+            frames,
+            threads_seen,
+        } = &mut **known;
+        let threads = thread_count(pid);
+        if !force && contexts.confirmed && frames.confirmed && threads == *threads_seen {
+            return;
+        }
+        *threads_seen = threads;
+        let (major, minor) = interpreter.version;
+        let who = format!("pid {pid} (CPython {major}.{minor})");
+        // The reasons are kept as text: the walk's failure is both checks'.
+        let states = python::thread_states(pid, interpreter).map_err(|err| err.to_string());
+        let fit = states.as_ref().map_err(Clone::clone).and_then(|states| {
+            python::contexts_fit(pid, interpreter, states).map_err(|err| err.to_string())
+        });
+        let proven = "reading its threads' asyncio contexts";
+        let unfit = "its asyncio contexts are not read, its calls nest as threads do";
+        if contexts.settle(fit, &who, proven, unfit)
+            && let Ok(states) = &states
+        {
+            let offset = interpreter.layout.thread_context;
+            contexts.install(&mut self.contexts, pid, states, |s| s.tstate + offset);
+        }
+        let fit = states.as_ref().map_err(Clone::clone).and_then(|states| {
+            python::frames_fit(pid, interpreter, states).map_err(|err| err.to_string())
+        });
+        let proven = "its profiles name its Python functions";
+        let unfit = "its profiles show the interpreter's frames, not its Python functions";
+        if frames.settle(fit, &who, proven, unfit)
+            && let Ok(states) = &states
+        {
+            let layout = interpreter.layout.frames;
+            frames.install(&mut self.frames, pid, states, |s| {
+                py_thread(s.tstate, &layout)
+            });
+        }
+    }
+
+    /// Forgets `pid` and takes its threads out of the maps: it exited, or another process has
+    /// its pid now (looked at afresh on the next refresh).
+    pub fn forget(&mut self, pid: u32) {
+        if let Some(Process::Python(known)) = self.processes.remove(&pid) {
+            for tid in known.contexts.installed.keys() {
+                let _ = self.contexts.remove(&pid_tgid(pid, *tid));
             }
-            *threads_seen = threads;
-            match python::context_fields(pid, interpreter, *confirmed) {
-                Ok(fields) => {
-                    if fields.is_empty() {
-                        continue;
-                    }
-                    if !*confirmed {
-                        eprintln!(
-                            "loupe: pid {pid} is CPython {}.{}: reading its threads' asyncio contexts",
-                            interpreter.version.0, interpreter.version.1
-                        );
-                    }
-                    *confirmed = true;
-                    installed.retain(|tid, _| {
-                        let keep = fields.iter().any(|field| field.tid == *tid);
-                        if !keep {
-                            let _ = self.map.remove(&pid_tgid(pid, *tid));
-                        }
-                        keep
-                    });
-                    for field in fields {
-                        if installed.get(&field.tid) == Some(&field.address) {
-                            continue;
-                        }
-                        match self.map.insert(pid_tgid(pid, field.tid), field.address, 0) {
-                            Ok(()) => {
-                                installed.insert(field.tid, field.address);
-                            }
-                            Err(err) => tracing::debug!("PY_CONTEXTS full: {err}"),
-                        }
-                    }
-                }
-                Err(err) => {
-                    if !*failed && !*confirmed {
-                        *failed = true;
-                        eprintln!(
-                            "loupe: warning: pid {pid} (CPython {}.{}): its asyncio contexts are not read, its calls nest as threads do: {err}",
-                            interpreter.version.0, interpreter.version.1
-                        );
-                    }
-                }
+            for tid in known.frames.installed.keys() {
+                let _ = self.frames.remove(&pid_tgid(pid, *tid));
             }
         }
     }
 }
 
-impl PythonThreads {
-    /// Forgets `pid` and takes its threads out of the map: it exited, or another process has
-    /// its pid now (looked at afresh on the next refresh).
-    pub fn forget(&mut self, pid: u32) {
-        if let Some(Process::Python { installed, .. }) = self.processes.remove(&pid) {
-            for tid in installed.keys() {
-                let _ = self.map.remove(&pid_tgid(pid, *tid));
+impl<V: Copy + PartialEq + aya::Pod> Reading<V> {
+    /// Takes the outcome of a check of the layout: whether the map should be written now.
+    /// Tells the user once when the layout is first proven, or why it is not.
+    fn settle(&mut self, fit: Result<bool, String>, who: &str, proven: &str, unfit: &str) -> bool {
+        match fit {
+            Ok(true) if !self.confirmed => {
+                eprintln!("loupe: {who}: {proven}");
+                self.confirmed = true;
+                true
+            }
+            // Proven once: a later check that sees nothing proves nothing against it.
+            _ if self.confirmed => true,
+            Ok(_) => false,
+            Err(err) => {
+                if !self.failed {
+                    self.failed = true;
+                    eprintln!("loupe: warning: {who}: {unfit}: {err}");
+                }
+                false
             }
         }
+    }
+
+    /// Writes the threads' values, and takes out the threads that are gone.
+    fn install(
+        &mut self,
+        map: &mut HashMap<MapData, u64, V>,
+        pid: u32,
+        states: &[ThreadState],
+        value: impl Fn(&ThreadState) -> V,
+    ) {
+        self.installed.retain(|tid, _| {
+            let keep = states.iter().any(|state| state.tid == *tid);
+            if !keep {
+                let _ = map.remove(&pid_tgid(pid, *tid));
+            }
+            keep
+        });
+        for state in states {
+            let value = value(state);
+            if self.installed.get(&state.tid) == Some(&value) {
+                continue;
+            }
+            match map.insert(pid_tgid(pid, state.tid), value, 0) {
+                Ok(()) => {
+                    self.installed.insert(state.tid, value);
+                }
+                Err(err) => tracing::debug!("Python thread map full: {err}"),
+            }
+        }
+    }
+}
+
+/// The kernel's view of a thread: where its frame chain starts and which words of a frame
+/// to keep.
+fn py_thread(tstate: u64, layout: &FrameLayout) -> PyThread {
+    PyThread {
+        tstate,
+        frame_field: layout.thread_frame,
+        cframe_current: layout.cframe_current.unwrap_or(PY_DIRECT),
+        frame_code: layout.frame_code,
+        frame_previous: layout.frame_previous,
+        frame_instr: layout.frame_instr,
+        frame_marker: layout.frame_marker,
     }
 }
 

@@ -107,6 +107,9 @@ impl Upkeep {
                 command = self.commands.recv(), if commands_open => {
                     match (command, self.sampler.as_mut()) {
                         (Some(command), Some(sampler)) => {
+                            if let ProfileCommand::Heat { pid, tid } = command {
+                                self.python.ensure(pid, tid);
+                            }
                             sampler.apply(&mut self.ebpf, command);
                             counters
                                 .hot_threads

@@ -8,6 +8,7 @@ pub mod libraries;
 pub mod matching;
 pub mod python;
 pub mod runtime;
+pub mod service_name;
 pub mod sockets;
 pub mod targets;
 pub mod usage;

@@ -19,6 +19,8 @@ pub struct ProcessInfo {
     pub name: String,
     /// File name of the executable (e.g. "nginx"), or the name when the link is unreadable.
     pub executable_name: String,
+    /// Its `service.name` when the user gave none ([`super::service_name`]).
+    pub service_name: String,
 }
 
 impl ProcessInfo {
@@ -34,10 +36,14 @@ impl ProcessInfo {
                     .map(|name| name.to_string_lossy().into_owned())
             })
             .unwrap_or_else(|| name.clone());
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let service_name = super::service_name::service_name(&environ, &cmdline, &name);
         Some(Self {
             pid,
             name,
             executable_name,
+            service_name,
         })
     }
 }
@@ -179,6 +185,39 @@ mod tests {
         let info = ProcessInfo::of_target(pid).expect("recorded while it ran");
         assert_eq!((info.pid, info.name.as_str()), (pid, "sleep"));
         assert_eq!(info.executable_name, "sleep");
+    }
+
+    /// A Python process goes by its script, or by the OTEL_SERVICE_NAME it was started with.
+    #[test]
+    fn a_python_process_is_named_by_its_script_or_its_own_service_name() {
+        let python = std::path::Path::new("/usr/bin/python3.11");
+        if !python.is_file() {
+            return;
+        }
+        let dir = std::env::temp_dir().join(format!("loupe-name-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let script = dir.join("orders_api.py");
+        std::fs::write(&script, "import time\ntime.sleep(30)\n").unwrap();
+        for (env, expected) in [(None, "orders_api"), (Some("checkout"), "checkout")] {
+            let mut command = std::process::Command::new(python);
+            command.arg(&script).env_remove("OTEL_SERVICE_NAME");
+            if let Some(name) = env {
+                command.env("OTEL_SERVICE_NAME", name);
+            }
+            let mut child = command.spawn().unwrap();
+            // spawn returns once the exec began; the new program's arguments are in place a
+            // moment later.
+            let cmdline = format!("/proc/{}/cmdline", child.id());
+            while std::fs::read(&cmdline).map_or(true, |c| c.is_empty()) {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            let info = ProcessInfo::read(child.id()).unwrap();
+            child.kill().unwrap();
+            child.wait().unwrap();
+            assert_eq!(info.service_name, expected);
+            assert!(info.name.starts_with("python3"), "{}", info.name);
+        }
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

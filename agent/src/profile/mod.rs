@@ -12,6 +12,7 @@ pub mod flame;
 pub mod hot;
 pub mod maps;
 pub mod offcpu;
+pub mod python;
 pub mod samples;
 pub mod stacks;
 pub mod symbolizer;

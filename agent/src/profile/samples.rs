@@ -438,6 +438,7 @@ mod tests {
             kernel: Vec::new(),
             unwind: None,
             source: SampleSource::Hot,
+            python: Vec::new(),
         }
     }
 
@@ -512,6 +513,7 @@ mod tests {
         let mut store = SampleStore::default();
         let always = |ts| CpuSample {
             source: SampleSource::Background,
+            python: Vec::new(),
             ..sample(7, ts)
         };
         for ts in [5, 10, 20, 30, 40, 50] {
@@ -554,6 +556,7 @@ mod tests {
         let mut store = SampleStore::default();
         store.push(CpuSample {
             source: SampleSource::OffCpu { state: 1 },
+            python: Vec::new(),
             ..sample(7, 100)
         });
         store.push_off_cpu(off(7, 100, 400, true));
@@ -589,6 +592,7 @@ mod tests {
         };
         let returned = |tid| CpuSample {
             source: SampleSource::OffCpu { state: 1 },
+            python: Vec::new(),
             ..sample(tid, 900)
         };
         // The heat report first, then the switch-in, then the return's stack ...

@@ -22,6 +22,7 @@ use super::{
     flame,
     maps::{Mapping, find, module_offset, parse_exec_mappings},
     offcpu,
+    python::PythonNames,
     samples::Wait,
     stacks::{Folded, Frame, fold, top_lines},
     unwind::Unwinders,
@@ -238,15 +239,20 @@ fn fold_samples(samples: &[CpuSample], names: &mut Names, unwinders: &mut Unwind
 
 /// The user stacks of samples of process `pid` (None stays None), unwound and named: every
 /// distinct address is resolved once, then the frames are read off the cache. A stack whose
-/// unwinding stopped short ends in `Frame::Unmapped`, where `fold` cuts and marks it.
+/// unwinding stopped short ends in `Frame::Unmapped`, where `fold` cuts and marks it. A
+/// CPython thread's Python frames take the place of its interpreter's eval frames.
 fn named_user_stacks<'a>(
     pid: u32,
     samples: impl Iterator<Item = Option<&'a CpuSample>>,
     names: &mut Names,
     unwinders: &mut Unwinders,
 ) -> Vec<Option<Vec<Frame>>> {
+    let mut pythons: Vec<&[crate::events::PyRawFrame]> = Vec::new();
     let stacks: Vec<Option<(Vec<u64>, bool)>> = samples
-        .map(|sample| sample.map(|s| user_stack(s, unwinders)))
+        .map(|sample| {
+            pythons.push(sample.map_or(&[], |s| &s.python[..]));
+            sample.map(|s| user_stack(s, unwinders))
+        })
         .collect();
     let mut user: Vec<u64> = stacks
         .iter()
@@ -256,15 +262,17 @@ fn named_user_stacks<'a>(
     user.sort_unstable();
     user.dedup();
     names.resolve_user(pid, &user);
+    let mut codes = names.python.job(pid);
     stacks
         .into_iter()
-        .map(|stack| {
+        .zip(pythons)
+        .map(|(stack, python)| {
             stack.map(|(frames, cut)| {
                 let mut user = names.user(pid, &frames);
                 if cut {
                     user.push(Frame::Unmapped);
                 }
-                user
+                codes.spliced(user, python)
             })
         })
         .collect()
@@ -294,6 +302,7 @@ struct Names {
     user: HashMap<(u32, u64), Frame>,
     kernel: HashMap<u64, String>,
     maps: HashMap<u32, Vec<Mapping>>,
+    python: PythonNames,
 }
 
 /// The symbols of process `pid`'s addresses, from the modules' symbol tables or, with
@@ -321,6 +330,7 @@ impl Names {
             user: HashMap::new(),
             kernel: HashMap::new(),
             maps: HashMap::new(),
+            python: PythonNames::default(),
         }
     }
 
@@ -346,6 +356,7 @@ impl Names {
             if missing.iter().any(|addr| find(maps, *addr).is_none()) {
                 // A library loaded (or a pid reused) since the maps were read.
                 *maps = read();
+                self.python.forget(pid);
             }
             // Addresses in no mapping (a walk gone astray) are not worth asking about.
             let mapped: Vec<u64> = missing

@@ -128,7 +128,12 @@ fn base_span(
     if let Some(query) = query.filter(|q| !q.is_empty()) {
         span.add("url.query", redact_query(query));
     }
-    span.add("http.route", route.route);
+    // Semantic conventions: `http.route` is a server's; a client's templated path is
+    // `url.template`.
+    match kind {
+        SpanKind::Server => span.add("http.route", route.route),
+        SpanKind::Client => span.add("url.template", route.route),
+    }
     span.add("http.response.status_code", i64::from(status));
     span.add("http.request.body.size", exchange.request_body_bytes as i64);
     span.add(

@@ -173,7 +173,7 @@ pub(crate) mod testing {
     pub fn call(host: &str, port: i64, path: &str, start_ms: u64, end_ms: u64) -> SpanRecord {
         let mut span = child(OpType::HttpClient, &format!("GET {path}"), start_ms, end_ms);
         span.set("http.request.method", "GET");
-        span.set("http.route", path.to_owned());
+        span.set("url.template", path.to_owned());
         span.set("server.address", host.to_owned());
         span.set("server.port", port);
         span.set("http.response.body.size", 10i64);

@@ -159,7 +159,7 @@ impl RedRecorder {
         service_name: Option<String>,
     ) -> Self {
         Self::naming(registry, counters, service_name, |pid| {
-            crate::process::ProcessInfo::read(pid).map(|info| info.name)
+            crate::process::ProcessInfo::read(pid).map(|info| info.service_name)
         })
     }
 
