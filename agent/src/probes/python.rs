@@ -133,24 +133,28 @@ impl PythonThreads {
         let who = format!("pid {pid} (CPython {major}.{minor})");
         // The reasons are kept as text: the walk's failure is both checks'.
         let states = python::thread_states(pid, interpreter).map_err(|err| err.to_string());
-        let fit = states.as_ref().map_err(Clone::clone).and_then(|states| {
-            python::contexts_fit(pid, interpreter, states).map_err(|err| err.to_string())
-        });
-        let proven = "reading its threads' asyncio contexts";
-        let unfit = "its asyncio contexts are not read, its calls nest as threads do";
-        if contexts.settle(fit, &who, proven, unfit)
-            && let Ok(states) = &states
+        let check =
+            |fits: fn(u32, &Interpreter, &[ThreadState]) -> Result<bool, python::PyError>| {
+                states.as_ref().map_err(Clone::clone).and_then(|states| {
+                    fits(pid, interpreter, states).map_err(|err| err.to_string())
+                })
+            };
+        if contexts.settle(
+            || check(python::contexts_fit),
+            &who,
+            "reading its threads' asyncio contexts",
+            "its asyncio contexts are not read, its calls nest as threads do",
+        ) && let Ok(states) = &states
         {
             let offset = interpreter.layout.thread_context;
             contexts.install(&mut self.contexts, pid, states, |s| s.tstate + offset);
         }
-        let fit = states.as_ref().map_err(Clone::clone).and_then(|states| {
-            python::frames_fit(pid, interpreter, states).map_err(|err| err.to_string())
-        });
-        let proven = "its profiles name its Python functions";
-        let unfit = "its profiles show the interpreter's frames, not its Python functions";
-        if frames.settle(fit, &who, proven, unfit)
-            && let Ok(states) = &states
+        if frames.settle(
+            || check(python::frames_fit),
+            &who,
+            "its profiles name its Python functions",
+            "its profiles show the interpreter's frames, not its Python functions",
+        ) && let Ok(states) = &states
         {
             let layout = interpreter.layout.frames;
             frames.install(&mut self.frames, pid, states, |s| {
@@ -174,18 +178,26 @@ impl PythonThreads {
 }
 
 impl<V: Copy + PartialEq + aya::Pod> Reading<V> {
-    /// Takes the outcome of a check of the layout: whether the map should be written now.
-    /// Tells the user once when the layout is first proven, or why it is not.
-    fn settle(&mut self, fit: Result<bool, String>, who: &str, proven: &str, unfit: &str) -> bool {
-        match fit {
-            Ok(true) if !self.confirmed => {
+    /// Whether the map should be written now: once the layout is proven on the process, always
+    /// (a later check would prove nothing against it, so none is made); until then, when `check`
+    /// proves it. Tells the user once when it is first proven, or why it is not.
+    fn settle(
+        &mut self,
+        check: impl FnOnce() -> Result<bool, String>,
+        who: &str,
+        proven: &str,
+        unfit: &str,
+    ) -> bool {
+        if self.confirmed {
+            return true;
+        }
+        match check() {
+            Ok(true) => {
                 eprintln!("loupe: {who}: {proven}");
                 self.confirmed = true;
                 true
             }
-            // Proven once: a later check that sees nothing proves nothing against it.
-            _ if self.confirmed => true,
-            Ok(_) => false,
+            Ok(false) => false,
             Err(err) => {
                 if !self.failed {
                     self.failed = true;
