@@ -3,7 +3,8 @@
 //! Three shapes go through `Diagnoser::push` (hold the calls, write the verdict, release the
 //! tree): a request without calls (nginx's case: the pass-through), a request with 12 calls
 //! (8 N+1 queries, 2 identical HTTP calls, 2 others: the demo's /api/report), and one with 100
-//! queries. Printed: time per request and per span, and the share of a 1 ms request it would be.
+//! queries; each also with the statistics (`loupe::ledger`) counting every span, as loupe runs.
+//! Printed: time per request and per span, and the share of a 1 ms request it would be.
 
 use std::{
     hint::black_box,
@@ -126,14 +127,58 @@ fn bench(name: &str, queries: u64, calls: u64, requests: u64) {
     bench_with(name, queries, calls, requests, true);
 }
 
+/// The same, every span also counted in the statistics (`loupe::ledger`, as loupe runs).
+fn bench_stats(name: &str, queries: u64, calls: u64, requests: u64) {
+    let ledger = loupe::ledger::Ledger::new(
+        loupe::ledger::LedgerConfig {
+            thresholds: loupe::config::Thresholds {
+                http: std::time::Duration::from_secs(1),
+                external: std::time::Duration::from_secs(2),
+                db: std::time::Duration::from_millis(500),
+                cache: std::time::Duration::from_millis(100),
+            },
+            slos: vec![loupe::ledger::slo::Slo::parse("GET /orders=50ms@p95").expect("an SLO")],
+            regression_factor: 1.5,
+            min_samples: 20,
+            baseline: None,
+            alert_slow_percent: Some(5.0),
+            alert_error_percent: None,
+        },
+        loupe::process::services::ServiceNames::with_lookup(Some("bench".into()), |_| None),
+        0,
+    );
+    run(
+        name,
+        queries,
+        calls,
+        requests,
+        true,
+        Some(Arc::new(Mutex::new(ledger))),
+    );
+}
+
 /// `diagnose` false: the spans only move through and drop (what any stage costs), the baseline.
 fn bench_with(name: &str, queries: u64, calls: u64, requests: u64, diagnose: bool) {
+    run(name, queries, calls, requests, diagnose, None);
+}
+
+fn run(
+    name: &str,
+    queries: u64,
+    calls: u64,
+    requests: u64,
+    diagnose: bool,
+    ledger: Option<Arc<Mutex<loupe::ledger::Ledger>>>,
+) {
     let board = Arc::new(Mutex::new(ProblemBoard::default()));
     let mut diagnoser = Diagnoser::new(
         DiagnosisConfig::default(),
         board,
         Arc::new(Counters::default()),
     );
+    if let Some(ledger) = ledger {
+        diagnoser = diagnoser.with_ledger(ledger);
+    }
     let trees: Vec<Vec<SpanRecord>> = (1..=requests).map(|p| tree(p, queries, calls)).collect();
     let spans_per_request = queries + calls + 1;
     let mut out = Vec::with_capacity(256);
@@ -170,6 +215,7 @@ fn main() {
         false,
     );
     bench("no calls (pass-through)", 0, 0, 1_000_000);
+    bench_stats("no calls, with the statistics", 0, 0, 1_000_000);
     bench_with(
         "baseline: 13 spans moved and dropped only",
         8,
@@ -178,5 +224,12 @@ fn main() {
         false,
     );
     bench("8 N+1 queries + 4 HTTP calls", 8, 4, 100_000);
+    bench_stats(
+        "8 N+1 queries + 4 HTTP calls, with the statistics",
+        8,
+        4,
+        100_000,
+    );
     bench("100 N+1 queries", 100, 0, 10_000);
+    bench_stats("100 N+1 queries, with the statistics", 100, 0, 10_000);
 }

@@ -261,6 +261,97 @@ pub struct RunArgs {
     /// else 60s).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub otlp_metrics_interval: Option<Duration>,
+
+    /// Serve the statistics as JSON at http://HOST:PORT/stats (they are also at --metrics-addr's
+    /// /stats), e.g. 127.0.0.1:9465. docs/stats.md has the schema.
+    #[arg(long, value_name = "HOST:PORT", value_parser = parse_listen_addr, env = "LOUPE_STATS_ADDR")]
+    pub stats_addr: Option<SocketAddr>,
+
+    /// A latency SLO of a route, as spans name it: 'POST /api/loans=500ms@p95' is 95% of its
+    /// requests within 500 ms (repeatable). Compliance, error budget and burn rate are in
+    /// /stats and /metrics; a breach is an alert.
+    #[arg(long = "slo", value_name = "ROUTE=DURATION@PERCENTILE", value_parser = parse_slo)]
+    pub slos: Vec<crate::ledger::slo::Slo>,
+
+    /// SLOs from a file, one per line as --slo takes them (# comments).
+    #[arg(long, value_name = "FILE", env = "LOUPE_SLO_FILE")]
+    pub slo_file: Option<std::path::PathBuf>,
+
+    /// Compare this run against a baseline saved by --save-baseline: the report shows each
+    /// route before and after, and a route's regression is judged against its saved p95.
+    #[arg(long, value_name = "FILE", env = "LOUPE_BASELINE")]
+    pub baseline: Option<std::path::PathBuf>,
+
+    /// At exit, save each route's p50/p95/p99 here, to compare a later run against
+    /// (--baseline FILE).
+    #[arg(long, value_name = "FILE")]
+    pub save_baseline: Option<std::path::PathBuf>,
+
+    /// At exit, write the report as one self-contained HTML page here: routes with their
+    /// latency histograms, SLOs, regressions, the top problems with the waterfall of their
+    /// worst request, and flamegraphs.
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<std::path::PathBuf>,
+
+    /// A route regressed when its last minute's p95 is over its baseline's (saved, or the
+    /// thirty minutes before) times this, e.g. 1.5.
+    #[arg(long, value_name = "FACTOR", default_value = "1.5", value_parser = parse_factor, env = "LOUPE_REGRESSION_FACTOR")]
+    pub regression_factor: f64,
+
+    /// Alert when more than this percent of an operation type's spans (http, external, db,
+    /// cache) were slow over the last minute, e.g. 5.
+    #[arg(long, value_name = "PERCENT", value_parser = parse_percent, env = "LOUPE_ALERT_SLOW_PERCENT")]
+    pub alert_slow_percent: Option<f64>,
+
+    /// Alert when more than this percent of a route's requests failed over the last minute.
+    #[arg(long, value_name = "PERCENT", value_parser = parse_percent, env = "LOUPE_ALERT_ERROR_PERCENT")]
+    pub alert_error_percent: Option<f64>,
+
+    /// Fewest requests a window needs before a verdict on it (regression, SLO, slow share,
+    /// error rate).
+    #[arg(long, value_name = "COUNT", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..), env = "LOUPE_ALERT_MIN_SAMPLES")]
+    pub alert_min_samples: u64,
+
+    /// The same alert (kind and route or type) goes out at most once per this long.
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration, env = "LOUPE_ALERT_COOLDOWN")]
+    pub alert_cooldown: Duration,
+
+    /// Also POST each alert as JSON to this URL (http or https).
+    #[arg(long, value_name = "URL", value_parser = parse_webhook, env = "LOUPE_ALERT_WEBHOOK")]
+    pub alert_webhook: Option<String>,
+}
+
+fn parse_slo(text: &str) -> Result<crate::ledger::slo::Slo, String> {
+    crate::ledger::slo::Slo::parse(text).map_err(|err| err.to_string())
+}
+
+fn parse_factor(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(factor) if factor > 1.0 && factor.is_finite() => Ok(factor),
+        _ => Err(format!("`{text}` is not a factor above 1 like 1.5")),
+    }
+}
+
+fn parse_percent(text: &str) -> Result<f64, String> {
+    match text.trim().trim_end_matches('%').parse::<f64>() {
+        Ok(percent) if percent > 0.0 && percent < 100.0 => Ok(percent),
+        _ => Err(format!(
+            "`{text}` is not a percentage between 0 and 100 like 5"
+        )),
+    }
+}
+
+fn parse_webhook(text: &str) -> Result<String, String> {
+    let url = text.trim();
+    if (url.starts_with("http://") || url.starts_with("https://"))
+        && crate::export::otlp::transport::host_port(url).is_some()
+    {
+        Ok(url.to_owned())
+    } else {
+        Err(format!(
+            "`{text}` is not a URL like http://127.0.0.1:9000/alerts"
+        ))
+    }
 }
 
 /// Where and how often loupe's metrics go out over OTLP.
@@ -443,6 +534,13 @@ pub struct Config {
     pub metrics_addr: Option<SocketAddr>,
     /// Where the same metrics are pushed over OTLP, if anywhere.
     pub otlp_metrics: Option<OtlpMetrics>,
+    /// Where `/stats` is served besides `metrics_addr`, if anywhere.
+    pub stats_addr: Option<SocketAddr>,
+    /// The statistics' verdicts: SLOs, baseline, regression, alert limits.
+    pub ledger: crate::ledger::LedgerConfig,
+    pub alerts: crate::ledger::alerts::AlertSettings,
+    pub save_baseline: Option<std::path::PathBuf>,
+    pub html: Option<std::path::PathBuf>,
 }
 
 /// Configuration that cannot work, said in one line.
@@ -473,6 +571,20 @@ pub enum ConfigError {
     NothingToObserve,
     #[error("at most {max} --name values (the kernel looks each exec's name up in a table of that size)", max = MAX_NAMES)]
     TooManyNames,
+    #[error(transparent)]
+    Baseline(#[from] crate::ledger::baseline::BaselineError),
+    #[error("cannot read the SLO file {path}: {source}")]
+    SloFile {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("in the SLO file {path}: {source}")]
+    Slo {
+        path: String,
+        source: crate::ledger::slo::SloError,
+    },
+    #[error("two SLOs for {0}: give each route one")]
+    SloTwice(String),
 }
 
 impl Cli {
@@ -564,17 +676,42 @@ impl RunArgs {
         let sampling = self.sampling.into_config(&env, preset.sample_ratio)?;
         let otlp_metrics =
             otlp_metrics(self.otlp_metrics, self.otlp_metrics_interval, &export, &env)?;
+        let mut slos = self.slos;
+        if let Some(path) = &self.slo_file {
+            let shown = path.display().to_string();
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::SloFile {
+                path: shown.clone(),
+                source,
+            })?;
+            let from_file =
+                crate::ledger::slo::Slo::parse_file(&text).map_err(|source| ConfigError::Slo {
+                    path: shown,
+                    source,
+                })?;
+            slos.extend(from_file);
+        }
+        for (index, slo) in slos.iter().enumerate() {
+            if slos[..index].iter().any(|other| other.route == slo.route) {
+                return Err(ConfigError::SloTwice(slo.route.clone()));
+            }
+        }
+        let baseline = self
+            .baseline
+            .as_deref()
+            .map(crate::ledger::baseline::BaselineFile::load)
+            .transpose()?;
+        let thresholds = Thresholds {
+            http: self.slow_http,
+            external: self.slow_external,
+            db: self.slow_db,
+            cache: self.slow_cache,
+        };
         Ok(Config {
             pids,
             matcher,
             export,
             service_name,
-            thresholds: Thresholds {
-                http: self.slow_http,
-                external: self.slow_external,
-                db: self.slow_db,
-                cache: self.slow_cache,
-            },
+            thresholds,
             diagnosis: DiagnosisConfig {
                 n_plus_one_min: self.n_plus_one_min as usize,
                 sequential_min_saving: f64::from(self.sequential_min_saving) / 100.0,
@@ -598,6 +735,22 @@ impl RunArgs {
             sampling,
             metrics_addr: self.metrics_addr,
             otlp_metrics,
+            stats_addr: self.stats_addr,
+            ledger: crate::ledger::LedgerConfig {
+                thresholds,
+                slos,
+                regression_factor: self.regression_factor,
+                min_samples: self.alert_min_samples,
+                baseline,
+                alert_slow_percent: self.alert_slow_percent,
+                alert_error_percent: self.alert_error_percent,
+            },
+            alerts: crate::ledger::alerts::AlertSettings {
+                cooldown: self.alert_cooldown,
+                webhook: self.alert_webhook,
+            },
+            save_baseline: self.save_baseline,
+            html: self.html,
         })
     }
 }

@@ -30,6 +30,7 @@ pub mod export;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod ledger;
 pub mod libpq;
 mod membership;
 pub mod metrics;
@@ -104,6 +105,14 @@ pub struct Outcome {
     pub mode: Mode,
     /// The OTLP endpoint spans went to, if any.
     pub otlp_endpoint: Option<String>,
+    /// The statistics as the run ended.
+    pub stats: ledger::StatsDoc,
+    /// This run's routes, as `--save-baseline` writes them.
+    pub saved: ledger::baseline::BaselineFile,
+    /// `--baseline FILE`'s, to compare against.
+    pub baseline: Option<ledger::baseline::BaselineFile>,
+    pub save_baseline: Option<std::path::PathBuf>,
+    pub html: Option<std::path::PathBuf>,
 }
 
 /// Runs loupe until a signal, `--duration`, or the exit of every target (with `--exe` or
@@ -114,23 +123,30 @@ pub async fn run(config: Config) -> Result<Outcome, RunError> {
     let counters = Arc::new(Counters::default());
     let board = Arc::new(Mutex::new(ProblemBoard::default()));
     let red = Arc::new(Mutex::new(metrics::RedRegistry::default()));
+    let ledger = Arc::new(Mutex::new(ledger::Ledger::new(
+        config.ledger.clone(),
+        process::services::ServiceNames::new(config.service_name.clone()),
+        monotonic_now_ns(),
+    )));
+    let source = metrics::Source {
+        counters: counters.clone(),
+        red: red.clone(),
+        ledger: Some(ledger.clone()),
+    };
     // Listen before attaching, so a taken port fails before anything is touched.
     let metrics_server = match config.metrics_addr {
-        Some(addr) => {
-            let source = metrics::Source {
-                counters: counters.clone(),
-                red: red.clone(),
-            };
-            Some(metrics::MetricsServer::bind(addr, source).await?)
-        }
+        Some(addr) => Some(metrics::MetricsServer::bind(addr, source.clone()).await?),
         None => None,
+    };
+    let stats_server = match config.stats_addr {
+        Some(addr) if Some(addr) != config.metrics_addr => {
+            Some(metrics::MetricsServer::bind(addr, source.clone()).await?)
+        }
+        _ => None,
     };
     let metric_push = match &config.otlp_metrics {
         Some(settings) => {
-            let source = metrics::Source {
-                counters: counters.clone(),
-                red: red.clone(),
-            };
+            let source = source.clone();
             let push = metrics::otlp::MetricPush::new(settings, &config.export_settings, source);
             Some(push.map_err(ExportError::from)?)
         }
@@ -274,7 +290,8 @@ pub async fn run(config: Config) -> Result<Outcome, RunError> {
         counters: counters.clone(),
         thresholds: config.thresholds,
         diagnoser: Diagnoser::new(config.diagnosis, board.clone(), counters.clone())
-            .with_sampling(&config.sampling),
+            .with_sampling(&config.sampling)
+            .with_ledger(ledger.clone()),
         resources: ResourceSampler::new(&pids),
         samples: SampleStore::default(),
         hot: HotThreads::default(),
@@ -329,7 +346,9 @@ pub async fn run(config: Config) -> Result<Outcome, RunError> {
     let metrics = match metrics_server {
         Some(server) => {
             if let Some(addr) = server.local_addr() {
-                eprintln!("loupe: serving metrics at http://{addr}/metrics");
+                eprintln!(
+                    "loupe: serving metrics at http://{addr}/metrics and statistics at http://{addr}/stats"
+                );
             }
             Some(Stage::spawn(
                 "loupe-metrics",
@@ -338,6 +357,26 @@ pub async fn run(config: Config) -> Result<Outcome, RunError> {
         }
         None => None,
     };
+    let (stats_stop, stats_stopped) = tokio::sync::oneshot::channel();
+    let stats = match stats_server {
+        Some(server) => {
+            if let Some(addr) = server.local_addr() {
+                eprintln!("loupe: serving statistics at http://{addr}/stats");
+            }
+            Some(Stage::spawn("loupe-stats", server.serve(stats_stopped))?)
+        }
+        None => None,
+    };
+    let (alerts_stop, alerts_stopped) = tokio::sync::oneshot::channel();
+    let alerts = Stage::spawn_isolated(
+        "loupe-alerts",
+        ledger::alerts::run(
+            ledger.clone(),
+            config.alerts.clone(),
+            counters.clone(),
+            alerts_stopped,
+        ),
+    )?;
     let (push_stop, push_stopped) = tokio::sync::oneshot::channel();
     let push = metric_push
         .map(|push| Stage::spawn("loupe-otlp-metrics", push.run(push_stopped)))
@@ -419,6 +458,19 @@ pub async fn run(config: Config) -> Result<Outcome, RunError> {
     if let Some(metrics) = metrics {
         let _ = tokio::time::timeout_at(deadline + EXIT_GRACE, metrics.join()).await;
     }
+    let _ = stats_stop.send(());
+    if let Some(stats) = stats {
+        let _ = tokio::time::timeout_at(deadline + EXIT_GRACE, stats.join()).await;
+    }
+    let _ = alerts_stop.send(());
+    let _ = tokio::time::timeout_at(deadline + EXIT_GRACE, alerts.join()).await;
+    let (stats, saved) = {
+        let mut ledger = ledger.lock().unwrap_or_else(|e| e.into_inner());
+        let now = monotonic_now_ns();
+        // The routes' last verdicts (what fires now was sent, or held back, while running).
+        let _ = ledger.refresh(now);
+        (ledger.snapshot(now), ledger.baseline_file())
+    };
     if let Some(logger) = logger {
         let _ = tokio::time::timeout_at(deadline + EXIT_GRACE, logger).await;
     }
@@ -428,6 +480,11 @@ pub async fn run(config: Config) -> Result<Outcome, RunError> {
         problems,
         mode: config.mode,
         otlp_endpoint,
+        stats,
+        saved,
+        baseline: config.ledger.baseline,
+        save_baseline: config.save_baseline,
+        html: config.html,
     })
 }
 

@@ -3,10 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser as _;
-use loupe::{
-    config::{Cli, Mode},
-    detect::ProblemBoard,
-};
+use loupe::config::{Cli, Mode};
 
 /// Problems listed after the summary line at exit.
 const TOP_AT_EXIT: usize = 5;
@@ -14,7 +11,8 @@ const TOP_AT_EXIT: usize = 5;
 const TOP_IN_REPORT: usize = 20;
 
 /// `loupe report`'s output (its format is a contract: docs/contracts.md).
-fn report(problems: &ProblemBoard) -> String {
+fn report(outcome: &loupe::Outcome) -> String {
+    let problems = &outcome.problems;
     let mut text = match problems.render(TOP_IN_REPORT) {
         Some(table) => format!("loupe report: top problems\n{table}"),
         None => "loupe report: no problems found\n".to_owned(),
@@ -32,7 +30,95 @@ fn report(problems: &ProblemBoard) -> String {
     if let Some(cache) = problems.render_cache(TOP_IN_REPORT) {
         text.push_str(&format!("loupe report: cache hit rates\n{cache}"));
     }
+    text.push_str(&numbers(outcome, "loupe report", TOP_IN_REPORT));
     text
+}
+
+/// The statistics' blocks, each headed `<prefix>: <what>`: routes, SLOs, regressions, tail
+/// latency, dependencies, the comparison with `--baseline`, alerts.
+fn numbers(outcome: &loupe::Outcome, prefix: &str, limit: usize) -> String {
+    use loupe::ledger::{baseline, text};
+    let stats = &outcome.stats;
+    let comparison = outcome
+        .baseline
+        .as_ref()
+        .map(|before| baseline::render(&baseline::compare(before, &outcome.saved.routes)));
+    let blocks = [
+        ("routes (slowest p95 first)", text::routes(stats, limit)),
+        ("SLOs", text::slos(stats)),
+        ("regressions", text::regressions(stats)),
+        ("tail latency", text::tails(stats, limit)),
+        ("dependencies", text::dependencies(stats, limit)),
+        ("against the baseline", comparison),
+        ("alerts", text::alerts(stats, limit)),
+    ];
+    let mut out = String::new();
+    for (title, block) in blocks {
+        if let Some(block) = block {
+            out.push_str(&format!("{prefix}: {title}\n{block}"));
+        }
+    }
+    out
+}
+
+/// What the HTML report shows of a run.
+fn html_page(outcome: &loupe::Outcome) -> loupe::ledger::html::ReportPage {
+    use loupe::ledger::{baseline, html};
+    let mut services: Vec<&str> = outcome
+        .stats
+        .routes
+        .iter()
+        .map(|route| route.service.as_str())
+        .collect();
+    services.sort_unstable();
+    services.dedup();
+    let problems = outcome
+        .problems
+        .rows()
+        .into_iter()
+        .take(TOP_IN_REPORT)
+        .map(|row| html::ProblemEntry {
+            route: row.route,
+            pattern: row.pattern.as_str().to_owned(),
+            pattern_words: row.pattern.words().to_owned(),
+            requests: row.requests,
+            cost_ms: row.cost_ns as f64 / 1e6,
+            advice: row.advice,
+            worst: row.worst,
+        })
+        .collect();
+    html::ReportPage {
+        title: match services.is_empty() {
+            true => "loupe report".to_owned(),
+            false => format!("loupe report: {}", services.join(", ")),
+        },
+        stats: outcome.stats.clone(),
+        problems,
+        flamegraphs: outcome.problems.flames().to_vec(),
+        comparison: outcome
+            .baseline
+            .as_ref()
+            .map(|before| baseline::compare(before, &outcome.saved.routes)),
+    }
+}
+
+/// Writes `--save-baseline` and `--html`; says in one line what could not be written.
+fn write_files(outcome: &loupe::Outcome) -> Result<(), String> {
+    if let Some(path) = &outcome.save_baseline {
+        outcome.saved.save(path).map_err(|err| err.to_string())?;
+        eprintln!(
+            "loupe: saved the baseline of {} routes to {}",
+            outcome.saved.routes.len(),
+            path.display()
+        );
+    }
+    if let Some(path) = &outcome.html {
+        let page = html_page(outcome);
+        std::fs::write(path, loupe::ledger::html::render(&page))
+            .map_err(|err| format!("cannot write the HTML report {}: {err}", path.display()))?;
+        eprintln!("loupe: wrote the HTML report to {}", path.display());
+    }
+    Ok(())
 }
 
 /// Routes, and frames per route, in the hottest-frames list.
@@ -85,9 +171,13 @@ fn main() -> ExitCode {
     match runtime.block_on(loupe::run(config)) {
         Ok(outcome) => {
             eprintln!("{}", outcome.counters.summary_line());
-            let status = exit_status(&outcome);
+            let mut status = exit_status(&outcome);
             match outcome.mode {
-                Mode::Report => print!("{}", report(&outcome.problems)),
+                Mode::Report => print!("{}", report(&outcome)),
+                // The terminal view's last table has the problems already.
+                Mode::Watch if outcome.otlp_endpoint.is_none() => {
+                    eprint!("{}", numbers_at_exit(&outcome));
+                }
                 Mode::Watch => {
                     if let Some(top) = outcome.problems.render(TOP_AT_EXIT) {
                         eprint!("loupe: top problems\n{top}");
@@ -102,7 +192,12 @@ fn main() -> ExitCode {
                     if let Some(cache) = outcome.problems.render_cache(HOT_ROUTES) {
                         eprint!("loupe: cache hit rates\n{cache}");
                     }
+                    eprint!("{}", numbers_at_exit(&outcome));
                 }
+            }
+            if let Err(err) = write_files(&outcome) {
+                eprintln!("loupe: error: {err}");
+                status = ExitCode::FAILURE;
             }
             // Leave the runtime without waiting for a stage still busy past the deadline.
             runtime.shutdown_background();
@@ -117,6 +212,30 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// What the live view says of the numbers at exit: regressions, SLOs, the comparison with
+/// `--baseline`, alerts (the route table is the terminal view's, or `loupe report`'s).
+fn numbers_at_exit(outcome: &loupe::Outcome) -> String {
+    use loupe::ledger::{baseline, text};
+    let stats = &outcome.stats;
+    let comparison = outcome
+        .baseline
+        .as_ref()
+        .map(|before| baseline::render(&baseline::compare(before, &outcome.saved.routes)));
+    let blocks = [
+        ("SLOs", text::slos(stats)),
+        ("regressions", text::regressions(stats)),
+        ("against the baseline", comparison),
+        ("alerts", text::alerts(stats, HOT_ROUTES)),
+    ];
+    let mut out = String::new();
+    for (title, block) in blocks {
+        if let Some(block) = block {
+            out.push_str(&format!("loupe: {title}\n{block}"));
+        }
+    }
+    out
 }
 
 /// Failure when spans were made for a collector and not one of them reached it.

@@ -161,6 +161,15 @@ counters! {
     /// Observations of the services' request metrics not recorded because their metric already
     /// had as many label sets as it keeps (a new route, status or peer past the bound).
     metric_series_dropped: Counter,
+    /// Routes and dependencies the statistics (/stats, the reports, the alerts) did not keep
+    /// because their table already held 1,000.
+    stats_keys_dropped: Counter,
+    /// Alerts sent (stderr, and the webhook when there is one).
+    alerts: Counter,
+    /// Alerts held back because the same alert went out less than a cooldown ago.
+    alerts_suppressed: Counter,
+    /// Alerts the webhook did not take: refused, an error, a timeout, or too many in flight.
+    alert_webhook_failures: Counter,
 }
 
 /// One counter of something loupe lost or could not read: its name in the summary line, the
@@ -187,7 +196,7 @@ impl Counters {
     /// Every way an event, a request, a query, a span or a sample can be lost or mis-read, in
     /// pipeline order. The summary line and the terminal footer show each of them; the README
     /// says what each means.
-    pub fn losses(&self) -> [LossCounter<'_>; 28] {
+    pub fn losses(&self) -> [LossCounter<'_>; 30] {
         let loss = |name, value| LossCounter { name, value };
         [
             loss("events_lost", &self.events_lost_kernel),
@@ -218,6 +227,8 @@ impl Counters {
             loss("threads_unsampleable", &self.threads_unsampleable),
             loss("ambiguous_calls", &self.ambiguous_calls),
             loss("metric_series_dropped", &self.metric_series_dropped),
+            loss("stats_keys_dropped", &self.stats_keys_dropped),
+            loss("alert_webhook_failures", &self.alert_webhook_failures),
         ]
     }
 

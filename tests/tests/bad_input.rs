@@ -59,6 +59,9 @@ fn running_without_privileges_is_a_one_line_error() {
 #[test]
 fn malformed_flags_are_one_line_usage_errors() {
     require_root();
+    let junk =
+        std::env::temp_dir().join(format!("loupe-junk-baseline-{}.json", std::process::id()));
+    std::fs::write(&junk, "not json").unwrap();
     for (flags, expected) in [
         (
             vec!["--pid", "1", "--slow-http", "fast"],
@@ -87,6 +90,41 @@ fn malformed_flags_are_one_line_usage_errors() {
             "invalid value '/no/such/binary' for '--exe <PATH>': No such file",
         ),
         (vec!["--name", ""], "--name must not be empty"),
+        (
+            vec!["--pid", "1", "--slo", "GET /a"],
+            "`GET /a` is not an SLO like 'POST /api/loans=500ms@p95': give the route, `=`, a duration, `@` and a percentile",
+        ),
+        (
+            vec![
+                "--pid",
+                "1",
+                "--slo",
+                "GET /a=1s@p95",
+                "--slo",
+                "GET /a=2s@p99",
+            ],
+            "two SLOs for GET /a: give each route one",
+        ),
+        (
+            vec!["--pid", "1", "--baseline", "/no/such/baseline.json"],
+            "cannot read the baseline /no/such/baseline.json: No such file",
+        ),
+        (
+            vec!["--pid", "1", "--baseline", junk.to_str().unwrap()],
+            "is not a baseline loupe saved (write one with `loupe report --save-baseline FILE`) (line 1)",
+        ),
+        (
+            vec!["--pid", "1", "--alert-webhook", "ftp://alerts"],
+            "`ftp://alerts` is not a URL like http://127.0.0.1:9000/alerts",
+        ),
+        (
+            vec!["--pid", "1", "--regression-factor", "0.5"],
+            "`0.5` is not a factor above 1 like 1.5",
+        ),
+        (
+            vec!["--pid", "1", "--alert-slow-percent", "lots"],
+            "`lots` is not a percentage between 0 and 100 like 5",
+        ),
     ] {
         let finished = Loupe::spawn(&args(&flags)).wait(Duration::from_secs(30));
         assert_eq!(

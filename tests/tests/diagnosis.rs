@@ -217,11 +217,13 @@ fn each_pattern_is_named_on_its_route_and_nowhere_else() {
         let share = float(server, "performance.bottleneck_share");
         assert!((share - 0.8).abs() <= 0.05, "bottleneck share {share}");
         let diagnosis = server.str_tag("performance.diagnosis").unwrap();
+        // The finding leads.
         assert!(
-            diagnosis.ends_with(&format!(
-                "of the request waited on GET {}/sleep (slow dependency)",
-                shop.peer_a
-            )),
+            diagnosis.starts_with("slow dependency: ")
+                && diagnosis.ends_with(&format!(
+                    "% of the request waited on GET {}/sleep",
+                    shop.peer_a
+                )),
             "{diagnosis}"
         );
         let calls = children(&spans, server);

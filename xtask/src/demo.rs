@@ -38,7 +38,26 @@ const ROUTES: &[&str] = &[
     "/api/crunch?ms=1200",
 ];
 
-pub fn run(with_jaeger: bool, duration: Duration) -> anyhow::Result<()> {
+/// Set by SIGINT/SIGTERM while the demo keeps Jaeger up after the run.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+/// What the demo shows, and for how long Jaeger stays up after it when stdin is no terminal.
+pub struct Options {
+    pub with_jaeger: bool,
+    pub duration: Duration,
+    pub keep_jaeger: Duration,
+}
+
+pub fn run(options: Options) -> anyhow::Result<()> {
+    let Options {
+        with_jaeger,
+        duration,
+        keep_jaeger,
+    } = options;
     setup::require_root("demo")?;
     let installed = setup::run()?;
     build::release()?;
@@ -58,6 +77,10 @@ pub fn run(with_jaeger: bool, duration: Duration) -> anyhow::Result<()> {
         None
     };
 
+    let report = crate::procs::workspace_root()
+        .join("target")
+        .join("demo-report.html");
+    let stats_addr = format!("127.0.0.1:{}", loupe_tests::free_port());
     let mut args = vec![
         "--pid".to_owned(),
         frontend.pid().to_string(),
@@ -67,6 +90,14 @@ pub fn run(with_jaeger: bool, duration: Duration) -> anyhow::Result<()> {
         humantime::format_duration(duration).to_string(),
         "--summary-interval".into(),
         "10s".into(),
+        "--stats-addr".into(),
+        stats_addr.clone(),
+        "--html".into(),
+        report.display().to_string(),
+        "--slo".into(),
+        "GET /api/users/{id}=100ms@p95".into(),
+        "--alert-slow-percent".into(),
+        "10".into(),
     ];
     if with_jaeger {
         args.extend(["--otlp-endpoint".into(), "http://127.0.0.1:4317".into()]);
@@ -87,25 +118,101 @@ pub fn run(with_jaeger: bool, duration: Duration) -> anyhow::Result<()> {
             }
         })
     };
+    // With the spans going to Jaeger the terminal shows no span: say what loupe counts.
+    let progress = with_jaeger.then(|| {
+        let stop = stop.clone();
+        let addr = stats_addr.clone();
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            let mut next = Duration::from_secs(10);
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(200));
+                if started.elapsed() < next {
+                    continue;
+                }
+                next += Duration::from_secs(10);
+                if let Some(line) = progress_line(&addr) {
+                    println!("demo: after {}s: {line}", started.elapsed().as_secs());
+                }
+            }
+        })
+    });
     let status = loupe.guard.child.wait()?;
     stop.store(true, Ordering::Relaxed);
     let _ = traffic.join();
+    if let Some(progress) = progress {
+        let _ = progress.join();
+    }
     if !status.success() {
         bail!("loupe exited with {status}");
     }
+    println!(
+        "\ndemo: the report: file://{} (one self-contained page: open it in a browser)",
+        report.display()
+    );
     if with_jaeger {
         // Built from its Go module, this Jaeger has no UI (its assets are in no registry): the
-        // query API is what there is.
+        // query API is what there is, or a Jaeger UI of the user's own pointed at it.
         println!(
-            "\nJaeger query API: http://127.0.0.1:16686/api/traces?service=demo-shop (this Jaeger build has no web UI)"
+            "demo: Jaeger's query API: http://127.0.0.1:16686/api/traces?service=demo-shop (this Jaeger build has no web UI)"
         );
         if std::io::stdin().is_terminal() {
-            println!("Jaeger keeps running until you press Enter.");
+            println!("demo: Jaeger keeps running until you press Enter.");
             let mut line = String::new();
             let _ = std::io::stdin().read_line(&mut line);
+        } else if !keep_jaeger.is_zero() {
+            println!(
+                "demo: Jaeger keeps running for {} (until SIGINT or SIGTERM; --keep-jaeger 0s stops it at once).",
+                humantime::format_duration(keep_jaeger)
+            );
+            // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+            unsafe {
+                libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+                libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+            }
+            let until = Instant::now() + keep_jaeger;
+            while Instant::now() < until && !STOP.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(200));
+            }
         }
     }
     Ok(())
+}
+
+/// `64 requests (p95 1.21 s, 25% slow), 180 queries (p95 3.1 ms), 40 outbound calls (p95 ...);
+/// 1 alert`, from loupe's /stats.
+fn progress_line(addr: &str) -> Option<String> {
+    let (status, body) = loupe_tests::prometheus::request(addr, "GET", "/stats").ok()?;
+    if status != 200 {
+        return None;
+    }
+    let stats: serde_json::Value = serde_json::from_str(&body).ok()?;
+    let ms = |value: &serde_json::Value| {
+        let ms = value.as_f64().unwrap_or(0.0);
+        if ms >= 1000.0 {
+            format!("{:.2} s", ms / 1000.0)
+        } else {
+            format!("{ms:.1} ms")
+        }
+    };
+    let mut parts = Vec::new();
+    for (kind, words) in [
+        ("http", "requests"),
+        ("db", "queries"),
+        ("external", "outbound calls"),
+    ] {
+        let of = &stats["byType"][kind];
+        let count = of["count"].as_u64().unwrap_or(0);
+        if count > 0 {
+            parts.push(format!(
+                "{count} {words} (p95 {}, {:.0}% slow)",
+                ms(&of["p95Duration"]),
+                of["slowPercentage"].as_f64().unwrap_or(0.0)
+            ));
+        }
+    }
+    let alerts = stats["alerts"]["sent"].as_u64().unwrap_or(0);
+    Some(format!("{}; {alerts} alert(s)", parts.join(", ")))
 }
 
 /// The demo shop: a throwaway PostgreSQL with the `orders` table, the backend, and the frontend

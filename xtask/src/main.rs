@@ -32,14 +32,19 @@ enum Command {
     Setup,
     /// Build loupe and the demo app (release).
     Build,
-    /// Set up, build, run the demo shop with loupe attached, and show it in the terminal.
+    /// Set up, build, run the demo shop with loupe attached, show it in the terminal, and write
+    /// its HTML report (target/demo-report.html).
     Demo {
-        /// Also start a local Jaeger, send the spans there and print its UI address.
+        /// Also start a local Jaeger, send the spans there and print its query API's address.
         #[arg(long)]
         jaeger: bool,
         /// How long loupe watches, e.g. 30s or 2m.
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         duration: Duration,
+        /// With --jaeger and stdin not a terminal: how long Jaeger stays up after the run (on
+        /// a terminal: until Enter).
+        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+        keep_jaeger: Duration,
     },
     /// rustfmt and clippy with warnings as errors, the eBPF crate on the BPF target too (what
     /// `test` runs first).
@@ -120,7 +125,15 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Setup => setup::run().map(|_| ()),
         Command::Build => build::release(),
-        Command::Demo { jaeger, duration } => demo::run(jaeger, duration),
+        Command::Demo {
+            jaeger,
+            duration,
+            keep_jaeger,
+        } => demo::run(demo::Options {
+            with_jaeger: jaeger,
+            duration,
+            keep_jaeger,
+        }),
         Command::Lint => test::lint(),
         Command::Test { fuzz_time, args } => test::run(&args, fuzz_time),
         Command::Fuzz {

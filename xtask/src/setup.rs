@@ -33,6 +33,10 @@ const APT_PACKAGES: &[&str] = &[
     // libc's separate debug file (/usr/lib/debug/.build-id): CPU profiles name libc's own
     // functions through its .gnu_debuglink.
     "libc6-dbg",
+    // The HTML report's end-to-end test renders the page in headless Chromium (no console
+    // errors, values read back from the DOM, a screenshot); DejaVu gives it a font to draw with.
+    "chromium",
+    "fonts-dejavu-core",
 ];
 
 /// What the tests' Python apps import, pinned: the PostgreSQL drivers they drive (psycopg2-binary,

@@ -12,7 +12,7 @@
 
 use std::{
     collections::VecDeque,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, PoisonError},
 };
 
 use rustc_hash::FxHashMap as HashMap;
@@ -20,6 +20,7 @@ use rustc_hash::FxHashMap as HashMap;
 use super::{board::ProblemBoard, round3, verdict};
 use crate::{
     config::DiagnosisConfig,
+    ledger::Ledger,
     sampling::{SamplingConfig, TailSampler},
     spans::{AttrValue, SpanKind, SpanRecord},
     stats::Counters,
@@ -54,6 +55,8 @@ pub struct Diagnoser {
     board: Arc<Mutex<ProblemBoard>>,
     counters: Arc<Counters>,
     sampler: TailSampler,
+    /// The statistics every span counts in, sampled out or not.
+    ledger: Option<Arc<Mutex<Ledger>>>,
 }
 
 impl Diagnoser {
@@ -72,7 +75,14 @@ impl Diagnoser {
             board,
             counters,
             sampler: TailSampler::default(),
+            ledger: None,
         }
+    }
+
+    /// Counts every span in `ledger`'s statistics.
+    pub fn with_ledger(mut self, ledger: Arc<Mutex<Ledger>>) -> Self {
+        self.ledger = Some(ledger);
+        self
     }
 
     /// Samples the trees as `config` says (the default keeps every tree).
@@ -84,6 +94,14 @@ impl Diagnoser {
     /// Takes a finished span; pushes to `out` whatever is ready to export. `now_ns` is the
     /// monotonic clock.
     pub fn push(&mut self, mut span: SpanRecord, now_ns: u64, out: &mut Vec<SpanRecord>) {
+        if span.kind == SpanKind::Client
+            && let Some(ledger) = &self.ledger
+        {
+            ledger
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .record_call(&span, now_ns);
+        }
         match (span.kind, span.parent_span_id) {
             (SpanKind::Server, _) => self.finish_tree(span, now_ns, out),
             (SpanKind::Client, Some(parent)) => {
@@ -135,6 +153,12 @@ impl Diagnoser {
             None => Vec::new(),
         };
         let findings = verdict::diagnose(&mut parent, &mut children, &self.config);
+        if let Some(ledger) = &self.ledger {
+            ledger
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .record_request(&mut parent, &children, now_ns);
+        }
         let (hits, misses) = cache_reads(&children);
         if hits + misses > 0 {
             parent.set("loupe.cache.hits", hits as i64);
@@ -143,7 +167,7 @@ impl Diagnoser {
         if (!findings.is_empty() || hits + misses > 0)
             && let Ok(mut board) = self.board.lock()
         {
-            board.record_request(&parent.name, &findings);
+            board.record_request(&parent.name, &findings, &parent, &children);
             if hits + misses > 0 {
                 board.record_cache(&parent.name, hits, misses);
             }

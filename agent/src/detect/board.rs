@@ -4,10 +4,14 @@
 use std::collections::HashMap;
 
 use super::patterns::{Finding, Pattern};
-use crate::profile::stacks::Folded;
+use crate::{
+    ledger::html::{FlameEntry, Waterfall, WaterfallRow},
+    profile::stacks::Folded,
+    spans::{OpType, SpanRecord},
+};
 
 /// One route's one pattern.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct ProblemRow {
     pub route: String,
     pub pattern: Pattern,
@@ -17,6 +21,8 @@ pub struct ProblemRow {
     pub cost_ns: u64,
     /// The advice from the costliest occurrence.
     pub advice: String,
+    /// The request it cost the most in, on one time axis (for the HTML report).
+    pub worst: Option<Waterfall>,
     worst_ns: u64,
 }
 
@@ -35,6 +41,41 @@ pub struct ProblemBoard {
     /// Time slow spans waited off the CPU per route, in ns, by what they waited on
     /// (`lock in orders::reserve`).
     waits: HashMap<String, HashMap<String, u64>>,
+    /// The CPU profiles of the slowest profiled spans, slowest first.
+    flames: Vec<FlameEntry>,
+}
+
+/// Profiles kept for the HTML report: the slowest spans'.
+const MAX_FLAMES: usize = 5;
+/// Calls drawn in a waterfall at most.
+const MAX_WATERFALL_ROWS: usize = 200;
+
+/// `request` and its `calls` on one time axis.
+pub fn waterfall(request: &SpanRecord, calls: &[SpanRecord]) -> Waterfall {
+    let ms = |ns: u64| ns as f64 / 1e6;
+    let mut rows: Vec<WaterfallRow> = calls
+        .iter()
+        .take(MAX_WATERFALL_ROWS)
+        .map(|call| WaterfallRow {
+            label: super::tree::label(call),
+            kind: match call.op {
+                OpType::HttpClient => "external",
+                OpType::DbClient => "db",
+                OpType::CacheClient => "cache",
+                OpType::HttpServer => "http",
+            },
+            start_ms: ms(call.start_ns.saturating_sub(request.start_ns)),
+            duration_ms: ms(call.duration_ns()),
+            error: call.error.is_some(),
+        })
+        .collect();
+    rows.sort_by(|a, b| a.start_ms.total_cmp(&b.start_ms));
+    Waterfall {
+        request: request.name.to_string(),
+        trace_id: format!("{:032x}", request.trace_id),
+        duration_ms: ms(request.duration_ns()),
+        rows,
+    }
 }
 
 /// Routes and frames kept in the hot-frame table at most.
@@ -82,10 +123,16 @@ impl ProblemBoard {
     /// Adds one finding of one request on `route`. A request with two findings of one pattern
     /// (two N+1 statements) counts once, with both costs.
     pub fn record(&mut self, route: &str, finding: &Finding) {
-        self.record_at(route, finding, true);
+        self.record_at(route, finding, true, None);
     }
 
-    fn record_at(&mut self, route: &str, finding: &Finding, new_request: bool) {
+    fn record_at(
+        &mut self,
+        route: &str,
+        finding: &Finding,
+        new_request: bool,
+        tree: Option<(&SpanRecord, &[SpanRecord])>,
+    ) {
         let key = (route.to_owned(), finding.pattern);
         if !self.rows.contains_key(&key) && self.rows.len() >= Self::MAX_ROWS {
             self.overflow += 1;
@@ -97,6 +144,7 @@ impl ProblemBoard {
             requests: 0,
             cost_ns: 0,
             advice: String::new(),
+            worst: None,
             worst_ns: 0,
         });
         row.requests += u64::from(new_request);
@@ -104,17 +152,54 @@ impl ProblemBoard {
         if finding.cost_ns >= row.worst_ns {
             row.worst_ns = finding.cost_ns;
             row.advice.clone_from(&finding.advice);
+            if let Some((request, calls)) = tree {
+                row.worst = Some(waterfall(request, calls));
+            }
         }
     }
 
-    /// Records every finding of one request.
-    pub fn record_request(&mut self, route: &str, findings: &[Finding]) {
+    /// Records every finding of one request (`request`, with its `calls`).
+    pub fn record_request(
+        &mut self,
+        route: &str,
+        findings: &[Finding],
+        request: &SpanRecord,
+        calls: &[SpanRecord],
+    ) {
         let mut seen: Vec<Pattern> = Vec::new();
         for finding in findings {
             let first = !seen.contains(&finding.pattern);
             seen.push(finding.pattern);
-            self.record_at(route, finding, first);
+            self.record_at(route, finding, first, Some((request, calls)));
         }
+    }
+
+    /// Keeps `span`'s CPU profile if it is among the [`MAX_FLAMES`] slowest profiled spans.
+    pub fn keep_flame(&mut self, span: &SpanRecord, folded: &Folded) {
+        let duration_ms = span.duration_ns() as f64 / 1e6;
+        if folded.stacks.is_empty()
+            || (self.flames.len() >= MAX_FLAMES
+                && self
+                    .flames
+                    .last()
+                    .is_some_and(|least| least.duration_ms >= duration_ms))
+        {
+            return;
+        }
+        self.flames.push(FlameEntry {
+            span: span.name.to_string(),
+            trace_id: format!("{:032x}", span.trace_id),
+            duration_ms,
+            folded: folded.stacks.clone(),
+        });
+        self.flames
+            .sort_by(|a, b| b.duration_ms.total_cmp(&a.duration_ms));
+        self.flames.truncate(MAX_FLAMES);
+    }
+
+    /// The slowest profiled spans' profiles, slowest first.
+    pub fn flames(&self) -> &[FlameEntry] {
+        &self.flames
     }
 
     /// Adds one request's cache reads on `route`: how many hit, how many missed.
@@ -312,14 +397,36 @@ mod tests {
     #[test]
     fn two_findings_of_one_pattern_in_one_request_count_one_request() {
         let mut board = ProblemBoard::default();
+        let request = crate::detect::patterns::testing::server(0, 20);
+        let calls = [crate::detect::patterns::testing::call(
+            "10.0.0.1", 80, "/x", 12, 15,
+        )];
         board.record_request(
             "GET /a",
             &[
                 finding(Pattern::RepeatedCall, 5, "x"),
                 finding(Pattern::RepeatedCall, 5, "y"),
             ],
+            &request,
+            &calls,
         );
         assert_eq!(board.rows()[0].requests, 1);
+        let worst = board.rows()[0]
+            .worst
+            .clone()
+            .expect("the worst request's waterfall");
+        assert_eq!(worst.request, "GET /orders");
+        assert_eq!(worst.duration_ms, 20.0);
+        assert_eq!(worst.rows.len(), 1);
+        assert_eq!(
+            (
+                worst.rows[0].kind,
+                worst.rows[0].start_ms,
+                worst.rows[0].duration_ms
+            ),
+            ("external", 12.0, 3.0)
+        );
+        assert_eq!(worst.rows[0].label, "GET 10.0.0.1:80/x");
         assert_eq!(board.rows()[0].cost_ns, 10_000_000);
     }
 

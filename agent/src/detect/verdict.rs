@@ -76,10 +76,10 @@ pub fn diagnose(
         children.iter().map(|child| (child.start_ns, child.end_ns)),
         (parent.start_ns, parent.end_ns),
     );
-    let own_share = 1.0 - share_of(waited_on_children);
+    let own = Own::of(parent, 1.0 - share_of(waited_on_children));
     let line = diagnosis_line(
         bottleneck.as_ref().map(|b| (b, share_of(b.waited_ns))),
-        own_share,
+        own,
         &findings,
         parent.is_slow(),
     );
@@ -136,11 +136,13 @@ pub fn bottleneck(tree: &Tree<'_>) -> Option<Bottleneck> {
         })
 }
 
-/// "92% of the request waited on POST credit:8081/score (slow dependency)". None for a request
-/// with nothing to say: no children, not slow, no pattern.
+/// "slow dependency: 92% of the request waited on POST credit:8081/score": the patterns found
+/// lead (those of the bottleneck first), then where the time went. Time the service spent on
+/// its own while its process barely ran says so: "waiting, not on CPU". None for a request with
+/// nothing to say: no children, not slow, no pattern.
 fn diagnosis_line(
     bottleneck: Option<(&Bottleneck, f64)>,
-    own_share: f64,
+    own: Own,
     findings: &[Finding],
     slow: bool,
 ) -> Option<String> {
@@ -149,10 +151,15 @@ fn diagnosis_line(
         1 => top.label.clone(),
         n => format!("{n} x {}", top.label),
     };
-    // Patterns named beside the bottleneck, then the others after "also", each once.
+    let waiting = if own.waiting {
+        ", waiting, not on CPU"
+    } else {
+        ""
+    };
+    // The bottleneck's patterns first, then the others, each once.
     let mut named: Vec<Pattern> = Vec::new();
-    let mut line = match bottleneck {
-        Some((top, share)) if share >= own_share => {
+    let body = match bottleneck {
+        Some((top, share)) if share >= own.share => {
             for finding in findings {
                 if finding.children.iter().any(|c| top.children.contains(c))
                     && !named.contains(&finding.pattern)
@@ -160,35 +167,47 @@ fn diagnosis_line(
                     named.push(finding.pattern);
                 }
             }
-            let mut line = format!("{}% of the request waited on {}", pct(share), what(top));
-            if !named.is_empty() {
-                let words: Vec<&str> = named.iter().map(|p| p.words()).collect();
-                line.push_str(&format!(" ({})", words.join(", ")));
-            }
-            line
+            format!("{}% of the request waited on {}", pct(share), what(top))
         }
         Some((top, share)) => format!(
-            "{}% of the request was the service's own work; the largest call, {}, took {}%",
-            pct(own_share),
+            "{}% of the request was the service's own work{waiting}; the largest call, {}, took {}%",
+            pct(own.share),
             what(top),
             pct(share)
         ),
         None if slow || !findings.is_empty() => {
-            "no outbound calls seen: the time was the service's own work".to_owned()
+            format!("no outbound calls seen: the time was the service's own work{waiting}")
         }
         None => return None,
     };
-    let mut others: Vec<&str> = Vec::new();
     for finding in findings {
-        let words = finding.pattern.words();
-        if !named.contains(&finding.pattern) && !others.contains(&words) {
-            others.push(words);
+        if !named.contains(&finding.pattern) {
+            named.push(finding.pattern);
         }
     }
-    if !others.is_empty() {
-        line.push_str(&format!("; also {}", others.join(", ")));
+    if named.is_empty() {
+        return Some(body);
     }
-    Some(line)
+    let words: Vec<&str> = named.iter().map(|p| p.words()).collect();
+    Some(format!("{}: {body}", words.join(", ")))
+}
+
+/// The request's own time (not waiting on any call): its share, and whether its process used
+/// under a tenth of it on a CPU (`performance.process.cpu_ms`, on slow requests).
+#[derive(Clone, Copy, Debug)]
+struct Own {
+    share: f64,
+    waiting: bool,
+}
+
+impl Own {
+    fn of(parent: &SpanRecord, share: f64) -> Self {
+        let own_ms = parent.duration_ns() as f64 * share / 1e6;
+        let waiting = parent
+            .attr_int("performance.process.cpu_ms")
+            .is_some_and(|cpu_ms| own_ms >= 10.0 && (cpu_ms as f64) < own_ms / 10.0);
+        Self { share, waiting }
+    }
 }
 
 #[cfg(test)]
@@ -224,7 +243,7 @@ mod tests {
         );
         assert_eq!(
             parent.attr_str("performance.diagnosis"),
-            Some("80% of the request waited on GET 10.0.0.9:8081/score (slow dependency)")
+            Some("slow dependency: 80% of the request waited on GET 10.0.0.9:8081/score")
         );
         assert_eq!(findings.len(), 1);
         assert_eq!(
@@ -266,7 +285,7 @@ mod tests {
         );
         assert_eq!(
             parent.attr_str("performance.diagnosis"),
-            Some("50% of the request waited on 10 x SELECT u WHERE id = $1 (N+1 queries)")
+            Some("N+1 queries: 50% of the request waited on 10 x SELECT u WHERE id = $1")
         );
     }
 
@@ -294,7 +313,37 @@ mod tests {
         assert_eq!(
             parent.attr_str("performance.diagnosis"),
             Some(
-                "97% of the request was the service's own work; the largest call, 3 x GET 10.0.0.1:80/a, took 3%; also repeated call"
+                "repeated call: 97% of the request was the service's own work; the largest call, 3 x GET 10.0.0.1:80/a, took 3%"
+            )
+        );
+    }
+
+    #[test]
+    fn own_time_its_process_barely_ran_is_waiting_not_on_cpu() {
+        let slow = |cpu_ms: Option<i64>| {
+            let mut parent = server(0, 1200);
+            parent.set("performance.slow", true);
+            if let Some(cpu_ms) = cpu_ms {
+                parent.set("performance.process.cpu_ms", cpu_ms);
+            }
+            diagnose(&mut parent, &mut [], &DiagnosisConfig::default());
+            parent.attr_str("performance.diagnosis").unwrap().to_owned()
+        };
+        assert_eq!(
+            slow(Some(0)),
+            "no outbound calls seen: the time was the service's own work, waiting, not on CPU"
+        );
+        let busy = "no outbound calls seen: the time was the service's own work";
+        assert_eq!(slow(Some(1150)), busy, "a request that burnt its time");
+        assert_eq!(slow(None), busy, "nothing known of its CPU");
+        let mut parent = server(0, 1000);
+        parent.set("performance.process.cpu_ms", 3i64);
+        let mut children = vec![call("10.0.0.1", 80, "/a", 0, 100)];
+        diagnose(&mut parent, &mut children, &DiagnosisConfig::default());
+        assert_eq!(
+            parent.attr_str("performance.diagnosis"),
+            Some(
+                "90% of the request was the service's own work, waiting, not on CPU; the largest call, GET 10.0.0.1:80/a, took 10%"
             )
         );
     }

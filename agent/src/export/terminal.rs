@@ -65,6 +65,8 @@ pub struct TerminalView {
     board: Arc<Mutex<ProblemBoard>>,
     /// Reused for every line.
     line: String,
+    /// Spans came since the last table: a table with nothing new is not printed again.
+    fresh: bool,
 }
 
 /// Problems listed under the periodic table.
@@ -83,12 +85,14 @@ impl TerminalView {
             counters,
             board,
             line: String::with_capacity(256),
+            fresh: false,
         }
     }
 
     /// Prints the span's line and counts it in its route's row; a sampled-out span is only
     /// counted.
     pub fn on_span(&mut self, span: &SpanRecord) {
+        self.fresh = true;
         if !span.sampled_out {
             self.line.clear();
             let end = self.clock.to_system_time(span.end_ns);
@@ -120,10 +124,12 @@ impl TerminalView {
         let _ = self.out.flush();
     }
 
+    /// Prints the table, unless no span came since the last one (the same table again).
     pub fn print_table(&mut self, counters: &Counters) {
-        if self.routes.iter().all(LruCache::is_empty) {
+        if self.routes.iter().all(LruCache::is_empty) || !self.fresh {
             return;
         }
+        self.fresh = false;
         // What the board says, taken under its lock; the routes are formatted after.
         let (patterns, sections) = {
             let board = self.board.lock().unwrap_or_else(|e| e.into_inner());

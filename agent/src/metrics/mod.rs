@@ -26,11 +26,19 @@ use exposition::{Text, Type};
 use own::OwnUsage;
 use red::RedSnapshot;
 
-use crate::stats::{Counters, Kind};
+use crate::{
+    ledger::slo::SloStatus,
+    stats::{Counters, Kind},
+};
 
 /// The whole exposition: loupe's build, its counters and gauges, its exports, its own usage
 /// (when it could be read), then the RED metrics.
-pub fn render(counters: &Counters, red: RedSnapshot, own: Option<OwnUsage>) -> String {
+pub fn render(
+    counters: &Counters,
+    red: RedSnapshot,
+    own: Option<OwnUsage>,
+    slos: &[SloStatus],
+) -> String {
     let mut text = Text::default();
     text.family(
         "loupe_build_info",
@@ -91,6 +99,37 @@ pub fn render(counters: &Counters, red: RedSnapshot, own: Option<OwnUsage>) -> S
         text.sample("process_threads", &[], own.threads);
     }
 
+    type Gauge = (&'static str, &'static str, fn(&SloStatus) -> Option<f64>);
+    let gauges: [Gauge; 3] = [
+        (
+            "loupe_slo_compliance",
+            "Share (0..1) of an SLO's route's requests within its threshold since start (--slo).",
+            |slo| slo.compliance,
+        ),
+        (
+            "loupe_slo_error_budget_remaining",
+            "Share of an SLO's error budget left since start: 1 untouched, 0 spent, below 0 overspent.",
+            |slo| slo.error_budget_remaining,
+        ),
+        (
+            "loupe_slo_burn_rate",
+            "How fast an SLO's error budget burned over the last five minutes (1: as fast as allowed).",
+            |slo| slo.burn_rate,
+        ),
+    ];
+    for (name, help, value) in gauges {
+        text.family(name, Type::Gauge, help);
+        for slo in slos {
+            if let Some(value) = value(slo) {
+                text.sample_f64(
+                    name,
+                    &[("http_route", &slo.route), ("objective", &slo.objective)],
+                    value,
+                );
+            }
+        }
+    }
+
     red.render(&mut text);
     text.finish()
 }
@@ -114,7 +153,23 @@ mod tests {
             rss_bytes: 4096,
             threads: 9,
         };
-        let text = render(&counters, RedRegistry::default().snapshot(), Some(own));
+        let slo = crate::ledger::slo::Slo::parse("GET /a=1s@p95")
+            .unwrap()
+            .status((95, 100), (9, 10), 5);
+        let text = render(
+            &counters,
+            RedRegistry::default().snapshot(),
+            Some(own),
+            &[slo],
+        );
+        assert!(
+            text.contains("\nloupe_slo_compliance{http_route=\"GET /a\",objective=\"p95\"} 0.95\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\nloupe_slo_burn_rate{http_route=\"GET /a\",objective=\"p95\"} 2\n"),
+            "{text}"
+        );
         for counter in counters.all() {
             let name = match counter.kind {
                 Kind::Counter => format!("loupe_{}_total", counter.name),
@@ -167,6 +222,7 @@ mod tests {
             &Counters::default(),
             RedRegistry::default().snapshot(),
             OwnUsage::read(),
+            &[],
         );
         for line in text.lines().filter(|line| line.starts_with("# TYPE ")) {
             let name = line.split(' ').nth(2).unwrap_or_default();
@@ -194,6 +250,7 @@ mod tests {
             &Counters::default(),
             RedRegistry::default().snapshot(),
             None,
+            &[],
         );
         assert!(!text.contains("process_cpu_seconds_total"));
     }

@@ -17,7 +17,11 @@ use tokio::{
 };
 
 use super::{exposition::CONTENT_TYPE, own::OwnUsage, red::RedRegistry};
-use crate::stats::Counters;
+use crate::{
+    ledger::{Ledger, StatsDoc},
+    spans::clock::monotonic_now_ns,
+    stats::Counters,
+};
 
 /// Longest one connection is served: reading the request and writing the answer.
 pub const DEADLINE: Duration = Duration::from_secs(5);
@@ -43,6 +47,8 @@ pub struct BindError {
 pub struct Source {
     pub counters: Arc<Counters>,
     pub red: Arc<Mutex<RedRegistry>>,
+    /// The statistics: `/stats`, and the SLO gauges of `/metrics`.
+    pub ledger: Option<Arc<Mutex<Ledger>>>,
 }
 
 impl Source {
@@ -53,7 +59,22 @@ impl Source {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .snapshot();
-        super::render(&self.counters, red, OwnUsage::read())
+        let slos = self.snapshot().map(|stats| stats.slos).unwrap_or_default();
+        super::render(&self.counters, red, OwnUsage::read(), &slos)
+    }
+
+    fn snapshot(&self) -> Option<StatsDoc> {
+        let ledger = self.ledger.as_ref()?;
+        let ledger = ledger.lock().unwrap_or_else(PoisonError::into_inner);
+        Some(ledger.snapshot(monotonic_now_ns()))
+    }
+
+    /// `/stats`' JSON as of now.
+    pub fn stats(&self) -> String {
+        match self.snapshot() {
+            Some(stats) => serde_json::to_string_pretty(&stats).unwrap_or_default() + "\n",
+            None => "{}\n".to_owned(),
+        }
     }
 }
 
@@ -97,7 +118,11 @@ impl MetricsServer {
                     }
                 },
                 Some((request, reply)) = asked.recv() => {
-                    let _ = reply.send(respond(&request, || self.source.render()));
+                    let _ = reply.send(respond(
+                        &request,
+                        || self.source.render(),
+                        || self.source.stats(),
+                    ));
                 }
                 _ = &mut stop => return,
             }
@@ -172,20 +197,31 @@ pub fn read_request(head: &[u8]) -> Request {
     }
 }
 
-/// The whole answer to `request`: the metrics for `GET /metrics` (`HEAD`: their headers), 404
-/// for anything else, 400 for what is not HTTP. `body` renders the metrics.
-pub fn respond(request: &Request, body: impl FnOnce() -> String) -> Vec<u8> {
+/// The whole answer to `request`: the metrics for `GET /metrics`, the statistics' JSON for
+/// `GET /stats` (`HEAD`: their headers), 404 for anything else, 400 for what is not HTTP.
+/// `metrics` and `stats` render them.
+pub fn respond(
+    request: &Request,
+    metrics: impl FnOnce() -> String,
+    stats: impl FnOnce() -> String,
+) -> Vec<u8> {
+    const JSON: &str = "application/json";
     let (status, content_type, text, head_only) = match request {
-        Request::Head { method, path } if path == "/metrics" && method == "GET" => {
-            ("200 OK", CONTENT_TYPE, body(), false)
-        }
-        Request::Head { method, path } if path == "/metrics" && method == "HEAD" => {
-            ("200 OK", CONTENT_TYPE, body(), true)
+        Request::Head { method, path }
+            if (method == "GET" || method == "HEAD")
+                && (path == "/metrics" || path == "/stats") =>
+        {
+            let head_only = method == "HEAD";
+            if path == "/metrics" {
+                ("200 OK", CONTENT_TYPE, metrics(), head_only)
+            } else {
+                ("200 OK", JSON, stats(), head_only)
+            }
         }
         Request::Head { .. } => (
             "404 Not Found",
             "text/plain; charset=utf-8",
-            "not found: the metrics are at GET /metrics\n".to_owned(),
+            "not found: the metrics are at GET /metrics, the statistics at GET /stats\n".to_owned(),
             false,
         ),
         Request::Bad | Request::Partial => (
@@ -217,7 +253,7 @@ mod tests {
     #[test]
     fn get_metrics_answers_the_exposition_and_anything_else_404() {
         let scrape = read_request(b"GET /metrics?x=1 HTTP/1.1\r\nHost: h\r\n\r\n");
-        let reply = text(respond(&scrape, || "m 1\n".to_owned()));
+        let reply = text(respond(&scrape, || "m 1\n".to_owned(), || unreachable!()));
         assert_eq!(
             reply,
             "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: 4\r\nConnection: close\r\n\r\nm 1\n"
@@ -225,20 +261,33 @@ mod tests {
         let head = text(respond(
             &read_request(b"HEAD /metrics HTTP/1.0\r\n\r\n"),
             || "m 1\n".to_owned(),
+            || unreachable!(),
         ));
         assert!(
             head.starts_with("HTTP/1.1 200 OK\r\n")
                 && head.ends_with("Content-Length: 4\r\nConnection: close\r\n\r\n"),
             "{head}"
         );
+        let stats = text(respond(
+            &read_request(b"GET /stats HTTP/1.1\r\n\r\n"),
+            || unreachable!(),
+            || "{}\n".to_owned(),
+        ));
+        assert!(
+            stats.starts_with("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n")
+                && stats.ends_with("\r\n\r\n{}\n"),
+            "{stats}"
+        );
         for other in [
             &b"GET / HTTP/1.1\r\n\r\n"[..],
             b"GET /metrics/x HTTP/1.1\r\n\r\n",
             b"POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
         ] {
-            let reply = text(respond(&read_request(other), || {
-                unreachable!("not rendered")
-            }));
+            let reply = text(respond(
+                &read_request(other),
+                || unreachable!("not rendered"),
+                || unreachable!("not rendered"),
+            ));
             assert!(reply.starts_with("HTTP/1.1 404 Not Found\r\n"), "{reply}");
         }
     }
@@ -250,7 +299,11 @@ mod tests {
             read_request(b"\x16\x03\x01\x00garbage\r\n\r\n"),
             Request::Bad
         );
-        let reply = text(respond(&Request::Bad, || unreachable!("not rendered")));
+        let reply = text(respond(
+            &Request::Bad,
+            || unreachable!("not rendered"),
+            || unreachable!("not rendered"),
+        ));
         assert!(reply.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{reply}");
     }
 
@@ -259,6 +312,7 @@ mod tests {
         let source = Source {
             counters: Arc::default(),
             red: Arc::default(),
+            ledger: None,
         };
         Counters::add(&source.counters.events_read, 5);
         let server = MetricsServer::bind("127.0.0.1:0".parse().unwrap(), source)
@@ -295,7 +349,8 @@ mod tests {
                 addr,
                 Source {
                     counters: Arc::default(),
-                    red: Arc::default()
+                    red: Arc::default(),
+                    ledger: None,
                 }
             )
             .await

@@ -9,6 +9,7 @@ pub mod matching;
 pub mod python;
 pub mod runtime;
 pub mod service_name;
+pub mod services;
 pub mod sockets;
 pub mod targets;
 pub mod usage;

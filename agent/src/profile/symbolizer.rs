@@ -197,6 +197,7 @@ fn cpu_profile(
     );
     if let Ok(mut board) = board.lock() {
         board.record_profile(&span.name, &folded);
+        board.keep_flame(span, &folded);
     }
 }
 

@@ -23,7 +23,7 @@ use std::{
     sync::{Arc, Mutex, PoisonError},
 };
 
-use rustc_hash::{FxBuildHasher, FxHashMap};
+use rustc_hash::FxBuildHasher;
 
 pub use labels::{Family, MAX_LABELS, Value, labels};
 
@@ -31,13 +31,11 @@ use super::{
     exposition::{Text, Type},
     histogram::{DURATION_BUCKETS, Histogram},
 };
-use crate::{spans::SpanRecord, stats::Counters};
+use crate::{process::services::ServiceNames, spans::SpanRecord, stats::Counters};
 use labels::{decode, encode};
 
 /// Label sets kept per metric.
 pub const MAX_SERIES: usize = 2000;
-/// Service names remembered by pid before they are read again.
-const MAX_SERVICES: usize = 4096;
 
 #[derive(Clone, Debug)]
 struct Series {
@@ -143,11 +141,7 @@ impl RedSnapshot {
 pub struct RedRecorder {
     registry: Arc<Mutex<RedRegistry>>,
     counters: Arc<Counters>,
-    /// `--service-name`, else each process's name.
-    service_name: Option<Arc<str>>,
-    services: FxHashMap<u32, Arc<str>>,
-    /// A process's name, from /proc (None once it is gone).
-    name_of: fn(u32) -> Option<String>,
+    services: ServiceNames,
     key: String,
     number: String,
 }
@@ -158,49 +152,26 @@ impl RedRecorder {
         counters: Arc<Counters>,
         service_name: Option<String>,
     ) -> Self {
-        Self::naming(registry, counters, service_name, |pid| {
-            crate::process::ProcessInfo::read(pid).map(|info| info.service_name)
-        })
+        Self::naming(registry, counters, ServiceNames::new(service_name))
     }
 
     fn naming(
         registry: Arc<Mutex<RedRegistry>>,
         counters: Arc<Counters>,
-        service_name: Option<String>,
-        name_of: fn(u32) -> Option<String>,
+        services: ServiceNames,
     ) -> Self {
         Self {
             registry,
             counters,
-            service_name: service_name.map(Arc::from),
-            services: FxHashMap::default(),
-            name_of,
+            services,
             key: String::new(),
             number: String::new(),
         }
     }
 
-    /// The service.name the spans of `pid` are exported under (as the OTLP resource says it).
-    fn service(&mut self, pid: u32) -> Arc<str> {
-        if let Some(name) = &self.service_name {
-            return name.clone();
-        }
-        if let Some(name) = self.services.get(&pid) {
-            return name.clone();
-        }
-        if self.services.len() >= MAX_SERVICES {
-            self.services.clear();
-        }
-        let name: Arc<str> = (self.name_of)(pid)
-            .unwrap_or_else(|| format!("pid-{pid}"))
-            .into();
-        self.services.insert(pid, name.clone());
-        name
-    }
-
     /// Counts a finished span in its metric.
     pub fn record(&mut self, span: &SpanRecord) {
-        let service = self.service(span.pid);
+        let service = self.services.of(span.pid);
         let (family, values) = labels(span, &service);
         encode(
             &values[..family.label_names().len()],
@@ -270,9 +241,11 @@ mod tests {
     fn recorder(max_series: usize) -> (RedRecorder, Arc<Mutex<RedRegistry>>, Arc<Counters>) {
         let registry = Arc::new(Mutex::new(RedRegistry::with_max_series(max_series)));
         let counters = Arc::new(Counters::default());
-        let recorder = RedRecorder::naming(registry.clone(), counters.clone(), None, |pid| {
-            Some(format!("proc{pid}"))
-        });
+        let recorder = RedRecorder::naming(
+            registry.clone(),
+            counters.clone(),
+            ServiceNames::with_lookup(None, |pid| Some(format!("proc{pid}"))),
+        );
         (recorder, registry, counters)
     }
 
@@ -390,15 +363,5 @@ mod tests {
             text.contains("http_route=\"/r0\",http_response_status_code=\"200\"} 2\n"),
             "{text}"
         );
-    }
-
-    #[test]
-    fn the_service_is_the_configured_name_else_the_process_name() {
-        let (mut recorder, _, _) = recorder(MAX_SERIES);
-        assert_eq!(&*recorder.service(7), "proc7");
-        recorder.service_name = Some("shop".into());
-        assert_eq!(&*recorder.service(7), "shop");
-        let mut gone = RedRecorder::naming(Arc::default(), Arc::default(), None, |_| None);
-        assert_eq!(&*gone.service(9), "pid-9");
     }
 }

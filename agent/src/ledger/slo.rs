@@ -1,0 +1,181 @@
+//! Latency SLOs: `--slo 'POST /api/loans=500ms@p95'`: 95% of that route's requests finish within
+//! 500 ms. Compliance is the share that did; the error budget is the 5% allowed to be slower,
+//! and the burn rate how fast the last five minutes spend it (1: exactly as fast as allowed).
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::window::round3;
+
+/// One SLO.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Slo {
+    /// The route as spans are named: `POST /api/loans`.
+    pub route: String,
+    pub threshold: Duration,
+    /// 0..1: the share of requests that must be within the threshold (0.95 for p95).
+    pub target: f64,
+    /// As given: `p95`.
+    pub objective: String,
+}
+
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("`{given}` is not an SLO like 'POST /api/loans=500ms@p95': {why}")]
+pub struct SloError {
+    given: String,
+    why: String,
+}
+
+impl Slo {
+    pub fn parse(text: &str) -> Result<Self, SloError> {
+        let bad = |why: &str| SloError {
+            given: text.to_owned(),
+            why: why.to_owned(),
+        };
+        let (route, rest) = text
+            .rsplit_once('=')
+            .ok_or_else(|| bad("give the route, `=`, a duration, `@` and a percentile"))?;
+        let route = route.trim();
+        if route.is_empty() {
+            return Err(bad("the route is empty"));
+        }
+        let (threshold, objective) = rest
+            .split_once('@')
+            .ok_or_else(|| bad("say which percentile after `@`, e.g. @p95 or @p99.9"))?;
+        let threshold = humantime::parse_duration(threshold.trim())
+            .ok()
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| bad("the threshold is not a duration like 500ms or 2s"))?;
+        let objective = objective.trim();
+        let percent = objective
+            .strip_prefix('p')
+            .or_else(|| objective.strip_suffix('%'))
+            .and_then(|n| n.parse::<f64>().ok())
+            .filter(|n| *n > 0.0 && *n < 100.0)
+            .ok_or_else(|| bad("the percentile is not one like p95, p99.9 or 99.5%"))?;
+        Ok(Self {
+            route: route.to_owned(),
+            threshold,
+            target: percent / 100.0,
+            objective: objective.to_owned(),
+        })
+    }
+
+    /// Reads one SLO per line of `text` (blank lines and `#` comments skipped).
+    pub fn parse_file(text: &str) -> Result<Vec<Self>, SloError> {
+        text.lines()
+            .map(str::trim)
+            .filter(|line| !line.is_empty() && !line.starts_with('#'))
+            .map(Self::parse)
+            .collect()
+    }
+
+    /// Its state from `good` of `total` requests since start and in the last five minutes.
+    pub fn status(
+        &self,
+        since_start: (u64, u64),
+        recent: (u64, u64),
+        min_samples: u64,
+    ) -> SloStatus {
+        let allowed = 1.0 - self.target;
+        let compliance = |(good, total): (u64, u64)| {
+            (total > 0).then(|| round3(good as f64 / total as f64 * 100.0) / 100.0)
+        };
+        let (good, total) = since_start;
+        let bad = total - good.min(total);
+        let budget = (total > 0).then(|| {
+            let allowed_bad = allowed * total as f64;
+            round3(1.0 - bad as f64 / allowed_bad)
+        });
+        let (recent_good, recent_total) = recent;
+        let burn_rate = (recent_total > 0).then(|| {
+            let bad_share =
+                (recent_total - recent_good.min(recent_total)) as f64 / recent_total as f64;
+            round3(bad_share / allowed)
+        });
+        let breached = recent_total >= min_samples.max(1)
+            && (recent_good as f64) < self.target * recent_total as f64;
+        SloStatus {
+            route: self.route.clone(),
+            objective: self.objective.clone(),
+            threshold_ms: self.threshold.as_secs_f64() * 1000.0,
+            target: self.target,
+            requests: total,
+            compliance: compliance(since_start),
+            compliance_last5m: compliance(recent),
+            error_budget_remaining: budget,
+            burn_rate,
+            breached,
+        }
+    }
+}
+
+/// An SLO as `/stats` shows it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SloStatus {
+    pub route: String,
+    pub objective: String,
+    pub threshold_ms: f64,
+    pub target: f64,
+    pub requests: u64,
+    /// 0..1 since start; null before the first request.
+    pub compliance: Option<f64>,
+    #[serde(rename = "complianceLast5m")]
+    pub compliance_last5m: Option<f64>,
+    /// 1: untouched, 0: spent, below 0: overspent (since start).
+    pub error_budget_remaining: Option<f64>,
+    /// Over the last five minutes: 1 spends the budget exactly as fast as allowed.
+    pub burn_rate: Option<f64>,
+    /// The last five minutes (with enough requests) missed the objective.
+    pub breached: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_slo_names_its_route_threshold_and_percentile() {
+        let slo = Slo::parse("POST /api/loans=500ms@p95").unwrap();
+        assert_eq!(slo.route, "POST /api/loans");
+        assert_eq!(slo.threshold, Duration::from_millis(500));
+        assert!((slo.target - 0.95).abs() < 1e-9);
+        assert!((Slo::parse("GET /a=2s@p99.9").unwrap().target - 0.999).abs() < 1e-9);
+        assert!((Slo::parse("GET /a = 2s @ 99.5%").unwrap().target - 0.995).abs() < 1e-9);
+        let bad = |text: &str| Slo::parse(text).unwrap_err().to_string();
+        assert_eq!(
+            bad("GET /a"),
+            "`GET /a` is not an SLO like 'POST /api/loans=500ms@p95': give the route, `=`, a duration, `@` and a percentile"
+        );
+        assert!(bad("GET /a=500ms").contains("which percentile"));
+        assert!(bad("GET /a=soon@p95").contains("not a duration"));
+        assert!(bad("GET /a=0s@p95").contains("not a duration"));
+        assert!(bad("GET /a=1s@p100").contains("percentile"));
+        assert!(bad("GET /a=1s@fast").contains("percentile"));
+        assert!(bad("=1s@p95").contains("route is empty"));
+        let file = Slo::parse_file("# shop\nGET /a=1s@p95\n\n  POST /b=200ms@p99\n").unwrap();
+        assert_eq!(file.len(), 2);
+        assert!(Slo::parse_file("GET /a=1s@p95\nnonsense\n").is_err());
+    }
+
+    #[test]
+    fn compliance_budget_and_burn_rate_follow_the_slow_share() {
+        let slo = Slo::parse("GET /a=100ms@p95").unwrap();
+        // 1000 requests, 20 over: 98% compliant, 40% of the budget (50) spent.
+        let status = slo.status((980, 1000), (98, 100), 20);
+        assert_eq!(status.compliance, Some(0.98));
+        assert_eq!(status.error_budget_remaining, Some(0.6));
+        assert_eq!(status.burn_rate, Some(0.4));
+        assert!(!status.breached);
+        // The last five minutes: 10% over, twice what is allowed.
+        let status = slo.status((900, 1000), (90, 100), 20);
+        assert_eq!(status.error_budget_remaining, Some(-1.0));
+        assert_eq!(status.burn_rate, Some(2.0));
+        assert!(status.breached);
+        assert!(!slo.status((0, 5), (0, 5), 20).breached, "too few to say");
+        let empty = slo.status((0, 0), (0, 0), 20);
+        assert_eq!((empty.compliance, empty.burn_rate), (None, None));
+    }
+}
