@@ -313,7 +313,18 @@ fn report_lists_the_top_problems_with_advice() {
         repeated.contains("the same call made 3 times in one request"),
         "{repeated}"
     );
-    assert!(!report.contains("/control/"), "{report}");
+    // The problems name no control route; the route table after them has every route.
+    let (problems, numbers) = report
+        .split_once("loupe report: routes (slowest p95 first)\n")
+        .unwrap_or_else(|| panic!("no route table in\n{report}"));
+    assert!(!problems.contains("/control/"), "{report}");
+    for route in ["GET /n_plus_one", "GET /repeated", "GET /control/fast"] {
+        let row = numbers
+            .lines()
+            .find(|l| l.starts_with(&format!("{route} ")))
+            .unwrap_or_else(|| panic!("no {route} row in\n{numbers}"));
+        assert_eq!(row.split_whitespace().nth(2), Some("3"), "{row}");
+    }
     // No live view in report mode: the report is all stdout holds.
     assert!(!report.contains("  call "), "{report}");
 }

@@ -22,7 +22,7 @@ use loupe_tests::{
     client::Client,
     free_port,
     jaeger::Jaeger,
-    procs::{Downstream, Finished, Loupe, args},
+    procs::{DemoApp, Downstream, Finished, Loupe, args},
     prometheus::{request, scrape_text},
     require_root, wait_until,
 };
@@ -389,4 +389,89 @@ fn stats_baselines_slos_and_alerts_follow_a_planted_regression() {
             .all(|span| span.tag("performance.regression").is_none())
     );
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The tail of a route (its requests above its five-minute p95) is attributed to what those
+/// requests waited on, and each dependency's calls and share of its callers' time are counted:
+/// the demo's checkout, 40 fast requests and then 5 whose backend call takes 150 ms.
+#[test]
+fn the_tail_of_a_route_is_the_dependency_its_slowest_requests_waited_on() {
+    require_root();
+    let demo = DemoApp::start();
+    let stats_addr = format!("127.0.0.1:{}", free_port());
+    let loupe = Loupe::attach(&args(&[
+        "report",
+        "--pid",
+        &demo.frontend_pid().to_string(),
+        "--service-name",
+        SERVICE,
+        "--stats-addr",
+        &stats_addr,
+    ]));
+    let backend = demo.backend_addr.clone();
+    let mut client = Client::connect(&demo.frontend_addr).expect("connect to the demo");
+    for user in 0..40 {
+        client.get_ok(&format!("/api/checkout?user={user}"));
+    }
+    let checkout = "GET /api/checkout";
+    // The alert stage refreshes every 5 s: then the route's p95 is what the tail is judged by.
+    let threshold = wait_until(Duration::from_secs(20), || {
+        route(&stats(&stats_addr), checkout)?["tailP95Duration"].as_f64()
+    })
+    .unwrap_or_else(|| panic!("no tail p95: {:#}", stats(&stats_addr)));
+    assert!(threshold < 100.0, "the fast requests' p95: {threshold}");
+    for user in 40..45 {
+        client.get_ok(&format!("/api/checkout?user={user}&delay=150"));
+    }
+    let now = wait_until(Duration::from_secs(20), || {
+        let now = stats(&stats_addr);
+        (count(&now, checkout) == 45).then_some(now)
+    })
+    .unwrap_or_else(|| panic!("45 checkouts: {:#}", stats(&stats_addr)));
+    let tail = &route(&now, checkout).unwrap()["tail"];
+    let requests = tail["requests"].as_u64().unwrap();
+    assert!(
+        (5..=7).contains(&requests),
+        "the 5 slow ones, and at most 2 fast ones past the p95: {tail}"
+    );
+    let waiting = format!("waiting on {backend}");
+    assert_eq!(tail["parts"][0]["component"], waiting.as_str(), "{tail}");
+    assert!(tail["parts"][0]["share"].as_f64().unwrap() >= 0.9, "{tail}");
+    let summary = tail["summary"].as_str().unwrap();
+    let first = summary
+        .strip_prefix(&format!("p95+ requests of {checkout} ({requests}): "))
+        .and_then(|rest| rest.split(", ").next())
+        .unwrap_or_else(|| panic!("{summary}"));
+    let (percent, part) = first.split_once("% ").unwrap();
+    assert!(percent.parse::<u32>().unwrap() >= 90, "{summary}");
+    assert_eq!(part, waiting, "{summary}");
+    let dependency = now["dependencies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["dependency"] == backend.as_str())
+        .unwrap_or_else(|| panic!("the backend as a dependency: {:#}", now["dependencies"]));
+    assert_eq!(dependency["type"], "external");
+    assert_eq!(dependency["calls"], 45);
+    assert_eq!(dependency["requests"], 45);
+    assert!(
+        dependency["shareOfRequestTime"].as_f64().unwrap() > 0.5,
+        "{dependency}"
+    );
+    assert!(
+        dependency["p95Duration"].as_f64().unwrap() >= 150.0,
+        "{dependency}"
+    );
+    let finished = loupe.stop();
+    assert!(finished.status.success(), "{}", finished.stderr);
+    for line in [
+        format!("loupe report: tail latency\np95+ requests of {checkout} ({requests}): "),
+        format!("loupe report: dependencies\nexternal {backend}: 45 calls, p95 "),
+    ] {
+        assert!(
+            finished.stdout.contains(&line),
+            "{line}:\n{}",
+            finished.stdout
+        );
+    }
 }

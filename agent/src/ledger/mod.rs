@@ -554,6 +554,7 @@ impl Ledger {
                     baseline_source: route.baseline.map(|(_, source)| source),
                     regression: route.regression.is_some(),
                     slo,
+                    tail_p95_duration: route.tail_p95_us.map(|us| round3(us as f64 / 1000.0)),
                     tail: tail_doc(name, &route.tail),
                 }
             })
@@ -647,8 +648,10 @@ fn tail_doc(route: &str, tail: &Tail) -> Option<TailDoc> {
             .total_cmp(&a.share)
             .then_with(|| a.component.cmp(&b.component))
     });
+    // Parts that round to 0% are left out of the words (not of `parts`).
     let words: Vec<String> = parts
         .iter()
+        .filter(|part| part.share >= 0.005)
         .take(3)
         .map(|part| format!("{:.0}% {}", part.share * 100.0, part.component))
         .collect();
@@ -717,6 +720,9 @@ pub struct RouteDoc {
     pub baseline_source: Option<&'static str>,
     pub regression: bool,
     pub slo: Option<SloStatus>,
+    /// The five-minute p95 a request must be above to count in `tail` (refreshed every 5 s;
+    /// null before the window has enough requests).
+    pub tail_p95_duration: Option<f64>,
     pub tail: Option<TailDoc>,
 }
 

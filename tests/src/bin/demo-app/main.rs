@@ -235,9 +235,10 @@ fn frontend(
             let entries = reserve_ledger();
             Response::new(200, format!(r#"{{"reserved":{entries}}}"#))
         }
+        // `?user=N` (and `&delay=MS`, the backend's wait) goes on to the backend as it came.
         ("GET", "/api/checkout") => {
-            let user = query.strip_prefix("user=").unwrap_or("0");
-            proxy(backend, &format!("/score?user={user}"), 200)
+            let query = if query.is_empty() { "user=0" } else { query };
+            proxy(backend, &format!("/score?{query}"), 200)
         }
         ("GET", "/api/checkout/slow") => proxy(backend, "/score/slow", 200),
         ("GET", "/api/missing") => proxy(backend, "/missing", 502),
@@ -376,7 +377,12 @@ fn backend_route(request: &Request) -> Response {
     let (path, query) = path_and_query(&request.target);
     match path {
         "/score" => {
-            std::thread::sleep(Duration::from_millis(5));
+            let delay = query
+                .split('&')
+                .find_map(|pair| pair.strip_prefix("delay="))
+                .and_then(|ms| ms.parse().ok())
+                .unwrap_or(5);
+            std::thread::sleep(Duration::from_millis(delay));
             Response::new(200, format!(r#"{{"score":42,"for":"{query}"}}"#))
         }
         "/score/slow" => {
