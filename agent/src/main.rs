@@ -30,13 +30,15 @@ fn report(outcome: &loupe::Outcome) -> String {
     if let Some(cache) = problems.render_cache(TOP_IN_REPORT) {
         text.push_str(&format!("loupe report: cache hit rates\n{cache}"));
     }
-    text.push_str(&numbers(outcome, "loupe report", TOP_IN_REPORT));
+    text.push_str(&numbers(outcome, "loupe report", TOP_IN_REPORT, true));
     text
 }
 
-/// The statistics' blocks, each headed `<prefix>: <what>`: routes, SLOs, regressions, tail
-/// latency, dependencies, the comparison with `--baseline`, alerts.
-fn numbers(outcome: &loupe::Outcome, prefix: &str, limit: usize) -> String {
+/// The statistics' blocks, each headed `<prefix>: <what>`: `loupe report`'s (`whole`) are
+/// the routes, SLOs, regressions, tail latency, dependencies, the comparison with `--baseline`
+/// and the alerts; the live view's at exit (the route table is the terminal view's) only the
+/// SLOs, regressions, comparison and alerts.
+fn numbers(outcome: &loupe::Outcome, prefix: &str, limit: usize, whole: bool) -> String {
     use loupe::ledger::{baseline, text};
     let stats = &outcome.stats;
     let comparison = outcome
@@ -44,17 +46,21 @@ fn numbers(outcome: &loupe::Outcome, prefix: &str, limit: usize) -> String {
         .as_ref()
         .map(|before| baseline::render(&baseline::compare(before, &outcome.saved.routes)));
     let blocks = [
-        ("routes (slowest p95 first)", text::routes(stats, limit)),
-        ("SLOs", text::slos(stats)),
-        ("regressions", text::regressions(stats)),
-        ("tail latency", text::tails(stats, limit)),
-        ("dependencies", text::dependencies(stats, limit)),
-        ("against the baseline", comparison),
-        ("alerts", text::alerts(stats, limit)),
+        (
+            "routes (slowest p95 first)",
+            whole,
+            text::routes(stats, limit),
+        ),
+        ("SLOs", true, text::slos(stats)),
+        ("regressions", true, text::regressions(stats)),
+        ("tail latency", whole, text::tails(stats, limit)),
+        ("dependencies", whole, text::dependencies(stats, limit)),
+        ("against the baseline", true, comparison),
+        ("alerts", true, text::alerts(stats, limit)),
     ];
     let mut out = String::new();
-    for (title, block) in blocks {
-        if let Some(block) = block {
+    for (title, shown, block) in blocks {
+        if let (true, Some(block)) = (shown, block) {
             out.push_str(&format!("{prefix}: {title}\n{block}"));
         }
     }
@@ -176,7 +182,7 @@ fn main() -> ExitCode {
                 Mode::Report => print!("{}", report(&outcome)),
                 // The terminal view's last table has the problems already.
                 Mode::Watch if outcome.otlp_endpoint.is_none() => {
-                    eprint!("{}", numbers_at_exit(&outcome));
+                    eprint!("{}", numbers(&outcome, "loupe", HOT_ROUTES, false));
                 }
                 Mode::Watch => {
                     if let Some(top) = outcome.problems.render(TOP_AT_EXIT) {
@@ -192,7 +198,7 @@ fn main() -> ExitCode {
                     if let Some(cache) = outcome.problems.render_cache(HOT_ROUTES) {
                         eprint!("loupe: cache hit rates\n{cache}");
                     }
-                    eprint!("{}", numbers_at_exit(&outcome));
+                    eprint!("{}", numbers(&outcome, "loupe", HOT_ROUTES, false));
                 }
             }
             if let Err(err) = write_files(&outcome) {
@@ -212,30 +218,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// What the live view says of the numbers at exit: regressions, SLOs, the comparison with
-/// `--baseline`, alerts (the route table is the terminal view's, or `loupe report`'s).
-fn numbers_at_exit(outcome: &loupe::Outcome) -> String {
-    use loupe::ledger::{baseline, text};
-    let stats = &outcome.stats;
-    let comparison = outcome
-        .baseline
-        .as_ref()
-        .map(|before| baseline::render(&baseline::compare(before, &outcome.saved.routes)));
-    let blocks = [
-        ("SLOs", text::slos(stats)),
-        ("regressions", text::regressions(stats)),
-        ("against the baseline", comparison),
-        ("alerts", text::alerts(stats, HOT_ROUTES)),
-    ];
-    let mut out = String::new();
-    for (title, block) in blocks {
-        if let Some(block) = block {
-            out.push_str(&format!("loupe: {title}\n{block}"));
-        }
-    }
-    out
 }
 
 /// Failure when spans were made for a collector and not one of them reached it.

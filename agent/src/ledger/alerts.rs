@@ -48,7 +48,7 @@ impl AlertKind {
 }
 
 /// A condition that holds now.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Firing {
     pub kind: AlertKind,
     /// None for a type's slow share (all services).
@@ -72,18 +72,13 @@ impl Firing {
     }
 }
 
-/// An alert as it is sent (the webhook's JSON body).
+/// An alert as it is sent (the webhook's JSON body): its condition's fields, its key and when.
 #[derive(Clone, Debug, Serialize)]
 pub struct Alert {
     pub source: &'static str,
-    pub kind: AlertKind,
     pub key: String,
-    pub service: Option<String>,
-    pub subject: String,
-    pub message: String,
-    pub value: f64,
-    pub limit: f64,
-    pub samples: u64,
+    #[serde(flatten)]
+    pub firing: Firing,
     /// When it fired (RFC 3339).
     pub at: String,
 }
@@ -93,13 +88,7 @@ impl Alert {
         Self {
             source: "loupe",
             key: firing.key(),
-            kind: firing.kind,
-            service: firing.service,
-            subject: firing.subject,
-            message: firing.message,
-            value: firing.value,
-            limit: firing.limit,
-            samples: firing.samples,
+            firing,
             at: humantime::format_rfc3339_seconds(at).to_string(),
         }
     }
@@ -188,7 +177,7 @@ pub async fn run(
         drop(ledger_now);
         for alert in sent {
             Counters::add(&counters.alerts, 1);
-            eprintln!("loupe: alert: {}", alert.message);
+            eprintln!("loupe: alert: {}", alert.firing.message);
             let (Some(client), Some(url)) = (&client, &settings.webhook) else {
                 continue;
             };

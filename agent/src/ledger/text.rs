@@ -144,8 +144,8 @@ pub fn alerts(stats: &StatsDoc, limit: usize) -> Option<String> {
         text.push_str(&format!(
             "{} {}: {}\n",
             alert.at,
-            alert.kind.as_str(),
-            alert.message
+            alert.firing.kind.as_str(),
+            alert.firing.message
         ));
     }
     Some(text)

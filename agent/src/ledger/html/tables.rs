@@ -213,9 +213,9 @@ pub(super) fn alerts(out: &mut String, stats: &StatsDoc) -> fmt::Result {
             out,
             "<tr class=\"alert\" data-kind=\"{0}\"><td class=\"dim\">{1}</td>\
              <td><span class=\"badge warn\">{0}</span></td><td>{2}</td></tr>",
-            Esc(alert.kind.as_str()),
+            Esc(alert.firing.kind.as_str()),
             Esc(&alert.at),
-            Esc(&alert.message),
+            Esc(&alert.firing.message),
         )?;
     }
     out.push_str("</tbody>\n</table></div>\n</section>\n");
