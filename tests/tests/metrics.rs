@@ -466,7 +466,13 @@ fn otlp_metrics_reach_the_collector_with_every_request_counted() {
         demo.frontend_pid(),
         &jaeger.grpc_endpoint(),
         grpc_service,
-        &["--otlp-metrics", "--otlp-metrics-interval", "1s"],
+        &[
+            "--otlp-metrics",
+            "--otlp-metrics-interval",
+            "1s",
+            "--slo",
+            "GET /api/users/{id}=2s@p95",
+        ],
     ));
     let mut http_args = otlp_args(
         demo.frontend_pid(),
@@ -545,6 +551,22 @@ fn otlp_metrics_reach_the_collector_with_every_request_counted() {
     // loupe's own counters, under its own resource.
     let own = |name: &str| seen.total(name, &[("service_name", "loupe")]);
     assert!(own("loupe_events_read_total") > 0.0, "loupe's own counters");
+    // The SLO's gauges: every users request was within its 2 s.
+    let slo = [
+        ("service_name", "loupe"),
+        ("http_request_method", "GET"),
+        ("http_route", "/api/users/{id}"),
+        ("objective", "p95"),
+    ];
+    let compliant = wait_until(Duration::from_secs(30), || {
+        let scrape = scrape(&collector);
+        (scrape.total("loupe_slo_compliance", &slo) == 1.0).then_some(scrape)
+    })
+    .unwrap_or_else(|| panic!("no SLO gauge:\n{}", scrape_text(&collector)));
+    assert_eq!(
+        compliant.total("loupe_slo_error_budget_remaining", &slo),
+        1.0
+    );
     // A push counts itself once the collector took it: the next push carries that.
     let taken = wait_until(Duration::from_secs(30), || {
         let total =

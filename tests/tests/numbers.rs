@@ -339,12 +339,12 @@ fn stats_baselines_slos_and_alerts_follow_a_planted_regression() {
     let text = scrape_text(&metrics);
     assert!(
         text.contains(
-            "loupe_slo_compliance{http_route=\"GET /sleep/healthy\",objective=\"p95\"} 1\n"
+            "loupe_slo_compliance{http_request_method=\"GET\",http_route=\"/sleep/healthy\",objective=\"p95\"} 1\n"
         ),
         "{text}"
     );
     assert!(
-        text.contains("loupe_slo_burn_rate{http_route=\"GET /sleep/planted\",objective=\"p95\"} ")
+        text.contains("loupe_slo_burn_rate{http_request_method=\"GET\",http_route=\"/sleep/planted\",objective=\"p95\"} ")
     );
     assert!(text.contains("\nloupe_alerts_total 3\n"), "{text}");
     let second = second.stop();

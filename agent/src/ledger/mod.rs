@@ -505,6 +505,27 @@ impl Ledger {
         }
     }
 
+    /// Each SLO's status as of `now_ns` (what the metrics show of it), in route order.
+    pub fn slos(&self, now_ns: u64) -> Vec<SloStatus> {
+        let mut slos: Vec<SloStatus> = self
+            .routes
+            .values()
+            .filter_map(|route| Some((route, route.slo?)))
+            .map(|(route, index)| self.slo_status(route, index, now_ns))
+            .collect();
+        slos.sort_by(|a, b| a.route.cmp(&b.route));
+        slos
+    }
+
+    fn slo_status(&self, route: &Route, index: usize, now_ns: u64) -> SloStatus {
+        let five = route.durations.window(now_ns, SLOTS);
+        self.config.slos[index].status(
+            (route.durations.total.good, route.durations.total.count()),
+            (five.good, five.count()),
+            self.config.min_samples,
+        )
+    }
+
     /// Everything, as `/stats` serves it (docs/stats.md).
     pub fn snapshot(&self, now_ns: u64) -> StatsDoc {
         let windows = |durations: &Windowed| Windows {
@@ -537,14 +558,7 @@ impl Ledger {
             .routes
             .iter()
             .map(|((service, name), route)| {
-                let slo = route.slo.map(|index| {
-                    let five = route.durations.window(now_ns, SLOTS);
-                    self.config.slos[index].status(
-                        (route.durations.total.good, route.durations.total.count()),
-                        (five.good, five.count()),
-                        self.config.min_samples,
-                    )
-                });
+                let slo = route.slo.map(|index| self.slo_status(route, index, now_ns));
                 RouteDoc {
                     service: service.to_string(),
                     route: name.to_string(),

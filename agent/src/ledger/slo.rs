@@ -111,6 +111,17 @@ impl Slo {
     }
 }
 
+impl SloStatus {
+    /// Its route as the RED metrics label one: `GET /api/loans` is method `GET` and route
+    /// `/api/loans` (a route without a method is the route alone).
+    pub fn method_and_route(&self) -> (Option<&str>, &str) {
+        match self.route.split_once(' ') {
+            Some((method, route)) if route.starts_with('/') => (Some(method), route),
+            _ => (None, &self.route),
+        }
+    }
+}
+
 /// An SLO as `/stats` shows it.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]

@@ -121,11 +121,13 @@ pub fn render(
         text.family(name, Type::Gauge, help);
         for slo in slos {
             if let Some(value) = value(slo) {
-                text.sample_f64(
-                    name,
-                    &[("http_route", &slo.route), ("objective", &slo.objective)],
-                    value,
-                );
+                let (method, route) = slo.method_and_route();
+                let mut labels = Vec::with_capacity(3);
+                if let Some(method) = method {
+                    labels.push(("http_request_method", method));
+                }
+                labels.extend([("http_route", route), ("objective", slo.objective.as_str())]);
+                text.sample_f64(name, &labels, value);
             }
         }
     }
@@ -163,11 +165,13 @@ mod tests {
             &[slo],
         );
         assert!(
-            text.contains("\nloupe_slo_compliance{http_route=\"GET /a\",objective=\"p95\"} 0.95\n"),
+            text.contains("\nloupe_slo_compliance{http_request_method=\"GET\",http_route=\"/a\",objective=\"p95\"} 0.95\n"),
             "{text}"
         );
         assert!(
-            text.contains("\nloupe_slo_burn_rate{http_route=\"GET /a\",objective=\"p95\"} 2\n"),
+            text.contains(
+                "\nloupe_slo_burn_rate{http_request_method=\"GET\",http_route=\"/a\",objective=\"p95\"} 2\n"
+            ),
             "{text}"
         );
         for counter in counters.all() {

@@ -36,6 +36,7 @@ use crate::{
         resource::host_name,
         settings::ExportSettings,
     },
+    ledger::slo::SloStatus,
     stats::{Counters, Kind},
 };
 
@@ -51,12 +52,15 @@ pub fn request(
     counters: &Counters,
     red: &RedSnapshot,
     own: Option<OwnUsage>,
+    slos: &[SloStatus],
     host: &str,
     window: Window,
 ) -> ExportMetricsServiceRequest {
+    let mut own_metrics = own_metrics(counters, own, window);
+    own_metrics.extend(slo_metrics(slos, window));
     let mut resource_metrics = vec![ResourceMetrics {
         resource: Some(resource("loupe", host, Some(std::process::id()))),
-        scope_metrics: vec![scope(own_metrics(counters, own, window))],
+        scope_metrics: vec![scope(own_metrics)],
         schema_url: String::new(),
     }];
     // Per observed service, in name order; within it, per metric, the series in label order.
@@ -164,6 +168,56 @@ fn own_metrics(counters: &Counters, own: Option<OwnUsage>, window: Window) -> Ve
         }
     }
     metrics
+}
+
+/// The SLO gauges (`loupe.slo.compliance`, `loupe.slo.error_budget_remaining`,
+/// `loupe.slo.burn_rate`), a point per SLO with its `http.route` and `objective`; none without
+/// SLOs.
+fn slo_metrics(slos: &[SloStatus], window: Window) -> Vec<Metric> {
+    if slos.is_empty() {
+        return Vec::new();
+    }
+    type Value = fn(&SloStatus) -> Option<f64>;
+    let gauges: [(&str, &str, Value); 3] = [
+        (
+            "loupe.slo.compliance",
+            "Share (0..1) of an SLO's route's requests within its threshold since start.",
+            |slo| slo.compliance,
+        ),
+        (
+            "loupe.slo.error_budget_remaining",
+            "Share of an SLO's error budget left since start (1 untouched, 0 spent).",
+            |slo| slo.error_budget_remaining,
+        ),
+        (
+            "loupe.slo.burn_rate",
+            "How fast an SLO's error budget burned over the last five minutes (1: as allowed).",
+            |slo| slo.burn_rate,
+        ),
+    ];
+    gauges
+        .into_iter()
+        .map(|(name, help, value)| {
+            let data_points = slos
+                .iter()
+                .filter_map(|slo| {
+                    let mut point = int_point(0, window);
+                    point.value = Some(number_data_point::Value::AsDouble(value(slo)?));
+                    let (method, route) = slo.method_and_route();
+                    point.attributes = method
+                        .map(|method| attribute("http.request.method", method))
+                        .into_iter()
+                        .chain([
+                            attribute("http.route", route),
+                            attribute("objective", &slo.objective),
+                        ])
+                        .collect();
+                    Some(point)
+                })
+                .collect();
+            metric(name, help, "", Data::Gauge(Gauge { data_points }))
+        })
+        .collect()
 }
 
 fn metric(name: &str, help: &str, unit: &str, data: Data) -> Metric {
@@ -335,7 +389,15 @@ impl MetricPush {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .snapshot();
-            let request = request(&source.counters, &red, OwnUsage::read(), &host, window);
+            let slos = source.slos();
+            let request = request(
+                &source.counters,
+                &red,
+                OwnUsage::read(),
+                &slos,
+                &host,
+                window,
+            );
             Bytes::from(request.encode_to_vec())
         })
         .await
@@ -395,10 +457,31 @@ mod tests {
         let red = RedRegistry::default();
         let snapshot = red.snapshot();
         let window = Window { start: 1, now: 2 };
-        let request = request(&counters, &snapshot, None, "box", window);
+        assert!(
+            !names(&request(&counters, &snapshot, None, &[], "box", window).resource_metrics[0])
+                .contains(&"loupe.slo.compliance"),
+            "no SLO, no SLO gauge"
+        );
+        let slo = crate::ledger::slo::Slo::parse("GET /a=1s@p95")
+            .unwrap()
+            .status((95, 100), (9, 10), 5);
+        let request = request(&counters, &snapshot, None, &[slo], "box", window);
         assert_eq!(request.resource_metrics.len(), 1, "no service seen yet");
         let own = &request.resource_metrics[0];
         assert_eq!(service(own), "loupe");
+        let compliance = own.scope_metrics[0]
+            .metrics
+            .iter()
+            .find(|metric| metric.name == "loupe.slo.compliance")
+            .expect("the SLO gauge");
+        let Some(Data::Gauge(gauge)) = &compliance.data else {
+            panic!("{compliance:?}");
+        };
+        assert_eq!(
+            gauge.data_points[0].value,
+            Some(number_data_point::Value::AsDouble(0.95))
+        );
+        assert_eq!(gauge.data_points[0].attributes.len(), 3);
         assert!(names(own).contains(&"loupe.spans_exported"));
         assert!(names(own).contains(&"loupe.export.duration"));
         let exported = own.scope_metrics[0]

@@ -18,7 +18,7 @@ use tokio::{
 
 use super::{exposition::CONTENT_TYPE, own::OwnUsage, red::RedRegistry};
 use crate::{
-    ledger::{Ledger, StatsDoc},
+    ledger::{Ledger, StatsDoc, slo::SloStatus},
     spans::clock::monotonic_now_ns,
     stats::Counters,
 };
@@ -59,8 +59,16 @@ impl Source {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .snapshot();
-        let slos = self.snapshot().map(|stats| stats.slos).unwrap_or_default();
-        super::render(&self.counters, red, OwnUsage::read(), &slos)
+        super::render(&self.counters, red, OwnUsage::read(), &self.slos())
+    }
+
+    /// The SLOs' statuses as of now (none without a ledger).
+    pub fn slos(&self) -> Vec<SloStatus> {
+        let Some(ledger) = &self.ledger else {
+            return Vec::new();
+        };
+        let ledger = ledger.lock().unwrap_or_else(PoisonError::into_inner);
+        ledger.slos(monotonic_now_ns())
     }
 
     fn snapshot(&self) -> Option<StatsDoc> {
