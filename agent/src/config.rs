@@ -262,15 +262,15 @@ pub struct RunArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub otlp_metrics_interval: Option<Duration>,
 
-    /// Serve the statistics as JSON at http://HOST:PORT/stats (they are also at --metrics-addr's
-    /// /stats), e.g. 127.0.0.1:9465. docs/stats.md has the schema.
+    /// Serve the statistics as JSON at http://HOST:PORT/stats (and the metrics at its /metrics;
+    /// both are at --metrics-addr too), e.g. 127.0.0.1:9465. docs/stats.md has the schema.
     #[arg(long, value_name = "HOST:PORT", value_parser = parse_listen_addr, env = "LOUPE_STATS_ADDR")]
     pub stats_addr: Option<SocketAddr>,
 
     /// A latency SLO of a route, as spans name it: 'POST /api/loans=500ms@p95' is 95% of its
     /// requests within 500 ms (repeatable). Compliance, error budget and burn rate are in
     /// /stats and /metrics; a breach is an alert.
-    #[arg(long = "slo", value_name = "ROUTE=DURATION@PERCENTILE", value_parser = parse_slo)]
+    #[arg(long = "slo", value_name = "ROUTE=DURATION@PERCENTILE", value_parser = parse_slo, env = "LOUPE_SLO", value_delimiter = ';')]
     pub slos: Vec<crate::ledger::slo::Slo>,
 
     /// SLOs from a file, one per line as --slo takes them (# comments).
@@ -284,13 +284,13 @@ pub struct RunArgs {
 
     /// At exit, save each route's p50/p95/p99 here, to compare a later run against
     /// (--baseline FILE).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "LOUPE_SAVE_BASELINE")]
     pub save_baseline: Option<std::path::PathBuf>,
 
     /// At exit, write the report as one self-contained HTML page here: routes with their
     /// latency histograms, SLOs, regressions, the top problems with the waterfall of their
     /// worst request, and flamegraphs.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "LOUPE_HTML")]
     pub html: Option<std::path::PathBuf>,
 
     /// A route regressed when its last minute's p95 is over its baseline's (saved, or the

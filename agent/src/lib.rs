@@ -155,11 +155,11 @@ pub async fn run(config: Config) -> Result<Outcome, RunError> {
 
     // Build the sink before attaching, so a bad endpoint fails before anything is touched.
     let sink = match &config.export {
-        ExportTarget::Terminal => Sink::Terminal(export::terminal::TerminalView::new(
+        ExportTarget::Terminal => Sink::Terminal(Box::new(export::terminal::TerminalView::new(
             Box::new(std::io::BufWriter::new(std::io::stdout())),
             counters.clone(),
             board.clone(),
-        )),
+        ))),
         ExportTarget::Nowhere => Sink::Discard,
         ExportTarget::Otlp { endpoint, protocol } => {
             let sink = export::otlp::OtlpSink::new(

@@ -161,12 +161,14 @@ counters! {
     /// Observations of the services' request metrics not recorded because their metric already
     /// had as many label sets as it keeps (a new route, status or peer past the bound).
     metric_series_dropped: Counter,
-    /// Routes and dependencies the statistics (/stats, the reports, the alerts) did not keep
-    /// because their table already held 1,000.
-    stats_keys_dropped: Counter,
+    /// Spans not counted per route or per dependency in the statistics (/stats, the reports,
+    /// the alerts) because the table already held its 256 routes or 1,000 dependencies (they
+    /// still count in their type).
+    stats_untracked: Counter,
     /// Alerts sent (stderr, and the webhook when there is one).
     alerts: Counter,
-    /// Alerts held back because the same alert went out less than a cooldown ago.
+    /// Evaluations (every 5 s) whose alert was held back because the same alert went out less
+    /// than a cooldown ago.
     alerts_suppressed: Counter,
     /// Alerts the webhook did not take: refused, an error, a timeout, or too many in flight.
     alert_webhook_failures: Counter,
@@ -227,7 +229,7 @@ impl Counters {
             loss("threads_unsampleable", &self.threads_unsampleable),
             loss("ambiguous_calls", &self.ambiguous_calls),
             loss("metric_series_dropped", &self.metric_series_dropped),
-            loss("stats_keys_dropped", &self.stats_keys_dropped),
+            loss("stats_untracked", &self.stats_untracked),
             loss("alert_webhook_failures", &self.alert_webhook_failures),
         ]
     }

@@ -29,6 +29,13 @@ use loupe_tests::{
 use serde_json::Value;
 
 const CLIENTS: usize = 4;
+/// Fast checkouts before the slow ones.
+const FAST: u64 = 200;
+
+/// How often loupe refreshes the routes' verdicts (its alert stage).
+fn alerts_every() -> Duration {
+    Duration::from_secs(5)
+}
 const SERVICE: &str = "e2e-numbers";
 /// The route whose latency the second run plants, and the one that stays as it was.
 const PLANTED: &str = "GET /sleep/planted";
@@ -339,12 +346,12 @@ fn stats_baselines_slos_and_alerts_follow_a_planted_regression() {
     let text = scrape_text(&metrics);
     assert!(
         text.contains(
-            "loupe_slo_compliance{http_request_method=\"GET\",http_route=\"/sleep/healthy\",objective=\"p95\"} 1\n"
+            "loupe_slo_compliance{service_name=\"e2e-numbers\",http_request_method=\"GET\",http_route=\"/sleep/healthy\",objective=\"p95\"} 1\n"
         ),
         "{text}"
     );
     assert!(
-        text.contains("loupe_slo_burn_rate{http_request_method=\"GET\",http_route=\"/sleep/planted\",objective=\"p95\"} ")
+        text.contains("loupe_slo_burn_rate{service_name=\"e2e-numbers\",http_request_method=\"GET\",http_route=\"/sleep/planted\",objective=\"p95\"} ")
     );
     assert!(text.contains("\nloupe_alerts_total 3\n"), "{text}");
     let second = second.stop();
@@ -393,7 +400,7 @@ fn stats_baselines_slos_and_alerts_follow_a_planted_regression() {
 
 /// The tail of a route (its requests above its five-minute p95) is attributed to what those
 /// requests waited on, and each dependency's calls and share of its callers' time are counted:
-/// the demo's checkout, 40 fast requests and then 5 whose backend call takes 150 ms.
+/// the demo's checkout, 200 fast requests and then 5 whose backend call takes 150 ms.
 #[test]
 fn the_tail_of_a_route_is_the_dependency_its_slowest_requests_waited_on() {
     require_root();
@@ -410,30 +417,36 @@ fn the_tail_of_a_route_is_the_dependency_its_slowest_requests_waited_on() {
     ]));
     let backend = demo.backend_addr.clone();
     let mut client = Client::connect(&demo.frontend_addr).expect("connect to the demo");
-    for user in 0..40 {
+    // 200 fast: 5 slow ones later stay above the p95 (5 of 205 is under 5%).
+    for user in 0..FAST {
         client.get_ok(&format!("/api/checkout?user={user}"));
     }
     let checkout = "GET /api/checkout";
-    // The alert stage refreshes every 5 s: then the route's p95 is what the tail is judged by.
+    // The alert stage refreshes every 5 s: then the route's p95 is what the tail is judged by;
+    // once one more refresh has seen every fast request, the slow ones alone are added.
     let threshold = wait_until(Duration::from_secs(20), || {
         route(&stats(&stats_addr), checkout)?["tailP95Duration"].as_f64()
     })
     .unwrap_or_else(|| panic!("no tail p95: {:#}", stats(&stats_addr)));
     assert!(threshold < 100.0, "the fast requests' p95: {threshold}");
-    for user in 40..45 {
+    std::thread::sleep(alerts_every() + Duration::from_secs(1));
+    let tail_of = |stats: &Value| {
+        route(stats, checkout).unwrap()["tail"]["requests"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let before = tail_of(&stats(&stats_addr));
+    for user in FAST..FAST + 5 {
         client.get_ok(&format!("/api/checkout?user={user}&delay=150"));
     }
     let now = wait_until(Duration::from_secs(20), || {
         let now = stats(&stats_addr);
-        (count(&now, checkout) == 45).then_some(now)
+        (count(&now, checkout) == FAST + 5).then_some(now)
     })
-    .unwrap_or_else(|| panic!("45 checkouts: {:#}", stats(&stats_addr)));
+    .unwrap_or_else(|| panic!("{} checkouts: {:#}", FAST + 5, stats(&stats_addr)));
     let tail = &route(&now, checkout).unwrap()["tail"];
     let requests = tail["requests"].as_u64().unwrap();
-    assert!(
-        (5..=7).contains(&requests),
-        "the 5 slow ones, and at most 2 fast ones past the p95: {tail}"
-    );
+    assert_eq!(requests - before, 5, "the 5 slow ones: {tail}");
     let waiting = format!("waiting on {backend}");
     assert_eq!(tail["parts"][0]["component"], waiting.as_str(), "{tail}");
     assert!(tail["parts"][0]["share"].as_f64().unwrap() >= 0.9, "{tail}");
@@ -452,21 +465,29 @@ fn the_tail_of_a_route_is_the_dependency_its_slowest_requests_waited_on() {
         .find(|d| d["dependency"] == backend.as_str())
         .unwrap_or_else(|| panic!("the backend as a dependency: {:#}", now["dependencies"]));
     assert_eq!(dependency["type"], "external");
-    assert_eq!(dependency["calls"], 45);
-    assert_eq!(dependency["requests"], 45);
+    assert_eq!(dependency["calls"], FAST + 5);
+    assert_eq!(dependency["requests"], FAST + 5);
     assert!(
         dependency["shareOfRequestTime"].as_f64().unwrap() > 0.5,
         "{dependency}"
     );
+    // 5 slow calls of 205: the p95 is a fast one's, the mean has the slow ones.
+    let (p95, avg) = (
+        dependency["p95Duration"].as_f64().unwrap(),
+        dependency["avgDuration"].as_f64().unwrap(),
+    );
     assert!(
-        dependency["p95Duration"].as_f64().unwrap() >= 150.0,
+        p95 < 100.0 && avg > 5.0 + 5.0 * 140.0 / 205.0,
         "{dependency}"
     );
     let finished = loupe.stop();
     assert!(finished.status.success(), "{}", finished.stderr);
     for line in [
         format!("loupe report: tail latency\np95+ requests of {checkout} ({requests}): "),
-        format!("loupe report: dependencies\nexternal {backend}: 45 calls, p95 "),
+        format!(
+            "loupe report: dependencies\nexternal {backend}: {} calls, p95 ",
+            FAST + 5
+        ),
     ] {
         assert!(
             finished.stdout.contains(&line),

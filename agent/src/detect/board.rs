@@ -5,7 +5,6 @@ use std::collections::HashMap;
 
 use super::patterns::{Finding, Pattern};
 use crate::{
-    ledger::html::{FlameEntry, Waterfall, WaterfallRow},
     profile::stacks::Folded,
     spans::{OpType, SpanRecord},
 };
@@ -43,6 +42,39 @@ pub struct ProblemBoard {
     waits: HashMap<String, HashMap<String, u64>>,
     /// The CPU profiles of the slowest profiled spans, slowest first.
     flames: Vec<FlameEntry>,
+}
+
+/// A request and its calls on one time axis.
+#[derive(Clone, Debug)]
+pub struct Waterfall {
+    /// `GET /api/orders/7`
+    pub request: String,
+    pub trace_id: String,
+    pub duration_ms: f64,
+    /// In start order.
+    pub rows: Vec<WaterfallRow>,
+}
+
+#[derive(Clone, Debug)]
+pub struct WaterfallRow {
+    /// What the call did (`SELECT ... FROM orders WHERE id = ?`, `GET 127.0.0.1:8081/score`).
+    pub label: String,
+    /// `external`, `db` or `cache`.
+    pub kind: &'static str,
+    /// From the request's start.
+    pub start_ms: f64,
+    pub duration_ms: f64,
+    pub error: bool,
+}
+
+/// The CPU profile of one slow span.
+#[derive(Clone, Debug)]
+pub struct FlameEntry {
+    pub span: String,
+    pub trace_id: String,
+    pub duration_ms: f64,
+    /// Folded stacks (`a;b;c`) and their sample counts, most first.
+    pub folded: Vec<(String, u64)>,
 }
 
 /// Profiles kept for the HTML report: the slowest spans'.

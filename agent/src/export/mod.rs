@@ -26,7 +26,7 @@ pub enum ExportError {
 /// The configured destination.
 pub enum Sink {
     Otlp(Box<otlp::OtlpSink>),
-    Terminal(terminal::TerminalView),
+    Terminal(Box<terminal::TerminalView>),
     /// `loupe report` without an endpoint: spans only feed the problem board.
     Discard,
 }

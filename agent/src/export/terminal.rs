@@ -67,6 +67,9 @@ pub struct TerminalView {
     line: String,
     /// Spans came since the last table: a table with nothing new is not printed again.
     fresh: bool,
+    /// The losses line the last table ended with: a table whose losses changed is printed
+    /// even without a new span (loss is a signal).
+    last_losses: String,
 }
 
 /// Problems listed under the periodic table.
@@ -86,6 +89,7 @@ impl TerminalView {
             board,
             line: String::with_capacity(256),
             fresh: false,
+            last_losses: String::new(),
         }
     }
 
@@ -126,7 +130,9 @@ impl TerminalView {
 
     /// Prints the table, unless no span came since the last one (the same table again).
     pub fn print_table(&mut self, counters: &Counters) {
-        if self.routes.iter().all(LruCache::is_empty) || !self.fresh {
+        let losses = counters.losses_line();
+        if self.routes.iter().all(LruCache::is_empty) || (!self.fresh && losses == self.last_losses)
+        {
             return;
         }
         self.fresh = false;
@@ -197,10 +203,11 @@ impl TerminalView {
             Counters::get(&counters.ambiguous_calls),
             Counters::get(&counters.cpu_samples),
             Counters::get(&counters.hot_threads),
-            counters.losses_line(),
+            losses,
         ));
         let _ = write!(self.out, "{text}");
         let _ = self.out.flush();
+        self.last_losses = losses;
     }
 }
 

@@ -26,6 +26,8 @@ pub const EVALUATE_EVERY: Duration = Duration::from_secs(5);
 const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(5);
 /// Webhook requests in flight at most; past it an alert's POST is counted as failed.
 const WEBHOOK_IN_FLIGHT: usize = 8;
+/// How long the alerts in flight at exit may still take.
+const DRAIN: Duration = Duration::from_millis(400);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -157,12 +159,17 @@ pub async fn run(
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = &mut stop => return,
+            _ = &mut stop => {
+                // The alerts still being sent get a moment (the runtime ends with this stage).
+                let all = WEBHOOK_IN_FLIGHT as u32;
+                let _ = tokio::time::timeout(DRAIN, slots.acquire_many(all)).await;
+                return;
+            }
         }
         let now = monotonic_now_ns();
         let mut ledger_now = ledger.lock().unwrap_or_else(PoisonError::into_inner);
         let firing = ledger_now.refresh(now);
-        Counters::set(&counters.stats_keys_dropped, ledger_now.keys_dropped);
+        Counters::set(&counters.stats_untracked, ledger_now.untracked);
         let mut sent = Vec::new();
         for condition in firing {
             if cooldown.admit(&condition.key(), now) {

@@ -68,6 +68,17 @@ impl BaselineFile {
         if file.schema != SCHEMA {
             return Err(format!(" (its schema is `{}`, not {SCHEMA})", file.schema));
         }
+        let valid = |ms: f64| ms.is_finite() && ms > 0.0;
+        if let Some(bad) = file
+            .routes
+            .iter()
+            .find(|r| !(valid(r.p50_ms) && valid(r.p95_ms) && valid(r.p99_ms)))
+        {
+            return Err(format!(
+                " ({} has a percentile that is not a duration above zero)",
+                bad.route
+            ));
+        }
         Ok(file)
     }
 
@@ -213,6 +224,11 @@ mod tests {
         assert_eq!(
             BaselineFile::parse("{\n\"schema\": 3\n}").unwrap_err(),
             " (line 2)"
+        );
+        let zero = text.replace("\"p95Ms\": 10.0", "\"p95Ms\": 0.0");
+        assert_eq!(
+            BaselineFile::parse(&zero).unwrap_err(),
+            " (GET /a has a percentile that is not a duration above zero)"
         );
         let other = text.replace(SCHEMA, "loupe.baseline/9");
         assert!(

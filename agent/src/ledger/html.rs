@@ -46,38 +46,7 @@ pub struct ProblemEntry {
     pub worst: Option<Waterfall>,
 }
 
-/// A request and its calls on one time axis.
-#[derive(Clone, Debug)]
-pub struct Waterfall {
-    /// `GET /api/orders/7`
-    pub request: String,
-    pub trace_id: String,
-    pub duration_ms: f64,
-    /// In start order.
-    pub rows: Vec<WaterfallRow>,
-}
-
-#[derive(Clone, Debug)]
-pub struct WaterfallRow {
-    /// What the call did (`SELECT ... FROM orders WHERE id = ?`, `GET 127.0.0.1:8081/score`).
-    pub label: String,
-    /// `external`, `db` or `cache`.
-    pub kind: &'static str,
-    /// From the request's start.
-    pub start_ms: f64,
-    pub duration_ms: f64,
-    pub error: bool,
-}
-
-/// The CPU profile of one slow span.
-#[derive(Clone, Debug)]
-pub struct FlameEntry {
-    pub span: String,
-    pub trace_id: String,
-    pub duration_ms: f64,
-    /// Folded stacks (`a;b;c`) and their sample counts, most first.
-    pub folded: Vec<(String, u64)>,
-}
+pub use crate::detect::board::{FlameEntry, Waterfall, WaterfallRow};
 
 /// Nothing but the page itself and `data:` images: a page opened from a mail or a CI artifact
 /// never fetches anything, and a script slipped in (it cannot be: everything is escaped) would
@@ -162,9 +131,9 @@ fn write_page(out: &mut String, page: &ReportPage) -> fmt::Result {
         out,
         "<footer>loupe · {}{}</footer>\n</body>\n</html>",
         Esc(page.stats.schema),
-        match page.stats.keys_dropped {
+        match page.stats.untracked {
             0 => String::new(),
-            n => format!(" · {n} routes or dependencies past the table limit not shown"),
+            n => format!(" · {n} spans of routes or dependencies past the table limit not shown"),
         }
     )
 }

@@ -9,10 +9,11 @@
 //! The diagnosis stage records every span as it passes (sampled out or not); the alert stage
 //! refreshes the routes' verdicts every few seconds and fires the alerts; `/stats`, `loupe
 //! report` and the HTML report ([`html`]) read a [`StatsDoc`]. Every table is bounded
-//! ([`MAX_KEYS`]): a key past it is counted (`stats_keys_dropped`), not kept.
+//! ([`MAX_KEYS`]): a key past it is counted (`stats_untracked`), not kept.
 
 pub mod alerts;
 pub mod baseline;
+mod doc;
 pub mod html;
 pub mod slo;
 pub mod text;
@@ -25,7 +26,6 @@ use std::{
 };
 
 use rustc_hash::FxHashMap;
-use serde::Serialize;
 
 use crate::{
     config::Thresholds,
@@ -35,12 +35,16 @@ use crate::{
 };
 use alerts::{Alert, AlertKind, Firing};
 use baseline::{BaselineFile, BaselineRoute};
+pub use doc::{AlertsDoc, DependencyDoc, RouteDoc, StatsDoc, TailDoc, TailPart, TypeDoc, Windows};
 use slo::{Slo, SloStatus};
 pub use window::Bucket;
-use window::{Cell, ONE_MINUTE, SLOTS, Sample, Summary, Windowed, round3};
+use window::{ONE_MINUTE, SLOTS, Sample, Windowed, round3};
 
-/// Routes, and dependencies, kept at most (each table).
-pub const MAX_KEYS: usize = 1_000;
+/// Routes kept at most: each holds up to 22 histograms (a few KiB each, as large as its
+/// slowest request needs).
+pub const MAX_ROUTES: usize = 256;
+/// Dependencies kept at most (one histogram each).
+pub const MAX_DEPENDENCIES: usize = 1_000;
 /// Components of a route's tail kept at most.
 const MAX_PARTS: usize = 32;
 /// Alerts `/stats` shows, newest last.
@@ -125,7 +129,7 @@ struct Route {
 
 #[derive(Default)]
 struct Dependency {
-    calls: Cell,
+    calls: window::Total,
     /// Requests that made at least one call to it, their total duration, and the time they
     /// waited on it (overlapping calls once).
     requests: u64,
@@ -146,8 +150,8 @@ pub struct Ledger {
     types: [TypeStats; 4],
     routes: FxHashMap<RouteKey, Route>,
     dependencies: FxHashMap<DependencyKey, Dependency>,
-    /// Routes and dependencies not kept (past [`MAX_KEYS`]).
-    pub keys_dropped: u64,
+    /// Spans of routes and dependencies not kept per route or dependency (their table full).
+    pub untracked: u64,
     alerts_sent: u64,
     alerts_suppressed: u64,
     recent: VecDeque<Alert>,
@@ -174,7 +178,7 @@ impl Ledger {
             }),
             routes: FxHashMap::default(),
             dependencies: FxHashMap::default(),
-            keys_dropped: 0,
+            untracked: 0,
             alerts_sent: 0,
             alerts_suppressed: 0,
             recent: VecDeque::new(),
@@ -222,12 +226,12 @@ impl Ledger {
         let sample = self.sample(call, false);
         if let Some(dependency) = self.dependencies.get_mut(&key) {
             dependency.calls.record(sample);
-        } else if self.dependencies.len() < MAX_KEYS {
+        } else if self.dependencies.len() < MAX_DEPENDENCIES {
             let mut dependency = Dependency::default();
             dependency.calls.record(sample);
             self.dependencies.insert(key, dependency);
         } else {
-            self.keys_dropped += 1;
+            self.untracked += 1;
         }
     }
 
@@ -243,8 +247,8 @@ impl Ledger {
         let service = self.services.of(request.pid);
         let key: RouteKey = (service.clone(), Box::from(&*request.name));
         if !self.routes.contains_key(&key) {
-            if self.routes.len() >= MAX_KEYS {
-                self.keys_dropped += 1;
+            if self.routes.len() >= MAX_ROUTES {
+                self.untracked += 1;
                 return;
             }
             let slo = self
@@ -354,9 +358,7 @@ impl Ledger {
             let rolling = || {
                 route
                     .durations
-                    .baseline(now_ns)
-                    .filter(|cell| cell.count() >= min)
-                    .and_then(|cell| cell.quantile_us(0.95))
+                    .baseline_p95(now_ns, min)
                     .map(|p95| (p95, "rolling"))
             };
             route.baseline = saved.or_else(rolling);
@@ -411,6 +413,7 @@ impl Ledger {
             if let Some(index) = route.slo {
                 let slo = &self.config.slos[index];
                 let status = slo.status(
+                    service,
                     (route.durations.total.good, route.durations.total.count()),
                     (five.good, five.count()),
                     min,
@@ -421,7 +424,7 @@ impl Ledger {
                         service: Some(service.to_string()),
                         subject: name.to_string(),
                         message: format!(
-                            "{name} misses its SLO ({} within {}): {:.1}% were over the last five minutes, burn rate {:.1}",
+                            "{name} misses its SLO ({} within {}): only {:.1}% were within it over the last five minutes, burn rate {:.1}",
                             slo.objective,
                             ms(slo.threshold.as_micros() as u64),
                             100.0 * status.compliance_last5m.unwrap_or(0.0),
@@ -506,22 +509,29 @@ impl Ledger {
     }
 
     /// Each SLO's status as of `now_ns` (what the metrics show of it), in route order.
+    /// An SLO whose route has not been seen is there too, with no service and no requests (a
+    /// typo in `--slo` shows).
     pub fn slos(&self, now_ns: u64) -> Vec<SloStatus> {
         let mut slos: Vec<SloStatus> = self
             .routes
-            .values()
-            .filter_map(|route| Some((route, route.slo?)))
-            .map(|(route, index)| self.slo_status(route, index, now_ns))
+            .iter()
+            .filter_map(|((service, _), route)| Some((service, route, route.slo?)))
+            .map(|(service, route, index)| self.slo_status(service, route, index, now_ns))
             .collect();
-        slos.sort_by(|a, b| a.route.cmp(&b.route));
+        for (index, slo) in self.config.slos.iter().enumerate() {
+            if !self.routes.values().any(|route| route.slo == Some(index)) {
+                slos.push(slo.status("", (0, 0), (0, 0), self.config.min_samples));
+            }
+        }
+        slos.sort_by(|a, b| (&a.route, &a.service).cmp(&(&b.route, &b.service)));
         slos
     }
 
-    fn slo_status(&self, route: &Route, index: usize, now_ns: u64) -> SloStatus {
-        let five = route.durations.window(now_ns, SLOTS);
+    fn slo_status(&self, service: &str, route: &Route, index: usize, now_ns: u64) -> SloStatus {
         self.config.slos[index].status(
+            service,
             (route.durations.total.good, route.durations.total.count()),
-            (five.good, five.count()),
+            route.durations.window_counts(now_ns, SLOTS),
             self.config.min_samples,
         )
     }
@@ -558,7 +568,9 @@ impl Ledger {
             .routes
             .iter()
             .map(|((service, name), route)| {
-                let slo = route.slo.map(|index| self.slo_status(route, index, now_ns));
+                let slo = route
+                    .slo
+                    .map(|index| self.slo_status(service, route, index, now_ns));
                 RouteDoc {
                     service: service.to_string(),
                     route: name.to_string(),
@@ -626,7 +638,7 @@ impl Ledger {
                 suppressed: self.alerts_suppressed,
                 recent: self.recent.iter().cloned().collect(),
             },
-            keys_dropped: self.keys_dropped,
+            untracked: self.untracked,
         }
     }
 }
@@ -678,107 +690,6 @@ fn tail_doc(route: &str, tail: &Tail) -> Option<TailDoc> {
         ),
         parts,
     })
-}
-
-/// `/stats`: everything the ledger knows (docs/stats.md has the schema).
-#[derive(Clone, Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct StatsDoc {
-    pub schema: &'static str,
-    pub generated_at: String,
-    pub started_at: String,
-    pub uptime_seconds: f64,
-    /// `http` (inbound requests), `external` (outbound HTTP), `db`, `cache`.
-    pub by_type: std::collections::BTreeMap<String, TypeDoc>,
-    /// Slowest p95 first.
-    pub routes: Vec<RouteDoc>,
-    /// The largest share of their callers' time first.
-    pub dependencies: Vec<DependencyDoc>,
-    pub slos: Vec<SloStatus>,
-    pub alerts: AlertsDoc,
-    pub keys_dropped: u64,
-}
-
-/// Since start (flattened: `count`, `p95Duration`, ...), and the rolling windows.
-#[derive(Clone, Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Windows {
-    #[serde(flatten)]
-    pub since_start: Summary,
-    pub last1m: Summary,
-    pub last5m: Summary,
-}
-
-#[derive(Clone, Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct TypeDoc {
-    #[serde(flatten)]
-    pub windows: Windows,
-    pub threshold_ms: f64,
-    /// Operations by duration over the threshold: `<0.25`, `0.25-0.5`, `0.5-1`, `1-2`, `2-5`,
-    /// `>=5` (since start).
-    pub slowness_ratio: std::collections::BTreeMap<String, u64>,
-}
-
-#[derive(Clone, Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct RouteDoc {
-    pub service: String,
-    pub route: String,
-    #[serde(flatten)]
-    pub windows: Windows,
-    /// Since start, by [`window::BUCKET_BOUNDS_MS`].
-    pub histogram: Vec<window::Bucket>,
-    pub baseline_p95_duration: Option<f64>,
-    /// `saved` (--baseline FILE) or `rolling` (the thirty minutes before).
-    pub baseline_source: Option<&'static str>,
-    pub regression: bool,
-    pub slo: Option<SloStatus>,
-    /// The five-minute p95 a request must be above to count in `tail` (refreshed every 5 s;
-    /// null before the window has enough requests).
-    pub tail_p95_duration: Option<f64>,
-    pub tail: Option<TailDoc>,
-}
-
-/// What the requests above their route's p95 spent their time on.
-#[derive(Clone, Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct TailDoc {
-    pub requests: u64,
-    /// `p95+ requests of GET /x (12): 78% waiting on 127.0.0.1:8083, 20% own work`.
-    pub summary: String,
-    pub parts: Vec<TailPart>,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct TailPart {
-    pub component: String,
-    /// 0..1 of those requests' time (parallel calls can each have much of it).
-    pub share: f64,
-}
-
-#[derive(Clone, Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct DependencyDoc {
-    pub service: String,
-    /// `external`, `db` or `cache`.
-    #[serde(rename = "type")]
-    pub kind: &'static str,
-    /// `host:port` for HTTP, the statement for a query.
-    pub dependency: String,
-    pub calls: u64,
-    pub avg_duration: f64,
-    pub p95_duration: f64,
-    /// Requests that called it, and the share of their time they waited on it.
-    pub requests: u64,
-    pub share_of_request_time: Option<f64>,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct AlertsDoc {
-    pub sent: u64,
-    pub suppressed: u64,
-    pub recent: Vec<Alert>,
 }
 
 #[cfg(test)]

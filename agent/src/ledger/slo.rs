@@ -71,9 +71,13 @@ impl Slo {
             .collect()
     }
 
-    /// Its state from `good` of `total` requests since start and in the last five minutes.
+    /// Its state on `service` from `good` of `total` requests since start and in the last five
+    /// minutes. A breach needs `min_samples` requests, and at least as many as it takes for one
+    /// slow request to be within the objective (1,000 for p99.9): one slow request of twenty is
+    /// no breach of a p99.9.
     pub fn status(
         &self,
+        service: &str,
         since_start: (u64, u64),
         recent: (u64, u64),
         min_samples: u64,
@@ -94,9 +98,13 @@ impl Slo {
                 (recent_total - recent_good.min(recent_total)) as f64 / recent_total as f64;
             round3(bad_share / allowed)
         });
-        let breached = recent_total >= min_samples.max(1)
-            && (recent_good as f64) < self.target * recent_total as f64;
+        let needed = min_samples
+            .max(1)
+            .max((1.0 / allowed - 1e-6).ceil().min(1e9) as u64);
+        let breached =
+            recent_total >= needed && (recent_good as f64) < self.target * recent_total as f64;
         SloStatus {
+            service: (!service.is_empty()).then(|| service.to_owned()),
             route: self.route.clone(),
             objective: self.objective.clone(),
             threshold_ms: self.threshold.as_secs_f64() * 1000.0,
@@ -126,6 +134,8 @@ impl SloStatus {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SloStatus {
+    /// The service whose route it is; null while the route has not been seen.
+    pub service: Option<String>,
     pub route: String,
     pub objective: String,
     pub threshold_ms: f64,
@@ -175,18 +185,27 @@ mod tests {
     fn compliance_budget_and_burn_rate_follow_the_slow_share() {
         let slo = Slo::parse("GET /a=100ms@p95").unwrap();
         // 1000 requests, 20 over: 98% compliant, 40% of the budget (50) spent.
-        let status = slo.status((980, 1000), (98, 100), 20);
+        let status = slo.status("shop", (980, 1000), (98, 100), 20);
+        assert_eq!(status.service.as_deref(), Some("shop"));
         assert_eq!(status.compliance, Some(0.98));
         assert_eq!(status.error_budget_remaining, Some(0.6));
         assert_eq!(status.burn_rate, Some(0.4));
         assert!(!status.breached);
         // The last five minutes: 10% over, twice what is allowed.
-        let status = slo.status((900, 1000), (90, 100), 20);
+        let status = slo.status("shop", (900, 1000), (90, 100), 20);
         assert_eq!(status.error_budget_remaining, Some(-1.0));
         assert_eq!(status.burn_rate, Some(2.0));
         assert!(status.breached);
-        assert!(!slo.status((0, 5), (0, 5), 20).breached, "too few to say");
-        let empty = slo.status((0, 0), (0, 0), 20);
+        assert!(
+            !slo.status("shop", (0, 5), (0, 5), 20).breached,
+            "too few to say"
+        );
+        let empty = slo.status("", (0, 0), (0, 0), 20);
         assert_eq!((empty.compliance, empty.burn_rate), (None, None));
+        assert_eq!(empty.service, None);
+        // A p99.9 is not breached by one slow request of twenty, but is by two of a thousand.
+        let strict = Slo::parse("GET /a=100ms@p99.9").unwrap();
+        assert!(!strict.status("shop", (19, 20), (19, 20), 20).breached);
+        assert!(strict.status("shop", (998, 1000), (998, 1000), 20).breached);
     }
 }

@@ -260,19 +260,19 @@ fn slos_slow_shares_and_error_rates_fire_only_past_their_limits() {
 #[test]
 fn tables_are_bounded_and_what_is_past_them_counted() {
     let mut ledger = ledger(config());
-    for i in 0..(MAX_KEYS + 5) {
+    for i in 0..(MAX_ROUTES + 5) {
         let mut span = server(0, 1);
         span.name = format!("GET /r{i}").into();
         ledger.record_request(&mut span, &[], T0);
     }
-    assert_eq!(ledger.snapshot(T0).routes.len(), MAX_KEYS);
-    assert_eq!(ledger.keys_dropped, 5);
+    assert_eq!(ledger.snapshot(T0).routes.len(), MAX_ROUTES);
+    assert_eq!(ledger.untracked, 5);
     assert_eq!(
         ledger.snapshot(T0).by_type["http"]
             .windows
             .since_start
             .count,
-        MAX_KEYS as u64 + 5
+        MAX_ROUTES as u64 + 5
     );
     let _ = MS;
 }

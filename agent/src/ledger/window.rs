@@ -5,7 +5,7 @@
 
 use std::collections::VecDeque;
 
-use hdrhistogram::Histogram;
+use hdrhistogram::{Counter, Histogram};
 use serde::Serialize;
 
 /// One slot of a rolling window.
@@ -30,9 +30,9 @@ pub struct Sample {
 }
 
 /// Counts and a duration histogram (microseconds, 2 significant digits, grown as needed: a
-/// few KiB).
+/// few KiB). A slot's counts fit a `u32`; what is kept since start counts in `u64` ([`Total`]).
 #[derive(Clone, Debug)]
-pub struct Cell {
+pub struct Cell<C: Counter = u32> {
     pub errors: u64,
     pub slow: u64,
     pub good: u64,
@@ -40,10 +40,13 @@ pub struct Cell {
     /// Exact, where the histogram's are its buckets' bounds.
     pub min_us: u64,
     pub max_us: u64,
-    pub micros: Histogram<u32>,
+    pub micros: Histogram<C>,
 }
 
-impl Default for Cell {
+/// A cell kept since start: its buckets never saturate.
+pub type Total = Cell<u64>;
+
+impl<C: Counter> Default for Cell<C> {
     fn default() -> Self {
         Self {
             errors: 0,
@@ -57,7 +60,7 @@ impl Default for Cell {
     }
 }
 
-impl Cell {
+impl<C: Counter> Cell<C> {
     pub fn record(&mut self, sample: Sample) {
         self.errors += u64::from(sample.error);
         self.slow += u64::from(sample.slow);
@@ -65,7 +68,7 @@ impl Cell {
         self.sum_us = self.sum_us.saturating_add(sample.micros);
         self.min_us = self.min_us.min(sample.micros);
         self.max_us = self.max_us.max(sample.micros);
-        // Grows to hold the value; fails only when a count would pass u32::MAX in one cell.
+        // Grows to hold the value (a slot's bucket would saturate past u32::MAX in 15 s).
         let _ = self.micros.record(sample.micros);
     }
 
@@ -73,7 +76,7 @@ impl Cell {
         self.micros.len()
     }
 
-    pub fn merge(&mut self, other: &Cell) {
+    pub fn merge(&mut self, other: &Cell<C>) {
         self.errors += other.errors;
         self.slow += other.slow;
         self.good += other.good;
@@ -114,7 +117,7 @@ impl Cell {
                 .iter()
                 .position(|bound| ms <= *bound)
                 .unwrap_or(BUCKET_BOUNDS_MS.len());
-            counts[index] += u64::from(value.count_at_value());
+            counts[index] += value.count_at_value().as_u64();
         }
         counts
             .into_iter()
@@ -195,24 +198,41 @@ pub struct Summary {
 /// Since start, the rolling slots, and (for routes) the baseline blocks.
 #[derive(Debug)]
 pub struct Windowed {
-    pub total: Cell,
+    pub total: Total,
     /// By slot number modulo [`SLOTS`]: (slot number, its cell); allocated when first used.
     slots: Vec<Option<(u64, Cell)>>,
-    /// Completed blocks, oldest first, and the block being filled: kept only when asked for.
+    /// Completed blocks' summaries, oldest first, and the block being filled: kept only when
+    /// asked for.
     blocks: Option<Blocks>,
+}
+
+/// A completed baseline block: its number, requests and p95.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Block {
+    number: u64,
+    count: u64,
+    p95_us: u64,
 }
 
 #[derive(Debug, Default)]
 struct Blocks {
-    done: VecDeque<(u64, Cell)>,
+    done: VecDeque<Block>,
     current: Option<(u64, Cell)>,
+}
+
+fn summarize(number: u64, cell: &Cell) -> Block {
+    Block {
+        number,
+        count: cell.count(),
+        p95_us: cell.quantile_us(0.95).unwrap_or(0),
+    }
 }
 
 impl Windowed {
     /// `baseline`: also keep the blocks a rolling baseline is made of.
     pub fn new(baseline: bool) -> Self {
         Self {
-            total: Cell::default(),
+            total: Total::default(),
             slots: (0..SLOTS).map(|_| None).collect(),
             blocks: baseline.then(Blocks::default),
         }
@@ -241,16 +261,20 @@ impl Windowed {
             let block = now_ns / BLOCK_NS;
             match &mut blocks.current {
                 Some((number, cell)) if *number == block => cell.record(sample),
-                current => {
-                    if let Some(done) = current.take() {
-                        blocks.done.push_back(done);
-                        while blocks.done.len() > BASELINE_BLOCKS {
-                            blocks.done.pop_front();
-                        }
+                Some((number, cell)) => {
+                    // The block is over: only its summary is kept; the cell starts the next.
+                    blocks.done.push_back(summarize(*number, cell));
+                    while blocks.done.len() > BASELINE_BLOCKS {
+                        blocks.done.pop_front();
                     }
+                    *number = block;
+                    cell.clear();
+                    cell.record(sample);
+                }
+                None => {
                     let mut cell = Cell::default();
                     cell.record(sample);
-                    *current = Some((block, cell));
+                    blocks.current = Some((block, cell));
                 }
             }
         }
@@ -258,33 +282,58 @@ impl Windowed {
 
     /// The newest `slots` slots as of `now_ns` merged (the current one included, partial).
     pub fn window(&self, now_ns: u64, slots: usize) -> Cell {
-        let newest = now_ns / SLOT_NS;
-        let oldest = newest.saturating_sub(slots.saturating_sub(1) as u64);
         let mut merged = Cell::default();
-        for (number, cell) in self.slots.iter().flatten() {
-            if (oldest..=newest).contains(number) {
-                merged.merge(cell);
-            }
+        for cell in self.slots_in(now_ns, slots) {
+            merged.merge(cell);
         }
         merged
     }
 
-    /// The rolling baseline as of `now_ns`: the completed blocks of the
-    /// [`BASELINE_BLOCKS`] blocks before the current one, merged; None when none is.
-    pub fn baseline(&self, now_ns: u64) -> Option<Cell> {
+    /// Of the newest `slots` slots, the requests within the SLO and all of them: (good,
+    /// total), no histogram merged.
+    pub fn window_counts(&self, now_ns: u64, slots: usize) -> (u64, u64) {
+        self.slots_in(now_ns, slots)
+            .fold((0, 0), |(good, total), cell| {
+                (good + cell.good, total + cell.count())
+            })
+    }
+
+    fn slots_in(&self, now_ns: u64, slots: usize) -> impl Iterator<Item = &Cell> {
+        let newest = now_ns / SLOT_NS;
+        let oldest = newest.saturating_sub(slots.saturating_sub(1) as u64);
+        self.slots
+            .iter()
+            .flatten()
+            .filter(move |(number, _)| (oldest..=newest).contains(number))
+            .map(|(_, cell)| cell)
+    }
+
+    /// The rolling baseline p95 as of `now_ns`: the median of the p95s of the completed
+    /// blocks, of the [`BASELINE_BLOCKS`] before the current one, that have `min_samples`
+    /// requests; None when none has. A median, so that a regression has to last half the
+    /// baseline (fifteen minutes) before it is the baseline.
+    pub fn baseline_p95(&self, now_ns: u64, min_samples: u64) -> Option<u64> {
         let blocks = self.blocks.as_ref()?;
         let current = now_ns / BLOCK_NS;
         let oldest = current.saturating_sub(BASELINE_BLOCKS as u64);
-        let mut merged: Option<Cell> = None;
-        let completed = blocks
+        let pending = blocks
+            .current
+            .as_ref()
+            .map(|(number, cell)| summarize(*number, cell));
+        let mut p95s: Vec<u64> = blocks
             .done
             .iter()
-            .chain(blocks.current.as_ref())
-            .filter(|(number, _)| *number < current && *number >= oldest);
-        for (_, cell) in completed {
-            merged.get_or_insert_with(Cell::default).merge(cell);
+            .copied()
+            .chain(pending)
+            .filter(|block| block.number < current && block.number >= oldest)
+            .filter(|block| block.count >= min_samples.max(1))
+            .map(|block| block.p95_us)
+            .collect();
+        if p95s.is_empty() {
+            return None;
         }
-        merged
+        p95s.sort_unstable();
+        Some(p95s[(p95s.len() - 1) / 2])
     }
 }
 
@@ -301,7 +350,7 @@ mod tests {
 
     #[test]
     fn a_cell_summarizes_counts_shares_and_percentiles_in_milliseconds() {
-        let mut cell = Cell::default();
+        let mut cell: Cell = Cell::default();
         for n in 1..=100 {
             cell.record(Sample {
                 micros: n * 1000,
@@ -334,7 +383,7 @@ mod tests {
         );
         assert_eq!(buckets[4].count, 15, "10 < ms <= 25");
         assert_eq!(buckets.iter().map(|b| b.count).sum::<u64>(), 100);
-        assert_eq!(Cell::default().summary(), Summary::default());
+        assert_eq!(Cell::<u32>::default().summary(), Summary::default());
     }
 
     #[test]
@@ -360,27 +409,45 @@ mod tests {
     }
 
     #[test]
-    fn the_rolling_baseline_is_the_completed_blocks_of_the_last_half_hour() {
+    fn the_rolling_baseline_is_the_median_p95_of_the_last_half_hours_blocks() {
         let mut durations = Windowed::new(true);
         let t0 = 100 * BLOCK_NS;
-        assert!(durations.baseline(t0).is_none());
+        assert!(durations.baseline_p95(t0, 1).is_none());
         for _ in 0..10 {
             durations.record(t0, ms(10));
         }
-        assert!(durations.baseline(t0).is_none(), "the block is not over");
-        let next = t0 + BLOCK_NS;
-        assert_eq!(durations.baseline(next).unwrap().count(), 10);
-        durations.record(next, ms(50));
-        assert_eq!(
-            durations.baseline(next).unwrap().count(),
-            10,
-            "the current block is not in it"
+        assert!(
+            durations.baseline_p95(t0, 1).is_none(),
+            "the block is not over"
         );
-        assert_eq!(durations.baseline(next + BLOCK_NS).unwrap().count(), 11);
-        // Past half an hour the first block is out of it.
-        let late = t0 + (BASELINE_BLOCKS as u64 + 1) * BLOCK_NS;
-        assert_eq!(durations.baseline(late).unwrap().count(), 1);
-        assert!(durations.baseline(late + 10 * BLOCK_NS).is_none());
-        assert!(Windowed::new(false).baseline(t0).is_none());
+        let next = t0 + BLOCK_NS;
+        assert_eq!(durations.baseline_p95(next, 1), Some(10_000));
+        assert!(
+            durations.baseline_p95(next, 11).is_none(),
+            "too few requests"
+        );
+        // Two more blocks: one of 10 ms, one regressed at 50 ms: the median is still 10 ms.
+        for _ in 0..10 {
+            durations.record(next, ms(10));
+        }
+        for _ in 0..10 {
+            durations.record(next + BLOCK_NS, ms(50));
+        }
+        let later = next + 2 * BLOCK_NS;
+        assert_eq!(durations.baseline_p95(later, 1), Some(10_000));
+        for _ in 0..10 {
+            durations.record(later, ms(50));
+        }
+        assert_eq!(
+            durations.baseline_p95(later + BLOCK_NS, 1),
+            Some(10_000),
+            "two of four blocks regressed: the lower median"
+        );
+        // Past half an hour the first blocks are out of it.
+        let late = t0 + (BASELINE_BLOCKS as u64 + 2) * BLOCK_NS;
+        assert_eq!(durations.baseline_p95(late, 1), Some(50_000));
+        assert!(durations.baseline_p95(late + 10 * BLOCK_NS, 1).is_none());
+        assert!(Windowed::new(false).baseline_p95(t0, 1).is_none());
+        assert_eq!(durations.window_counts(later, SLOTS), (0, 10));
     }
 }

@@ -122,7 +122,10 @@ pub fn render(
         for slo in slos {
             if let Some(value) = value(slo) {
                 let (method, route) = slo.method_and_route();
-                let mut labels = Vec::with_capacity(3);
+                let mut labels = Vec::with_capacity(4);
+                if let Some(service) = &slo.service {
+                    labels.push(("service_name", service.as_str()));
+                }
                 if let Some(method) = method {
                     labels.push(("http_request_method", method));
                 }
@@ -157,7 +160,7 @@ mod tests {
         };
         let slo = crate::ledger::slo::Slo::parse("GET /a=1s@p95")
             .unwrap()
-            .status((95, 100), (9, 10), 5);
+            .status("shop", (95, 100), (9, 10), 5);
         let text = render(
             &counters,
             RedRegistry::default().snapshot(),
@@ -165,12 +168,12 @@ mod tests {
             &[slo],
         );
         assert!(
-            text.contains("\nloupe_slo_compliance{http_request_method=\"GET\",http_route=\"/a\",objective=\"p95\"} 0.95\n"),
+            text.contains("\nloupe_slo_compliance{service_name=\"shop\",http_request_method=\"GET\",http_route=\"/a\",objective=\"p95\"} 0.95\n"),
             "{text}"
         );
         assert!(
             text.contains(
-                "\nloupe_slo_burn_rate{http_request_method=\"GET\",http_route=\"/a\",objective=\"p95\"} 2\n"
+                "\nloupe_slo_burn_rate{service_name=\"shop\",http_request_method=\"GET\",http_route=\"/a\",objective=\"p95\"} 2\n"
             ),
             "{text}"
         );

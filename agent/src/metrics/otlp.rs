@@ -464,7 +464,7 @@ mod tests {
         );
         let slo = crate::ledger::slo::Slo::parse("GET /a=1s@p95")
             .unwrap()
-            .status((95, 100), (9, 10), 5);
+            .status("shop", (95, 100), (9, 10), 5);
         let request = request(&counters, &snapshot, None, &[slo], "box", window);
         assert_eq!(request.resource_metrics.len(), 1, "no service seen yet");
         let own = &request.resource_metrics[0];
