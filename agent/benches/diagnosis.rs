@@ -129,7 +129,18 @@ fn bench(name: &str, queries: u64, calls: u64, requests: u64) {
 
 /// The same, every span also counted in the statistics (`loupe::ledger`, as loupe runs).
 fn bench_stats(name: &str, queries: u64, calls: u64, requests: u64) {
-    let ledger = loupe::ledger::Ledger::new(
+    run(
+        name,
+        queries,
+        calls,
+        requests,
+        true,
+        Some(Arc::new(Mutex::new(stats_ledger()))),
+    );
+}
+
+fn stats_ledger() -> loupe::ledger::Ledger {
+    loupe::ledger::Ledger::new(
         loupe::ledger::LedgerConfig {
             thresholds: loupe::config::Thresholds {
                 http: std::time::Duration::from_secs(1),
@@ -146,15 +157,7 @@ fn bench_stats(name: &str, queries: u64, calls: u64, requests: u64) {
         },
         loupe::process::services::ServiceNames::with_lookup(Some("bench".into()), |_| None),
         0,
-    );
-    run(
-        name,
-        queries,
-        calls,
-        requests,
-        true,
-        Some(Arc::new(Mutex::new(ledger))),
-    );
+    )
 }
 
 /// `diagnose` false: the spans only move through and drop (what any stage costs), the baseline.
@@ -204,6 +207,54 @@ fn run(
     );
 }
 
+/// What the alert stage's refresh and a `/stats` read cost under the ledger's lock (the
+/// diagnosis stage waits for it meanwhile): `routes` routes, each with requests in every slot
+/// of the five-minute window.
+fn bench_refresh(routes: usize) {
+    let mut ledger = stats_ledger();
+    let slot = 15_000_000_000u64;
+    let start = 1_000 * slot * 20;
+    for r in 0..routes {
+        for n in 0..20u64 {
+            for k in 0..10u64 {
+                let mut request = span(
+                    SpanKind::Server,
+                    OpType::HttpServer,
+                    1,
+                    None,
+                    0,
+                    (k + 1) * MS + r as u64 * 1000,
+                );
+                request.name = format!("GET /r{r}").into();
+                ledger.record_request(&mut request, &[], start + n * slot);
+            }
+        }
+    }
+    let now = start + 19 * slot;
+    let rounds = 20u32;
+    let started = Instant::now();
+    for _ in 0..rounds {
+        black_box(ledger.refresh(now));
+    }
+    let refresh = started.elapsed() / rounds;
+    let started = Instant::now();
+    for _ in 0..rounds {
+        black_box(ledger.snapshot(now));
+    }
+    let snapshot = started.elapsed() / rounds;
+    let started = Instant::now();
+    for _ in 0..rounds {
+        black_box(ledger.slos(now));
+    }
+    let slos = started.elapsed() / rounds;
+    println!(
+        "| {routes} routes, 20 slots each | {:.2} ms | {:.2} ms | {:.3} ms |",
+        refresh.as_secs_f64() * 1e3,
+        snapshot.as_secs_f64() * 1e3,
+        slos.as_secs_f64() * 1e3
+    );
+}
+
 fn main() {
     println!("| request shape | spans | us per request | ns per span | share of a 1 ms request |");
     println!("|---|---|---|---|---|");
@@ -232,4 +283,11 @@ fn main() {
     );
     bench("100 N+1 queries", 100, 0, 10_000);
     bench_stats("100 N+1 queries, with the statistics", 100, 0, 10_000);
+    println!();
+    println!(
+        "| statistics under their lock | refresh (every 5 s) | a /stats read | the SLOs (a scrape) |"
+    );
+    println!("|---|---|---|---|");
+    bench_refresh(16);
+    bench_refresh(256);
 }
