@@ -223,6 +223,106 @@ pub async fn run(
 mod tests {
     use super::*;
 
+    /// A ledger whose inbound requests are all slow, as of now.
+    fn slow_ledger() -> Arc<Mutex<Ledger>> {
+        let thresholds = crate::config::Thresholds {
+            http: Duration::from_millis(10),
+            external: Duration::from_secs(2),
+            db: Duration::from_millis(500),
+            cache: Duration::from_millis(100),
+        };
+        let config = super::super::LedgerConfig {
+            thresholds,
+            slos: Vec::new(),
+            regression_factor: 1.5,
+            min_samples: 20,
+            baseline: None,
+            alert_slow_percent: Some(5.0),
+            alert_error_percent: None,
+        };
+        let now = monotonic_now_ns();
+        let mut ledger = Ledger::new(
+            config,
+            crate::process::services::ServiceNames::with_lookup(Some("shop".into()), |_| None),
+            now,
+        );
+        for _ in 0..30 {
+            let mut span = crate::detect::patterns::testing::server(0, 50);
+            crate::detect::mark_slow(&mut span, &thresholds);
+            ledger.record_request(&mut span, &[], now);
+        }
+        Arc::new(Mutex::new(ledger))
+    }
+
+    /// A webhook that answers every POST with `status`; the bodies it got.
+    async fn webhook(status: u16) -> (String, Arc<Mutex<Vec<String>>>) {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/alerts", listener.local_addr().unwrap());
+        let bodies: Arc<Mutex<Vec<String>>> = Arc::default();
+        let seen = bodies.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                // Head and body: the body is the JSON's closing brace.
+                while !request.ends_with(b"}") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&request).into_owned();
+                seen.lock().unwrap().push(text);
+                let reply = format!("HTTP/1.1 {status} X\r\nContent-Length: 0\r\n\r\n");
+                let _ = stream.write_all(reply.as_bytes()).await;
+            }
+        });
+        (url, bodies)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_firing_condition_is_posted_once_and_a_refused_post_is_counted() {
+        for (status, failures) in [(200, 0), (500, 1)] {
+            let (url, bodies) = webhook(status).await;
+            let counters = Arc::new(Counters::default());
+            let (stop, stopped) = oneshot::channel();
+            let settings = AlertSettings {
+                cooldown: Duration::from_secs(300),
+                webhook: Some(url),
+            };
+            let stage = tokio::spawn(run(slow_ledger(), settings, counters.clone(), stopped));
+            // The first evaluation is at once.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while Counters::get(&counters.alerts) + Counters::get(&counters.alert_webhook_failures)
+                < 1 + failures
+                && tokio::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let _ = stop.send(());
+            stage.await.unwrap();
+            assert_eq!(Counters::get(&counters.alerts), 1, "answered {status}");
+            assert_eq!(
+                Counters::get(&counters.alert_webhook_failures),
+                failures,
+                "answered {status}"
+            );
+            let bodies = bodies.lock().unwrap();
+            assert_eq!(bodies.len(), 1, "{bodies:?}");
+            assert!(
+                bodies[0].starts_with("POST /alerts HTTP/1.1\r\n"),
+                "{}",
+                bodies[0]
+            );
+            assert!(
+                bodies[0].contains("\"key\":\"slow_share:http\""),
+                "{}",
+                bodies[0]
+            );
+        }
+    }
+
     #[test]
     fn an_alert_key_goes_out_once_per_cooldown_and_keys_are_apart() {
         let mut cooldown = Cooldown::new(Duration::from_secs(300));
