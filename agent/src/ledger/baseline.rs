@@ -193,11 +193,13 @@ pub fn render(rows: &[Comparison]) -> String {
     text
 }
 
+/// Saved baselines for the tests.
 #[cfg(test)]
-mod tests {
+pub(crate) mod testing {
     use super::*;
 
-    fn route(service: &str, name: &str, p95: f64) -> BaselineRoute {
+    /// `service`'s `name` saved with 100 requests, a p95 of `p95` ms, p50 half, p99 1.5 times.
+    pub fn route(service: &str, name: &str, p95: f64) -> BaselineRoute {
         BaselineRoute {
             service: service.into(),
             route: name.into(),
@@ -208,13 +210,18 @@ mod tests {
         }
     }
 
-    fn file(routes: Vec<BaselineRoute>) -> BaselineFile {
+    pub fn file(routes: Vec<BaselineRoute>) -> BaselineFile {
         BaselineFile {
             schema: SCHEMA.into(),
             saved_at: "2026-12-04T00:00:00Z".into(),
             routes,
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{testing::*, *};
 
     #[test]
     fn a_saved_baseline_reads_back_and_bad_files_say_so_in_one_line() {

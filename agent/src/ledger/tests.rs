@@ -92,18 +92,11 @@ fn routes_and_types_count_every_request_and_call_over_their_windows() {
 #[test]
 fn a_route_slower_than_its_saved_baseline_is_regressed_and_its_spans_say_so() {
     let mut config = config();
-    config.baseline = Some(BaselineFile {
-        schema: baseline::SCHEMA.into(),
-        saved_at: String::new(),
-        routes: vec![BaselineRoute {
-            service: "shop".into(),
-            route: "GET /orders".into(),
-            count: 100,
-            p50_ms: 8.0,
-            p95_ms: 10.0,
-            p99_ms: 12.0,
-        }],
-    });
+    config.baseline = Some(baseline::testing::file(vec![baseline::testing::route(
+        "shop",
+        "GET /orders",
+        10.0,
+    )]));
     let mut ledger = ledger(config);
     for _ in 0..19 {
         request(&mut ledger, 30, &[], T0);

@@ -6,7 +6,7 @@ use crate::{
     detect::patterns::testing::{call, query, server},
     ledger::{
         Ledger, LedgerConfig,
-        baseline::{self, BaselineFile, BaselineRoute},
+        baseline::{self, BaselineRoute},
         slo::Slo,
         window::BLOCK_NS,
     },
@@ -30,18 +30,11 @@ fn ledger() -> Ledger {
         slos: vec![Slo::parse("GET /orders=50ms@p95").unwrap()],
         regression_factor: 1.5,
         min_samples: 20,
-        baseline: Some(BaselineFile {
-            schema: baseline::SCHEMA.into(),
-            saved_at: String::new(),
-            routes: vec![BaselineRoute {
-                service: "shop".into(),
-                route: "GET /orders".into(),
-                count: 100,
-                p50_ms: 8.0,
-                p95_ms: 10.0,
-                p99_ms: 12.0,
-            }],
-        }),
+        baseline: Some(baseline::testing::file(vec![baseline::testing::route(
+            "shop",
+            "GET /orders",
+            10.0,
+        )])),
         alert_slow_percent: None,
         alert_error_percent: None,
     };
