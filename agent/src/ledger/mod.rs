@@ -185,10 +185,6 @@ impl Ledger {
         }
     }
 
-    pub fn config(&self) -> &LedgerConfig {
-        &self.config
-    }
-
     fn sample(&self, span: &SpanRecord, good: bool) -> Sample {
         Sample {
             micros: span.duration_ns() / 1000,
