@@ -215,6 +215,12 @@ fn sample(ctx: *mut c_void, pid_tgid: u64, source: u64, state: u32, ts_ns: u64) 
             (MAX_USER_FRAMES * 8) as u32,
             BPF_F_USER_STACK as u64,
         );
+        if user <= 0 && source == SAMPLE_OFF_CPU {
+            // No user stack to show: a thread past exit_mm, preempted on its way out. Its
+            // switch-out is not a wait of the code it ran, so it is not stacked.
+            entry.discard(0);
+            return Err(-1);
+        }
         (*event).head.user_bytes = if user > 0 { user as u32 } else { 0 };
         let kernel = generated::bpf_get_stack(
             ctx,
