@@ -551,9 +551,9 @@ fn otlp_metrics_reach_the_collector_with_every_request_counted() {
     // loupe's own counters, under its own resource.
     let own = |name: &str| seen.total(name, &[("service_name", "loupe")]);
     assert!(own("loupe_events_read_total") > 0.0, "loupe's own counters");
-    // The SLO's gauges: every users request was within its 2 s.
+    // The SLO's gauges, with its service's metrics: every users request was within its 2 s.
     let slo = [
-        ("service_name", "loupe"),
+        ("service_name", grpc_service),
         ("http_request_method", "GET"),
         ("http_route", "/api/users/{id}"),
         ("objective", "p95"),

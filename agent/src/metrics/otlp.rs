@@ -5,7 +5,9 @@
 //! - loupe's own (its counters as `loupe.<name>`, its export durations, its CPU, memory and
 //!   threads) under the resource `service.name=loupe`;
 //! - the services' RED metrics under one resource per observed service (`service.name` is the
-//!   name the spans are exported under), with their OpenTelemetry names and attributes.
+//!   name the spans are exported under), with their OpenTelemetry names and attributes, and the
+//!   gauges of the SLOs on that service's routes (an SLO whose route is not seen yet: under
+//!   loupe's resource).
 //!
 //! [`request`] is pure; [`MetricPush`] owns the transport and the schedule.
 
@@ -56,8 +58,18 @@ pub fn request(
     host: &str,
     window: Window,
 ) -> ExportMetricsServiceRequest {
+    // An SLO's gauges go with its service's RED metrics; before its route is seen, with loupe's.
+    let mut slos_by_service: BTreeMap<Option<&str>, Vec<&SloStatus>> = BTreeMap::new();
+    for slo in slos {
+        slos_by_service
+            .entry(slo.service.as_deref())
+            .or_default()
+            .push(slo);
+    }
     let mut own_metrics = own_metrics(counters, own, window);
-    own_metrics.extend(slo_metrics(slos, window));
+    if let Some(unseen) = slos_by_service.remove(&None) {
+        own_metrics.extend(slo_metrics(&unseen, window));
+    }
     let mut resource_metrics = vec![ResourceMetrics {
         resource: Some(resource("loupe", host, Some(std::process::id()))),
         scope_metrics: vec![scope(own_metrics)],
@@ -96,10 +108,21 @@ pub fn request(
                 .push(histogram_point(histogram, attributes, window));
         }
     }
+    let mut services: BTreeMap<&str, Vec<Metric>> = services
+        .into_iter()
+        .map(|(service, metrics)| (service, metrics.into_values().collect()))
+        .collect();
+    for (service, slos) in slos_by_service {
+        let service = service.unwrap_or_default();
+        services
+            .entry(service)
+            .or_default()
+            .extend(slo_metrics(&slos, window));
+    }
     for (service, metrics) in services {
         resource_metrics.push(ResourceMetrics {
             resource: Some(resource(service, host, None)),
-            scope_metrics: vec![scope(metrics.into_values().collect())],
+            scope_metrics: vec![scope(metrics)],
             schema_url: String::new(),
         });
     }
@@ -173,7 +196,7 @@ fn own_metrics(counters: &Counters, own: Option<OwnUsage>, window: Window) -> Ve
 /// The SLO gauges (`loupe.slo.compliance`, `loupe.slo.error_budget_remaining`,
 /// `loupe.slo.burn_rate`), a point per SLO with its `http.route` and `objective`; none without
 /// SLOs.
-fn slo_metrics(slos: &[SloStatus], window: Window) -> Vec<Metric> {
+fn slo_metrics(slos: &[&SloStatus], window: Window) -> Vec<Metric> {
     if slos.is_empty() {
         return Vec::new();
     }
@@ -462,21 +485,37 @@ mod tests {
                 .contains(&"loupe.slo.compliance"),
             "no SLO, no SLO gauge"
         );
-        let slo = crate::ledger::slo::Slo::parse("GET /a=1s@p95")
+        let seen = crate::ledger::slo::Slo::parse("GET /a=1s@p95")
             .unwrap()
             .status("shop", (95, 100), (9, 10), 5);
-        let request = request(&counters, &snapshot, None, &[slo], "box", window);
-        assert_eq!(request.resource_metrics.len(), 1, "no service seen yet");
+        let unseen = crate::ledger::slo::Slo::parse("GET /b=1s@p99")
+            .unwrap()
+            .status("", (0, 0), (0, 0), 5);
+        let request = request(&counters, &snapshot, None, &[seen, unseen], "box", window);
+        assert_eq!(
+            request.resource_metrics.len(),
+            2,
+            "loupe, and the SLO's service"
+        );
+        let compliance = |metrics: &ResourceMetrics| {
+            let compliance = metrics.scope_metrics[0]
+                .metrics
+                .iter()
+                .find(|metric| metric.name == "loupe.slo.compliance")
+                .expect("the SLO gauge")
+                .clone();
+            let Some(Data::Gauge(gauge)) = compliance.data else {
+                panic!("{compliance:?}");
+            };
+            gauge
+        };
         let own = &request.resource_metrics[0];
         assert_eq!(service(own), "loupe");
-        let compliance = own.scope_metrics[0]
-            .metrics
-            .iter()
-            .find(|metric| metric.name == "loupe.slo.compliance")
-            .expect("the SLO gauge");
-        let Some(Data::Gauge(gauge)) = &compliance.data else {
-            panic!("{compliance:?}");
-        };
+        // The unseen route's SLO has no compliance yet: no point, but its gauge is loupe's.
+        assert!(compliance(own).data_points.is_empty());
+        let shop = &request.resource_metrics[1];
+        assert_eq!(service(shop), "shop", "an SLO goes with its service");
+        let gauge = compliance(shop);
         assert_eq!(
             gauge.data_points[0].value,
             Some(number_data_point::Value::AsDouble(0.95))
