@@ -59,17 +59,16 @@ pub fn request(
     window: Window,
 ) -> ExportMetricsServiceRequest {
     // An SLO's gauges go with its service's RED metrics; before its route is seen, with loupe's.
-    let mut slos_by_service: BTreeMap<Option<&str>, Vec<&SloStatus>> = BTreeMap::new();
+    let mut unseen = Vec::new();
+    let mut slos_by_service: BTreeMap<&str, Vec<&SloStatus>> = BTreeMap::new();
     for slo in slos {
-        slos_by_service
-            .entry(slo.service.as_deref())
-            .or_default()
-            .push(slo);
+        match slo.service.as_deref() {
+            Some(service) => slos_by_service.entry(service).or_default().push(slo),
+            None => unseen.push(slo),
+        }
     }
     let mut own_metrics = own_metrics(counters, own, window);
-    if let Some(unseen) = slos_by_service.remove(&None) {
-        own_metrics.extend(slo_metrics(&unseen, window));
-    }
+    own_metrics.extend(slo_metrics(&unseen, window));
     let mut resource_metrics = vec![ResourceMetrics {
         resource: Some(resource("loupe", host, Some(std::process::id()))),
         scope_metrics: vec![scope(own_metrics)],
@@ -113,7 +112,6 @@ pub fn request(
         .map(|(service, metrics)| (service, metrics.into_values().collect()))
         .collect();
     for (service, slos) in slos_by_service {
-        let service = service.unwrap_or_default();
         services
             .entry(service)
             .or_default()
